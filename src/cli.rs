@@ -81,6 +81,13 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = crate::http::DEFAULT_MAX_BODY_BYTES, env = "SWITCHYARD_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
+    /// Seconds a request body may go quiet before the request gets a 408.
+    #[arg(long, default_value_t = 15, env = "SWITCHYARD_BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: u64,
+    /// Open connections allowed from one client address (0: no limit). Behind a load balancer
+    /// every client shares its address: raise or disable this there.
+    #[arg(long, default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT, env = "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: usize,
     /// Also start the provider emulator on this address and send every provider there.
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:0", value_name = "ADDR")]
     pub emulator: Option<String>,

@@ -11,6 +11,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use bytes::Bytes;
 use serde_json::json;
+use std::borrow::Cow;
 
 /// Who caused an error: decides the log level and, later, the metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,9 +47,18 @@ pub enum GatewayError {
     /// 405: a known path called with the wrong method.
     #[error("{message}")]
     MethodNotAllowed { message: String },
+    /// 408: the request body stopped arriving.
+    #[error("the request body stalled for {secs} s")]
+    BodyTimeout { secs: u64 },
     /// 413: the request body is over the limit.
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// 415: a `Content-Encoding` the gateway does not decode.
+    #[error("unsupported content encoding {encoding}")]
+    UnsupportedEncoding { encoding: String },
+    /// 429: this client address holds too many connections already.
+    #[error("too many connections from one client address (limit {limit})")]
+    TooManyConnections { limit: usize },
     /// 501: a configured feature this build does not serve yet.
     #[error("{message}")]
     NotImplemented { message: String },
@@ -59,15 +69,23 @@ pub enum GatewayError {
     /// client's; the provider's message is not passed on because it quotes part of the key).
     #[error("upstream {provider} rejected the gateway's credentials")]
     UpstreamCredentials { provider: String },
-    /// 502: the provider could not be reached, or broke the connection.
-    #[error("upstream {provider} unavailable: {message}")]
-    UpstreamUnavailable { provider: String, message: String },
+    /// 502: the provider could not be reached, or broke the connection before answering. The
+    /// detail (OS error text, addresses) goes to the log only.
+    #[error("upstream {provider} unavailable: {detail}")]
+    UpstreamUnavailable { provider: String, detail: String },
+    /// 502: the provider answered with a success status, then its body broke or overflowed.
+    /// Never retried: the provider has generated (and billed) the answer already.
+    #[error("upstream {provider} sent an incomplete answer: {detail}")]
+    UpstreamIncomplete { provider: String, detail: String },
     /// 504: the provider did not answer in time.
     #[error("upstream {provider} timed out")]
     UpstreamTimeout { provider: String },
     /// 503: the gateway cannot take the request now (a proxy restarting, shutting down).
     #[error("{message}")]
     Unavailable { message: String },
+    /// 499: the client went away before the answer; nobody reads this response.
+    #[error("the client closed the request")]
+    ClientClosed,
     /// 500: a bug or an unexpected state; details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -105,10 +123,15 @@ impl GatewayError {
             | Self::InvalidApiKey
             | Self::NotFound { .. }
             | Self::MethodNotAllowed { .. }
-            | Self::PayloadTooLarge { .. } => ErrorSource::Client,
+            | Self::BodyTimeout { .. }
+            | Self::PayloadTooLarge { .. }
+            | Self::UnsupportedEncoding { .. }
+            | Self::TooManyConnections { .. }
+            | Self::ClientClosed => ErrorSource::Client,
             Self::Upstream(_)
             | Self::UpstreamCredentials { .. }
             | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamIncomplete { .. }
             | Self::UpstreamTimeout { .. } => ErrorSource::Upstream,
             Self::NotImplemented { .. } | Self::Unavailable { .. } | Self::Internal(_) => {
                 ErrorSource::Internal
@@ -151,17 +174,39 @@ impl GatewayError {
             Self::MethodNotAllowed { message } => {
                 (message.clone(), "invalid_request_error", None, Some("method_not_allowed"))
             }
+            Self::BodyTimeout { secs } => (
+                format!("The request body stopped arriving: nothing was received for {secs} s."),
+                "invalid_request_error",
+                None,
+                Some("request_timeout"),
+            ),
             Self::PayloadTooLarge { limit } => (
                 format!("The request body is larger than the limit of {limit} bytes."),
                 "invalid_request_error",
                 None,
                 Some("request_too_large"),
             ),
+            Self::UnsupportedEncoding { encoding } => (
+                format!(
+                    "The Content-Encoding '{}' is not supported; send the body uncompressed (identity).",
+                    quote(encoding)
+                ),
+                "invalid_request_error",
+                None,
+                Some("unsupported_content_encoding"),
+            ),
+            Self::TooManyConnections { limit } => (
+                format!("Too many open connections from your address (limit {limit}); reuse connections or close idle ones."),
+                "rate_limit_error",
+                None,
+                Some("too_many_connections"),
+            ),
             Self::NotImplemented { message } => (message.clone(), "server_error", None, Some("not_implemented")),
             Self::Upstream(u) => {
                 let UpstreamFailure { provider, status, body, .. } = &**u;
                 // Only reached when the body was not OpenAI-shaped (see `error_response`).
-                let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+                let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+                let text = sanitize_upstream_message(&text);
                 return json!({
                     "message": format!("The upstream provider {provider} returned HTTP {}: {text}", status.as_u16()),
                     "type": if status.is_server_error() { "server_error" } else { "invalid_request_error" },
@@ -175,11 +220,17 @@ impl GatewayError {
                 None,
                 Some("upstream_credentials_rejected"),
             ),
-            Self::UpstreamUnavailable { provider, message } => (
-                format!("The upstream provider {provider} could not be reached: {message}"),
+            Self::UpstreamUnavailable { provider, .. } => (
+                format!("The upstream provider {provider} could not be reached or closed the connection before answering."),
                 "server_error",
                 None,
                 Some("upstream_unavailable"),
+            ),
+            Self::UpstreamIncomplete { provider, .. } => (
+                format!("The upstream provider {provider} answered, but its response broke off or was too large; it was not retried because the provider had already produced it."),
+                "server_error",
+                None,
+                Some("upstream_incomplete"),
             ),
             Self::UpstreamTimeout { provider } => (
                 format!("The upstream provider {provider} did not answer in time."),
@@ -188,6 +239,12 @@ impl GatewayError {
                 Some("upstream_timeout"),
             ),
             Self::Unavailable { message } => (message.clone(), "server_error", None, Some("unavailable")),
+            Self::ClientClosed => (
+                "The client closed the request.".into(),
+                "invalid_request_error",
+                None,
+                Some("client_closed_request"),
+            ),
             Self::Internal(_) => (
                 "The gateway hit an internal error; the request id identifies it in the logs.".into(),
                 "server_error",
@@ -195,14 +252,76 @@ impl GatewayError {
                 Some("internal_error"),
             ),
         };
+        let message = clip(&message, MESSAGE_MAX_CHARS);
+        let param = param.map(quote);
         json!({ "message": message, "type": kind, "param": param, "code": code })
     }
 }
 
-/// True when `body` is already an OpenAI error document, so it can pass through unchanged.
-fn is_openai_error_body(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .is_ok_and(|v| v["error"]["message"].is_string())
+/// Longest piece of client input an error message quotes.
+const QUOTE_MAX_CHARS: usize = 100;
+/// Longest message an error body carries, whatever it quotes.
+const MESSAGE_MAX_CHARS: usize = 2048;
+
+/// Client input as an error message quotes it: clipped, so a megabyte `model` or path is not
+/// echoed back a megabyte long.
+pub fn quote(s: &str) -> Cow<'_, str> {
+    clip(s, QUOTE_MAX_CHARS)
+}
+
+fn clip(s: &str, max_chars: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max_chars) {
+        None => Cow::Borrowed(s),
+        Some((end, _)) => Cow::Owned(format!("{}…", &s[..end])),
+    }
+}
+
+/// Identifier prefixes of an upstream account that its error messages may quote (OpenAI's
+/// rate-limit messages name the organization and project), and that a tenant must not see.
+const ACCOUNT_ID_PREFIXES: [&str; 5] = ["org-", "proj_", "sk-", "user-", "acct_"];
+
+/// An upstream error message with the operator's account identifiers replaced by `[redacted]`.
+pub fn sanitize_upstream_message(text: &str) -> Cow<'_, str> {
+    let is_id = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut at = 0;
+    while at < text.len() {
+        let rest = &text[at..];
+        let starts_word = text[..at].chars().next_back().is_none_or(|c| !is_id(c));
+        let prefix = ACCOUNT_ID_PREFIXES.iter().find(|p| rest.starts_with(**p));
+        if let (true, Some(prefix)) = (starts_word, prefix) {
+            let len = prefix.len()
+                + rest[prefix.len()..]
+                    .find(|c| !is_id(c))
+                    .unwrap_or(rest.len() - prefix.len());
+            if len >= prefix.len() + 3 {
+                out.push_str(&text[copied..at]);
+                out.push_str("[redacted]");
+                at += len;
+                copied = at;
+                continue;
+            }
+        }
+        at += rest.chars().next().map_or(1, char::len_utf8);
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
+
+/// An upstream body that is already an OpenAI error document, made fit to pass on: unchanged
+/// unless its message quotes account identifiers. `None` when the body is not OpenAI-shaped.
+fn passable_openai_error_body(body: &Bytes) -> Option<Bytes> {
+    let mut doc = serde_json::from_slice::<serde_json::Value>(body).ok()?;
+    let message = doc["error"]["message"].as_str()?;
+    let Cow::Owned(clean) = sanitize_upstream_message(message) else {
+        return Some(body.clone());
+    };
+    doc["error"]["message"] = clean.into();
+    Some(Bytes::from(doc.to_string()))
 }
 
 impl ResponseError for GatewayError {
@@ -212,14 +331,19 @@ impl ResponseError for GatewayError {
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             Self::Upstream(u) => u.status,
-            Self::UpstreamCredentials { .. } | Self::UpstreamUnavailable { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamCredentials { .. }
+            | Self::UpstreamUnavailable { .. }
+            | Self::UpstreamIncomplete { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // nginx's code for it; never reaches a client.
+            Self::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -227,7 +351,15 @@ impl ResponseError for GatewayError {
     fn error_response(&self) -> HttpResponse {
         match self.source_kind() {
             ErrorSource::Client => tracing::debug!(error = %self, "request refused"),
-            ErrorSource::Upstream => tracing::warn!(error = %self, "upstream failure"),
+            ErrorSource::Upstream => match self {
+                // The provider's own words go to the log whole; the client gets them sanitised.
+                Self::Upstream(u) => tracing::warn!(
+                    error = %self,
+                    upstream_body = %String::from_utf8_lossy(&u.body[..u.body.len().min(2048)]),
+                    "upstream failure"
+                ),
+                _ => tracing::warn!(error = %self, "upstream failure"),
+            },
             ErrorSource::Internal => tracing::error!(error = %self, "gateway failure"),
         }
         let mut res = HttpResponse::build(self.status_code());
@@ -245,12 +377,21 @@ impl ResponseError for GatewayError {
             if let Some(v) = retry_after_ms {
                 res.insert_header(("retry-after-ms", v.clone()));
             }
-            if is_openai_error_body(body) {
-                return res.body(body.clone());
+            if let Some(body) = passable_openai_error_body(body) {
+                return res.body(body);
             }
         }
         if matches!(self, Self::Unavailable { .. }) {
             res.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if matches!(
+            self,
+            Self::BodyTimeout { .. }
+                | Self::PayloadTooLarge { .. }
+                | Self::TooManyConnections { .. }
+        ) {
+            // The rest of the body is not read (or the client must go): close, do not drain.
+            res.force_close();
         }
         res.body(json!({ "error": self.openai_error() }).to_string())
     }

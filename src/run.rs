@@ -129,7 +129,11 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let state = AppState {
             directory,
             supervisor,
-            max_body_bytes: args.max_body_bytes,
+            body_limits: http::body::BodyLimits {
+                max_bytes: args.max_body_bytes,
+                idle: std::time::Duration::from_secs(args.body_timeout_secs.max(1)),
+            },
+            max_connections_per_client: args.max_connections_per_client,
             started_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -494,6 +494,10 @@ async fn an_unreachable_upstream_is_a_502() {
     .await;
     r.assert_error(502, "upstream_unavailable");
     assert!(r.error_message().contains("openai"), "{}", r.text());
+    // The OS's words stay in the gateway's log.
+    for detail in ["os error", "refused", "127.0.0.1"] {
+        assert!(!r.text().contains(detail), "{detail} leaked: {}", r.text());
+    }
 }
 
 #[actix_web::test]
@@ -523,10 +527,9 @@ async fn a_body_cut_off_upstream_is_never_a_200() {
         chat("gpt-4o", "[emulator:drop=0] hi"),
     )
     .await;
-    r.assert_error(502, "upstream_unavailable");
-    assert!(r.error_message().contains("bytes arrived"), "{}", r.text());
+    r.assert_error(502, "upstream_incomplete");
 
-    // Cut off once, then whole: the retry delivers the answer.
+    // Cut off once: the provider produced (and billed) the answer, so it is not asked again.
     let key = format!("k{}", fastrand::u64(..));
     let text = format!("[emulator:drop=0,times=1,key={key}] hi");
     let r = post(
@@ -535,8 +538,7 @@ async fn a_body_cut_off_upstream_is_never_a_200() {
         chat("gpt-4o", &text),
     )
     .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["object"], "chat.completion");
+    r.assert_error(502, "upstream_incomplete");
 }
 
 #[actix_web::test]
@@ -692,4 +694,363 @@ async fn example_tenants_serve_against_the_bundled_emulator() {
         (r.status.as_u16(), r.header("x-switchyard-route")),
         (200, "eu")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: each test below failed on the gateway before the black-box review's fixes.
+// ---------------------------------------------------------------------------------------------
+
+/// Sends raw bytes to the gateway and returns its answer: one whole response (by its
+/// `content-length`), or whatever came before it closed or `wait` passed.
+fn raw_exchange(gw: &Gateway, parts: &[&[u8]], wait: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    let addr = gw.run.base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    for part in parts {
+        conn.write_all(part).expect("write");
+    }
+    conn.set_read_timeout(Some(wait)).expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|len| out.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_line(raw: &str) -> &str {
+    raw.lines().next().unwrap_or("")
+}
+
+#[actix_web::test]
+async fn bodies_a_full_parse_would_refuse_are_400s_on_rewriting_routes_too() {
+    let emu = emulator();
+    let gw = gateway_for(&emu, &[]);
+    let deep = format!("{}1{}", "[".repeat(127), "]".repeat(127));
+    let bodies: Vec<Vec<u8>> = vec![
+        br#"{"model":"smart","messages":[{"role":"user","content":"hi"}],"metadata":{"a":1e400}}"#
+            .to_vec(),
+        format!(
+            r#"{{"model":"smart","messages":[{{"role":"user","content":"hi"}}],"metadata":{deep}}}"#
+        )
+        .into_bytes(),
+        b"{\"model\":\"smart\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}".to_vec(),
+        br#"{"model":"smart","messages":[{"role":"user","content":"\ud800"}]}"#.to_vec(),
+    ];
+    // "smart" is an alias with a target model: the body is rewritten before going upstream.
+    for body in bodies {
+        let r = post_raw(
+            gw.url("/a/chat/v1/chat/completions"),
+            Some(KEY_A),
+            Bytes::from(body),
+        )
+        .await;
+        r.assert_error(400, "invalid_json");
+        assert!(r.error_message().contains("line 1 column"), "{}", r.text());
+    }
+}
+
+#[actix_web::test]
+async fn a_stalled_body_gets_a_408_and_connections_per_address_are_capped() {
+    let emu = emulator();
+    let gw = gateway_for(
+        &emu,
+        &[
+            "--body-timeout-secs",
+            "1",
+            "--max-connections-per-client",
+            "3",
+        ],
+    );
+    let head = format!(
+        "POST /a/chat/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\ncontent-type: application/json\r\n"
+    );
+    let wait = std::time::Duration::from_secs(5);
+    for parts in [
+        vec![format!("{head}content-length: 100\r\n\r\n{{").into_bytes()],
+        vec![format!("{head}transfer-encoding: chunked\r\n\r\n1\r\n{{\r\n").into_bytes()],
+    ] {
+        let started = std::time::Instant::now();
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let answer = raw_exchange(&gw, &parts, wait);
+        assert!(status_line(&answer).starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request_timeout"), "{answer}");
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+    }
+
+    // Three idle connections from this address fill its quota: a fourth is refused and closed.
+    let addr = gw.run.base.trim_start_matches("http://").to_owned();
+    let idle: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let models = format!(
+        "GET /a/chat/v1/models HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\n\r\n"
+    );
+    let answer = raw_exchange(&gw, &[models.as_bytes()], wait);
+    assert!(status_line(&answer).starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+    // Closing one frees its place.
+    drop(idle);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let r = send(
+        client()
+            .get(gw.url("/a/chat/v1/models"))
+            .insert_header(("authorization", format!("Bearer {KEY_A}"))),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[actix_web::test]
+async fn every_log_line_of_a_request_names_its_request_tenant_proxy_and_route() {
+    let emu = emulator();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let gw = Gateway::start_logging(
+        &[("a", tenant_a("A_OPENAI_BASE_URL"))],
+        &[
+            ("A_OPENAI_KEY", "sk-not-the-emulators-key".into()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ],
+        &[],
+        Some(log.path()),
+    );
+    let r = send(
+        client()
+            .post(gw.url("/a/chat/v1/chat/completions"))
+            .insert_header(("authorization", format!("Bearer {KEY_A}")))
+            .insert_header(("x-request-id", "req-log-test-1")),
+        Some(Bytes::from(chat("gpt-4o", "hi").to_string())),
+    )
+    .await;
+    r.assert_error(502, "upstream_credentials_rejected");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let text = std::fs::read_to_string(log.path()).expect("read log");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("credentials")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    for field in [
+        "request_id=req-log-test-1",
+        "tenant=a",
+        "proxy=chat",
+        "route=big",
+    ] {
+        assert!(lines[0].contains(field), "{field} missing: {}", lines[0]);
+    }
+}
+
+#[actix_web::test]
+async fn a_client_that_gives_up_cancels_the_upstream_call() {
+    let upstream = stub::stub(stub::silent);
+    let gw = Gateway::start(
+        &[("a", tenant_a("A_OPENAI_BASE_URL"))],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", upstream.base.clone()),
+        ],
+        &[],
+    );
+    let body = chat("gpt-4o", "hi").to_string();
+    let request = format!(
+        "POST /a/chat/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // The client waits 500 ms for an answer that does not come, then hangs up.
+    let answer = raw_exchange(
+        &gw,
+        &[request.as_bytes()],
+        std::time::Duration::from_millis(500),
+    );
+    assert_eq!(answer, "");
+    let hung_up = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(upstream.requests(), 1);
+    let closed = upstream.closed();
+    assert_eq!(closed.len(), 1, "the upstream connection is still open");
+    assert!(closed[0] - hung_up < std::time::Duration::from_secs(1));
+}
+
+#[actix_web::test]
+async fn a_success_status_whose_body_breaks_is_one_attempt_and_one_502() {
+    let upstream = stub::stub(stub::torn_200);
+    let gw = Gateway::start(
+        &[("a", tenant_a("A_OPENAI_BASE_URL"))],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", upstream.base.clone()),
+        ],
+        &[],
+    );
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        chat("gpt-4o", "hi"),
+    )
+    .await;
+    r.assert_error(502, "upstream_incomplete");
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "max_retries = 2, yet no retry after a 200"
+    );
+}
+
+#[actix_web::test]
+async fn http_details_duplicate_auth_encodings_allow_and_missing_model() {
+    let emu = emulator();
+    let gw = gateway_for(&emu, &[]);
+    let body = chat("gpt-4o", "hi").to_string();
+    // Two Authorization headers: refused, whichever is right.
+    let request = format!(
+        "POST /a/chat/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\nauthorization: Bearer wrong\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw_exchange(
+        &gw,
+        &[request.as_bytes()],
+        std::time::Duration::from_secs(5),
+    );
+    assert!(status_line(&answer).starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("duplicate_authorization_header"),
+        "{answer}"
+    );
+
+    // A compressed body is refused, not parsed as if it were JSON.
+    let r = send(
+        client()
+            .post(gw.url("/a/chat/v1/chat/completions"))
+            .insert_header(("authorization", format!("Bearer {KEY_A}")))
+            .insert_header(("content-encoding", "gzip")),
+        Some(Bytes::from(body.clone())),
+    )
+    .await;
+    r.assert_error(415, "unsupported_content_encoding");
+
+    // 405 says what is allowed.
+    let r = send(
+        client()
+            .get(gw.url("/a/chat/v1/chat/completions"))
+            .insert_header(("authorization", format!("Bearer {KEY_A}"))),
+        None,
+    )
+    .await;
+    r.assert_error(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), "POST");
+
+    // No model on a proxy with a fallback: a 400, not a silent pick of the fallback.
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    let e = r.assert_error(400, "missing_required_parameter");
+    assert_eq!(e["error"]["param"], "model");
+}
+
+#[actix_web::test]
+async fn errors_quote_client_input_clipped() {
+    let emu = emulator();
+    let gw = gateway_for(&emu, &[]);
+    let huge = "x".repeat(1_000_000);
+    let r = post(
+        gw.url("/a/strict/v1/chat/completions"),
+        Some(KEY_A),
+        chat(&huge, "hi"),
+    )
+    .await;
+    r.assert_error(400, "model_not_found");
+    assert!(r.body.len() < 1024, "{} bytes", r.body.len());
+    let long_proxy = "p".repeat(60_000);
+    let r = send(
+        client()
+            .get(gw.url(&format!("/a/{long_proxy}/v1/models")))
+            .insert_header(("authorization", format!("Bearer {KEY_A}"))),
+        None,
+    )
+    .await;
+    r.assert_error(404, "proxy_not_found");
+    assert!(r.body.len() < 1024, "{} bytes", r.body.len());
+}
+
+#[actix_web::test]
+async fn upstream_messages_reach_the_client_without_the_operators_account_ids() {
+    let emu = emulator();
+    let gw = gateway_for(&emu, &[]);
+    let r = post(
+        gw.url("/a/strict/v1/chat/completions"),
+        Some(KEY_A),
+        chat("gpt-4.1", "[emulator:status=429,retry_after=0] hi"),
+    )
+    .await;
+    let body = r.assert_error(429, "rate_limit_exceeded");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(!r.text().contains("org-emulator"), "{}", r.text());
+    assert!(
+        message.contains("in organization [redacted] on requests"),
+        "{message}"
+    );
+    assert_eq!(r.header("retry-after"), "0");
+}
+
+#[actix_web::test]
+async fn response_ids_are_scoped_to_the_tenant() {
+    let emu = emulator();
+    // Tenants a and b share one upstream account.
+    let gw = gateway_for(&emu, &[]);
+    let create = |url: String, key: &'static str, previous: Option<String>, stream: bool| {
+        let mut body = json!({"model": "gpt-4o", "input": "hi", "stream": stream});
+        if let Some(p) = previous {
+            body["previous_response_id"] = json!(p);
+        }
+        post(url, Some(key), body)
+    };
+    let url_a = gw.url("/a/chat/v1/responses");
+    let url_b = gw.url("/b/chat/v1/responses");
+    let first = create(url_a.clone(), KEY_A, None, false).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let id = first.json()["id"].as_str().unwrap_or("").to_owned();
+    let (upstream_id, tag) = id.rsplit_once("_sy").expect("tagged id");
+    assert!(upstream_id.starts_with("resp_"), "{id}");
+    assert_eq!(tag.len(), 16, "{id}");
+
+    // Tenant a continues its own conversation, streaming: every id it sees is tagged.
+    let next = create(url_a.clone(), KEY_A, Some(id.clone()), true).await;
+    assert_eq!(next.status, 200, "{}", next.text());
+    let events: Vec<Value> = sse_data(&next.text())
+        .iter()
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["response"]["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 3, "created, in_progress, completed: {events:?}");
+    assert!(
+        ids.iter().all(|i| *i == ids[0] && i.contains("_sy")),
+        "{ids:?}"
+    );
+    assert_eq!(events[0]["response"]["previous_response_id"], id.as_str());
+
+    // Tenant b can use neither the tagged id nor the upstream id under it.
+    for stolen in [id.clone(), upstream_id.to_owned()] {
+        let r = create(url_b.clone(), KEY_B, Some(stolen), false).await;
+        let e = r.assert_error(400, "previous_response_not_found");
+        assert_eq!(e["error"]["param"], "previous_response_id");
+    }
 }

@@ -9,6 +9,7 @@ use crate::providers::{UpstreamRequest, UpstreamResponse};
 use crate::routing::Decision;
 use actix::Message;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// Proxy actor: pick the route for a request naming `model`.
 #[derive(Message)]
@@ -44,4 +45,9 @@ pub struct RestartProxy {
 pub struct Call {
     pub provider: Arc<Provider>,
     pub request: UpstreamRequest,
+    /// The request's span: the call's log lines carry its request id, tenant, proxy, route.
+    pub span: tracing::Span,
+    /// Resolves when the client's handler is dropped (the client went away): the call stops,
+    /// closing its upstream connection, whatever stage it is in.
+    pub client_gone: oneshot::Receiver<()>,
 }

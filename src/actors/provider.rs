@@ -13,14 +13,19 @@ use crate::config::Provider;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::providers::{UpstreamBody, UpstreamRequest, UpstreamResponse};
 use actix::{Actor, Context, Handler, ResponseFuture};
+use actix_service::ServiceExt;
+use actix_tls::connect::{Connection as TcpConnection, Connector as TcpConnector, Resolver};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
+use actix_web::rt::net::TcpStream;
 use awc::error::{PayloadError, SendRequestError};
+use awc::http::Uri;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// Largest non-streaming upstream body accepted.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -47,7 +52,18 @@ impl ProviderActor {
         // awc's rustls is built without a default crypto provider; ring is the one we ship.
         // Installing twice is harmless (the second call reports the first and changes nothing).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let connector = awc::Connector::new().limit(0).timeout(CONNECT_TIMEOUT);
+        // Requests go out as headers and body in separate small writes: without TCP_NODELAY,
+        // Nagle's algorithm holds the body until the upstream ACKs the headers.
+        let tcp = TcpConnector::new(Resolver::default()).service().map(
+            |conn: TcpConnection<Uri, TcpStream>| {
+                let _ = conn.io_ref().set_nodelay(true);
+                conn
+            },
+        );
+        let connector = awc::Connector::new()
+            .connector(tcp)
+            .limit(0)
+            .timeout(CONNECT_TIMEOUT);
         let client = awc::Client::builder()
             .connector(connector)
             .disable_redirects()
@@ -74,11 +90,27 @@ impl Handler<Call> for ProviderActor {
     type Result = ResponseFuture<Result<UpstreamResponse, GatewayError>>;
 
     fn handle(&mut self, msg: Call, _ctx: &mut Self::Context) -> Self::Result {
-        Box::pin(send_with_retries(
-            self.client.clone(),
-            msg.provider,
-            msg.request,
-        ))
+        let Call {
+            provider,
+            request,
+            span,
+            client_gone,
+        } = msg;
+        let client = self.client.clone();
+        let name = provider.name.clone();
+        Box::pin(
+            async move {
+                tokio::select! {
+                    biased;
+                    result = send_with_retries(client, provider, request) => result,
+                    _ = client_gone => {
+                        tracing::info!(provider = %name, "client went away; upstream call cancelled");
+                        Err(GatewayError::ClientClosed)
+                    }
+                }
+            }
+            .instrument(span),
+        )
     }
 }
 
@@ -150,7 +182,7 @@ async fn send_once(
             },
             other => GatewayError::UpstreamUnavailable {
                 provider: provider.name.clone(),
-                message: other.to_string(),
+                detail: other.to_string(),
             },
         })?;
     let status = resp.status();
@@ -191,7 +223,7 @@ async fn send_once(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let body = if request.stream && is_sse {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        actix_web::rt::spawn(pump(resp, tx, provider.timeout));
+        actix_web::rt::spawn(pump(resp, tx, provider.timeout).in_current_span());
         UpstreamBody::Stream(rx)
     } else {
         // awc puts no deadline on a body by default: a silent upstream must not hang the request.
@@ -200,20 +232,19 @@ async fn send_once(
             .body()
             .limit(MAX_RESPONSE_BYTES)
             .await
-            .map_err(|err| match err {
-                PayloadError::Overflow => GatewayError::UpstreamUnavailable {
-                    provider: provider.name.clone(),
-                    message: format!("the response body is larger than {MAX_RESPONSE_BYTES} bytes"),
-                },
-                other => GatewayError::UpstreamUnavailable {
-                    provider: provider.name.clone(),
-                    message: format!("the connection broke while reading the response: {other}"),
+            .map_err(|err| GatewayError::UpstreamIncomplete {
+                provider: provider.name.clone(),
+                detail: match err {
+                    PayloadError::Overflow => {
+                        format!("the response body is larger than {MAX_RESPONSE_BYTES} bytes")
+                    }
+                    other => format!("the connection broke while reading the response: {other}"),
                 },
             })?;
-        check_complete(&bytes, declared_len, content_type.as_ref()).map_err(|message| {
-            GatewayError::UpstreamUnavailable {
+        check_complete(&bytes, declared_len, content_type.as_ref()).map_err(|detail| {
+            GatewayError::UpstreamIncomplete {
                 provider: provider.name.clone(),
-                message,
+                detail,
             }
         })?;
         UpstreamBody::Full(bytes)
@@ -274,7 +305,7 @@ where
             biased;
             item = body.next() => item,
             () = &mut deadline => {
-                let why = format!("no data for {} s", idle.as_secs());
+                let why = format!("the upstream sent no data for {} s", idle.as_secs());
                 let _ = tx.send(Err(why)).await;
                 return;
             }
@@ -288,7 +319,9 @@ where
                 deadline.as_mut().reset(tokio::time::Instant::now() + idle);
             }
             Some(Err(err)) => {
-                let _ = tx.send(Err(err.to_string())).await;
+                // The OS's words stay in the log; the client is told what happened, not how.
+                tracing::warn!(error = %err, "upstream stream broke");
+                let _ = tx.send(Err("the upstream connection broke".into())).await;
                 return;
             }
         }

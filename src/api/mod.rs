@@ -6,13 +6,15 @@
 //! unless a route overrides the model. The canonical conversation model that Gemini and Bedrock
 //! translate through will live here beside it (`canonical`), with chat and responses as codecs.
 
+pub mod response_ids;
 pub mod stream;
 
-use crate::error::GatewayError;
-use bytes::Bytes;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use crate::error::{GatewayError, quote};
+use bytes::{Bytes, BytesMut};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::ops::Range;
 
 /// The data-plane endpoints that carry a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,17 +45,120 @@ pub struct FrontRequest {
     pub model: Option<String>,
     /// The `stream` field (false when absent).
     pub stream: bool,
+    /// The `previous_response_id` field (Responses), if any.
+    pub previous_response_id: Option<String>,
+    /// Where `model`'s JSON value sits in `raw`, so a rewrite splices instead of re-parsing.
+    model_at: Option<Range<usize>>,
+    /// Where `previous_response_id`'s JSON value sits in `raw`.
+    previous_response_id_at: Option<Range<usize>>,
 }
 
-/// The fields read from the body; everything else is checked for JSON syntax only.
-#[derive(Deserialize)]
+/// The top-level fields the gateway reads. Everything else is walked by [`Checked`], which
+/// applies the same limits a full parse would (UTF-8, escapes, number range, depth), so a body
+/// that passes here can never fail later: the body is parsed exactly once.
 struct Peek<'a> {
-    #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    messages: Option<IgnoredAny>,
+    model: Option<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    messages: bool,
+    previous_response_id: Option<&'a RawValue>,
+}
+
+impl<'de> Deserialize<'de> for Peek<'de> {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_map(PeekVisitor)
+    }
+}
+
+struct PeekVisitor;
+
+impl<'de> Visitor<'de> for PeekVisitor {
+    type Value = Peek<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Peek<'de>, A::Error> {
+        let mut peek = Peek {
+            model: None,
+            stream: None,
+            messages: false,
+            previous_response_id: None,
+        };
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            // A repeated field is refused: upstreams disagree on which copy wins.
+            let seen = match key.as_ref() {
+                "model" => peek.model.replace(map.next_value()?).is_some(),
+                "previous_response_id" => peek
+                    .previous_response_id
+                    .replace(map.next_value()?)
+                    .is_some(),
+                "stream" => peek.stream.replace(map.next_value()?).is_some(),
+                "messages" => {
+                    map.next_value::<Checked>()?;
+                    std::mem::replace(&mut peek.messages, true)
+                }
+                _ => {
+                    map.next_value::<Checked>()?;
+                    false
+                }
+            };
+            if seen {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate field `{}`",
+                    quote(&key)
+                )));
+            }
+        }
+        Ok(peek)
+    }
+}
+
+/// Any JSON value, validated as a full parse would and then dropped.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_key::<Checked>()?.is_some() {
+            map.next_value::<Checked>()?;
+        }
+        Ok(Checked)
+    }
 }
 
 impl FrontRequest {
@@ -69,7 +174,7 @@ impl FrontRequest {
         let first = raw.iter().find(|b| !b.is_ascii_whitespace()).copied();
         if first != Some(b'{') {
             // Give a syntax error where there is one; otherwise say what shape is expected.
-            if let Err(err) = serde_json::from_slice::<IgnoredAny>(&raw) {
+            if let Err(err) = serde_json::from_slice::<Checked>(&raw) {
                 return Err(json_syntax_error(&err));
             }
             return Err(GatewayError::invalid(
@@ -79,53 +184,136 @@ impl FrontRequest {
             ));
         }
         let mut de = serde_json::Deserializer::from_slice(&raw);
-        let peek: Peek<'_> = match serde_path_to_error::deserialize(&mut de) {
+        let peek = match Peek::deserialize(&mut de).and_then(|p| de.end().map(|()| p)) {
             Ok(p) => p,
-            Err(err) => {
-                let path = err.path().to_string();
-                let inner = err.into_inner();
-                if inner.is_data() && path != "." {
-                    return Err(GatewayError::invalid(
-                        format!("Invalid type for '{path}': {inner}"),
-                        Some(&path),
-                        Some("invalid_type"),
-                    ));
-                }
-                return Err(json_syntax_error(&inner));
-            }
+            Err(err) => return Err(json_syntax_error(&err)),
         };
-        if let Err(err) = de.end() {
-            return Err(json_syntax_error(&err));
-        }
-        if endpoint == Endpoint::ChatCompletions && peek.messages.is_none() {
+        if endpoint == Endpoint::ChatCompletions && !peek.messages {
             return Err(GatewayError::invalid(
                 "Missing required parameter: 'messages'.",
                 Some("messages"),
                 Some("missing_required_parameter"),
             ));
         }
-        let model = peek.model.map(Cow::into_owned);
-        let stream = peek.stream.unwrap_or(false);
+        let stream = match peek.stream.map(RawValue::get) {
+            None | Some("null" | "false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(GatewayError::invalid(
+                    format!(
+                        "Invalid type for 'stream': expected a boolean, got {}",
+                        quote(other)
+                    ),
+                    Some("stream"),
+                    Some("invalid_type"),
+                ));
+            }
+        };
+        let (model, model_at) = string_field(&raw, "model", peek.model)?;
+        let (previous_response_id, previous_response_id_at) =
+            string_field(&raw, "previous_response_id", peek.previous_response_id)?;
         Ok(Self {
             endpoint,
-            raw,
             model,
             stream,
+            previous_response_id,
+            model_at,
+            previous_response_id_at,
+            raw,
         })
     }
 
-    /// The body with `model` replaced; the original bytes when nothing changes.
-    pub fn body_for_model(&self, model: &str) -> Result<Bytes, GatewayError> {
-        if self.model.as_deref() == Some(model) {
-            return Ok(self.raw.clone());
+    /// The body to send upstream: `model` set to `model` and, when given, the
+    /// `previous_response_id` replaced. Edits are spliced into the client's bytes, which are
+    /// otherwise kept as they are (and returned untouched when nothing changes).
+    pub fn upstream_body(&self, model: &str, previous_response_id: Option<&str>) -> Bytes {
+        let mut edits: Vec<(Range<usize>, String)> = Vec::with_capacity(2);
+        if self.model.as_deref() != Some(model) {
+            match &self.model_at {
+                Some(at) => edits.push((at.clone(), json_string(model))),
+                // No model in the body: insert one as the first field.
+                None => {
+                    let open = self.raw.iter().position(|b| *b == b'{').unwrap_or(0) + 1;
+                    let rest = self.raw[open..].iter().find(|b| !b.is_ascii_whitespace());
+                    let sep = if rest == Some(&b'}') { "" } else { "," };
+                    let field = format!("\"model\":{}{sep}", json_string(model));
+                    edits.push((open..open, field));
+                }
+            }
         }
-        let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&self.raw)
-            .map_err(|err| GatewayError::Internal(format!("re-parsing a validated body: {err}")))?;
-        map.insert("model".into(), serde_json::Value::String(model.to_owned()));
-        serde_json::to_vec(&map)
-            .map(Bytes::from)
-            .map_err(|err| GatewayError::Internal(format!("serializing a body: {err}")))
+        if let (Some(id), Some(at)) = (previous_response_id, &self.previous_response_id_at)
+            && self.previous_response_id.as_deref() != Some(id)
+        {
+            edits.push((at.clone(), json_string(id)));
+        }
+        if edits.is_empty() {
+            return self.raw.clone();
+        }
+        edits.sort_by_key(|(at, _)| at.start);
+        let mut out = BytesMut::with_capacity(self.raw.len() + 64);
+        let mut from = 0;
+        for (at, text) in edits {
+            out.extend_from_slice(&self.raw[from..at.start]);
+            out.extend_from_slice(text.as_bytes());
+            from = at.end;
+        }
+        out.extend_from_slice(&self.raw[from..]);
+        out.freeze()
     }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// A top-level field that must be a string, and where its value sits in `raw`.
+fn string_field(
+    raw: &[u8],
+    name: &str,
+    value: Option<&RawValue>,
+) -> Result<(Option<String>, Option<Range<usize>>), GatewayError> {
+    let Some(value) = value else {
+        return Ok((None, None));
+    };
+    let text = value.get();
+    // `RawValue` borrows from `raw`, so its address tells where the value is.
+    let start = text.as_ptr() as usize - raw.as_ptr() as usize;
+    let at = Some(start..start + text.len());
+    if text == "null" {
+        return Ok((None, at));
+    }
+    let parsed: String = serde_json::from_str(text).map_err(|err| {
+        if !err.is_data() {
+            // The raw value skipped escapes unchecked: a syntax error here is one in the body,
+            // at this value's place in it.
+            let before = &raw[..start];
+            let line = before.iter().filter(|b| **b == b'\n').count() + err.line();
+            let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let column = if err.line() == 1 { start - line_start + err.column() } else { err.column() };
+            return GatewayError::invalid(
+                format!(
+                    "We could not parse the JSON body of your request: {} at line {line} column {column}. Send a valid JSON object.",
+                    clip_serde(&err)
+                ),
+                None,
+                Some("invalid_json"),
+            );
+        }
+        GatewayError::invalid(
+            format!("Invalid type for '{name}': {}", clip_serde(&err)),
+            Some(name),
+            Some("invalid_type"),
+        )
+    })?;
+    Ok((Some(parsed), at))
+}
+
+/// A serde error's text without its position, clipped so a huge value is not echoed back.
+fn clip_serde(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text);
+    quote(text).into_owned()
 }
 
 fn json_syntax_error(err: &serde_json::Error) -> GatewayError {
@@ -147,6 +335,10 @@ mod tests {
             Endpoint::ChatCompletions,
             Bytes::copy_from_slice(body.as_bytes()),
         )
+    }
+
+    fn parse_bytes(body: &[u8]) -> Result<FrontRequest, GatewayError> {
+        FrontRequest::parse(Endpoint::ChatCompletions, Bytes::copy_from_slice(body))
     }
 
     fn message(err: GatewayError) -> String {
@@ -191,15 +383,128 @@ mod tests {
     }
 
     #[test]
-    fn model_override_rewrites_only_the_model() {
+    fn model_override_splices_only_the_model() {
+        let r = parse(
+            r#"{"model":"a", "messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#,
+        )
+        .expect("valid");
+        assert_eq!(r.upstream_body("a", None), r.raw);
+        assert_eq!(
+            r.upstream_body("b\"c", None),
+            Bytes::from_static(
+                br#"{"model":"b\"c", "messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#
+            )
+        );
+        // No model in the body (semantic proxies ignore it): inserted first.
+        let r = parse(r#"{ "messages":[]}"#).expect("valid");
+        assert_eq!(
+            r.upstream_body("m", None),
+            Bytes::from_static(br#"{"model":"m", "messages":[]}"#)
+        );
         let r =
-            parse(r#"{"model":"a","messages":[{"role":"user","content":"hi"}],"temperature":0.5}"#)
-                .expect("valid");
-        assert_eq!(r.body_for_model("a").expect("same"), r.raw);
-        let v: serde_json::Value =
-            serde_json::from_slice(&r.body_for_model("b").expect("rewritten")).expect("json");
-        assert_eq!(v["model"], "b");
-        assert_eq!(v["temperature"], 0.5);
-        assert_eq!(v["messages"][0]["content"], "hi");
+            FrontRequest::parse(Endpoint::Responses, Bytes::from_static(b"{ }")).expect("valid");
+        assert_eq!(
+            r.upstream_body("m", None),
+            Bytes::from_static(br#"{"model":"m" }"#)
+        );
+        let r = parse(r#"{"model":null,"messages":[]}"#).expect("valid");
+        assert_eq!(
+            r.upstream_body("m", None),
+            Bytes::from_static(br#"{"model":"m","messages":[]}"#)
+        );
+    }
+
+    #[test]
+    fn previous_response_id_is_read_and_spliced() {
+        let r = FrontRequest::parse(
+            Endpoint::Responses,
+            Bytes::from_static(br#"{"previous_response_id":"v1","model":"a","input":"x"}"#),
+        )
+        .expect("valid");
+        assert_eq!(r.previous_response_id.as_deref(), Some("v1"));
+        assert_eq!(
+            r.upstream_body("b", Some("u1")),
+            Bytes::from_static(br#"{"previous_response_id":"u1","model":"b","input":"x"}"#)
+        );
+    }
+
+    /// Everything a full parse would refuse is refused by the one parse, with a 400 saying
+    /// where, never a 500 later: numbers out of range, deep nesting, invalid UTF-8 and lone
+    /// surrogates, anywhere in the body.
+    #[test]
+    fn one_parse_applies_every_limit() {
+        let deep = format!(
+            r#"{{"model":"a","messages":[],"metadata":{}{}}}"#,
+            "[".repeat(130),
+            "]".repeat(130)
+        );
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                br#"{"model":"a","messages":[],"metadata":{"x":1e400}}"#.to_vec(),
+                "number out of range",
+            ),
+            (
+                br#"{"model":"a","messages":[],"temperature":-1e400}"#.to_vec(),
+                "number out of range",
+            ),
+            (deep.into_bytes(), "recursion limit exceeded"),
+            (
+                b"{\"model\":\"a\",\"messages\":[{\"content\":\"\xff\"}]}".to_vec(),
+                "invalid unicode code point",
+            ),
+            (
+                br#"{"model":"a","messages":[{"content":"\ud800"}]}"#.to_vec(),
+                "hex escape",
+            ),
+            (
+                br#"{"model":"\ud800","messages":[]}"#.to_vec(),
+                "hex escape",
+            ),
+            (
+                br#"{"model":"a","messages":[],"\udc00":1}"#.to_vec(),
+                "hex escape",
+            ),
+        ];
+        for (body, why) in cases {
+            match parse_bytes(&body) {
+                Err(GatewayError::InvalidRequest { message, code, .. }) => {
+                    assert_eq!(code, Some("invalid_json"), "{message}");
+                    assert!(message.contains(why), "{why}: {message}");
+                    assert!(message.contains("line 1 column"), "{message}");
+                }
+                other => panic!("{why}: expected a 400, got {other:?}"),
+            }
+        }
+        // 126 levels inside the body are fine (the object itself is one more).
+        let ok = format!(
+            r#"{{"model":"a","messages":[],"metadata":{}{}}}"#,
+            "[".repeat(126),
+            "]".repeat(126)
+        );
+        assert!(parse_bytes(ok.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn repeated_fields_are_refused() {
+        for body in [
+            r#"{"model":"a","model":"b","messages":[]}"#,
+            r#"{"model":"a","messages":[],"stream":true,"stream":false}"#,
+        ] {
+            assert!(message(parse(body).expect_err(body)).contains("duplicate field"));
+        }
+    }
+
+    #[test]
+    fn stream_must_be_a_boolean() {
+        match parse(&format!(
+            r#"{{"model":"a","messages":[],"stream":"{}"}}"#,
+            "y".repeat(5000)
+        )) {
+            Err(GatewayError::InvalidRequest { param, message, .. }) => {
+                assert_eq!(param.as_deref(), Some("stream"));
+                assert!(message.len() < 200, "{message}");
+            }
+            other => panic!("expected a 400, got {other:?}"),
+        }
     }
 }

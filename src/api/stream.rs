@@ -7,6 +7,7 @@
 //! Holding back a torn trailing event is what lets that error event parse on the client.
 
 use super::Endpoint;
+use super::response_ids::IdRewriter;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use memchr::memmem;
@@ -29,11 +30,22 @@ pub struct RelayStream {
     /// The upstream sent its terminal event (or its own error event).
     finished: bool,
     closed: bool,
+    /// Scopes Responses ids to the tenant (see `response_ids`).
+    ids: Option<IdRewriter>,
+    /// The request's span: the relay runs after the handler returned, outside it.
+    span: tracing::Span,
 }
 
 impl RelayStream {
-    pub fn new(rx: mpsc::Receiver<UpstreamChunk>, endpoint: Endpoint, provider: String) -> Self {
+    pub fn new(
+        rx: mpsc::Receiver<UpstreamChunk>,
+        endpoint: Endpoint,
+        provider: String,
+        ids: Option<IdRewriter>,
+        span: tracing::Span,
+    ) -> Self {
         Self {
+            span,
             rx,
             endpoint,
             provider,
@@ -41,6 +53,7 @@ impl RelayStream {
             events: 0,
             finished: false,
             closed: false,
+            ids,
         }
     }
 
@@ -82,15 +95,19 @@ impl RelayStream {
             self.scan(&tail);
         }
         if self.finished {
-            let tail = tail.freeze();
-            let blank = tail.iter().all(u8::is_ascii_whitespace);
-            return (!blank).then(|| {
-                let mut out = BytesMut::from(&tail[..]);
-                out.extend_from_slice(b"\n\n");
-                out.freeze()
+            if tail.iter().all(u8::is_ascii_whitespace) {
+                return None;
+            }
+            let mut out = tail;
+            out.extend_from_slice(b"\n\n");
+            let out = out.freeze();
+            return Some(match &mut self.ids {
+                Some(ids) => ids.events(out),
+                None => out,
             });
         }
         let why = failure.unwrap_or_else(|| "the connection closed before the final event".into());
+        let _entered = self.span.enter();
         tracing::warn!(provider = %self.provider, reason = %why, "upstream stream interrupted");
         Some(self.error_event(&why))
     }
@@ -150,8 +167,11 @@ impl Stream for RelayStream {
                         this.pending.extend_from_slice(&chunk);
                         last_boundary(&this.pending).map(|end| this.pending.split_to(end).freeze())
                     };
-                    if let Some(events) = ready {
+                    if let Some(mut events) = ready {
                         this.scan(&events);
+                        if let Some(ids) = &mut this.ids {
+                            events = ids.events(events);
+                        }
                         return Poll::Ready(Some(Ok(events)));
                     }
                 }
@@ -173,7 +193,7 @@ mod tests {
             tx.send(c).await.expect("send");
         }
         drop(tx);
-        RelayStream::new(rx, endpoint, "openai".into())
+        RelayStream::new(rx, endpoint, "openai".into(), None, tracing::Span::none())
             .map(|r| r.expect("relay never fails"))
             .collect()
             .await

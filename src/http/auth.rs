@@ -24,6 +24,14 @@ pub fn authenticate<'d>(
     tenant: &str,
     headers: &HeaderMap,
 ) -> Result<Authenticated<'d>, GatewayError> {
+    if headers.get_all(header::AUTHORIZATION).nth(1).is_some() {
+        // Proxies and servers disagree on which copy wins; refuse rather than guess.
+        return Err(GatewayError::invalid(
+            "Send exactly one Authorization header.",
+            None,
+            Some("duplicate_authorization_header"),
+        ));
+    }
     let token = bearer(headers).ok_or(GatewayError::MissingApiKey)?;
     let digest: [u8; 32] = Sha256::digest(token).into();
     let entry = dir.tenants.get(tenant).ok_or(GatewayError::InvalidApiKey)?;
@@ -55,6 +63,19 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
         h
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let mut h = headers("Bearer a");
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        let dir = Directory::default();
+        match authenticate(&dir, "t", &h) {
+            Err(GatewayError::InvalidRequest { code, .. }) => {
+                assert_eq!(code, Some("duplicate_authorization_header"))
+            }
+            other => panic!("expected a 400, got {other:?}"),
+        }
     }
 
     #[test]

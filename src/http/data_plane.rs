@@ -11,10 +11,11 @@ use super::body::read_limited;
 use crate::actors::directory::{ProxyHandle, TenantEntry};
 use crate::actors::messages::{Call, Decide, RestartProxy};
 use crate::actors::provider::ProviderActor;
+use crate::api::response_ids::{IdRewriter, IdScope};
 use crate::api::stream::RelayStream;
 use crate::api::{Endpoint, FrontRequest};
 use crate::config::RoutingMode;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, quote};
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
 use crate::routing::{self, Decision};
 use crate::telemetry::context::RequestContext;
@@ -22,6 +23,7 @@ use actix::Addr;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
+use tokio::sync::oneshot;
 
 type ProxyPath = web::Path<(String, String)>;
 
@@ -65,6 +67,9 @@ pub async fn models(
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
     let proxy = find_proxy(auth.entry, &proxy_id)?;
+    let span = tracing::Span::current();
+    span.record("tenant", tracing::field::display(&tenant));
+    span.record("proxy", tracing::field::display(&proxy_id));
     let data: Vec<_> = routing::model::served_models(&proxy.routes)
         .into_iter()
         .map(|(id, owner)| json!({"id": id, "object": "model", "created": state.started_at, "owned_by": owner}))
@@ -81,35 +86,44 @@ async fn conversation(
     provider: web::Data<Addr<ProviderActor>>,
 ) -> Result<HttpResponse, GatewayError> {
     let (tenant, proxy_id) = path.into_inner();
+    let span = tracing::Span::current();
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
+    span.record("tenant", tracing::field::display(&tenant));
     let proxy = find_proxy(auth.entry, &proxy_id)?;
-    let body = read_limited(payload, req.headers(), state.max_body_bytes).await?;
+    span.record("proxy", tracing::field::display(&proxy_id));
+    let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
     let decision = decide(&state, proxy, front.model.as_deref()).await?;
-    tracing::debug!(
-        tenant = %tenant,
-        key = auth.key_name,
-        proxy = %proxy_id,
-        route = %decision.route().name,
-        fallback = decision.fallback,
-        "routed"
-    );
+    span.record("route", tracing::field::display(&decision.route().name));
+    // Responses ids are scoped to the tenant on the provider account (api::response_ids).
+    let ids = (endpoint == Endpoint::Responses)
+        .then(|| IdScope::new(decision.provider.api_key.expose().as_bytes(), &tenant));
+    let previous = match (&ids, front.previous_response_id.as_deref()) {
+        (Some(scope), Some(visible)) => Some((visible, scope.resolve(visible)?)),
+        _ => None,
+    };
+    tracing::debug!(key = auth.key_name, fallback = decision.fallback, "routed");
     let traceparent = req
         .extensions()
         .get::<RequestContext>()
         .map(|c| c.traceparent.clone())
         .unwrap_or_default();
-    let request = providers::prepare(&front, &decision, &traceparent)?;
+    let request = providers::prepare(&front, &decision, &traceparent, previous.map(|p| p.1))?;
+    // Dropped with this handler when the client goes away, which cancels the upstream call.
+    let (_client_alive, client_gone) = oneshot::channel();
     let answer = provider
         .send(Call {
             provider: decision.provider.clone(),
             request,
+            span: span.clone(),
+            client_gone,
         })
         .await
         .map_err(|err| GatewayError::Internal(format!("provider actor unavailable: {err}")))?;
+    let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
     let mut res = match answer {
-        Ok(upstream) => relay(endpoint, &decision, upstream),
+        Ok(upstream) => relay(endpoint, &decision, upstream, rewriter),
         Err(err) => err.error_response(),
     };
     explain(&mut res, &decision);
@@ -121,7 +135,10 @@ fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHan
         .proxies
         .get(proxy_id)
         .ok_or_else(|| GatewayError::NotFound {
-            message: format!("The proxy '{proxy_id}' does not exist for this tenant."),
+            message: format!(
+                "The proxy '{}' does not exist for this tenant.",
+                quote(proxy_id)
+            ),
             code: "proxy_not_found",
         })
 }
@@ -160,13 +177,22 @@ async fn decide(
 }
 
 /// The client's response: the upstream status and body, streamed event by event when it streams.
-fn relay(endpoint: Endpoint, decision: &Decision, upstream: UpstreamResponse) -> HttpResponse {
+fn relay(
+    endpoint: Endpoint,
+    decision: &Decision,
+    upstream: UpstreamResponse,
+    ids: Option<IdRewriter>,
+) -> HttpResponse {
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
         res.insert_header(("x-upstream-request-id", id));
     }
     match upstream.body {
         UpstreamBody::Full(bytes) => {
+            let bytes = match ids {
+                Some(mut ids) => ids.body(bytes),
+                None => bytes,
+            };
             let ct = upstream
                 .content_type
                 .unwrap_or(HeaderValue::from_static("application/json"));
@@ -180,6 +206,8 @@ fn relay(endpoint: Endpoint, decision: &Decision, upstream: UpstreamResponse) ->
                 rx,
                 endpoint,
                 decision.provider.name.clone(),
+                ids,
+                tracing::Span::current(),
             )),
     }
 }

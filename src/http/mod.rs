@@ -12,33 +12,67 @@ pub mod data_plane;
 use crate::actors::directory::DirectoryHandle;
 use crate::actors::provider::ProviderActor;
 use crate::actors::supervisor::Supervisor;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, quote};
 use crate::telemetry::context::RequestContext;
 use actix::{Actor, Addr};
 use actix_web::dev::{Server, Service};
-use actix_web::http::header::HeaderName;
+use actix_web::http::ConnectionType;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
-use std::net::TcpListener;
+use dashmap::DashMap;
+use futures_util::future::Either;
+use std::net::{IpAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 /// Default request body limit: room for a few base64 images.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default cap on open connections from one client address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 
 /// What every worker shares.
 #[derive(Clone)]
 pub struct AppState {
     pub directory: DirectoryHandle,
     pub supervisor: Addr<Supervisor>,
-    pub max_body_bytes: usize,
+    pub body_limits: body::BodyLimits,
+    /// Open connections allowed per client address; 0 for no limit.
+    pub max_connections_per_client: usize,
     /// Unix seconds when the gateway started (`created` of listed models).
     pub started_at: u64,
     /// Set once the first configuration is applied.
     pub ready: Arc<AtomicBool>,
 }
 
+/// Open connections per client address, counted by [`ConnectionSlot`]s.
+type ConnectionCounts = Arc<DashMap<IpAddr, usize>>;
+
+/// One accepted connection's place in the per-address count; freed when the connection closes
+/// (actix-web drops a connection's data with it).
+struct ConnectionSlot {
+    ip: IpAddr,
+    counts: ConnectionCounts,
+    /// This connection took the address past the limit: its requests are refused.
+    over: Option<usize>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let dashmap::Entry::Occupied(mut e) = self.counts.entry(self.ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
 /// Builds the gateway's HTTP server on `listener`; the caller runs it.
 pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+    let counts = ConnectionCounts::default();
+    let limit = state.max_connections_per_client;
     let server = HttpServer::new(move || {
         let provider = ProviderActor::new().start();
         App::new()
@@ -46,8 +80,30 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
             .app_data(web::Data::new(provider))
             .wrap_fn(|req, srv| {
                 let ctx = RequestContext::from_headers(req.headers());
+                // Every log line while serving this request carries these fields; the handler
+                // fills in tenant, proxy and route as it learns them. At ERROR level so that the
+                // span is on whenever any log line is (a span below the filter is dropped).
+                let span = tracing::error_span!(
+                    "request",
+                    request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
+                    tenant = Empty,
+                    proxy = Empty,
+                    route = Empty,
+                );
+                let refused = req
+                    .conn_data::<ConnectionSlot>()
+                    .and_then(|slot| slot.over)
+                    .map(|limit| GatewayError::TooManyConnections { limit });
                 req.extensions_mut().insert(ctx.clone());
-                let fut = srv.call(req);
+                let fut = match refused {
+                    None => Either::Left(span.in_scope(|| srv.call(req))),
+                    Some(err) => {
+                        let _entered = span.enter();
+                        let mut res = err.error_response();
+                        res.head_mut().set_connection_type(ConnectionType::Close);
+                        Either::Right(std::future::ready(Ok(req.into_response(res))))
+                    }
+                };
                 async move {
                     let mut res = fut.await?;
                     let headers = res.headers_mut();
@@ -57,6 +113,7 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
                     }
                     Ok(res)
                 }
+                .instrument(span)
             })
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
@@ -65,20 +122,47 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
                     .service(
                         web::resource("/chat/completions")
                             .route(web::post().to(data_plane::chat_completions))
-                            .default_service(web::to(method_not_allowed)),
+                            .default_service(web::to(method_not_allowed("POST"))),
                     )
                     .service(
                         web::resource("/responses")
                             .route(web::post().to(data_plane::responses))
-                            .default_service(web::to(method_not_allowed)),
+                            .default_service(web::to(method_not_allowed("POST"))),
                     )
                     .service(
                         web::resource("/models")
                             .route(web::get().to(data_plane::models))
-                            .default_service(web::to(method_not_allowed)),
+                            .default_service(web::to(method_not_allowed("GET"))),
                     ),
             )
             .default_service(web::to(unknown_path))
+    })
+    // Streams write one small event at a time: Nagle's algorithm would hold each behind the
+    // client's delayed ACK of the previous write (tens of ms).
+    .tcp_nodelay(true)
+    // A client that closes its side has gone: drop its request, which cancels the upstream call.
+    .h1_allow_half_closed(false)
+    .on_connect(move |conn, data| {
+        let Some(ip) = conn
+            .downcast_ref::<actix_web::rt::net::TcpStream>()
+            .and_then(|s| s.peer_addr().ok())
+            .map(|a| a.ip())
+        else {
+            return;
+        };
+        if limit == 0 {
+            return;
+        }
+        let open = {
+            let mut n = counts.entry(ip).or_insert(0);
+            *n += 1;
+            *n
+        };
+        data.insert(ConnectionSlot {
+            ip,
+            counts: counts.clone(),
+            over: (open > limit).then_some(limit),
+        });
     })
     .listen(listener)?;
     let server = if workers > 0 {
@@ -103,15 +187,31 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 async fn unknown_path(req: HttpRequest) -> HttpResponse {
     GatewayError::NotFound {
-        message: format!("Invalid URL ({} {})", req.method(), req.path()),
+        message: format!(
+            "Invalid URL ({} {})",
+            quote(req.method().as_str()),
+            quote(req.path())
+        ),
         code: "unknown_url",
     }
     .error_response()
 }
 
-async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    GatewayError::MethodNotAllowed {
-        message: format!("Invalid method for URL ({} {})", req.method(), req.path()),
+/// 405 for a known path, with the `Allow` header naming the method it takes.
+fn method_not_allowed(
+    allow: &'static str,
+) -> impl Fn(HttpRequest) -> std::future::Ready<HttpResponse> + Clone {
+    move |req: HttpRequest| {
+        let mut res = GatewayError::MethodNotAllowed {
+            message: format!(
+                "Invalid method for URL ({} {}); use {allow}.",
+                quote(req.method().as_str()),
+                quote(req.path())
+            ),
+        }
+        .error_response();
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        std::future::ready(res)
     }
-    .error_response()
 }

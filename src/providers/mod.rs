@@ -48,13 +48,15 @@ pub struct UpstreamResponse {
     pub body: UpstreamBody,
 }
 
-/// Builds the upstream request for a routed front request.
+/// Builds the upstream request for a routed front request. `previous_response_id` is the
+/// upstream id behind the client's (see `api::response_ids`).
 pub fn prepare(
     front: &FrontRequest,
     decision: &Decision,
     traceparent: &str,
+    previous_response_id: Option<&str>,
 ) -> Result<UpstreamRequest, GatewayError> {
     match decision.provider.kind {
-        ProviderKind::OpenAi => openai::prepare(front, decision, traceparent),
+        ProviderKind::OpenAi => openai::prepare(front, decision, traceparent, previous_response_id),
     }
 }

@@ -16,9 +16,10 @@ pub fn prepare(
     front: &FrontRequest,
     decision: &Decision,
     traceparent: &str,
+    previous_response_id: Option<&str>,
 ) -> Result<UpstreamRequest, GatewayError> {
     let provider = &decision.provider;
-    let body = front.body_for_model(decision.route().upstream_model())?;
+    let body = front.upstream_body(decision.route().upstream_model(), previous_response_id);
     let url = format!("{}/{}", provider.base_url, front.endpoint.path());
     let mut auth =
         HeaderValue::try_from(format!("Bearer {}", provider.api_key.expose())).map_err(|_| {

@@ -5,7 +5,7 @@
 //! else goes to the fallback route, or is refused with the list of models the proxy serves.
 
 use crate::config::Proxy;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, quote};
 
 /// The ids `/v1/models` lists and errors quote: each route as `<provider>/<model>`, then the
 /// aliases, in config order.
@@ -34,18 +34,20 @@ fn available(proxy: &Proxy) -> String {
 }
 
 /// The route index for `model`, and whether the fallback was used.
+///
+/// A missing or empty `model` is a client error even when the proxy has a fallback, as it is
+/// on OpenAI: the fallback catches models the proxy does not serve, not requests that forgot
+/// to say which model they want (silently picking one would hide the client's bug).
 pub fn resolve(proxy: &Proxy, model: Option<&str>) -> Result<(usize, bool), GatewayError> {
     let Some(model) = model.filter(|m| !m.is_empty()) else {
-        return proxy.fallback.map(|f| (f, true)).ok_or_else(|| {
-            GatewayError::invalid(
-                format!(
-                    "You must provide a model parameter. This proxy serves: {}.",
-                    available(proxy)
-                ),
-                Some("model"),
-                Some("missing_required_parameter"),
-            )
-        });
+        return Err(GatewayError::invalid(
+            format!(
+                "You must provide a model parameter. This proxy serves: {}.",
+                available(proxy)
+            ),
+            Some("model"),
+            Some("missing_required_parameter"),
+        ));
     };
 
     // An alias or a bare model name.
@@ -61,7 +63,8 @@ pub fn resolve(proxy: &Proxy, model: Option<&str>) -> Result<(usize, bool), Gate
         }
         return Err(GatewayError::invalid(
             format!(
-                "The model '{model}' is served by several routes ({}, {}); name one as <provider>/<model>.",
+                "The model '{}' is served by several routes ({}, {}); name one as <provider>/<model>.",
+                quote(model),
                 proxy.routes[first].qualified_model(),
                 others.join(", ")
             ),
@@ -91,7 +94,8 @@ pub fn resolve(proxy: &Proxy, model: Option<&str>) -> Result<(usize, bool), Gate
     proxy.fallback.map(|f| (f, true)).ok_or_else(|| {
         GatewayError::invalid(
             format!(
-                "The model '{model}' is not served by this proxy. Available models: {}.",
+                "The model '{}' is not served by this proxy. Available models: {}.",
+                quote(model),
                 available(proxy)
             ),
             Some("model"),
@@ -156,11 +160,29 @@ mod tests {
     }
 
     #[test]
-    fn unknown_or_missing_models_use_the_fallback() {
+    fn unknown_models_use_the_fallback_but_a_missing_model_is_refused() {
         let p = proxy(Some(1));
         assert_eq!(resolve(&p, Some("claude-3")).ok(), Some((1, true)));
-        assert_eq!(resolve(&p, None).ok(), Some((1, true)));
-        assert_eq!(resolve(&p, Some("")).ok(), Some((1, true)));
+        for missing in [None, Some("")] {
+            match resolve(&p, missing) {
+                Err(GatewayError::InvalidRequest { param, code, .. }) => {
+                    assert_eq!(param.as_deref(), Some("model"));
+                    assert_eq!(code, Some("missing_required_parameter"));
+                }
+                other => panic!("{missing:?}: expected a 400, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_model_name_is_quoted_clipped() {
+        let huge = "m".repeat(1_000_000);
+        let err = resolve(&proxy(None), Some(&huge))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.len() < 400, "{} bytes", err.len());
+        assert!(err.contains(&format!("'{}…'", "m".repeat(100))), "{err}");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! directory and runs `switchyard serve` on them. Both are killed on drop.
 #![allow(dead_code)]
 
+pub mod stub;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,9 +35,7 @@ impl Drop for Running {
 
 /// Spawns the binary and waits for `<prefix>http://ADDR` on stdout.
 fn spawn(mut cmd: Command, prefix: &'static str) -> Running {
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .env("RUST_LOG", "warn");
+    cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn switchyard");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
@@ -66,6 +66,7 @@ fn bin() -> Command {
 /// `switchyard emulate` on a random port.
 pub fn emulator() -> Running {
     let mut cmd = bin();
+    cmd.env("RUST_LOG", "warn");
     cmd.args(["emulate", "--listen", "127.0.0.1:0", "--workers", "1"]);
     spawn(cmd, "emulator listening on ")
 }
@@ -78,6 +79,17 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(tenants: &[(&str, String)], env: &[(&str, String)], extra: &[&str]) -> Gateway {
+        Self::start_logging(tenants, env, extra, None)
+    }
+
+    /// As [`Gateway::start`]; with `log`, at level info into that file instead of warn to the
+    /// test's stderr.
+    pub fn start_logging(
+        tenants: &[(&str, String)],
+        env: &[(&str, String)],
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         for (id, text) in tenants {
             std::fs::write(dir.path().join(format!("{id}.toml")), text).expect("write tenant");
@@ -90,6 +102,15 @@ impl Gateway {
             "1",
         ]);
         cmd.args(extra);
+        match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                cmd.env("RUST_LOG", "info").stderr(Stdio::from(file));
+            }
+            None => {
+                cmd.env("RUST_LOG", "warn");
+            }
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,0 +1,116 @@
+//! A scripted upstream on a raw loopback socket, for what the emulator cannot show: exactly how
+//! many times the gateway connected, and when it closed a connection.
+//!
+//! Each accepted connection has its request (headers and a `Content-Length` body) read, is
+//! counted, and is handed to the script. The script's return value is the time the gateway
+//! closed the connection, if the script waited for that.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the stub does with one connection after reading its request.
+pub type Script = fn(&mut TcpStream);
+
+pub struct Stub {
+    /// `http://127.0.0.1:PORT/v1`
+    pub base: String,
+    requests: Arc<AtomicUsize>,
+    closed: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Stub {
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// When the gateway closed connections that a script waited on.
+    pub fn closed(&self) -> Vec<Instant> {
+        self.closed.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// Starts a stub that runs `script` on every request.
+pub fn stub(script: Script) -> Stub {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind stub");
+    let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let (r, c) = (requests.clone(), closed.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let (r, c) = (r.clone(), c.clone());
+            std::thread::spawn(move || {
+                if read_request(&mut conn).is_none() {
+                    return;
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                script(&mut conn);
+                if let Ok(mut v) = c.lock()
+                    && wait_for_close(&mut conn)
+                {
+                    v.push(Instant::now());
+                }
+            });
+        }
+    });
+    Stub {
+        base,
+        requests,
+        closed,
+    }
+}
+
+/// Reads one request's headers and `Content-Length` body.
+fn read_request(conn: &mut TcpStream) -> Option<()> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).ok()
+}
+
+/// True when the peer closed the connection (read returns 0 or fails) within 60 s.
+fn wait_for_close(conn: &mut TcpStream) -> bool {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut buf = [0u8; 256];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Script: a 200 that promises 100 bytes of JSON and sends 10, then closes.
+pub fn torn_200(conn: &mut TcpStream) {
+    let _ = conn.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\":\"x\",",
+    );
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+/// Script: never answer; the stub then waits for the gateway to hang up.
+pub fn silent(_conn: &mut TcpStream) {}
