@@ -270,7 +270,7 @@ fn a_key_shared_by_two_tenants_is_refused_naming_both() {
     assert_eq!(
         shown(&errors, dir.path()),
         [
-            "d.toml: api_keys[0].env: resolves to the same key as api_keys[0] (\"k\") of tenant \"c\" (c.toml); a key must belong to one tenant, or it authenticates on both"
+            "d.toml: api_keys[0].env: the value of OTHER is the same key as api_keys[0] (\"k\") of tenant \"c\" (c.toml); a key must belong to one tenant, or it authenticates on both"
         ]
     );
     let env: HashMap<&str, &str> = [("SHARED", "one"), ("OTHER", "two"), ("K", "sk")].into();

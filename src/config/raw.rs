@@ -461,6 +461,10 @@ mod tests {
         assert!(parsed.tenant.is_none());
         assert_eq!(parsed.errors.len(), 1);
         assert_eq!(parsed.errors[0].0, "(file)");
-        assert!(parsed.errors[0].1.ends_with("(line 3)"), "{:?}", parsed.errors);
+        assert!(
+            parsed.errors[0].1.ends_with("(line 3)"),
+            "{:?}",
+            parsed.errors
+        );
     }
 }

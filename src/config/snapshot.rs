@@ -83,14 +83,14 @@ pub fn build(
                 },
             };
             if let Some((first, _)) = seen.iter().find(|(_, d)| *d == digest) {
-                let field = match &source {
-                    KeySource::Sha256(_) => "sha256",
-                    KeySource::Env(_) => "env",
+                let (field, what) = match &source {
+                    KeySource::Sha256(_) => ("sha256", "is"),
+                    KeySource::Env(var) => ("env", &*format!("the value of {var} is")),
                 };
                 errors.push(ConfigError::new(
                     &file,
                     format!("api_keys[{i}].{field}"),
-                    format!("resolves to the same key as {}", first.conflict(&file)),
+                    format!("{what} the same key as {}", first.conflict(&file)),
                 ));
             }
             seen.push((

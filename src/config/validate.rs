@@ -136,9 +136,8 @@ fn tenant_id_of(file: &Path) -> Option<String> {
     file.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
 }
 
-/// Every valid key of the file goes to `seen`, even when
-/// the tenant itself has errors, so a key shared with another tenant is reported in the same
-/// run.
+/// Every valid key of the file goes to `seen`, even when the tenant itself has errors, so a
+/// key shared with another tenant is reported in the same run.
 fn validate_tenant(
     file: &Path,
     raw: RawTenant,
