@@ -29,9 +29,21 @@ fn report(errors: &[ConfigError]) {
     );
 }
 
+fn no_tenants(dir: &Path) -> String {
+    format!(
+        "no tenant files found in {} (expected one <tenant>.toml per tenant)",
+        dir.display()
+    )
+}
+
 /// `switchyard validate DIR`
 pub fn validate(dir: &Path) -> ExitCode {
     match config::load_dir(dir) {
+        // Nothing was checked, so "ok" would be a lie; most often the path is wrong.
+        Ok(specs) if specs.is_empty() => {
+            eprintln!("error: {}", no_tenants(dir));
+            ExitCode::FAILURE
+        }
         Ok(specs) => {
             let proxies: usize = specs.iter().map(|t| t.proxies.len()).sum();
             println!(
@@ -70,6 +82,15 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Zero tenants is almost always a wrong path or an unmounted volume, but not always: a
+    // deployment may start empty and add tenants later, as peers such as Kong or Envoy allow.
+    // So it starts, and says loudly that every request will be refused.
+    if specs.is_empty() {
+        tracing::warn!(
+            "{}: the gateway starts but serves nothing: every request is refused with 401 until tenants are loaded",
+            no_tenants(&args.tenants)
+        );
+    }
     let listener = match bind(&args.listen, "gateway") {
         Ok(l) => l,
         Err(code) => return code,

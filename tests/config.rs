@@ -94,9 +94,11 @@ fn invalid_fixtures_fail_with_every_named_error() {
     }
 }
 
-fn tenant_with_proxies(n: usize) -> String {
-    let mut s = String::from(
-        "[[api_keys]]\nname = \"k\"\nsha256 = \"953d0ab8229abd463060e52204c8cb44e32297002500258c1181e18379c54626\"\n\n[providers.openai]\ntype = \"openai\"\napi_key_env = \"K\"\n\n",
+/// A tenant with `n` proxies; `key` makes its key hash its own (keys are unique across
+/// tenants).
+fn tenant_with_proxies(n: usize, key: u8) -> String {
+    let mut s = format!(
+        "[[api_keys]]\nname = \"k\"\nsha256 = \"{key:064x}\"\n\n[providers.openai]\ntype = \"openai\"\napi_key_env = \"K\"\n\n"
     );
     for i in 0..n {
         s += &format!(
@@ -109,14 +111,14 @@ fn tenant_with_proxies(n: usize) -> String {
 #[test]
 fn the_gateway_serves_at_most_fifty_proxies_across_tenants() {
     let dir = tempfile::tempdir().expect("tempdir");
-    fs::write(dir.path().join("a.toml"), tenant_with_proxies(30)).expect("write");
-    fs::write(dir.path().join("b.toml"), tenant_with_proxies(20)).expect("write");
+    fs::write(dir.path().join("a.toml"), tenant_with_proxies(30, 1)).expect("write");
+    fs::write(dir.path().join("b.toml"), tenant_with_proxies(20, 2)).expect("write");
     assert_eq!(
         config::load_dir(dir.path()).expect("50 is allowed").len(),
         2
     );
 
-    fs::write(dir.path().join("c.toml"), tenant_with_proxies(1)).expect("write");
+    fs::write(dir.path().join("c.toml"), tenant_with_proxies(1, 3)).expect("write");
     let errors = config::load_dir(dir.path()).expect_err("51 is not");
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(
@@ -199,4 +201,223 @@ fn validate_verb_exits_nonzero_with_file_field_and_reason() {
         "{stderr}"
     );
     assert!(stderr.contains("6 configuration errors"), "{stderr}");
+}
+
+/// A minimal valid tenant whose key line is `key` (e.g. `sha256 = "…"` or `env = "VAR"`).
+fn tenant_with_key(key: &str) -> String {
+    format!(
+        "[[api_keys]]\nname = \"k\"\n{key}\n\n[providers.openai]\ntype = \"openai\"\napi_key_env = \"K\"\n\n[proxies.p]\n[[proxies.p.routes]]\nname = \"r\"\nprovider = \"openai\"\nmodel = \"m\"\n"
+    )
+}
+
+fn shown(errors: &[ConfigError], dir: &Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    errors
+        .iter()
+        .map(|e| e.to_string().replace(&prefix, ""))
+        .collect()
+}
+
+#[test]
+fn a_key_shared_by_two_tenants_is_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The same digest, once in capitals: keys compare by value, not spelling.
+    let sha = "953d0ab8229abd463060e52204c8cb44e32297002500258c1181e18379c54626";
+    fs::write(
+        dir.path().join("a.toml"),
+        tenant_with_key(&format!("sha256 = \"{sha}\"")),
+    )
+    .expect("write");
+    fs::write(
+        dir.path().join("b.toml"),
+        tenant_with_key(&format!("sha256 = \"{}\"", sha.to_uppercase())),
+    )
+    .expect("write");
+    fs::write(
+        dir.path().join("c.toml"),
+        tenant_with_key("env = \"SHARED\""),
+    )
+    .expect("write");
+    fs::write(
+        dir.path().join("d.toml"),
+        tenant_with_key("env = \"SHARED\""),
+    )
+    .expect("write");
+    let errors = config::load_dir(dir.path()).expect_err("shared keys");
+    assert_eq!(
+        shown(&errors, dir.path()),
+        [
+            "b.toml: api_keys[0].sha256: the same key as api_keys[0] (\"k\") of tenant \"a\" (a.toml); a key must belong to one tenant, or it authenticates on both",
+            "d.toml: api_keys[0].env: the same environment variable as api_keys[0] (\"k\") of tenant \"c\" (c.toml); a key must belong to one tenant, or it authenticates on both",
+        ]
+    );
+
+    // Two variables holding the same value are only visible once the environment is read.
+    fs::remove_file(dir.path().join("b.toml")).expect("rm");
+    fs::write(
+        dir.path().join("d.toml"),
+        tenant_with_key("env = \"OTHER\""),
+    )
+    .expect("write");
+    let specs = config::load_dir(dir.path()).expect("valid now");
+    let env: HashMap<&str, &str> = [("SHARED", "same"), ("OTHER", "same"), ("K", "sk")].into();
+    let errors = snapshot::build(
+        specs.clone(),
+        &|k| env.get(k).map(|v| v.to_string()),
+        &Overrides::default(),
+    )
+    .expect_err("same value");
+    assert_eq!(
+        shown(&errors, dir.path()),
+        [
+            "d.toml: api_keys[0].env: the value of OTHER is the same key as api_keys[0] (\"k\") of tenant \"c\" (c.toml); a key must belong to one tenant, or it authenticates on both"
+        ]
+    );
+    let env: HashMap<&str, &str> = [("SHARED", "one"), ("OTHER", "two"), ("K", "sk")].into();
+    let snap = snapshot::build(
+        specs,
+        &|k| env.get(k).map(|v| v.to_string()),
+        &Overrides::default(),
+    )
+    .expect("distinct values");
+    assert_eq!(snap.tenants.len(), 3);
+}
+
+#[test]
+fn a_set_but_empty_variable_is_not_called_unset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("t.toml"),
+        tenant_with_key("env = \"T_KEY\""),
+    )
+    .expect("write");
+    let specs = config::load_dir(dir.path()).expect("valid");
+    let errors =
+        snapshot::build(specs, &|_| Some(String::new()), &Overrides::default()).expect_err("empty");
+    assert_eq!(
+        shown(&errors, dir.path()),
+        [
+            "t.toml: api_keys[0].env: environment variable T_KEY is set but empty",
+            "t.toml: providers.openai.api_key_env: environment variable K is set but empty",
+        ]
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn what_cannot_be_a_tenant_file_is_reported_not_skipped_or_followed() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    fs::write(
+        root.join("good.toml"),
+        tenant_with_key(&format!("sha256 = \"{:064x}\"", 1)),
+    )
+    .expect("write");
+    // A link that stays inside the directory is followed (the ConfigMap layout).
+    fs::create_dir(root.join("..data")).expect("mkdir");
+    fs::write(
+        root.join("..data/linked.toml"),
+        tenant_with_key(&format!("sha256 = \"{:064x}\"", 2)),
+    )
+    .expect("write");
+    symlink("..data/linked.toml", root.join("linked.toml")).expect("symlink");
+    let specs = config::load_dir(root).expect("inside links are fine");
+    let ids: Vec<&str> = specs.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["good", "linked"]);
+
+    fs::create_dir(root.join("folder.toml")).expect("mkdir");
+    let secret = outside.path().join("elsewhere.toml");
+    fs::write(
+        &secret,
+        tenant_with_key(&format!("sha256 = \"{:064x}\"", 3)),
+    )
+    .expect("write");
+    symlink(&secret, root.join("escape.toml")).expect("symlink");
+    symlink("../nowhere.toml", root.join("dangling.toml")).expect("symlink");
+    let errors = config::load_dir(root).expect_err("three bad entries");
+    let target = secret.canonicalize().expect("canonical");
+    assert_eq!(
+        shown(&errors, root),
+        [
+            "dangling.toml: (file): is a symbolic link whose target cannot be resolved: No such file or directory (os error 2)".to_owned(),
+            format!(
+                "escape.toml: (file): is a symbolic link to {}, outside the tenants directory; refusing to follow it (copy the file into the directory instead)",
+                target.display()
+            ),
+            "folder.toml: (file): is a directory, not a tenant file (only files named <tenant>.toml belong here)".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn an_empty_tenants_directory_fails_validate_and_serve_warns() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("README.md"), "not a tenant").expect("write");
+
+    let out = Command::new(bin)
+        .arg("validate")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: no tenant files found in {} (expected one <tenant>.toml per tenant)\n",
+            dir.path().display()
+        )
+    );
+
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .arg("--tenants")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read");
+    let addr = line
+        .trim()
+        .strip_prefix("switchyard listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    // It serves, and refuses what it cannot serve.
+    let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+    write!(
+        conn,
+        "POST /acme/chat/v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer sk-x\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    )
+    .expect("send");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 401 "), "{reply}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].ends_with(&format!(
+            "no tenant files found in {} (expected one <tenant>.toml per tenant): the gateway starts but serves nothing: every request is refused with 401 until tenants are loaded",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Configuration: tenant files in, one immutable [`Snapshot`] out.
 //!
-//! Three stages, each its own file: `raw` parses TOML with unknown keys rejected, `validate`
+//! Three stages, each its own file: `raw` parses TOML with unknown keys rejected (all of them
+//! reported, not just the first), `validate`
 //! checks every rule without side effects and reports all violations at once, and `snapshot`
 //! resolves secrets from the environment into the runtime types. Watching files and swapping
 //! snapshots belong to the supervisor, not here.
@@ -56,28 +57,57 @@ impl fmt::Display for ConfigError {
 }
 
 /// Reads and parses every `*.toml` in `dir` (sorted by name), then validates the set.
+///
+/// Everything named `*.toml` is meant as a tenant, so what cannot be one is reported, never
+/// skipped: a directory, a special file, a dangling symlink, and a symlink that resolves
+/// outside `dir` (tenant files are the gateway's trust boundary; a link out of the directory
+/// would let any file the process can read define a tenant and its keys). A symlink that stays
+/// inside `dir` is followed: Kubernetes mounts a ConfigMap exactly that way
+/// (`acme.toml -> ..data/acme.toml`). An empty directory is not an error here: the callers
+/// decide (see `run`).
 pub fn load_dir(dir: &Path) -> Result<Vec<TenantSpec>, Vec<ConfigError>> {
-    let entries = std::fs::read_dir(dir).map_err(|err| {
+    let directory_error = |what: &str, err: std::io::Error| {
         vec![ConfigError::new(
             dir,
             "(directory)",
-            format!("cannot read tenants directory: {err}"),
+            format!("cannot {what} tenants directory: {err}"),
         )]
-    })?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-        .collect();
-    paths.sort();
+    };
+    let entries = std::fs::read_dir(dir).map_err(|err| directory_error("read", err))?;
+    let root = dir
+        .canonicalize()
+        .map_err(|err| directory_error("resolve", err))?;
+    let mut candidates = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|err| directory_error("list", err))?.path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            candidates.push(path);
+        }
+    }
+    candidates.sort();
 
     let mut errors = Vec::new();
     let mut parsed = Vec::new();
-    for path in paths {
+    let mut set_aside = Vec::new();
+    for path in candidates {
+        if let Err(reason) = check_tenant_file(&root, &path) {
+            errors.push(ConfigError::new(&path, "(file)", reason));
+            continue;
+        }
         match std::fs::read_to_string(&path) {
-            Ok(text) => match parse_tenant(&text) {
-                Ok(raw) => parsed.push((path, raw)),
-                Err((field, reason)) => errors.push(ConfigError::new(&path, field, reason)),
-            },
+            Ok(text) => {
+                let mut found = raw::parse(&text);
+                errors.extend(
+                    found
+                        .errors
+                        .iter()
+                        .map(|(field, reason)| ConfigError::new(&path, field, reason)),
+                );
+                if let Some(tenant) = found.tenant.take() {
+                    parsed.push((path.clone(), tenant));
+                }
+                set_aside.push((path, found));
+            }
             Err(err) => errors.push(ConfigError::new(
                 &path,
                 "(file)",
@@ -85,37 +115,44 @@ pub fn load_dir(dir: &Path) -> Result<Vec<TenantSpec>, Vec<ConfigError>> {
             )),
         }
     }
-    // Validate what parsed even when another file did not, so one run reports everything.
+    // Validate what parsed even when another file (or part of this one) did not, so one run
+    // reports everything; drop the rule violations that only repeat a reported parse error.
+    let repeats = |e: &ConfigError| {
+        set_aside
+            .iter()
+            .any(|(path, p)| e.file.as_deref() == Some(path.as_path()) && p.is_consequence(&e.path))
+    };
     match validate::validate(parsed) {
         Ok(specs) if errors.is_empty() => Ok(specs),
         Ok(_) => Err(errors),
         Err(more) => {
-            errors.extend(more);
+            errors.extend(more.into_iter().filter(|e| !repeats(e)));
             Err(errors)
         }
     }
 }
 
-/// Parses one tenant file; an error names the field path and the line.
-pub fn parse_tenant(text: &str) -> Result<raw::RawTenant, (String, String)> {
-    let de = toml::Deserializer::new(text);
-    serde_path_to_error::deserialize(de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        let line = inner
-            .span()
-            .map(|s| {
-                format!(
-                    " (line {})",
-                    text[..s.start.min(text.len())].lines().count().max(1)
-                )
-            })
-            .unwrap_or_default();
-        let field = if path == "." || path.is_empty() {
-            "(file)".to_owned()
-        } else {
-            path
-        };
-        (field, format!("{}{line}", inner.message().trim_end()))
-    })
+/// Why `path` (named `*.toml` inside the tenants directory `root`, canonical) cannot be read
+/// as a tenant file, if it cannot.
+fn check_tenant_file(root: &Path, path: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(path).map_err(|err| format!("cannot read: {err}"))?;
+    if meta.file_type().is_symlink() {
+        let target = path
+            .canonicalize()
+            .map_err(|err| format!("is a symbolic link whose target cannot be resolved: {err}"))?;
+        if !target.starts_with(root) {
+            return Err(format!(
+                "is a symbolic link to {}, outside the tenants directory; refusing to follow it (copy the file into the directory instead)",
+                target.display()
+            ));
+        }
+    }
+    let meta = std::fs::metadata(path).map_err(|err| format!("cannot read: {err}"))?;
+    if meta.is_dir() {
+        Err("is a directory, not a tenant file (only files named <tenant>.toml belong here)".into())
+    } else if !meta.is_file() {
+        Err("is not a regular file".into())
+    } else {
+        Ok(())
+    }
 }

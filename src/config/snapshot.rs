@@ -5,7 +5,7 @@
 //! started with, so a reload never changes a request midway.
 
 use super::types::*;
-use super::validate::check_base_url;
+use super::validate::{KeyUse, check_base_url};
 use super::{ConfigError, Secret};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -42,6 +42,17 @@ pub struct Overrides {
     pub all_providers: Option<(String, Secret<String>)>,
 }
 
+/// The value of a variable that must hold a secret. Unset and set-but-empty are told apart:
+/// the second usually means a deployment template rendered a missing value, and the fix is
+/// elsewhere than for a variable nobody set.
+fn required_env(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<String, String> {
+    match env(var) {
+        None => Err(format!("environment variable {var} is not set")),
+        Some(v) if v.is_empty() => Err(format!("environment variable {var} is set but empty")),
+        Some(v) => Ok(v),
+    }
+}
+
 /// Resolves secrets and overrides; every missing variable is reported at once.
 pub fn build(
     specs: Vec<TenantSpec>,
@@ -50,24 +61,49 @@ pub fn build(
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut tenants = BTreeMap::new();
+    // Every resolved key so far, to refuse one that two tenants share through their
+    // environment values (validation already refused a shared hash or variable name).
+    let mut seen: Vec<(KeyUse, [u8; 32])> = Vec::new();
     for spec in specs {
         let file = spec.file.clone();
         let mut keys = Vec::new();
         for (i, (name, source)) in spec.keys.into_iter().enumerate() {
-            match source {
-                KeySource::Sha256(digest) => keys.push(TenantKey { name, digest }),
-                KeySource::Env(var) => match env(&var).filter(|v| !v.is_empty()) {
-                    Some(value) => keys.push(TenantKey {
-                        name,
-                        digest: Sha256::digest(value.as_bytes()).into(),
-                    }),
-                    None => errors.push(ConfigError::new(
-                        &file,
-                        format!("api_keys[{i}].env"),
-                        format!("environment variable {var} is not set"),
-                    )),
+            let digest = match &source {
+                KeySource::Sha256(digest) => *digest,
+                KeySource::Env(var) => match required_env(env, var) {
+                    Ok(value) => Sha256::digest(value.as_bytes()).into(),
+                    Err(reason) => {
+                        errors.push(ConfigError::new(
+                            &file,
+                            format!("api_keys[{i}].env"),
+                            reason,
+                        ));
+                        continue;
+                    }
                 },
+            };
+            if let Some((first, _)) = seen.iter().find(|(_, d)| *d == digest) {
+                let (field, what) = match &source {
+                    KeySource::Sha256(_) => ("sha256", "is"),
+                    KeySource::Env(var) => ("env", &*format!("the value of {var} is")),
+                };
+                errors.push(ConfigError::new(
+                    &file,
+                    format!("api_keys[{i}].{field}"),
+                    format!("{what} the same key as {}", first.conflict(&file)),
+                ));
             }
+            seen.push((
+                KeyUse {
+                    file: file.clone(),
+                    tenant: spec.id.clone(),
+                    index: i,
+                    name: name.clone(),
+                    source,
+                },
+                digest,
+            ));
+            keys.push(TenantKey { name, digest });
         }
         let mut providers = Vec::new();
         for p in spec.providers {
@@ -88,16 +124,14 @@ pub fn build(
                             )),
                         }
                     }
-                    let key = env(&p.api_key_env)
-                        .filter(|v| !v.is_empty())
-                        .unwrap_or_else(|| {
-                            errors.push(ConfigError::new(
-                                &file,
-                                format!("{path}.api_key_env"),
-                                format!("environment variable {} is not set", p.api_key_env),
-                            ));
-                            String::new()
-                        });
+                    let key = required_env(env, &p.api_key_env).unwrap_or_else(|reason| {
+                        errors.push(ConfigError::new(
+                            &file,
+                            format!("{path}.api_key_env"),
+                            reason,
+                        ));
+                        String::new()
+                    });
                     (base_url, Secret::new(key))
                 }
             };

@@ -109,7 +109,7 @@ pub struct Proxy {
 }
 
 /// A tenant key as validated: where its value comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeySource {
     Sha256([u8; 32]),
     Env(String),

@@ -49,15 +49,18 @@ fn is_env_name(s: &str) -> bool {
 const ID_RULE: &str =
     "must be 1 to 64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit";
 
-/// Validates every parsed file and the gateway-wide limits.
+/// Validates every parsed file and the gateway-wide rules (the proxy cap, keys unique across
+/// tenants).
 pub fn validate(files: Vec<(PathBuf, RawTenant)>) -> Result<Vec<TenantSpec>, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut specs = Vec::new();
+    let mut keys = Vec::new();
     for (file, raw) in files {
-        if let Some(spec) = validate_tenant(&file, raw, &mut errors) {
+        if let Some(spec) = validate_tenant(&file, raw, &mut keys, &mut errors) {
             specs.push(spec);
         }
     }
+    check_keys_unique(&keys, &mut errors);
     let total: usize = specs.iter().map(|t| t.proxies.len()).sum();
     if total > MAX_PROXIES {
         let by_file: Vec<String> = specs
@@ -76,11 +79,71 @@ pub fn validate(files: Vec<(PathBuf, RawTenant)>) -> Result<Vec<TenantSpec>, Vec
     }
 }
 
+/// Where one tenant key is declared, for the uniqueness check across tenants.
+#[derive(Debug)]
+pub(crate) struct KeyUse {
+    pub file: PathBuf,
+    pub tenant: String,
+    /// Index in the file's `api_keys`.
+    pub index: usize,
+    pub name: String,
+    pub source: KeySource,
+}
+
+impl KeyUse {
+    /// How an error about a later use of the same key, in `other_file`, names this one and
+    /// says why that is refused.
+    pub(crate) fn conflict(&self, other_file: &Path) -> String {
+        if self.file == other_file {
+            format!(
+                "api_keys[{}] ({:?}) of this tenant; declare each key once",
+                self.index, self.name
+            )
+        } else {
+            format!(
+                "api_keys[{}] ({:?}) of tenant {:?} ({}); a key must belong to one tenant, or it authenticates on both",
+                self.index,
+                self.name,
+                self.tenant,
+                self.file.display()
+            )
+        }
+    }
+}
+
+/// A client key identifies one tenant: the same key in two tenants would authenticate on
+/// both, so which tenant a request reaches would depend on nothing but its URL. The same
+/// hash, or the same environment variable, declared twice is refused, naming both places;
+/// keys whose environment values coincide are caught when the snapshot is built.
+fn check_keys_unique(keys: &[KeyUse], errors: &mut Vec<ConfigError>) {
+    for (n, key) in keys.iter().enumerate() {
+        let Some(first) = keys[..n].iter().find(|k| k.source == key.source) else {
+            continue;
+        };
+        let (field, what) = match key.source {
+            KeySource::Sha256(_) => ("sha256", "the same key as"),
+            KeySource::Env(_) => ("env", "the same environment variable as"),
+        };
+        errors.push(ConfigError::new(
+            &key.file,
+            format!("api_keys[{}].{field}", key.index),
+            format!("{what} {}", first.conflict(&key.file)),
+        ));
+    }
+}
+
 fn tenant_id_of(file: &Path) -> Option<String> {
     file.file_stem().and_then(|s| s.to_str()).map(str::to_owned)
 }
 
-fn validate_tenant(file: &Path, raw: RawTenant, out: &mut Vec<ConfigError>) -> Option<TenantSpec> {
+/// Every valid key of the file goes to `seen`, even when the tenant itself has errors, so a
+/// key shared with another tenant is reported in the same run.
+fn validate_tenant(
+    file: &Path,
+    raw: RawTenant,
+    seen: &mut Vec<KeyUse>,
+    out: &mut Vec<ConfigError>,
+) -> Option<TenantSpec> {
     let before = out.len();
     let mut e = Errors { file, out };
     let id = tenant_id_of(file).unwrap_or_default();
@@ -97,6 +160,17 @@ fn validate_tenant(file: &Path, raw: RawTenant, out: &mut Vec<ConfigError>) -> O
     }
 
     let keys = validate_keys(&raw.api_keys, &mut e);
+    seen.extend(keys.iter().map(|(i, name, source)| KeyUse {
+        file: file.to_path_buf(),
+        tenant: id.clone(),
+        index: *i,
+        name: name.clone(),
+        source: source.clone(),
+    }));
+    let keys = keys
+        .into_iter()
+        .map(|(_, name, source)| (name, source))
+        .collect();
 
     let mut providers = Vec::new();
     let mut provider_index = BTreeMap::new();
@@ -133,7 +207,8 @@ fn validate_tenant(file: &Path, raw: RawTenant, out: &mut Vec<ConfigError>) -> O
     })
 }
 
-fn validate_keys(keys: &[RawApiKey], e: &mut Errors<'_>) -> Vec<(String, KeySource)> {
+/// The valid keys with their index in `api_keys`.
+fn validate_keys(keys: &[RawApiKey], e: &mut Errors<'_>) -> Vec<(usize, String, KeySource)> {
     if keys.is_empty() {
         e.push(
             "api_keys",
@@ -163,7 +238,7 @@ fn validate_keys(keys: &[RawApiKey], e: &mut Errors<'_>) -> Vec<(String, KeySour
             (Some(hexd), None) => {
                 let mut digest = [0u8; 32];
                 if hex::decode_to_slice(hexd.trim(), &mut digest).is_ok() {
-                    out.push((k.name.clone(), KeySource::Sha256(digest)));
+                    out.push((i, k.name.clone(), KeySource::Sha256(digest)));
                 } else {
                     e.push(
                         format!("{path}.sha256"),
@@ -173,7 +248,7 @@ fn validate_keys(keys: &[RawApiKey], e: &mut Errors<'_>) -> Vec<(String, KeySour
             }
             (None, Some(var)) => {
                 if is_env_name(var) {
-                    out.push((k.name.clone(), KeySource::Env(var.clone())));
+                    out.push((i, k.name.clone(), KeySource::Env(var.clone())));
                 } else {
                     e.push(
                         format!("{path}.env"),
@@ -458,23 +533,50 @@ fn validate_proxy(
         );
     }
 
-    // Every name a client may send must pick one route: an alias may not shadow another
-    // route's model or alias.
-    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    // Every name a client may send must pick one route: an alias may not repeat, name its own
+    // route's model (bare or as `<provider>/<model>`, which would make the alias pointless and
+    // hides a likely typo), or shadow another route's model or alias. Aliases are matched
+    // before `<provider>/<model>`, so the qualified names count as taken too.
+    let qualified = |r: &super::raw::RawRoute| {
+        let mut own = vec![r.model.clone(), format!("{}/{}", r.provider, r.model)];
+        if let Some(provider) = raw_providers.get(&r.provider) {
+            own.push(format!("{}/{}", provider.kind, r.model));
+        }
+        own
+    };
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, r) in p.routes.iter().enumerate() {
-        names.entry(r.model.as_str()).or_insert(i);
+        for name in qualified(r) {
+            names.entry(name).or_insert(i);
+        }
     }
     for (i, r) in p.routes.iter().enumerate() {
+        let own = qualified(r);
+        let mut seen = HashSet::new();
         for (j, a) in r.aliases.iter().enumerate() {
-            match names.insert(a.as_str(), i) {
-                Some(owner) if owner != i => e.push(
-                    format!("{path}.routes[{i}].aliases[{j}]"),
+            let ap = format!("{path}.routes[{i}].aliases[{j}]");
+            if a.trim().is_empty() {
+                continue; // reported above
+            }
+            if !seen.insert(a.as_str()) {
+                e.push(ap, format!("duplicate alias {a:?} in this route"));
+            } else if own.contains(a) {
+                e.push(
+                    ap,
+                    format!(
+                        "alias {a:?} is this route's own model name; an alias must be another name"
+                    ),
+                );
+            } else if let Some(&owner) = names.get(a) {
+                e.push(
+                    ap,
                     format!(
                         "alias {a:?} is already a model or alias of route {:?}",
                         p.routes[owner].name
                     ),
-                ),
-                _ => {}
+                );
+            } else {
+                names.insert(a.clone(), i);
             }
         }
     }
@@ -515,6 +617,13 @@ fn validate_proxy(
     }
     let fallback = match &p.fallback {
         None => None,
+        Some(name) if name.trim().is_empty() => {
+            e.push(
+                format!("{path}.fallback"),
+                "must not be empty: name a route of this proxy, or leave `fallback` out for none",
+            );
+            None
+        }
         Some(name) => match p.routes.iter().position(|r| &r.name == name) {
             Some(i) => Some(i),
             None => {
