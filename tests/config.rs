@@ -336,6 +336,8 @@ fn what_cannot_be_a_tenant_file_is_reported_not_skipped_or_followed() {
     .expect("write");
     symlink(&secret, root.join("escape.toml")).expect("symlink");
     symlink("../nowhere.toml", root.join("dangling.toml")).expect("symlink");
+    // An editor's lock file (a dangling link) is hidden: skipped, not an error.
+    symlink("user@host.1234", root.join(".#linked.toml")).expect("symlink");
     let errors = config::load_dir(root).expect_err("three bad entries");
     let target = secret.canonicalize().expect("canonical");
     assert_eq!(

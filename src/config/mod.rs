@@ -63,7 +63,7 @@ impl fmt::Display for ConfigError {
 /// outside `dir` (tenant files are the gateway's trust boundary; a link out of the directory
 /// would let any file the process can read define a tenant and its keys). A symlink that stays
 /// inside `dir` is followed: Kubernetes mounts a ConfigMap exactly that way
-/// (`acme.toml -> ..data/acme.toml`). An empty directory is not an error here: the callers
+/// (`acme.toml -> ..data/acme.toml`). Hidden names (`.#acme.toml`) are skipped. An empty directory is not an error here: the callers
 /// decide (see `run`).
 pub fn load_dir(dir: &Path) -> Result<Vec<TenantSpec>, Vec<ConfigError>> {
     let directory_error = |what: &str, err: std::io::Error| {
@@ -80,7 +80,13 @@ pub fn load_dir(dir: &Path) -> Result<Vec<TenantSpec>, Vec<ConfigError>> {
     let mut candidates = Vec::new();
     for entry in entries {
         let path = entry.map_err(|err| directory_error("list", err))?.path();
-        if path.extension().is_some_and(|x| x == "toml") {
+        // Hidden names are never tenants (a tenant id starts with a letter or digit): they
+        // are editors' lock and swap files (`.#acme.toml`, a dangling link while Emacs edits)
+        // and Kubernetes' `..data` plumbing, and must not fail a load or a reload.
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+        if !hidden && path.extension().is_some_and(|x| x == "toml") {
             candidates.push(path);
         }
     }
