@@ -964,6 +964,42 @@ async fn http_details_duplicate_auth_encodings_allow_and_missing_model() {
 }
 
 #[actix_web::test]
+async fn expect_continue_is_answered_after_the_key_and_size_checks() {
+    let emu = emulator();
+    let gw = gateway_for(&emu, &["--max-body-bytes", "1000"]);
+    let wait = std::time::Duration::from_secs(5);
+    let head = |key: &str, len: usize| {
+        format!(
+            "POST /a/chat/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {len}\r\nexpect: 100-continue\r\n\r\n"
+        )
+    };
+    // A wrong key or an oversized body: the refusal comes instead of "100 Continue".
+    for (key, len, status) in [("wrong", 10, "401"), (KEY_A, 5000, "413")] {
+        let answer = raw_exchange(&gw, &[head(key, len).as_bytes()], wait);
+        assert!(
+            status_line(&answer).starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(!answer.contains("100 Continue"), "{answer}");
+    }
+    // A good request hears "100 Continue", sends its body and is served.
+    use std::io::{Read, Write};
+    let body = chat("gpt-4o", "hi").to_string();
+    let addr = gw.run.base.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(wait)).expect("timeout");
+    conn.write_all(head(KEY_A, body.len()).as_bytes())
+        .expect("head");
+    let mut buf = [0u8; 25];
+    conn.read_exact(&mut buf).expect("continue");
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    conn.write_all(body.as_bytes()).expect("body");
+    let mut first = [0u8; 12];
+    conn.read_exact(&mut first).expect("answer");
+    assert_eq!(&first, b"HTTP/1.1 200");
+}
+
+#[actix_web::test]
 async fn errors_quote_client_input_clipped() {
     let emu = emulator();
     let gw = gateway_for(&emu, &[]);

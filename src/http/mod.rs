@@ -15,10 +15,15 @@ use crate::actors::supervisor::Supervisor;
 use crate::error::{GatewayError, quote};
 use crate::telemetry::context::RequestContext;
 use actix::{Actor, Addr};
-use actix_web::dev::{Server, Service};
+use actix_http::{HttpService, Request};
+use actix_server::Server;
+use actix_service::{fn_service, map_config};
+use actix_web::body::BoxBody;
+use actix_web::dev::{AppConfig, Service};
 use actix_web::http::ConnectionType;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::rt::net::TcpStream;
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use dashmap::DashMap;
 use futures_util::future::Either;
 use std::net::{IpAddr, TcpListener};
@@ -70,13 +75,28 @@ impl Drop for ConnectionSlot {
 }
 
 /// Builds the gateway's HTTP server on `listener`; the caller runs it.
+///
+/// Assembled from actix-server and actix-http rather than `HttpServer`, which offers no hook
+/// for `Expect: 100-continue`: its default answers "100 Continue" at once, so a client with a
+/// wrong key or an oversized body would upload the body before hearing 401 or 413.
+/// [`expect_continue`] checks both first. The settings are `HttpServer`'s defaults except
+/// those commented.
 pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
     let counts = ConnectionCounts::default();
-    let limit = state.max_connections_per_client;
-    let server = HttpServer::new(move || {
+    let mut builder = actix_server::Server::build();
+    if workers > 0 {
+        builder = builder.workers(workers);
+    }
+    let shutdown = builder.graceful_shutdown_signal();
+    let builder = builder.listen("switchyard", listener, move || {
+        let state = state.clone();
+        let counts = counts.clone();
+        let limit = state.max_connections_per_client;
         let provider = ProviderActor::new().start();
-        App::new()
-            .app_data(web::Data::new(state.clone()))
+        let expect_state = state.clone();
+        let shutdown = shutdown.clone();
+        let app = App::new()
+            .app_data(web::Data::new(state))
             .app_data(web::Data::new(provider))
             .wrap_fn(|req, srv| {
                 let ctx = RequestContext::from_headers(req.headers());
@@ -99,9 +119,9 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
                     None => Either::Left(span.in_scope(|| srv.call(req))),
                     Some(err) => {
                         let _entered = span.enter();
-                        let mut res = err.error_response();
-                        res.head_mut().set_connection_type(ConnectionType::Close);
-                        Either::Right(std::future::ready(Ok(req.into_response(res))))
+                        Either::Right(std::future::ready(Ok(
+                            req.into_response(err.error_response())
+                        )))
                     }
                 };
                 async move {
@@ -135,42 +155,81 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
                             .default_service(web::to(method_not_allowed("GET"))),
                     ),
             )
-            .default_service(web::to(unknown_path))
-    })
-    // Streams write one small event at a time: Nagle's algorithm would hold each behind the
-    // client's delayed ACK of the previous write (tens of ms).
-    .tcp_nodelay(true)
-    // A client that closes its side has gone: drop its request, which cancels the upstream call.
-    .h1_allow_half_closed(false)
-    .on_connect(move |conn, data| {
-        let Some(ip) = conn
-            .downcast_ref::<actix_web::rt::net::TcpStream>()
-            .and_then(|s| s.peer_addr().ok())
-            .map(|a| a.ip())
-        else {
-            return;
-        };
-        if limit == 0 {
-            return;
-        }
-        let open = {
-            let mut n = counts.entry(ip).or_insert(0);
-            *n += 1;
-            *n
-        };
-        data.insert(ConnectionSlot {
-            ip,
-            counts: counts.clone(),
-            over: (open > limit).then_some(limit),
-        });
-    })
-    .listen(listener)?;
-    let server = if workers > 0 {
-        server.workers(workers)
-    } else {
-        server
+            .default_service(web::to(unknown_path));
+        HttpService::build()
+            .graceful_shutdown_signal(move || {
+                let signal = shutdown.clone();
+                async move { signal.notified().await }
+            })
+            // Streams write one small event at a time: Nagle's algorithm would hold each behind
+            // the client's delayed ACK of the previous write (tens of ms).
+            .tcp_nodelay(true)
+            // A client that closes its side has gone: drop its request, which cancels the
+            // upstream call.
+            .h1_allow_half_closed(false)
+            .on_connect_ext(move |io: &TcpStream, data| {
+                if limit == 0 {
+                    return;
+                }
+                let Ok(ip) = io.peer_addr().map(|a| a.ip()) else {
+                    return;
+                };
+                let open = {
+                    let mut n = counts.entry(ip).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                data.insert(ConnectionSlot {
+                    ip,
+                    counts: counts.clone(),
+                    over: (open > limit).then_some(limit),
+                });
+            })
+            .expect(fn_service(move |req: Request| {
+                std::future::ready(expect_continue(&expect_state, req))
+            }))
+            .finish(map_config(app, |_| AppConfig::default()))
+            .tcp()
+    })?;
+    Ok(builder.run())
+}
+
+/// An `Expect: 100-continue` request hears "100 Continue" only when its key is good and its
+/// declared body fits; otherwise its 401 or 413 comes before the body is sent.
+fn expect_continue(state: &AppState, req: Request) -> Result<Request, Refusal> {
+    let refusal = |err: GatewayError| {
+        let mut res = err.error_response();
+        res.head_mut().set_connection_type(ConnectionType::Close);
+        Refusal(res.into())
     };
-    Ok(server.run())
+    let mut segments = req.path().trim_start_matches('/').split('/');
+    let (Some(tenant), Some(_proxy), Some("v1")) =
+        (segments.next(), segments.next(), segments.next())
+    else {
+        return Ok(req);
+    };
+    let dir = state.directory.current();
+    if let Err(err) = auth::authenticate(&dir, tenant, req.headers()) {
+        return Err(refusal(err));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let limit = state.body_limits.max_bytes;
+    if declared.is_some_and(|n| n > limit) {
+        return Err(refusal(GatewayError::PayloadTooLarge { limit }));
+    }
+    Ok(req)
+}
+
+/// The answer to a refused `Expect: 100-continue`.
+struct Refusal(actix_http::Response<BoxBody>);
+
+impl From<Refusal> for actix_http::Response<BoxBody> {
+    fn from(r: Refusal) -> Self {
+        r.0
+    }
 }
 
 async fn healthz() -> HttpResponse {
