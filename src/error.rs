@@ -6,6 +6,7 @@
 //! that are already OpenAI-shaped pass through byte for byte, status included. Internal details
 //! go to the log, never to the client.
 
+use crate::config::Trigger;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
@@ -77,6 +78,16 @@ pub enum GatewayError {
     /// Never retried: the provider has generated (and billed) the answer already.
     #[error("upstream {provider} sent an incomplete answer: {detail}")]
     UpstreamIncomplete { provider: String, detail: String },
+    /// 502: the provider answered 200, then an error event before any content. The event's
+    /// message is passed on sanitised.
+    #[error("upstream {provider} failed its stream before any content: {message}")]
+    UpstreamStreamError { provider: String, message: String },
+    /// 503: the provider endpoint's circuit breaker is open.
+    #[error("upstream {provider} circuit open")]
+    CircuitOpen {
+        provider: String,
+        retry_in: std::time::Duration,
+    },
     /// 504: the provider did not answer in time.
     #[error("upstream {provider} timed out")]
     UpstreamTimeout { provider: String },
@@ -132,6 +143,8 @@ impl GatewayError {
             | Self::UpstreamCredentials { .. }
             | Self::UpstreamUnavailable { .. }
             | Self::UpstreamIncomplete { .. }
+            | Self::UpstreamStreamError { .. }
+            | Self::CircuitOpen { .. }
             | Self::UpstreamTimeout { .. } => ErrorSource::Upstream,
             Self::NotImplemented { .. } | Self::Unavailable { .. } | Self::Internal(_) => {
                 ErrorSource::Internal
@@ -147,7 +160,36 @@ impl GatewayError {
             }
             Self::UpstreamUnavailable { .. }
             | Self::UpstreamTimeout { .. }
+            | Self::UpstreamStreamError { .. }
             | Self::Unavailable { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The fallback trigger this failure is, if any. A broken answer after a success status
+    /// is none: the provider produced (and billed) it, so no other route is asked either.
+    pub fn trigger(&self) -> Option<Trigger> {
+        match self {
+            Self::UpstreamUnavailable { .. } => Some(Trigger::Connect),
+            Self::UpstreamTimeout { .. } => Some(Trigger::Timeout),
+            Self::Upstream(u) if u.status == StatusCode::TOO_MANY_REQUESTS => {
+                Some(Trigger::RateLimited)
+            }
+            Self::Upstream(u) if u.status.is_server_error() => Some(Trigger::ServerError),
+            Self::CircuitOpen { .. } => Some(Trigger::CircuitOpen),
+            Self::UpstreamStreamError { .. } => Some(Trigger::StreamError),
+            _ => None,
+        }
+    }
+
+    /// Whether this failure says the endpoint is unhealthy (for its circuit breaker).
+    pub fn endpoint_failure(&self) -> bool {
+        match self {
+            Self::Upstream(u) => u.status.is_server_error(),
+            Self::UpstreamUnavailable { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamIncomplete { .. }
+            | Self::UpstreamStreamError { .. } => true,
             _ => false,
         }
     }
@@ -231,6 +273,21 @@ impl GatewayError {
                 "server_error",
                 None,
                 Some("upstream_incomplete"),
+            ),
+            Self::UpstreamStreamError { provider, message } => (
+                format!(
+                    "The upstream provider {provider} failed before sending any content: {}",
+                    sanitize_upstream_message(message)
+                ),
+                "server_error",
+                None,
+                Some("upstream_stream_error"),
+            ),
+            Self::CircuitOpen { provider, .. } => (
+                format!("The upstream provider {provider} is failing and is not being called for a while (circuit open); retry later."),
+                "server_error",
+                None,
+                Some("upstream_circuit_open"),
             ),
             Self::UpstreamTimeout { provider } => (
                 format!("The upstream provider {provider} did not answer in time."),
@@ -339,7 +396,9 @@ impl ResponseError for GatewayError {
             Self::Upstream(u) => u.status,
             Self::UpstreamCredentials { .. }
             | Self::UpstreamUnavailable { .. }
-            | Self::UpstreamIncomplete { .. } => StatusCode::BAD_GATEWAY,
+            | Self::UpstreamIncomplete { .. }
+            | Self::UpstreamStreamError { .. } => StatusCode::BAD_GATEWAY,
+            Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             // nginx's code for it; never reaches a client.
@@ -381,8 +440,14 @@ impl ResponseError for GatewayError {
                 return res.body(body);
             }
         }
-        if matches!(self, Self::Unavailable { .. }) {
-            res.insert_header((header::RETRY_AFTER, "1"));
+        match self {
+            Self::Unavailable { .. } => {
+                res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            Self::CircuitOpen { retry_in, .. } => {
+                res.insert_header((header::RETRY_AFTER, retry_in.as_secs().max(1).to_string()));
+            }
+            _ => {}
         }
         if matches!(
             self,

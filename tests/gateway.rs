@@ -599,17 +599,49 @@ async fn the_timeout_bounds_silence_not_the_length_of_a_stream() {
     let r = post(url.clone(), Some(KEY_A), body).await;
     assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
 
-    // Headers, then 3 s of silence: cut after 1 s with an error event.
+    // Headers, then 3 s without a first event: nothing has reached the client, so each
+    // attempt times out after 1 s and is retried; then the client gets a 504.
     let mut body = chat("gpt-4o", "[emulator:first_byte_ms=3000] hi");
     body["stream"] = json!(true);
     let started = std::time::Instant::now();
     let r = post(url, Some(KEY_A), body).await;
+    r.assert_error(504, "upstream_timeout");
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < std::time::Duration::from_millis(2500),
-        "{:?}",
-        started.elapsed()
+        took >= std::time::Duration::from_secs(3) && took < std::time::Duration::from_millis(4500),
+        "three attempts of 1 s and two backoff steps: {took:?}"
     );
-    assert!(r.text().contains("no data for 1 s"), "{}", r.text());
+
+    // One event, then 3 s of silence: cut after 1 s with an error event, never retried.
+    let upstream = stub::stub(stub::stream_stalls_after_first);
+    let tenant = tenant_a("A_OPENAI_BASE_URL")
+        .replace("max_retries = 2", "max_retries = 2\ntimeout_secs = 1");
+    let gw = Gateway::start(
+        &[("a", tenant)],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", upstream.base.clone()),
+        ],
+        &[],
+    );
+    let started = std::time::Instant::now();
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        streaming("gpt-4o"),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_millis(2500), "{took:?}");
+    assert_eq!(r.status, 200);
+    let events = sse_data(&r.text());
+    assert_eq!(events.len(), 2, "{}", r.text());
+    assert!(
+        events[1].contains("the upstream sent no data for 1 s"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(upstream.requests(), 1);
 }
 
 #[actix_web::test]
@@ -1089,4 +1121,194 @@ async fn response_ids_are_scoped_to_the_tenant() {
         let e = r.assert_error(400, "previous_response_not_found");
         assert_eq!(e["error"]["param"], "previous_response_id");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failover: fallback chains, circuit breaking, errors inside a 200 stream, per-route timeouts.
+// ---------------------------------------------------------------------------------------------
+
+/// Tenant "a" whose route `big` is served by the stub `flaky` and falls back to `mini` on the
+/// emulator; `route_extra` and `provider_extra` are added to `big` and to `flaky`.
+fn failover_tenant(route_extra: &str, provider_extra: &str) -> String {
+    format!(
+        r#"
+[[api_keys]]
+name = "demo"
+sha256 = "{KEY_A_SHA}"
+
+[providers.flaky]
+type = "openai"
+api_key_env = "A_OPENAI_KEY"
+base_url_env = "FLAKY_BASE_URL"
+max_retries = 1
+{provider_extra}
+
+[providers.backup]
+type = "openai"
+api_key_env = "A_OPENAI_KEY"
+base_url_env = "A_OPENAI_BASE_URL"
+
+[proxies.chat]
+[[proxies.chat.routes]]
+name = "big"
+provider = "flaky"
+model = "gpt-4o"
+fallbacks = ["mini"]
+{route_extra}
+[[proxies.chat.routes]]
+name = "mini"
+provider = "backup"
+model = "gpt-4o-mini"
+"#
+    )
+}
+
+fn failover_gateway(
+    emu: &Running,
+    upstream: &stub::Stub,
+    route_extra: &str,
+    provider_extra: &str,
+) -> Gateway {
+    Gateway::start(
+        &[("a", failover_tenant(route_extra, provider_extra))],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+            ("FLAKY_BASE_URL", upstream.base.clone()),
+        ],
+        &[],
+    )
+}
+
+fn streaming(model: &str) -> Value {
+    let mut body = chat(model, "hi");
+    body["stream"] = json!(true);
+    body
+}
+
+#[actix_web::test]
+async fn a_failing_route_falls_back_after_its_retries_and_says_why() {
+    let emu = emulator();
+    let upstream = stub::stub(stub::status_503);
+    let gw = failover_gateway(&emu, &upstream, "", "");
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        chat("gpt-4o", "hi"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream.requests(), 2, "one try and max_retries = 1");
+    assert_eq!(r.header("x-switchyard-route"), "mini");
+    assert_eq!(r.header("x-switchyard-provider"), "backup");
+    assert_eq!(r.header("x-switchyard-fallback"), "true");
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "5xx");
+    assert_eq!(r.json()["model"], "gpt-4o-mini");
+}
+
+#[actix_web::test]
+async fn fallback_on_limits_which_failures_move_on() {
+    let emu = emulator();
+    let upstream = stub::stub(stub::status_429);
+    let gw = failover_gateway(&emu, &upstream, r#"fallback_on = ["5xx"]"#, "");
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        chat("gpt-4o", "hi"),
+    )
+    .await;
+    r.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(upstream.requests(), 2);
+    assert_eq!(r.header("x-switchyard-route"), "big");
+    assert_eq!(r.header("x-switchyard-fallback"), "false");
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "");
+}
+
+#[actix_web::test]
+async fn an_open_circuit_skips_the_endpoint_until_its_probe() {
+    let emu = emulator();
+    let upstream = stub::stub(stub::status_503);
+    let gw = failover_gateway(
+        &emu,
+        &upstream,
+        "",
+        "circuit_failures = 3\ncircuit_open_secs = 2",
+    );
+    let url = gw.url("/a/chat/v1/chat/completions");
+    // Request 1: two failed attempts; request 2: the third opens the circuit after one.
+    for (expected_requests, reason) in [(2, "5xx"), (3, "circuit_open")] {
+        let r = post(url.clone(), Some(KEY_A), chat("gpt-4o", "hi")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(upstream.requests(), expected_requests);
+        assert_eq!(r.header("x-switchyard-fallback-reason"), reason);
+    }
+    // Open: the endpoint is not called at all.
+    let r = post(url.clone(), Some(KEY_A), chat("gpt-4o", "hi")).await;
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "circuit_open");
+    assert_eq!(upstream.requests(), 3);
+    // After the wait, one probe goes through; it fails, so the circuit opens again at once.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = post(url.clone(), Some(KEY_A), chat("gpt-4o", "hi")).await;
+    assert_eq!(r.header("x-switchyard-route"), "mini");
+    assert_eq!(upstream.requests(), 4);
+    let r = post(url, Some(KEY_A), chat("gpt-4o", "hi")).await;
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "circuit_open");
+    assert_eq!(upstream.requests(), 4);
+}
+
+#[actix_web::test]
+async fn an_error_event_opening_a_200_stream_is_retried_and_falls_back() {
+    let emu = emulator();
+    let upstream = stub::stub(stub::stream_error_first);
+    let gw = failover_gateway(&emu, &upstream, "", "");
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        streaming("gpt-4o"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream.requests(), 2);
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "stream_error");
+    assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+    assert!(!r.text().contains("overloaded"), "{}", r.text());
+
+    // Without a fallback the client gets a 502 carrying the provider's (sanitised) message.
+    let gw = failover_gateway(&emu, &upstream, r#"fallback_on = ["5xx"]"#, "");
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        streaming("gpt-4o"),
+    )
+    .await;
+    let e = r.assert_error(502, "upstream_stream_error");
+    let message = e["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("The server is overloaded ([redacted])."),
+        "{message}"
+    );
+    assert_eq!(upstream.requests(), 4);
+}
+
+#[actix_web::test]
+async fn a_stream_without_a_first_event_in_time_times_out_and_falls_back() {
+    let emu = emulator();
+    let upstream = stub::stub(stub::stream_silent);
+    let gw = failover_gateway(&emu, &upstream, "first_byte_timeout_secs = 1", "");
+    let started = std::time::Instant::now();
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        streaming("gpt-4o"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "timeout");
+    assert_eq!(upstream.requests(), 2);
+    let took = started.elapsed();
+    // Two attempts of 1 s each plus one backoff step (100–200 ms), not the stub's 3 s.
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_millis(2900),
+        "{took:?}"
+    );
 }

@@ -9,6 +9,7 @@ use crate::providers::{UpstreamRequest, UpstreamResponse};
 use crate::routing::Decision;
 use actix::Message;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Proxy actor: pick the route for a request naming `model`.
@@ -39,12 +40,22 @@ pub struct RestartProxy {
     pub proxy: String,
 }
 
+/// How long a call may take, from the route (design: per-route timeouts).
+#[derive(Clone, Copy, Debug)]
+pub struct CallLimits {
+    /// Longest wait for a stream's first event after its headers.
+    pub first_byte_timeout: Duration,
+    /// Longest time before the answer starts, every attempt included.
+    pub deadline: Option<Duration>,
+}
+
 /// Provider actor: send a request upstream, with retries, and hand back the answer.
 #[derive(Message)]
 #[rtype(result = "Result<UpstreamResponse, GatewayError>")]
 pub struct Call {
     pub provider: Arc<Provider>,
     pub request: UpstreamRequest,
+    pub limits: CallLimits,
     /// The request's span: the call's log lines carry its request id, tenant, proxy, route.
     pub span: tracing::Span,
     /// Resolves when the client's handler is dropped (the client went away): the call stops,

@@ -11,6 +11,7 @@
 //!
 //! `docs/request-flow.md` draws the flow.
 
+pub mod circuit;
 pub mod directory;
 pub mod messages;
 pub mod provider;

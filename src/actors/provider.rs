@@ -7,8 +7,9 @@
 //! `retry-after`), and hands back either the whole body or a `Send` channel fed chunk by chunk
 //! as the upstream streams. Circuit breaking and per-tenant cost accounting join here.
 
-use super::messages::Call;
-use crate::api::stream::UpstreamChunk;
+use super::circuit;
+use super::messages::{Call, CallLimits};
+use crate::api::stream::{self, UpstreamChunk};
 use crate::config::Provider;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::providers::{UpstreamBody, UpstreamRequest, UpstreamResponse};
@@ -20,7 +21,7 @@ use actix_web::http::header::{self, HeaderMap};
 use actix_web::rt::net::TcpStream;
 use awc::error::{PayloadError, SendRequestError};
 use awc::http::Uri;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,7 @@ impl Handler<Call> for ProviderActor {
         let Call {
             provider,
             request,
+            limits,
             span,
             client_gone,
         } = msg;
@@ -102,7 +104,7 @@ impl Handler<Call> for ProviderActor {
             async move {
                 tokio::select! {
                     biased;
-                    result = send_with_retries(client, provider, request) => result,
+                    result = send_with_retries(client, provider, request, limits) => result,
                     _ = client_gone => {
                         tracing::info!(provider = %name, "client went away; upstream call cancelled");
                         Err(GatewayError::ClientClosed)
@@ -118,20 +120,44 @@ async fn send_with_retries(
     client: awc::Client,
     provider: Arc<Provider>,
     request: UpstreamRequest,
+    limits: CallLimits,
 ) -> Result<UpstreamResponse, GatewayError> {
-    let mut attempt = 0;
-    loop {
-        let err = match send_once(&client, &provider, &request).await {
-            Ok(resp) => return Ok(resp),
-            Err(err) => err,
-        };
-        let retry = err.retryable() && attempt < provider.max_retries;
-        let Some(delay) = retry.then(|| retry_delay(attempt, &err)).flatten() else {
-            return Err(err);
-        };
-        attempt += 1;
-        tracing::info!(provider = %provider.name, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying upstream");
-        actix_web::rt::time::sleep(delay).await;
+    let circuit = circuit::for_endpoint(&provider.base_url);
+    let attempts = async {
+        let mut attempt = 0;
+        loop {
+            let permit =
+                circuit
+                    .admit(&provider.circuit)
+                    .map_err(|retry_in| GatewayError::CircuitOpen {
+                        provider: provider.name.clone(),
+                        retry_in,
+                    })?;
+            let result = send_once(&client, &provider, &request, &limits).await;
+            let healthy = result.as_ref().err().is_none_or(|e| !e.endpoint_failure());
+            permit.record(healthy, &provider.circuit);
+            let err = match result {
+                Ok(resp) => return Ok(resp),
+                Err(err) => err,
+            };
+            let retry = err.retryable() && attempt < provider.max_retries;
+            let Some(delay) = retry.then(|| retry_delay(attempt, &err)).flatten() else {
+                return Err(err);
+            };
+            attempt += 1;
+            tracing::info!(provider = %provider.name, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying upstream");
+            actix_web::rt::time::sleep(delay).await;
+        }
+    };
+    match limits.deadline {
+        None => attempts.await,
+        Some(deadline) => actix_web::rt::time::timeout(deadline, attempts)
+            .await
+            .unwrap_or_else(|_| {
+                Err(GatewayError::UpstreamTimeout {
+                    provider: provider.name.clone(),
+                })
+            }),
     }
 }
 
@@ -165,6 +191,7 @@ async fn send_once(
     client: &awc::Client,
     provider: &Provider,
     request: &UpstreamRequest,
+    limits: &CallLimits,
 ) -> Result<UpstreamResponse, GatewayError> {
     let mut builder = client
         .post(&request.url)
@@ -222,8 +249,18 @@ async fn send_once(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let body = if request.stream && is_sse {
+        // Hold the headers until the first event: an error event there (or none in time) can
+        // still be retried or fall back, since nothing has reached the client.
+        let mut resp = resp;
+        let first = first_event(&mut resp, limits.first_byte_timeout, provider).await?;
+        if let Some(message) = stream::error_in_first_event(&first) {
+            return Err(GatewayError::UpstreamStreamError {
+                provider: provider.name.clone(),
+                message,
+            });
+        }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        actix_web::rt::spawn(pump(resp, tx, provider.timeout).in_current_span());
+        actix_web::rt::spawn(pump(resp, tx, provider.timeout, first).in_current_span());
         UpstreamBody::Stream(rx)
     } else {
         // awc puts no deadline on a body by default: a silent upstream must not hang the request.
@@ -290,13 +327,52 @@ fn retry_hints(headers: &HeaderMap) -> (Option<header::HeaderValue>, Option<head
     )
 }
 
-/// Moves an upstream body into a channel, chunk by chunk, until it ends, fails, falls silent
-/// for longer than `idle`, or the client goes away (dropping the receiver closes the upstream
-/// connection with it).
-async fn pump<S>(mut body: S, tx: mpsc::Sender<UpstreamChunk>, idle: Duration)
+/// Reads a stream until its first whole event has arrived (within `wait`), and returns every
+/// byte read so far.
+async fn first_event<S>(
+    body: &mut S,
+    wait: Duration,
+    provider: &Provider,
+) -> Result<Bytes, GatewayError>
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
 {
+    let read = async {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|err| GatewayError::UpstreamUnavailable {
+                provider: provider.name.clone(),
+                detail: format!("the stream broke before its first event: {err}"),
+            })?;
+            buf.extend_from_slice(&chunk);
+            if stream::has_whole_event(&buf) {
+                return Ok(buf.freeze());
+            }
+        }
+        Err(GatewayError::UpstreamStreamError {
+            provider: provider.name.clone(),
+            message: "the stream ended before its first event".into(),
+        })
+    };
+    actix_web::rt::time::timeout(wait, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(GatewayError::UpstreamTimeout {
+                provider: provider.name.clone(),
+            })
+        })
+}
+
+/// Moves an upstream body into a channel, chunk by chunk, starting with `first` (already read),
+/// until it ends, fails, falls silent for longer than `idle`, or the client goes away (dropping
+/// the receiver closes the upstream connection with it).
+async fn pump<S>(mut body: S, tx: mpsc::Sender<UpstreamChunk>, idle: Duration, first: Bytes)
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    if tx.send(Ok(first)).await.is_err() {
+        return;
+    }
     // One timer for the whole stream, pushed back on every chunk.
     let deadline = actix_web::rt::time::sleep(idle);
     tokio::pin!(deadline);

@@ -184,6 +184,10 @@ mod tests {
             project: None,
             timeout: Duration::from_secs(1),
             max_retries: 0,
+            circuit: crate::config::CircuitPolicy {
+                failures: 0,
+                open_for: Duration::from_secs(1),
+            },
         });
         let proxies = (0..proxies)
             .map(|i| {
@@ -200,6 +204,10 @@ mod tests {
                         target_model: None,
                         aliases: vec![],
                         topics: vec![],
+                        fallbacks: vec![],
+                        fallback_on: crate::config::Triggers::all(),
+                        first_byte_timeout: None,
+                        deadline: None,
                     }],
                     fallback: None,
                     threshold: 0.5,

@@ -113,6 +113,42 @@ impl RelayStream {
     }
 }
 
+/// True once `buf` holds at least one whole SSE event.
+pub fn has_whole_event(buf: &[u8]) -> bool {
+    last_boundary(buf).is_some()
+}
+
+/// The message of an error event that opens a stream (OpenAI's `data: {"error":…}`, or a
+/// Responses `error` / `response.failed` event), if the first event is one.
+pub fn error_in_first_event(buf: &[u8]) -> Option<String> {
+    let end = last_boundary(buf)?;
+    let event = std::str::from_utf8(&buf[..end]).ok()?;
+    let event = event.split("\n\n").next()?.split("\r\n\r\n").next()?;
+    let mut name = None;
+    let mut data = String::new();
+    for line in event.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = Some(v.trim());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    let json: serde_json::Value = serde_json::from_str(&data).ok()?;
+    let message = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| "an error event without a message".to_owned())
+    };
+    match name {
+        Some("error") => Some(message(&json["message"])),
+        Some("response.failed") => Some(message(&json["response"]["error"]["message"])),
+        _ if json.get("error").is_some_and(|e| !e.is_null()) => {
+            Some(message(&json["error"]["message"]))
+        }
+        _ => None,
+    }
+}
+
 /// Lines that end a stream properly.
 fn terminal_markers(endpoint: Endpoint) -> &'static [&'static [u8]] {
     match endpoint {

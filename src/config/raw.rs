@@ -63,6 +63,11 @@ pub struct RawProvider {
     /// Retries after a 429, a 5xx or a connection failure before any byte reached the client
     /// (default 2).
     pub max_retries: Option<u32>,
+    /// Consecutive failed attempts (connection errors, timeouts, 5xx) that open this endpoint's
+    /// circuit (default 5; 0 turns the breaker off).
+    pub circuit_failures: Option<u32>,
+    /// Seconds an open circuit refuses calls before letting one probe through (default 30).
+    pub circuit_open_secs: Option<u64>,
 }
 
 /// One LLM proxy.
@@ -103,6 +108,19 @@ pub struct RawRoute {
     /// Semantic routing: topics that send prompts here.
     #[serde(default)]
     pub topics: Vec<RawTopic>,
+    /// Other routes of this proxy to try, in order, when this one fails before any byte
+    /// reached the client.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Which failures move to the next route in `fallbacks`: `connect`, `timeout`, `429`,
+    /// `5xx`, `circuit_open`, `stream_error` (default: all of them).
+    pub fallback_on: Option<Vec<String>>,
+    /// Seconds a stream may take to send its first event before the attempt counts as timed
+    /// out (default: the provider's `timeout_secs`).
+    pub first_byte_timeout_secs: Option<u64>,
+    /// Seconds this route may spend on one request before its answer starts, retries
+    /// included (default: no limit beyond each attempt's own timeouts).
+    pub deadline_secs: Option<u64>,
 }
 
 /// A prompt topic defined by example utterances.

@@ -144,6 +144,7 @@ pub fn build(
                 project: p.project,
                 timeout: p.timeout,
                 max_retries: p.max_retries,
+                circuit: p.circuit,
             }));
         }
         let proxies = spec

@@ -58,6 +58,78 @@ impl ProviderKind {
     }
 }
 
+/// A failure that can move a request down its route's fallback chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The upstream could not be reached, or closed the connection before answering.
+    Connect,
+    /// No answer (or, for a stream, no first event) in time.
+    Timeout,
+    /// The upstream answered 429.
+    RateLimited,
+    /// The upstream answered 5xx.
+    ServerError,
+    /// The endpoint's circuit breaker is open.
+    CircuitOpen,
+    /// The upstream answered 200 and then an error event before any content.
+    StreamError,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 6] = [
+        Trigger::Connect,
+        Trigger::Timeout,
+        Trigger::RateLimited,
+        Trigger::ServerError,
+        Trigger::CircuitOpen,
+        Trigger::StreamError,
+    ];
+
+    /// The config spelling, also the `x-switchyard-fallback-reason` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Connect => "connect",
+            Trigger::Timeout => "timeout",
+            Trigger::RateLimited => "429",
+            Trigger::ServerError => "5xx",
+            Trigger::CircuitOpen => "circuit_open",
+            Trigger::StreamError => "stream_error",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of [`Trigger`]s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Triggers(u8);
+
+impl Triggers {
+    pub fn all() -> Self {
+        Trigger::ALL.into_iter().collect()
+    }
+
+    pub fn contains(self, t: Trigger) -> bool {
+        self.0 & t.bit() != 0
+    }
+}
+
+impl FromIterator<Trigger> for Triggers {
+    fn from_iter<I: IntoIterator<Item = Trigger>>(iter: I) -> Self {
+        Triggers(iter.into_iter().fold(0, |acc, t| acc | t.bit()))
+    }
+}
+
+/// When an endpoint's circuit opens and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CircuitPolicy {
+    /// Consecutive failures that open the circuit; 0 for never.
+    pub failures: u32,
+    pub open_for: Duration,
+}
+
 /// A prompt topic and its example utterances.
 #[derive(Clone, Debug)]
 pub struct Topic {
@@ -81,6 +153,14 @@ pub struct Route {
     pub target_model: Option<String>,
     pub aliases: Vec<String>,
     pub topics: Vec<Topic>,
+    /// Indexes into the proxy's routes, tried in order when this route fails.
+    pub fallbacks: Vec<usize>,
+    /// The failures that move on to `fallbacks`.
+    pub fallback_on: Triggers,
+    /// Longest wait for a stream's first event.
+    pub first_byte_timeout: Option<Duration>,
+    /// Longest time before the answer starts, retries included.
+    pub deadline: Option<Duration>,
 }
 
 impl Route {
@@ -127,6 +207,7 @@ pub struct ProviderSpec {
     pub project: Option<String>,
     pub timeout: Duration,
     pub max_retries: u32,
+    pub circuit: CircuitPolicy,
 }
 
 /// A tenant file that passed validation; secrets are resolved by `snapshot::build`.
@@ -151,6 +232,7 @@ pub struct Provider {
     pub project: Option<String>,
     pub timeout: Duration,
     pub max_retries: u32,
+    pub circuit: CircuitPolicy,
 }
 
 /// A tenant key as compared at request time: only its SHA-256 is kept.

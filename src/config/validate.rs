@@ -16,6 +16,8 @@ const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
 const DEFAULT_MAX_RETRIES: u32 = 2;
 const DEFAULT_THRESHOLD: f64 = 0.5;
+const DEFAULT_CIRCUIT_FAILURES: u32 = 5;
+const DEFAULT_CIRCUIT_OPEN_SECS: u64 = 30;
 
 /// Collects errors for one file.
 struct Errors<'a> {
@@ -329,6 +331,17 @@ fn validate_provider(name: &str, p: &RawProvider, e: &mut Errors<'_>) -> Option<
     if max_retries > 10 {
         e.push(format!("{path}.max_retries"), "must be at most 10");
     }
+    let circuit_failures = p.circuit_failures.unwrap_or(DEFAULT_CIRCUIT_FAILURES);
+    if circuit_failures > 1000 {
+        e.push(format!("{path}.circuit_failures"), "must be at most 1000");
+    }
+    let circuit_open_secs = p.circuit_open_secs.unwrap_or(DEFAULT_CIRCUIT_OPEN_SECS);
+    if !(1..=3600).contains(&circuit_open_secs) {
+        e.push(
+            format!("{path}.circuit_open_secs"),
+            "must be between 1 and 3600",
+        );
+    }
     if e.out.len() > before {
         return None;
     }
@@ -342,7 +355,45 @@ fn validate_provider(name: &str, p: &RawProvider, e: &mut Errors<'_>) -> Option<
         project: p.project.clone(),
         timeout: Duration::from_secs(timeout_secs),
         max_retries,
+        circuit: CircuitPolicy {
+            failures: circuit_failures,
+            open_for: Duration::from_secs(circuit_open_secs),
+        },
     })
+}
+
+/// The failures listed in a route's `fallback_on` (all of them when it is absent).
+fn fallback_triggers(names: Option<&[String]>, rp: &str, e: &mut Errors<'_>) -> Triggers {
+    let Some(names) = names else {
+        return Triggers::all();
+    };
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(j, name)| {
+            let found = Trigger::ALL.into_iter().find(|t| t.as_str() == name);
+            if found.is_none() {
+                let known: Vec<&str> = Trigger::ALL.iter().map(|t| t.as_str()).collect();
+                e.push(
+                    format!("{rp}.fallback_on[{j}]"),
+                    format!(
+                        "unknown failure {name:?} (expected one of {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+            found
+        })
+        .collect()
+}
+
+/// An optional number of seconds between 1 and 3600.
+fn seconds(value: Option<u64>, path: &str, e: &mut Errors<'_>) -> Option<Duration> {
+    let secs = value?;
+    if !(1..=3600).contains(&secs) {
+        e.push(path, "must be between 1 and 3600");
+    }
+    Some(Duration::from_secs(secs))
 }
 
 /// A base URL must be absolute http(s) with a host; checked again when an override is applied.
@@ -505,6 +556,14 @@ fn validate_proxy(
                 "topics only apply when the proxy has `routing = \"semantic\"`",
             );
         }
+        // Checked whatever the provider's state, so one run reports everything.
+        let fallback_on = fallback_triggers(r.fallback_on.as_deref(), &rp, e);
+        let first_byte_timeout = seconds(
+            r.first_byte_timeout_secs,
+            &format!("{rp}.first_byte_timeout_secs"),
+            e,
+        );
+        let deadline = seconds(r.deadline_secs, &format!("{rp}.deadline_secs"), e);
         if let Some(idx) = provider {
             routes.push(Route {
                 name: r.name.clone(),
@@ -515,6 +574,10 @@ fn validate_proxy(
                 target_model: r.target_model.clone(),
                 aliases: r.aliases.clone(),
                 topics,
+                fallbacks: Vec::new(), // resolved below, once every route is known
+                fallback_on,
+                first_byte_timeout,
+                deadline,
             });
         }
     }
@@ -635,6 +698,21 @@ fn validate_proxy(
             }
         },
     };
+    for (i, r) in p.routes.iter().enumerate() {
+        let mut chain = Vec::new();
+        for (j, name) in r.fallbacks.iter().enumerate() {
+            let fp = format!("{path}.routes[{i}].fallbacks[{j}]");
+            match p.routes.iter().position(|other| &other.name == name) {
+                None => e.push(fp, format!("no route named {name:?} in this proxy")),
+                Some(k) if k == i => e.push(fp, "a route cannot fall back to itself"),
+                Some(k) if chain.contains(&k) => e.push(fp, format!("{name:?} is listed twice")),
+                Some(k) => chain.push(k),
+            }
+        }
+        if let Some(route) = routes.get_mut(i) {
+            route.fallbacks = chain;
+        }
+    }
     if e.out.len() > before {
         return None;
     }

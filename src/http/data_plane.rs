@@ -9,7 +9,7 @@ use super::AppState;
 use super::auth::authenticate;
 use super::body::read_limited;
 use crate::actors::directory::{ProxyHandle, TenantEntry};
-use crate::actors::messages::{Call, Decide, RestartProxy};
+use crate::actors::messages::{Call, CallLimits, Decide, RestartProxy};
 use crate::actors::provider::ProviderActor;
 use crate::api::response_ids::{IdRewriter, IdScope};
 use crate::api::stream::RelayStream;
@@ -94,40 +94,101 @@ async fn conversation(
     span.record("proxy", tracing::field::display(&proxy_id));
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
-    let decision = decide(&state, proxy, front.model.as_deref()).await?;
-    span.record("route", tracing::field::display(&decision.route().name));
-    // Responses ids are scoped to the tenant on the provider account (api::response_ids).
-    let ids = (endpoint == Endpoint::Responses)
-        .then(|| IdScope::new(decision.provider.api_key.expose().as_bytes(), &tenant));
-    let previous = match (&ids, front.previous_response_id.as_deref()) {
-        (Some(scope), Some(visible)) => Some((visible, scope.resolve(visible)?)),
-        _ => None,
-    };
-    tracing::debug!(key = auth.key_name, fallback = decision.fallback, "routed");
+    let first = decide(&state, proxy, front.model.as_deref()).await?;
+    tracing::debug!(key = auth.key_name, fallback = first.fallback, "routed");
     let traceparent = req
         .extensions()
         .get::<RequestContext>()
         .map(|c| c.traceparent.clone())
         .unwrap_or_default();
-    let request = providers::prepare(&front, &decision, &traceparent, previous.map(|p| p.1))?;
+    // The routed route, then its fallbacks in order, for failures that its `fallback_on` names
+    // and that happened before any byte reached the client.
+    let primary = first.route();
+    let chain: Vec<usize> = std::iter::once(first.route)
+        .chain(primary.fallbacks.iter().copied())
+        .collect();
+    let fallback_on = primary.fallback_on;
+    let mut reason = first.fallback.then_some("unknown_model");
+    let mut decision = first.clone();
+    for (step, &route) in chain.iter().enumerate() {
+        if step > 0 {
+            decision = first.on_route(route, &proxy.providers)?;
+        }
+        span.record("route", tracing::field::display(&decision.route().name));
+        let answer = attempt(
+            endpoint,
+            &tenant,
+            &front,
+            &decision,
+            &traceparent,
+            &provider,
+            &span,
+        )
+        .await?;
+        let err = match answer {
+            Ok(res) => return Ok(explained(res, &decision, reason)),
+            Err(err) => err,
+        };
+        let next = chain.get(step + 1);
+        match (err.trigger().filter(|t| fallback_on.contains(*t)), next) {
+            (Some(trigger), Some(&next)) => {
+                tracing::warn!(
+                    error = %err,
+                    reason = trigger.as_str(),
+                    next = %decision.proxy.routes[next].name,
+                    "route failed; falling back"
+                );
+                reason = Some(trigger.as_str());
+            }
+            _ => return Ok(explained(err.error_response(), &decision, reason)),
+        }
+    }
+    Err(GatewayError::Internal(
+        "the fallback chain ended without an answer".into(),
+    ))
+}
+
+/// One route's try at a request: the upstream request built for its provider, sent by this
+/// worker's provider actor (with that route's retries), and relayed. `Ok(Err)` is a failure
+/// the caller may fall back from; `Err` ends the request.
+async fn attempt(
+    endpoint: Endpoint,
+    tenant: &str,
+    front: &FrontRequest,
+    decision: &Decision,
+    traceparent: &str,
+    provider: &Addr<ProviderActor>,
+    span: &tracing::Span,
+) -> Result<Result<HttpResponse, GatewayError>, GatewayError> {
+    // Responses ids are scoped to the tenant on the provider account (api::response_ids).
+    let ids = (endpoint == Endpoint::Responses)
+        .then(|| IdScope::new(decision.provider.api_key.expose().as_bytes(), tenant));
+    let previous = match (&ids, front.previous_response_id.as_deref()) {
+        (Some(scope), Some(visible)) => Some((visible, scope.resolve(visible)?)),
+        _ => None,
+    };
+    let request = providers::prepare(front, decision, traceparent, previous.map(|p| p.1))?;
+    let route = decision.route();
+    let limits = CallLimits {
+        first_byte_timeout: route
+            .first_byte_timeout
+            .unwrap_or(decision.provider.timeout),
+        deadline: route.deadline,
+    };
     // Dropped with this handler when the client goes away, which cancels the upstream call.
     let (_client_alive, client_gone) = oneshot::channel();
     let answer = provider
         .send(Call {
             provider: decision.provider.clone(),
             request,
+            limits,
             span: span.clone(),
             client_gone,
         })
         .await
         .map_err(|err| GatewayError::Internal(format!("provider actor unavailable: {err}")))?;
     let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
-    let mut res = match answer {
-        Ok(upstream) => relay(endpoint, &decision, upstream, rewriter),
-        Err(err) => err.error_response(),
-    };
-    explain(&mut res, &decision);
-    Ok(res)
+    Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter)))
 }
 
 fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHandle, GatewayError> {
@@ -212,8 +273,13 @@ fn relay(
     }
 }
 
-/// The headers that explain a routing decision (design §1.1).
-fn explain(res: &mut HttpResponse, decision: &Decision) {
+/// `res` with the headers that explain a routing decision (design §1.1): the route that
+/// answered, and why it was a fallback when it was one.
+fn explained(
+    mut res: HttpResponse,
+    decision: &Decision,
+    reason: Option<&'static str>,
+) -> HttpResponse {
     let route = decision.route();
     let pairs = [
         ("x-switchyard-route", route.name.as_str()),
@@ -222,7 +288,7 @@ fn explain(res: &mut HttpResponse, decision: &Decision) {
         ("x-switchyard-routing", decision.routing().as_str()),
         (
             "x-switchyard-fallback",
-            if decision.fallback { "true" } else { "false" },
+            if reason.is_some() { "true" } else { "false" },
         ),
     ];
     let headers = res.headers_mut();
@@ -231,4 +297,11 @@ fn explain(res: &mut HttpResponse, decision: &Decision) {
             headers.insert(HeaderName::from_static(name), v);
         }
     }
+    if let Some(reason) = reason {
+        headers.insert(
+            HeaderName::from_static("x-switchyard-fallback-reason"),
+            HeaderValue::from_static(reason),
+        );
+    }
+    res
 }

@@ -29,6 +29,32 @@ impl Decision {
     pub fn routing(&self) -> RoutingMode {
         self.proxy.routing
     }
+
+    /// The same request on another route of this proxy: the next step of a fallback chain.
+    pub fn on_route(
+        &self,
+        route: usize,
+        providers: &[Arc<Provider>],
+    ) -> Result<Decision, GatewayError> {
+        let provider = self
+            .proxy
+            .routes
+            .get(route)
+            .and_then(|r| providers.get(r.provider))
+            .cloned()
+            .ok_or_else(|| {
+                GatewayError::Internal(format!(
+                    "route {route} of {} has no provider",
+                    self.proxy.id
+                ))
+            })?;
+        Ok(Decision {
+            proxy: self.proxy.clone(),
+            route,
+            provider,
+            fallback: true,
+        })
+    }
 }
 
 /// Decides the route for a request naming `model`.

@@ -119,6 +119,10 @@ mod tests {
             target_model: None,
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
             topics: vec![],
+            fallbacks: vec![],
+            fallback_on: crate::config::Triggers::all(),
+            first_byte_timeout: None,
+            deadline: None,
         }
     }
 

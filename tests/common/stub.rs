@@ -114,3 +114,70 @@ pub fn torn_200(conn: &mut TcpStream) {
 
 /// Script: never answer; the stub then waits for the gateway to hang up.
 pub fn silent(_conn: &mut TcpStream) {}
+
+fn reply(conn: &mut TcpStream, status: &str, content_type: &str, extra: &str, body: &str) {
+    let _ = conn.write_all(
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+}
+
+/// Script: OpenAI's 503.
+pub fn status_503(conn: &mut TcpStream) {
+    reply(
+        conn,
+        "503 Service Unavailable",
+        "application/json",
+        "",
+        r#"{"error":{"message":"The engine is currently overloaded.","type":"server_error","param":null,"code":null}}"#,
+    );
+}
+
+/// Script: OpenAI's 429, asking for no wait.
+pub fn status_429(conn: &mut TcpStream) {
+    reply(
+        conn,
+        "429 Too Many Requests",
+        "application/json",
+        "retry-after-ms: 1\r\n",
+        r#"{"error":{"message":"Rate limit reached.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+    );
+}
+
+/// Script: a 200 stream whose first event is an error (OpenAI does this when overloaded).
+pub fn stream_error_first(conn: &mut TcpStream) {
+    reply(
+        conn,
+        "200 OK",
+        "text/event-stream",
+        "",
+        "data: {\"error\":{\"message\":\"The server is overloaded (org-secret123).\",\"type\":\"server_error\"}}\n\n",
+    );
+}
+
+/// Script: a 200 stream that sends nothing for 3 s, then ends.
+pub fn stream_silent(conn: &mut TcpStream) {
+    let _ = conn.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = conn.write_all(b"0\r\n\r\n");
+}
+
+/// Script: a 200 stream that sends one chunk event, then nothing for 3 s, then ends.
+pub fn stream_stalls_after_first(conn: &mut TcpStream) {
+    let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[]}\n\n";
+    let _ = conn.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
+            event.len()
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = conn.write_all(b"0\r\n\r\n");
+}
