@@ -616,14 +616,7 @@ async fn the_timeout_bounds_silence_not_the_length_of_a_stream() {
     let upstream = stub::stub(stub::stream_stalls_after_first);
     let tenant = tenant_a("A_OPENAI_BASE_URL")
         .replace("max_retries = 2", "max_retries = 2\ntimeout_secs = 1");
-    let gw = Gateway::start(
-        &[("a", tenant)],
-        &[
-            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
-            ("A_OPENAI_BASE_URL", upstream.base.clone()),
-        ],
-        &[],
-    );
+    let gw = gateway_at(&upstream.base, tenant, EMULATOR_KEY);
     let started = std::time::Instant::now();
     let r = post(
         gw.url("/a/chat/v1/chat/completions"),
@@ -888,14 +881,7 @@ async fn every_log_line_of_a_request_names_its_request_tenant_proxy_and_route() 
 #[actix_web::test]
 async fn a_client_that_gives_up_cancels_the_upstream_call() {
     let upstream = stub::stub(stub::silent);
-    let gw = Gateway::start(
-        &[("a", tenant_a("A_OPENAI_BASE_URL"))],
-        &[
-            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
-            ("A_OPENAI_BASE_URL", upstream.base.clone()),
-        ],
-        &[],
-    );
+    let gw = gateway_at(&upstream.base, tenant_a("A_OPENAI_BASE_URL"), EMULATOR_KEY);
     let body = chat("gpt-4o", "hi").to_string();
     let request = format!(
         "POST /a/chat/v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_A}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -919,14 +905,7 @@ async fn a_client_that_gives_up_cancels_the_upstream_call() {
 #[actix_web::test]
 async fn a_success_status_whose_body_breaks_is_one_attempt_and_one_502() {
     let upstream = stub::stub(stub::torn_200);
-    let gw = Gateway::start(
-        &[("a", tenant_a("A_OPENAI_BASE_URL"))],
-        &[
-            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
-            ("A_OPENAI_BASE_URL", upstream.base.clone()),
-        ],
-        &[],
-    );
+    let gw = gateway_at(&upstream.base, tenant_a("A_OPENAI_BASE_URL"), EMULATOR_KEY);
     let r = post(
         gw.url("/a/chat/v1/chat/completions"),
         Some(KEY_A),

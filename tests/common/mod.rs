@@ -192,11 +192,16 @@ model = "gpt-4o"
 /// A gateway serving tenant `a` as given, with `provider_key` for its provider, in front of
 /// `emulator`.
 pub fn gateway_with(emulator: &Running, tenant: String, provider_key: &str) -> Gateway {
+    gateway_at(&format!("{}/v1", emulator.base), tenant, provider_key)
+}
+
+/// A gateway serving tenant `a` as given, its provider at `base_url` (e.g. a [`stub`]).
+pub fn gateway_at(base_url: &str, tenant: String, provider_key: &str) -> Gateway {
     Gateway::start(
         &[("a", tenant)],
         &[
             ("A_OPENAI_KEY", provider_key.into()),
-            ("A_OPENAI_BASE_URL", format!("{}/v1", emulator.base)),
+            ("A_OPENAI_BASE_URL", base_url.to_owned()),
         ],
         &[],
     )
