@@ -507,4 +507,50 @@ mod tests {
             other => panic!("expected a 400, got {other:?}"),
         }
     }
+
+    /// Random mutations of a valid body never panic the parser, and whatever it accepts can
+    /// be rewritten into valid JSON naming the new model (the property behind "parse once":
+    /// no body that passes can fail later).
+    #[test]
+    fn mutated_bodies_never_panic_and_accepted_ones_rewrite_cleanly() {
+        let seed = br#"{"model":"a","stream":false,"previous_response_id":"r_1","messages":[{"role":"user","content":"h\u00e9 \ud83d\ude00"}],"metadata":{"n":[1,-2.5e3,null,true]}}"#;
+        let mut rng = fastrand::Rng::with_seed(11);
+        let alphabet = b"{}[]\",:\\u0123456789eE+-.ntrufalsdx \xff\xc3\xa9";
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut body = seed.to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..body.len());
+                match rng.u8(..3) {
+                    0 => body[at] = alphabet[rng.usize(..alphabet.len())],
+                    1 => body.insert(at, alphabet[rng.usize(..alphabet.len())]),
+                    _ => {
+                        body.remove(at);
+                    }
+                }
+            }
+            for endpoint in [Endpoint::ChatCompletions, Endpoint::Responses] {
+                let Ok(r) = FrontRequest::parse(endpoint, Bytes::from(body.clone())) else {
+                    continue;
+                };
+                accepted += 1;
+                let out = r.upstream_body("m\"2", Some("r_2"));
+                let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_else(|e| {
+                    panic!(
+                        "{e}: {} -> {}",
+                        String::from_utf8_lossy(&body),
+                        String::from_utf8_lossy(&out)
+                    )
+                });
+                assert_eq!(v["model"], "m\"2");
+                if r.previous_response_id.is_some() {
+                    assert_eq!(v["previous_response_id"], "r_2");
+                }
+            }
+        }
+        assert!(
+            accepted > 1000,
+            "the mutations should leave many bodies valid: {accepted}"
+        );
+    }
 }
