@@ -547,6 +547,18 @@ main() {
         done
     done
 
+    # Streams paced as a model paces them (20 chunks 5 ms apart, 16 at once): the time to the
+    # first event shows any socket that holds small writes back (Nagle's algorithm waiting on a
+    # delayed ACK), which the back-to-back streams above cannot.
+    log "stream time to first event, paced upstream (loadtests/ttft.py, ${DURATION}s per target)"
+    local ttft_args=()
+    for target in "${TARGETS[@]}"; do
+        ttft_args+=(--target "$target=$(url_of "$target" | sed 's#/chat/completions$##')" --key "$(key_of "$target")")
+    done
+    timeout $((DURATION * ${#TARGETS[@]} + 60)) taskset -c "$LOAD_CORE" python3 "$HERE/ttft.py" \
+        --concurrency 16 --duration "$DURATION" --chunk-ms 5 --tokens 20 "${ttft_args[@]}" \
+        | tee "$RESULTS/ttft.txt"
+
     # The gateway must still be alive and well after the load.
     kill -0 "$GW_PID" 2>/dev/null || die "gateway died during the run"
     {

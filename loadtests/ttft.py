@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Time to first event of concurrent streams, direct to the emulator and through the gateway.
 
-Each of C workers opens a streaming chat request over a fresh loopback connection, records
-when the first `data:` event arrives (TTFT) and when the stream ends, and starts again until
-the duration is up. The emulator paces its chunks (`[emulator:chunk_ms=N]` in the prompt), as
+Each of C workers sends streaming chat requests one after another over its own keep-alive
+loopback connection, and records when the first event arrives (TTFT) and when the stream ends,
+until the duration is up. The emulator paces its chunks (`[emulator:chunk_ms=N]` in the prompt), as
 a real model does, so a socket that holds small writes back (Nagle's algorithm waiting for a
 delayed ACK) shows up as a TTFT tail. Standard library only; loopback targets only.
 
@@ -22,45 +22,66 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
-async def one_stream(host, port, path, key, body):
-    started = time.perf_counter()
-    reader, writer = await asyncio.open_connection(host, port)
-    head = (
-        f"POST {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    writer.write(head.encode() + body)
-    await writer.drain()
-    first = None
-    seen = b""
-    while True:
-        chunk = await reader.read(65536)
-        if not chunk:
-            break
-        seen += chunk
-        if first is None and b"\ndata:" in seen:
+class Conn:
+    """One keep-alive connection. Reusing it is what exposes delayed-ACK stalls: a fresh
+    connection starts in quick-ACK mode and hides them."""
+
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def stream(self, path, key, body):
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        started = time.perf_counter()
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\nauthorization: Bearer {key}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        await self.writer.drain()
+        status = await self.reader.readline()
+        headers = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+        first = None
+        seen = b""
+        if "content-length" in headers:
+            seen = await self.reader.readexactly(int(headers["content-length"]))
             first = time.perf_counter()
-        if b"data: [DONE]" in seen:
-            break
-    done = time.perf_counter()
-    writer.close()
-    if not seen.startswith(b"HTTP/1.1 200") or b"data: [DONE]" not in seen or first is None:
-        raise RuntimeError(f"bad stream: {seen[:300]!r}")
-    return first - started, done - started
+        else:
+            while True:  # chunked
+                size = int((await self.reader.readline()).strip() or b"0", 16)
+                if size == 0:
+                    await self.reader.readline()
+                    break
+                data = await self.reader.readexactly(size + 2)
+                if first is None:
+                    first = time.perf_counter()
+                seen += data[:-2]
+        done = time.perf_counter()
+        if headers.get("connection") == "close":
+            self.writer.close()
+            self.writer = None
+        if not status.startswith(b"HTTP/1.1 200") or b"data: [DONE]" not in seen:
+            raise RuntimeError(f"bad stream: {status!r} {seen[:300]!r}")
+        return first - started, done - started
 
 
-async def run(url, key, model, conc, duration, chunk_ms, tokens):
+async def run(url, key, model, conc, duration, chunk_ms, tokens, first_byte_ms):
     u = urllib.parse.urlsplit(url)
     path = u.path.rstrip("/") + "/chat/completions"
-    prompt = f"[emulator:chunk_ms={chunk_ms},tokens={tokens}] Hello"
+    prompt = f"[emulator:first_byte_ms={first_byte_ms},chunk_ms={chunk_ms},tokens={tokens}] Hello"
     body = json.dumps({"model": model, "stream": True,
                        "messages": [{"role": "user", "content": prompt}]}).encode()
     ttft, total = [], []
     deadline = time.perf_counter() + duration
 
     async def worker():
+        conn = Conn(u.hostname, u.port)
         while time.perf_counter() < deadline:
-            f, t = await one_stream(u.hostname, u.port, path, key, body)
+            f, t = await conn.stream(path, key, body)
             ttft.append(f)
             total.append(t)
 
@@ -77,16 +98,19 @@ def main():
     ap.add_argument("--duration", type=float, default=10)
     ap.add_argument("--chunk-ms", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=20)
+    ap.add_argument("--first-byte-ms", type=int, default=5,
+                    help="upstream wait between its headers and its first event")
     a = ap.parse_args()
     keys = a.key or []
-    print(f"streams at concurrency {a.concurrency}, {a.tokens} chunks {a.chunk_ms} ms apart, {a.duration:.0f} s each")
+    print(f"streams at concurrency {a.concurrency}: headers, {a.first_byte_ms} ms, then {a.tokens} chunks "
+          f"{a.chunk_ms} ms apart; {a.duration:.0f} s per target")
     print(f"{'target':<10} {'streams':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'total p50 ms':>13} {'total p99 ms':>13}")
     for i, t in enumerate(a.target):
         name, url = t.split("=", 1)
         if not urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
             raise SystemExit("loopback targets only")
         key = keys[i] if i < len(keys) else "sk-emulator-openai"
-        ttft, total = asyncio.run(run(url, key, a.model, a.concurrency, a.duration, a.chunk_ms, a.tokens))
+        ttft, total = asyncio.run(run(url, key, a.model, a.concurrency, a.duration, a.chunk_ms, a.tokens, a.first_byte_ms))
         print(f"{name:<10} {len(ttft):>8} {percentile(ttft, 50)*1e3:>12.2f} {percentile(ttft, 99)*1e3:>12.2f} "
               f"{percentile(total, 50)*1e3:>13.2f} {percentile(total, 99)*1e3:>13.2f}")
 
