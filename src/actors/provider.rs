@@ -22,7 +22,8 @@ use actix_web::rt::net::TcpStream;
 use awc::error::{PayloadError, SendRequestError};
 use awc::http::Uri;
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -100,7 +101,7 @@ impl Handler<Call> for ProviderActor {
         } = msg;
         let client = self.client.clone();
         let name = provider.name.clone();
-        Box::pin(
+        Box::pin(contained(
             async move {
                 tokio::select! {
                     biased;
@@ -112,8 +113,25 @@ impl Handler<Call> for ProviderActor {
                 }
             }
             .instrument(span),
-        )
+        ))
     }
+}
+
+/// Runs a call so that a panic inside it (a bug) fails that one request with a 503 instead of
+/// stopping the actor, which would leave every later request of this worker without an
+/// upstream client. The panic itself is reported by the panic hook.
+async fn contained<F>(call: F) -> Result<UpstreamResponse, GatewayError>
+where
+    F: std::future::Future<Output = Result<UpstreamResponse, GatewayError>>,
+{
+    AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(GatewayError::Unavailable {
+                message: "The gateway hit an internal error on this request; retry it.".into(),
+            })
+        })
 }
 
 async fn send_with_retries(
@@ -421,6 +439,21 @@ mod tests {
             retry_after: after.map(HeaderValue::from_static),
             retry_after_ms: after_ms.map(HeaderValue::from_static),
         }))
+    }
+
+    #[actix_web::test]
+    async fn a_panicking_call_is_a_503_for_that_request_only() {
+        use actix_web::ResponseError;
+        let panicking = async { panic!("a bug") };
+        match contained(panicking).await {
+            Err(e @ GatewayError::Unavailable { .. }) => assert_eq!(e.status_code(), 503),
+            other => panic!("expected a 503, got {other:?}"),
+        }
+        let fine = async { Err(GatewayError::ClientClosed) };
+        assert!(matches!(
+            contained(fine).await,
+            Err(GatewayError::ClientClosed)
+        ));
     }
 
     #[test]
