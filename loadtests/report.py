@@ -26,7 +26,7 @@ BAR_THROUGHPUT_RATIO = 0.5  # gateway req/s must be at least this share of direc
 AIM_CPU_MS_PER_REQ = 0.1  # an aim, not a bar
 NOISE_WARN_PCT = 5.0  # CPU share taken by non-benchmark processes above which a run is suspect
 
-TARGETS = ("direct", "nginx", "gateway")
+TARGETS = ("direct", "nginx", "gateway", "baseline")
 MODE_LABEL = {"plain": "non-stream", "stream": "stream"}
 
 
@@ -192,6 +192,23 @@ def report(results: Path) -> int:
         rows,
     ))
     print()
+
+    if any(r.target == "baseline" for r in runs):
+        print(f"Gateway against the baseline build ({meta.get('baseline', '?')}), same run")
+        rows = []
+        for mode, conc in scenarios:
+            gw, bl = by.get(("gateway", mode, conc)), by.get(("baseline", mode, conc))
+            if gw is None or bl is None:
+                continue
+            cpu = "-"
+            if gw.cpu_ms_per_req is not None and bl.cpu_ms_per_req:
+                cpu = f"{gw.cpu_ms_per_req:.4f} vs {bl.cpu_ms_per_req:.4f} ({gw.cpu_ms_per_req / bl.cpu_ms_per_req - 1:+.0%})"
+            rows.append([
+                MODE_LABEL.get(mode, mode), str(conc), f2(gw.rps / bl.rps),
+                signed(gw.p50_ms - bl.p50_ms), signed(gw.p99_ms - bl.p99_ms), cpu,
+            ])
+        print(table(["mode", "conc", "req/s x baseline", "+p50 ms", "+p99 ms", "CPU ms/req (gateway vs baseline)"], rows))
+        print()
 
     if "gateway_vmhwm_kb" in meta:
         print(f"Gateway memory: RSS after start {int(meta.get('gateway_rss_start_kb', 0)) / 1024:.1f} MiB, "

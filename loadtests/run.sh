@@ -22,6 +22,9 @@
 #   --perf        after the table's runs, profile the gateway with `perf record` during one
 #                 extra non-stream c64 run (not part of the table) and save where its CPU goes
 #   --strict      exit 1 when the latency/throughput bar is missed (default: report only)
+#   --baseline BIN  also measure another switchyard binary (e.g. a build of the previous main)
+#                 as target "baseline", in the same run, so a change's cost is measured side by
+#                 side with what it replaces
 
 set -euo pipefail
 
@@ -60,7 +63,8 @@ CLK_TCK="$(getconf CLK_TCK)"
 
 PIDS=()        # every background process we started, stopped by cleanup()
 WORK=""        # temp dir: configs, logs of the servers
-EMU_PID="" GW_PID="" NGX_PID=""
+EMU_PID="" GW_PID="" NGX_PID="" BL_PID=""
+BASELINE_BIN=""
 EMU_ADDR="" GW_ADDR="" NGX_ADDR=""
 
 # The start of a server's error log (where a panic message is) and its end (the exit reason).
@@ -87,6 +91,7 @@ parse_args() {
             --no-build) BUILD=0; shift ;;
             --perf) PERF=1; shift ;;
             --strict) STRICT=1; shift ;;
+            --baseline) BASELINE_BIN="${2:?--baseline needs a binary}"; shift 2 ;;
             -h | --help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument: $1" ;;
         esac
@@ -231,7 +236,7 @@ start_emulator() {
 }
 
 start_gateway() {
-    local tenants="$WORK/tenants"
+    local tenants="$WORK/tenants" name="${1:-gateway}" bin="${2:-$BIN}"
     mkdir -p "$tenants"
     local sha
     sha="$(printf %s "$GATEWAY_KEY" | sha256sum | cut -d' ' -f1)"
@@ -253,13 +258,18 @@ provider = "openai"
 model = "gpt-4o-mini"
 EOF
     BENCH_OPENAI_KEY="$EMULATOR_KEY" RUST_LOG=warn taskset -c "$PROXY_CORE" \
-        "$BIN" serve --tenants "$tenants" --listen 127.0.0.1:0 --workers 1 \
-        >"$WORK/gateway.log" 2>"$WORK/gateway.err.log" &
-    GW_PID=$!
-    PIDS+=("$GW_PID")
-    GW_ADDR="$(wait_listening gateway "$GW_PID" "$WORK/gateway.log")"
-    wait_port gateway "$GW_PID" "${GW_ADDR##*:}" "$WORK/gateway.err.log"
-    log "gateway   pid $GW_PID on $GW_ADDR (core $PROXY_CORE)"
+        "$bin" serve --tenants "$tenants" --listen 127.0.0.1:0 --workers 1 \
+        >"$WORK/$name.log" 2>"$WORK/$name.err.log" &
+    local pid=$! addr
+    PIDS+=("$pid")
+    addr="$(wait_listening "$name" "$pid" "$WORK/$name.log")"
+    wait_port "$name" "$pid" "${addr##*:}" "$WORK/$name.err.log"
+    log "$name   pid $pid on $addr (core $PROXY_CORE)"
+    if [[ "$name" == baseline ]]; then
+        BL_PID=$pid BL_ADDR=$addr
+    else
+        GW_PID=$pid GW_ADDR=$addr
+    fi
 }
 
 start_nginx() {
@@ -318,13 +328,14 @@ url_of() {
         direct) echo "http://$EMU_ADDR/v1/chat/completions" ;;
         nginx) echo "http://$NGX_ADDR/v1/chat/completions" ;;
         gateway) echo "http://$GW_ADDR/bench/chat/v1/chat/completions" ;;
+        baseline) echo "http://$BL_ADDR/bench/chat/v1/chat/completions" ;;
     esac
 }
 
 key_of() {
     # nginx passes the client's Authorization through, so its clients hold the upstream key.
     case "$1" in
-        gateway) echo "$GATEWAY_KEY" ;;
+        gateway | baseline) echo "$GATEWAY_KEY" ;;
         *) echo "$EMULATOR_KEY" ;;
     esac
 }
@@ -384,12 +395,14 @@ read_own_ticks() {
         printf "%d\n", t * hz
     }' "$WORK/times.txt")"
     OWN_TICKS=$(( $(cpu_ticks "$EMU_PID") + $(cpu_ticks "$GW_PID") + $(cpu_ticks "$NGX_PID") + reaped ))
+    if [[ -n "$BL_PID" ]]; then OWN_TICKS=$(( OWN_TICKS + $(cpu_ticks "$BL_PID") )); fi
 }
 
 proxy_pid_of() {
     case "$1" in
         nginx) echo "$NGX_PID" ;;
         gateway) echo "$GW_PID" ;;
+        baseline) echo "$BL_PID" ;;
         *) echo "" ;;
     esac
 }
@@ -531,6 +544,10 @@ main() {
     start_emulator
     start_gateway
     start_nginx
+    if [[ -n "$BASELINE_BIN" ]]; then
+        start_gateway baseline "$BASELINE_BIN"
+        TARGETS+=(baseline)
+    fi
     local target
     for target in "${TARGETS[@]}"; do smoke_check "$target"; done
     local gw_rss_start
@@ -576,6 +593,9 @@ main() {
         echo "git=$(git_version)"
         # The tree may be uncommitted: the binary's hash and build time identify what ran.
         echo "binary=sha256:$(sha256sum "$BIN" | cut -c1-12), built $(date -u -r "$BIN" +%Y-%m-%dT%H:%M:%SZ)"
+        if [[ -n "$BASELINE_BIN" ]]; then
+            echo "baseline=$BASELINE_BIN sha256:$(sha256sum "$BASELINE_BIN" | cut -c1-12)"
+        fi
     } >"$RESULTS/meta.txt"
 
     # report.py exits 3 when the bar is missed: a result, not a failure, unless --strict.
