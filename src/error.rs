@@ -537,4 +537,48 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn account_ids_are_redacted_and_nothing_else_changes() {
+        assert_eq!(
+            sanitize_upstream_message(
+                "Rate limit reached in organization org-AbC123 on requests; project proj_x9z, key sk-live-1234."
+            ),
+            "Rate limit reached in organization [redacted] on requests; project [redacted], key [redacted]."
+        );
+        for same in [
+            "no ids here",
+            "org- alone",
+            "a forge-123 word",
+            "user-",
+            "héllo org",
+        ] {
+            assert!(
+                matches!(sanitize_upstream_message(same), Cow::Borrowed(_)),
+                "{same}"
+            );
+        }
+        let mut fuzz = crate::fuzz::Budget::new("upstream message sanitiser", 5_000);
+        while fuzz.more() {
+            let rng = &mut fuzz.rng;
+            let pieces = ["org-", "proj_", "sk-", "abc", " ", "é", "-", "_", "1", "你"];
+            let text: String = (0..rng.usize(0..16))
+                .map(|_| pieces[rng.usize(..pieces.len())])
+                .collect();
+            let out = sanitize_upstream_message(&text);
+            // Redaction only ever replaces whole ids: what is left has no id prefix at a word start.
+            for prefix in ACCOUNT_ID_PREFIXES {
+                for (at, _) in out.match_indices(prefix) {
+                    let starts_word = out[..at]
+                        .chars()
+                        .next_back()
+                        .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+                    let id_len = out[at + prefix.len()..]
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                        .unwrap_or(out.len() - at - prefix.len());
+                    assert!(!starts_word || id_len < 3, "{text:?} -> {out:?}");
+                }
+            }
+        }
+    }
 }

@@ -13,6 +13,8 @@ pub mod cli;
 pub mod config;
 pub mod emulator;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod providers;
 pub mod routing;

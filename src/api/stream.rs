@@ -340,8 +340,9 @@ mod tests {
             "data: [DONE]\n\n",
         ];
         let whole: Vec<u8> = events.concat().into_bytes();
-        let mut rng = fastrand::Rng::with_seed(7);
-        for _ in 0..300 {
+        let mut fuzz = crate::fuzz::Budget::new("SSE relay", 300);
+        while fuzz.more() {
+            let rng = &mut fuzz.rng;
             let mut chunks = Vec::new();
             let mut at = 0;
             while at < whole.len() {
@@ -356,7 +357,9 @@ mod tests {
                 "only whole events: {out:?}"
             );
         }
-        for _ in 0..300 {
+        let mut fuzz = crate::fuzz::Budget::new("SSE relay garbage", 300);
+        while fuzz.more() {
+            let rng = &mut fuzz.rng;
             let garbage: Vec<u8> = (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect();
             let cut = rng.usize(0..=garbage.len());
             let chunks = vec![
@@ -372,6 +375,60 @@ mod tests {
                 .windows(14)
                 .any(|w| w == b"event: respons" || w == b"event: error\nd");
             assert!(errors == 1 || terminal, "{garbage:?} -> {out:?}");
+        }
+    }
+
+    #[test]
+    fn first_event_errors_are_found_in_every_shape_and_garbage_never_panics() {
+        assert_eq!(
+            error_in_first_event(b"data: {\"error\":{\"message\":\"busy\"}}\n\n").as_deref(),
+            Some("busy")
+        );
+        assert_eq!(
+            error_in_first_event(
+                b"event: error\ndata: {\"type\":\"error\",\"message\":\"m\"}\r\n\r\n"
+            )
+            .as_deref(),
+            Some("m")
+        );
+        assert_eq!(
+            error_in_first_event(
+                b"event: response.failed\ndata: {\"response\":{\"error\":{\"message\":\"f\"}}}\n\n"
+            )
+            .as_deref(),
+            Some("f")
+        );
+        for fine in [
+            &b"data: {\"choices\":[],\"error\":null}\n\n"[..],
+            b"event: response.created\ndata: {\"response\":{\"error\":null}}\n\n",
+            b"data: {\"error\"", // not a whole event yet
+            b": keep-alive\n\n",
+        ] {
+            assert_eq!(
+                error_in_first_event(fine),
+                None,
+                "{}",
+                String::from_utf8_lossy(fine)
+            );
+        }
+        let mut fuzz = crate::fuzz::Budget::new("first SSE event", 2_000);
+        while fuzz.more() {
+            let rng = &mut fuzz.rng;
+            let pieces: [&[u8]; 8] = [
+                b"data: ",
+                b"event: error\n",
+                b"{\"error\":",
+                b"\n\n",
+                b"\r\n",
+                b"\xff",
+                b"}",
+                b"\"message\":\"x\"",
+            ];
+            let buf: Vec<u8> = (0..rng.usize(0..12))
+                .flat_map(|_| pieces[rng.usize(..pieces.len())].iter().copied())
+                .collect();
+            let _ = error_in_first_event(&buf);
+            let _ = has_whole_event(&buf);
         }
     }
 }
