@@ -550,7 +550,7 @@ mod tests {
             }
         }
         assert!(
-            accepted > 1000,
+            accepted > fuzz.rounds_done() / 20,
             "the mutations should leave many bodies valid: {accepted}"
         );
     }
