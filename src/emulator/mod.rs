@@ -1,9 +1,12 @@
 //! The provider emulator behind `switchyard emulate`: a strict, fast stand-in for the paid
 //! providers that the gateway's tests, the README demo and the load tests run against. This file
 //! owns the public entry point (configuration and server setup) and the state shared by the
-//! workers; each provider's wire format lives in its own module (`openai`) and the scriptable
-//! faults, which every provider shares, in `faults`. It binds no socket itself: the caller hands
-//! it a listener, so tests can use port 0 and the CLI can choose its address.
+//! workers. Each provider's wire format lives in its own module (`openai`), with its own private
+//! wire types; what every provider shares is the reply planner (`reply`: the canned answer,
+//! its token counts and tool calls), the scriptable faults (`faults`) and the provider-neutral
+//! steps of an exchange (`exchange`: body, fault resolution, paced bodies). It binds no socket
+//! itself: the caller hands it a listener, so tests can use port 0 and the CLI can choose its
+//! address.
 //!
 //! Every route is served twice: as the provider serves it (`/v1/chat/completions`) and under a
 //! fault prefix (`/fault/{spec}/v1/chat/completions`), so a gateway route whose base URL carries
@@ -14,8 +17,10 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 
+mod exchange;
 mod faults;
 mod openai;
+mod reply;
 
 /// The API key the emulator accepts for OpenAI when none is configured.
 pub const DEFAULT_OPENAI_KEY: &str = "sk-emulator-openai";
