@@ -162,6 +162,7 @@ pub fn emulate(args: EmulateArgs) -> ExitCode {
     let config = EmulatorConfig {
         openai_api_key: args.openai_key,
         workers: args.workers,
+        ..EmulatorConfig::default()
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let server = emulator::server(config, listener)?;

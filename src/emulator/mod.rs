@@ -19,17 +19,24 @@ use actix_web::{App, HttpServer, web};
 
 mod exchange;
 mod faults;
+mod gemini;
 mod openai;
 mod reply;
 
 /// The API key the emulator accepts for OpenAI when none is configured.
 pub const DEFAULT_OPENAI_KEY: &str = "sk-emulator-openai";
 
+/// The API key the emulator accepts for Gemini (`x-goog-api-key` or `?key=`) when none is
+/// configured. Google keys start with `AIza`; so does this one, for gateways that check.
+pub const DEFAULT_GEMINI_KEY: &str = "AIzaSy-switchyard-emulator-gemini-key0";
+
 /// How the emulator runs.
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
     /// The only key `Authorization: Bearer …` may carry on the OpenAI routes.
     pub openai_api_key: String,
+    /// The only key the Gemini routes accept.
+    pub gemini_api_key: String,
     /// Worker threads; 0 keeps actix's default (one per core).
     pub workers: usize,
 }
@@ -38,6 +45,7 @@ impl Default for EmulatorConfig {
     fn default() -> Self {
         Self {
             openai_api_key: DEFAULT_OPENAI_KEY.to_owned(),
+            gemini_api_key: DEFAULT_GEMINI_KEY.to_owned(),
             workers: 0,
         }
     }
@@ -47,6 +55,7 @@ impl Default for EmulatorConfig {
 /// and the fault counters are one per emulator rather than one per thread.
 struct State {
     openai: openai::OpenAiState,
+    gemini: gemini::GeminiState,
     faults: faults::Counters,
 }
 
@@ -55,13 +64,19 @@ struct State {
 pub fn server(config: EmulatorConfig, listener: TcpListener) -> std::io::Result<Server> {
     let state = web::Data::new(State {
         openai: openai::OpenAiState::new(config.openai_api_key),
+        gemini: gemini::GeminiState::new(config.gemini_api_key),
         faults: faults::Counters::default(),
     });
     let mut http = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .service(web::scope("/fault/{spec}").configure(openai::routes))
+            .service(
+                web::scope("/fault/{spec}")
+                    .configure(openai::routes)
+                    .configure(gemini::routes),
+            )
             .configure(openai::routes)
+            .configure(gemini::routes)
             .default_service(web::to(openai::not_found))
     })
     // Streams are short and the emulator holds nothing worth draining for long on shutdown.

@@ -158,7 +158,8 @@ fn placeholder_value(schema: Option<&Value>, depth: usize) -> Value {
             .unwrap_or("null"),
         _ => "",
     };
-    match ty {
+    // Gemini's OpenAPI subset spells types in capitals (`STRING`); JSON Schema in lower case.
+    match ty.to_ascii_lowercase().as_str() {
         "string" => Value::String("example".to_owned()),
         "integer" | "number" => Value::from(0),
         "boolean" => Value::Bool(false),
