@@ -81,3 +81,32 @@ pub(crate) fn stream(
 ) -> HttpResponse {
     builder.streaming(fault.pace(frames))
 }
+
+/// Percent-decoding for the few raw URL pieces the providers read themselves (Gemini's query,
+/// Bedrock's model id segment). With `form`, `+` is a space, as in a query string.
+pub(crate) fn percent_decode(text: &str, form: bool) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) if form => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -30,10 +30,8 @@ use serde_json::{Map, Value};
 use super::State;
 use super::exchange::{self, BodyError, MAX_BODY};
 use super::faults::{Active, FaultSource, FaultSpecError};
-use super::reply::{Body, FnTool, Reply, TextStats, ToolChoice, pick_tool, words};
+use super::reply::{Body, CACHED_TOKENS, FnTool, Reply, TextStats, ToolChoice, pick_tool, words};
 
-/// Prompt tokens a request naming a `cachedContent` gets from that cache.
-pub(crate) const CACHED_TOKENS: u64 = 32;
 /// Thinking tokens a thinking request spends before answering.
 const THOUGHT_TOKENS: u64 = 6;
 /// The thought summary an `includeThoughts` request sees.
@@ -850,35 +848,11 @@ fn check_query(query: &str) -> Result<(Option<String>, Option<String>), ApiError
 fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(name), percent_decode(value))
+        (
+            exchange::percent_decode(name, true),
+            exchange::percent_decode(value, true),
+        )
     })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `x-goog-api-key` (what the SDK sends) or `?key=`. No key: 403 PERMISSION_DENIED; a wrong

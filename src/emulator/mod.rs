@@ -17,6 +17,7 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 
+mod bedrock;
 mod exchange;
 mod faults;
 mod gemini;
@@ -30,6 +31,19 @@ pub const DEFAULT_OPENAI_KEY: &str = "sk-emulator-openai";
 /// configured. Google keys start with `AIza`; so does this one, for gateways that check.
 pub const DEFAULT_GEMINI_KEY: &str = "AIzaSy-switchyard-emulator-gemini-key0";
 
+/// The AWS access key id the Bedrock routes accept in a SigV4 signature.
+pub const DEFAULT_BEDROCK_ACCESS_KEY_ID: &str = "AKIAEMULATORBEDROCK0";
+/// The secret that goes with [`DEFAULT_BEDROCK_ACCESS_KEY_ID`].
+pub const DEFAULT_BEDROCK_SECRET_ACCESS_KEY: &str = "emulator/Bedrock/SecretAccessKey/000000000";
+/// The only `x-amz-security-token` (temporary credentials) the Bedrock routes accept; requests
+/// signed without a token are accepted too.
+pub const DEFAULT_BEDROCK_SESSION_TOKEN: &str = "emulator-bedrock-session-token";
+/// The region SigV4 signatures must be scoped to.
+pub const DEFAULT_BEDROCK_REGION: &str = "us-east-1";
+/// The Bedrock API key (`Authorization: Bearer`, as `AWS_BEARER_TOKEN_BEDROCK`) accepted
+/// instead of SigV4. Real ones start with `ABSK`.
+pub const DEFAULT_BEDROCK_API_KEY: &str = "ABSKemulator-bedrock-api-key";
+
 /// How the emulator runs.
 #[derive(Clone, Debug)]
 pub struct EmulatorConfig {
@@ -37,6 +51,14 @@ pub struct EmulatorConfig {
     pub openai_api_key: String,
     /// The only key the Gemini routes accept.
     pub gemini_api_key: String,
+    /// The credentials, session token and region SigV4 signatures on the Bedrock routes are
+    /// verified against.
+    pub bedrock_access_key_id: String,
+    pub bedrock_secret_access_key: String,
+    pub bedrock_session_token: String,
+    pub bedrock_region: String,
+    /// The Bedrock API key accepted as `Authorization: Bearer`.
+    pub bedrock_api_key: String,
     /// Worker threads; 0 keeps actix's default (one per core).
     pub workers: usize,
 }
@@ -46,6 +68,11 @@ impl Default for EmulatorConfig {
         Self {
             openai_api_key: DEFAULT_OPENAI_KEY.to_owned(),
             gemini_api_key: DEFAULT_GEMINI_KEY.to_owned(),
+            bedrock_access_key_id: DEFAULT_BEDROCK_ACCESS_KEY_ID.to_owned(),
+            bedrock_secret_access_key: DEFAULT_BEDROCK_SECRET_ACCESS_KEY.to_owned(),
+            bedrock_session_token: DEFAULT_BEDROCK_SESSION_TOKEN.to_owned(),
+            bedrock_region: DEFAULT_BEDROCK_REGION.to_owned(),
+            bedrock_api_key: DEFAULT_BEDROCK_API_KEY.to_owned(),
             workers: 0,
         }
     }
@@ -56,6 +83,7 @@ impl Default for EmulatorConfig {
 struct State {
     openai: openai::OpenAiState,
     gemini: gemini::GeminiState,
+    bedrock: bedrock::BedrockState,
     faults: faults::Counters,
 }
 
@@ -65,6 +93,15 @@ pub fn server(config: EmulatorConfig, listener: TcpListener) -> std::io::Result<
     let state = web::Data::new(State {
         openai: openai::OpenAiState::new(config.openai_api_key),
         gemini: gemini::GeminiState::new(config.gemini_api_key),
+        bedrock: bedrock::BedrockState::new(
+            bedrock::Keys {
+                access_key_id: config.bedrock_access_key_id,
+                secret_access_key: config.bedrock_secret_access_key,
+                session_token: config.bedrock_session_token,
+                region: config.bedrock_region,
+            },
+            config.bedrock_api_key,
+        ),
         faults: faults::Counters::default(),
     });
     let mut http = HttpServer::new(move || {
@@ -73,10 +110,12 @@ pub fn server(config: EmulatorConfig, listener: TcpListener) -> std::io::Result<
             .service(
                 web::scope("/fault/{spec}")
                     .configure(openai::routes)
-                    .configure(gemini::routes),
+                    .configure(gemini::routes)
+                    .configure(bedrock::routes),
             )
             .configure(openai::routes)
             .configure(gemini::routes)
+            .configure(bedrock::routes)
             .default_service(web::to(openai::not_found))
     })
     // Streams are short and the emulator holds nothing worth draining for long on shutdown.

@@ -17,6 +17,9 @@ use super::faults::Active;
 
 /// Default reply length in words (= output tokens = stream chunks).
 pub(crate) const DEFAULT_TOKENS: u64 = 12;
+/// Prompt tokens a request reads from a provider-side cache (Gemini `cachedContent`, Bedrock
+/// `cachePoint`): a fixed count, so cache accounting is testable without a cache.
+pub(crate) const CACHED_TOKENS: u64 = 32;
 /// Bytes of tool-call arguments per stream fragment (and per output token).
 pub(crate) const ARGUMENT_FRAGMENT: usize = 8;
 
