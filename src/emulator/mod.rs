@@ -17,6 +17,7 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 
+mod azure;
 mod bedrock;
 mod exchange;
 mod faults;
@@ -30,6 +31,11 @@ pub const DEFAULT_OPENAI_KEY: &str = "sk-emulator-openai";
 /// The API key the emulator accepts for Gemini (`x-goog-api-key` or `?key=`) when none is
 /// configured. Google keys start with `AIza`; so does this one, for gateways that check.
 pub const DEFAULT_GEMINI_KEY: &str = "AIzaSy-switchyard-emulator-gemini-key0";
+
+/// The Azure OpenAI key (`api-key` header; on the v1 API also `Authorization: Bearer`).
+pub const DEFAULT_AZURE_KEY: &str = "a2e0c0ffee0e0u1a70r0a2e0c0ffee00";
+/// The Microsoft Entra access token the Azure routes accept as `Authorization: Bearer`.
+pub const DEFAULT_AZURE_ENTRA_TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiJodHRwczovL2NvZ25pdGl2ZXNlcnZpY2VzLmF6dXJlLmNvbSJ9.emulator";
 
 /// The AWS access key id the Bedrock routes accept in a SigV4 signature.
 pub const DEFAULT_BEDROCK_ACCESS_KEY_ID: &str = "AKIAEMULATORBEDROCK0";
@@ -51,6 +57,9 @@ pub struct EmulatorConfig {
     pub openai_api_key: String,
     /// The only key the Gemini routes accept.
     pub gemini_api_key: String,
+    /// The Azure OpenAI key and the Entra token the Azure routes accept.
+    pub azure_api_key: String,
+    pub azure_entra_token: String,
     /// The credentials, session token and region SigV4 signatures on the Bedrock routes are
     /// verified against.
     pub bedrock_access_key_id: String,
@@ -68,6 +77,8 @@ impl Default for EmulatorConfig {
         Self {
             openai_api_key: DEFAULT_OPENAI_KEY.to_owned(),
             gemini_api_key: DEFAULT_GEMINI_KEY.to_owned(),
+            azure_api_key: DEFAULT_AZURE_KEY.to_owned(),
+            azure_entra_token: DEFAULT_AZURE_ENTRA_TOKEN.to_owned(),
             bedrock_access_key_id: DEFAULT_BEDROCK_ACCESS_KEY_ID.to_owned(),
             bedrock_secret_access_key: DEFAULT_BEDROCK_SECRET_ACCESS_KEY.to_owned(),
             bedrock_session_token: DEFAULT_BEDROCK_SESSION_TOKEN.to_owned(),
@@ -84,6 +95,7 @@ struct State {
     openai: openai::OpenAiState,
     gemini: gemini::GeminiState,
     bedrock: bedrock::BedrockState,
+    azure: azure::AzureState,
     faults: faults::Counters,
 }
 
@@ -93,6 +105,7 @@ pub fn server(config: EmulatorConfig, listener: TcpListener) -> std::io::Result<
     let state = web::Data::new(State {
         openai: openai::OpenAiState::new(config.openai_api_key),
         gemini: gemini::GeminiState::new(config.gemini_api_key),
+        azure: azure::AzureState::new(config.azure_api_key, config.azure_entra_token),
         bedrock: bedrock::BedrockState::new(
             bedrock::Keys {
                 access_key_id: config.bedrock_access_key_id,
@@ -111,11 +124,13 @@ pub fn server(config: EmulatorConfig, listener: TcpListener) -> std::io::Result<
                 web::scope("/fault/{spec}")
                     .configure(openai::routes)
                     .configure(gemini::routes)
-                    .configure(bedrock::routes),
+                    .configure(bedrock::routes)
+                    .configure(azure::routes),
             )
             .configure(openai::routes)
             .configure(gemini::routes)
             .configure(bedrock::routes)
+            .configure(azure::routes)
             .default_service(web::to(openai::not_found))
     })
     // Streams are short and the emulator holds nothing worth draining for long on shutdown.

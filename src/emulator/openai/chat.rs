@@ -14,9 +14,20 @@ struct Plan<'a> {
 }
 
 pub(super) fn answer(adm: &Admitted) -> Result<HttpResponse, ApiError> {
+    let azure = match adm.ctx.dialect {
+        Dialect::Azure(azure) => Some(azure),
+        Dialect::OpenAi => None,
+    };
     let root = parse_object(&adm.body)?;
-    let plan = validate(&root)?;
-    let reply = Reply::plan(adm.tokens(), plan.json, plan.tool, plan.limit);
+    // On Azure's deployment URLs the deployment names the model; `model` may be left out.
+    let plan = validate(&root, azure.is_some_and(|a| a.deployment_in_url))?;
+    let mut reply = Reply::plan(adm.tokens(), plan.json, plan.tool, plan.limit);
+    let filtered = azure.is_some_and(|a| a.filter_output);
+    if filtered {
+        // Azure's output filter stops the answer half way.
+        let keep = reply.pieces.len() / 2;
+        reply.pieces.truncate(keep);
+    }
     let id = alnum_id("chatcmpl-", 29);
     let call_ids: Vec<String> = match reply.body {
         Body::Tool { .. } => (0..plan.n).map(|_| alnum_id("call_", 24)).collect(),
@@ -25,6 +36,7 @@ pub(super) fn answer(adm: &Admitted) -> Result<HttpResponse, ApiError> {
     let completion_tokens = reply.output_tokens().saturating_mul(u64::from(plan.n));
     let usage = ChatUsage::new(plan.prompt_tokens, completion_tokens);
     let finish = match (&reply.body, reply.truncated) {
+        _ if filtered => "content_filter",
         (_, true) => "length",
         (Body::Tool { .. }, false) => "tool_calls",
         (Body::Text, false) => "stop",
@@ -32,8 +44,9 @@ pub(super) fn answer(adm: &Admitted) -> Result<HttpResponse, ApiError> {
     let head = Head {
         id: &id,
         created: unix_now(),
-        model: plan.model,
+        model: azure.map_or(plan.model, |a| a.model),
         service_tier: plan.service_tier,
+        azure,
     };
     if plan.stream {
         let frames = stream_frames(&head, &plan, &reply, &call_ids, finish, &usage, adm)?;
@@ -57,9 +70,10 @@ pub(super) fn answer(adm: &Admitted) -> Result<HttpResponse, ApiError> {
             };
             ChatChoice {
                 index: i,
+                content_filter_results: head.filter_results(Some(finish), true),
                 message: ChatMessage {
                     role: "assistant",
-                    content: tool_calls.is_none().then_some(content.as_str()),
+                    content: (tool_calls.is_none() && !filtered).then_some(content.as_str()),
                     refusal: None,
                     annotations: [],
                     tool_calls,
@@ -78,6 +92,7 @@ pub(super) fn answer(adm: &Admitted) -> Result<HttpResponse, ApiError> {
         usage,
         service_tier: head.service_tier,
         system_fingerprint: FINGERPRINT,
+        prompt_filter_results: azure.map(|a| &a.annotations.prompt_filter_results),
     };
     Ok(adm.json(to_json(&completion)?))
 }
@@ -88,9 +103,45 @@ struct Head<'a> {
     created: u64,
     model: &'a str,
     service_tier: &'a str,
+    azure: Option<AzureAnswer>,
 }
 
 impl Head<'_> {
+    /// A chunk choice, with Azure's filter annotations when this is Azure.
+    fn choice<'d>(
+        &self,
+        index: u32,
+        delta: Delta<'d>,
+        finish_reason: Option<&'static str>,
+    ) -> ChunkChoice<'d> {
+        ChunkChoice {
+            index,
+            logprobs: None,
+            finish_reason,
+            // Azure annotates the chunks that carry text; role and finish chunks say `{}`.
+            content_filter_results: self.filter_results(
+                finish_reason,
+                delta.role.is_none() && finish_reason.is_none(),
+            ),
+            delta,
+        }
+    }
+
+    /// Azure's `content_filter_results` for a choice: the filter's verdict where text was
+    /// annotated (or filtered), `{}` elsewhere. `None` (absent) on OpenAI.
+    fn filter_results(
+        &self,
+        finish_reason: Option<&str>,
+        annotated: bool,
+    ) -> Option<&'static Value> {
+        let annotations = self.azure?.annotations;
+        Some(match finish_reason {
+            Some("content_filter") => &annotations.filtered,
+            _ if annotated => &annotations.safe,
+            _ => &EMPTY_OBJECT,
+        })
+    }
+
     fn frame(
         &self,
         choices: &[ChunkChoice<'_>],
@@ -128,7 +179,10 @@ fn stream_frames(
     let n = plan.n;
     // With include_usage, every chunk says `"usage": null` until the usage chunk.
     let usage_null = plan.include_usage.then_some(None);
-    let mut frames = Vec::with_capacity((reply.pieces.len() + 3) * n as usize + 2);
+    let mut frames = Vec::with_capacity((reply.pieces.len() + 3) * n as usize + 3);
+    if let Some(azure) = head.azure {
+        frames.push(azure.annotations.filter_frame.clone());
+    }
     let tool_name = match reply.body {
         Body::Tool { name } => Some(name),
         Body::Text => None,
@@ -137,9 +191,10 @@ fn stream_frames(
         let delta = Delta {
             role: Some("assistant"),
             content: Some(if tool_name.is_some() { None } else { Some("") }),
+            refusal: head.azure.map(|_| None),
             tool_calls: None,
         };
-        frames.push(head.frame(&[ChunkChoice::new(index, delta, None)], usage_null)?);
+        frames.push(head.frame(&[head.choice(index, delta, None)], usage_null)?);
     }
     if let Some(name) = tool_name {
         for (index, call_id) in (0..n).zip(call_ids) {
@@ -156,7 +211,7 @@ fn stream_frames(
                 tool_calls: Some([call]),
                 ..Delta::default()
             };
-            frames.push(head.frame(&[ChunkChoice::new(index, delta, None)], usage_null)?);
+            frames.push(head.frame(&[head.choice(index, delta, None)], usage_null)?);
         }
     }
     let (pieces, fails) = reply.streamed(&adm.fault);
@@ -180,7 +235,7 @@ fn stream_frames(
                     ..Delta::default()
                 },
             };
-            frames.push(head.frame(&[ChunkChoice::new(index, delta, None)], usage_null)?);
+            frames.push(head.frame(&[head.choice(index, delta, None)], usage_null)?);
         }
     }
     if fails {
@@ -188,10 +243,11 @@ fn stream_frames(
         return Ok(frames);
     }
     for index in 0..n {
-        let choice = ChunkChoice::new(index, Delta::default(), Some(finish));
+        let choice = head.choice(index, Delta::default(), Some(finish));
         frames.push(head.frame(&[choice], usage_null)?);
     }
-    if plan.include_usage {
+    // A filtered Azure stream ends at its verdict: no usage chunk.
+    if plan.include_usage && finish != "content_filter" {
         frames.push(head.frame(&[], Some(Some(usage)))?);
     }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -214,7 +270,7 @@ fn error_event() -> Result<Bytes, ApiError> {
     )
 }
 
-fn validate(root: &Map<String, Value>) -> Result<Plan<'_>, ApiError> {
+fn validate(root: &Map<String, Value>, deployment: bool) -> Result<Plan<'_>, ApiError> {
     let unknown: Vec<&str> = root
         .keys()
         .map(String::as_str)
@@ -236,6 +292,7 @@ fn validate(root: &Map<String, Value>) -> Result<Plan<'_>, ApiError> {
     }
     let model = match as_str(root.get("model"), "model")? {
         Some(model) if !model.is_empty() => model,
+        _ if deployment => "",
         _ => return Err(ApiError::invalid("you must provide a model parameter")),
     };
     let messages =

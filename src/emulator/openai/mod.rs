@@ -314,35 +314,94 @@ async fn list_models(req: HttpRequest, state: web::Data<State>) -> HttpResponse 
 // ---------------------------------------------------------------------------------------------
 
 /// What every answer carries: the request id and the start time for `openai-processing-ms`.
-struct Ctx {
+pub(super) struct Ctx {
     request_id: String,
     start: Instant,
+    dialect: Dialect,
 }
 
 impl Ctx {
     fn new() -> Self {
+        Self::with(Dialect::OpenAi)
+    }
+
+    /// The request id, for the other dialects' own error bodies.
+    pub(super) fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The same request (id, clock) answered in another dialect.
+    pub(super) fn into_dialect(self, dialect: Dialect) -> Self {
+        Self { dialect, ..self }
+    }
+
+    pub(super) fn with(dialect: Dialect) -> Self {
         Self {
             request_id: format!("req_{:032x}", fastrand::u128(..)),
             start: Instant::now(),
+            dialect,
         }
     }
 
-    /// A response builder with OpenAI's headers.
+    /// A response builder with OpenAI's headers (Azure's gateway headers for Azure).
     fn builder(&self, status: StatusCode, content_type: &'static str) -> HttpResponseBuilder {
-        let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut builder = HttpResponse::build(status);
         builder
             .insert_header((header::CONTENT_TYPE, content_type))
-            .insert_header(("x-request-id", self.request_id.as_str()))
-            .insert_header(("openai-processing-ms", millis))
-            .insert_header(("openai-version", "2020-10-01"));
+            .insert_header(("x-request-id", self.request_id.as_str()));
+        if let Dialect::Azure(_) = self.dialect {
+            builder
+                .insert_header(("apim-request-id", self.request_id.as_str()))
+                .insert_header(("x-ms-region", "East US"));
+        } else {
+            let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            builder
+                .insert_header(("openai-processing-ms", millis))
+                .insert_header(("openai-version", "2020-10-01"));
+        }
         builder
     }
 }
 
+/// Whose OpenAI API this is. Azure OpenAI serves the same request and answer shapes, with its
+/// own URLs, auth and error quirks (all in `azure`), plus what it adds to the answers: the model
+/// version for the deployment and the content-filter annotations, handed in here so that the
+/// chat and responses code stays one copy.
+#[derive(Clone, Copy)]
+pub(super) enum Dialect {
+    OpenAi,
+    Azure(AzureAnswer),
+}
+
+/// What Azure adds to a chat answer. The JSON comes from `azure`, which owns Azure's wire
+/// format; this module only knows where each piece goes.
+#[derive(Debug)]
+pub(super) struct AzureAnnotations {
+    /// Top-level `prompt_filter_results` of a completion.
+    pub prompt_filter_results: Value,
+    /// A choice's `content_filter_results` when nothing was filtered.
+    pub safe: Value,
+    /// A choice's `content_filter_results` when the output was filtered.
+    pub filtered: Value,
+    /// The first frame of every Azure chat stream: empty id and choices, the prompt verdict.
+    pub filter_frame: Bytes,
+}
+
+/// An Azure request's answer settings.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AzureAnswer {
+    /// The model version the deployment runs (`gpt-4o-2024-11-20`), shown as `model`.
+    pub model: &'static str,
+    /// The output filter cuts this answer (`finish_reason: content_filter`).
+    pub filter_output: bool,
+    /// The URL names the deployment, so the body's `model` may be left out.
+    pub deployment_in_url: bool,
+    pub annotations: &'static AzureAnnotations,
+}
+
 /// An OpenAI-shaped error: `{"error":{"message","type","param","code"}}` with a status.
 #[derive(Debug)]
-struct ApiError {
+pub(super) struct ApiError {
     status: StatusCode,
     message: String,
     kind: &'static str,
@@ -379,7 +438,7 @@ impl ApiError {
         self
     }
 
-    fn respond(&self, ctx: &Ctx) -> HttpResponse {
+    pub(super) fn respond(&self, ctx: &Ctx) -> HttpResponse {
         let body = ErrorBody {
             error: ErrorObject {
                 message: &self.message,
@@ -447,10 +506,10 @@ impl ApiError {
 }
 
 /// Everything a handler needs once a request is let in.
-struct Admitted {
-    ctx: Ctx,
-    body: Bytes,
-    fault: Active,
+pub(super) struct Admitted {
+    pub ctx: Ctx,
+    pub body: Bytes,
+    pub fault: Active,
 }
 
 impl Admitted {
@@ -497,7 +556,7 @@ async fn admit(
     Ok(Admitted { ctx, body, fault })
 }
 
-fn fault_spec_error(source: FaultSource, e: &FaultSpecError) -> ApiError {
+pub(super) fn fault_spec_error(source: FaultSource, e: &FaultSpecError) -> ApiError {
     ApiError::invalid(format!("Invalid emulator fault spec in {source}: {e}."))
         .code("invalid_fault_spec")
 }
@@ -547,7 +606,7 @@ fn mask_key(key: &str) -> String {
     out
 }
 
-async fn read_body(payload: web::Payload) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(payload: web::Payload) -> Result<Bytes, ApiError> {
     exchange::read_body(payload).await.map_err(|e| match e {
         BodyError::TooLarge => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -834,6 +893,22 @@ fn internal(e: serde_json::Error) -> ApiError {
 mod chat;
 mod responses;
 
+/// The answer to a `status=` fault in OpenAI's shape, for dialects that pass OpenAI's errors
+/// through.
+pub(super) fn emulated_error(status: u16, retry_after: Option<u64>) -> ApiError {
+    ApiError::emulated(status, retry_after)
+}
+
+/// Chat Completions for another dialect's front door (Azure), once it has admitted the request.
+pub(super) fn chat_answer(adm: &Admitted) -> HttpResponse {
+    chat::answer(adm).unwrap_or_else(|e| e.respond(&adm.ctx))
+}
+
+/// Responses for another dialect's front door (Azure), once it has admitted the request.
+pub(super) fn responses_answer(adm: &Admitted, state: &OpenAiState) -> HttpResponse {
+    responses::answer(adm, state).unwrap_or_else(|e| e.respond(&adm.ctx))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Wire types (private): field order follows OpenAI's documented examples.
 // ---------------------------------------------------------------------------------------------
@@ -862,6 +937,9 @@ struct ChatCompletion<'a> {
     usage: ChatUsage,
     service_tier: &'a str,
     system_fingerprint: &'static str,
+    /// Azure only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_filter_results: Option<&'a Value>,
 }
 
 #[derive(Serialize)]
@@ -870,6 +948,9 @@ struct ChatChoice<'a> {
     message: ChatMessage<'a>,
     logprobs: Option<()>,
     finish_reason: &'static str,
+    /// Azure only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_filter_results: Option<&'a Value>,
 }
 
 #[derive(Serialize)]
@@ -951,17 +1032,9 @@ struct ChunkChoice<'a> {
     delta: Delta<'a>,
     logprobs: Option<()>,
     finish_reason: Option<&'static str>,
-}
-
-impl<'a> ChunkChoice<'a> {
-    fn new(index: u32, delta: Delta<'a>, finish_reason: Option<&'static str>) -> Self {
-        Self {
-            index,
-            delta,
-            logprobs: None,
-            finish_reason,
-        }
-    }
+    /// Azure only: `{}` on deltas, the verdict on the finish chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_filter_results: Option<&'a Value>,
 }
 
 #[derive(Default, Serialize)]
@@ -971,6 +1044,9 @@ struct Delta<'a> {
     /// `Some(None)` is an explicit `"content": null` (the role chunk of a tool call).
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<Option<&'a str>>,
+    /// Azure's role chunk says `"refusal": null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<Option<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_calls: Option<[ToolCallDelta<'a>; 1]>,
 }

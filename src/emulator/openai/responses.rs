@@ -31,7 +31,14 @@ struct Echo<'a> {
 
 pub(super) fn answer(adm: &Admitted, state: &OpenAiState) -> Result<HttpResponse, ApiError> {
     let root = parse_object(&adm.body)?;
-    let plan = validate(&root, state)?;
+    let deployment_in_url = matches!(
+        adm.ctx.dialect,
+        Dialect::Azure(AzureAnswer {
+            deployment_in_url: true,
+            ..
+        })
+    );
+    let plan = validate(&root, state, deployment_in_url)?;
     let reply = Reply::plan(adm.tokens(), plan.json, plan.tool, plan.max_output_tokens);
     let resp_id = hex_id("resp_");
     let content = reply.content();
@@ -68,7 +75,10 @@ pub(super) fn answer(adm: &Admitted, state: &OpenAiState) -> Result<HttpResponse
         }),
         instructions: plan.echo.instructions,
         max_output_tokens: plan.max_output_tokens,
-        model: plan.model,
+        model: match adm.ctx.dialect {
+            Dialect::Azure(azure) => azure.model,
+            Dialect::OpenAi => plan.model,
+        },
         output: &output,
         parallel_tool_calls: plan.echo.parallel_tool_calls,
         previous_response_id: plan.echo.previous_response_id,
@@ -276,7 +286,12 @@ fn stream_frames(
     Ok(events.frames)
 }
 
-fn validate<'a>(root: &'a Map<String, Value>, state: &OpenAiState) -> Result<Plan<'a>, ApiError> {
+/// `deployment`: the URL names an Azure deployment, so `model` may be left out.
+fn validate<'a>(
+    root: &'a Map<String, Value>,
+    state: &OpenAiState,
+    deployment: bool,
+) -> Result<Plan<'a>, ApiError> {
     if let Some(unknown) = root
         .keys()
         .find(|k| !RESPONSES_PARAMS.contains(&k.as_str()))
@@ -289,6 +304,7 @@ fn validate<'a>(root: &'a Map<String, Value>, state: &OpenAiState) -> Result<Pla
     }
     let model = as_str(root.get("model"), "model")?
         .filter(|m| !m.is_empty())
+        .or(deployment.then_some(""))
         .ok_or_else(|| missing("model"))?;
 
     let previous_response_id = as_str(root.get("previous_response_id"), "previous_response_id")?;
