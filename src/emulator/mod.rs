@@ -1,16 +1,19 @@
 //! The provider emulator behind `switchyard emulate`: a strict, fast stand-in for the paid
 //! providers that the gateway's tests, the README demo and the load tests run against. This file
 //! owns the public entry point (configuration and server setup) and the state shared by the
-//! workers. Each provider's wire format lives in its own module (`openai`), with its own private
-//! wire types; what every provider shares is the reply planner (`reply`: the canned answer,
-//! its token counts and tool calls), the scriptable faults (`faults`) and the provider-neutral
-//! steps of an exchange (`exchange`: body, fault resolution, paced bodies). It binds no socket
-//! itself: the caller hands it a listener, so tests can use port 0 and the CLI can choose its
-//! address.
+//! workers. Each provider's wire format lives in its own module (`openai`, `azure`, `gemini`,
+//! `bedrock`), with its own private wire types, never the gateway's (a shared type would let
+//! the emulator confirm the gateway's own mistakes); Azure runs `openai`'s request and answer
+//! code in its dialect, because its shapes are OpenAI's. What every provider shares is the
+//! reply planner (`reply`: the canned answer, its token counts and tool calls), the scriptable
+//! faults (`faults`) and the provider-neutral steps of an exchange (`exchange`: body, fault
+//! resolution, paced bodies). It binds no socket itself: the caller hands it a listener, so
+//! tests can use port 0 and the CLI can choose its address.
 //!
-//! Every route is served twice: as the provider serves it (`/v1/chat/completions`) and under a
-//! fault prefix (`/fault/{spec}/v1/chat/completions`), so a gateway route whose base URL carries
-//! the prefix scripts a fault for every request it sends.
+//! Every route is served twice: as the provider serves it (`/v1/chat/completions`,
+//! `/v1beta/models/…`, `/model/…/converse`, `/openai/…`) and under a fault prefix
+//! (`/fault/{spec}/v1/chat/completions`), so a gateway route whose base URL carries the prefix
+//! scripts a fault for every request it sends.
 
 use std::net::TcpListener;
 
@@ -139,4 +142,48 @@ pub fn server(config: EmulatorConfig, listener: TcpListener) -> std::io::Result<
         http = http.workers(config.workers);
     }
     Ok(http.listen(listener)?.run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `switchyard emulate --help` spells the credentials out for people; it must not drift
+    /// from the constants the emulator checks.
+    #[test]
+    fn help_names_every_default_credential() {
+        let mut cli = crate::cli::Cli::command();
+        let help = cli
+            .find_subcommand_mut("emulate")
+            .expect("emulate subcommand")
+            .render_long_help()
+            .to_string();
+        for value in [
+            DEFAULT_OPENAI_KEY,
+            DEFAULT_AZURE_KEY,
+            DEFAULT_GEMINI_KEY,
+            DEFAULT_BEDROCK_ACCESS_KEY_ID,
+            DEFAULT_BEDROCK_SECRET_ACCESS_KEY,
+            DEFAULT_BEDROCK_SESSION_TOKEN,
+            DEFAULT_BEDROCK_REGION,
+            DEFAULT_BEDROCK_API_KEY,
+        ] {
+            assert!(help.contains(value), "help lacks {value}");
+        }
+        for key in [
+            "status=",
+            "retry_after=",
+            "times=",
+            "key=",
+            "latency_ms=",
+            "first_byte_ms=",
+            "chunk_ms=",
+            "midstream_error=",
+            "drop=",
+            "tokens=",
+        ] {
+            assert!(help.contains(key), "help lacks {key}");
+        }
+    }
 }
