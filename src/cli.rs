@@ -59,8 +59,9 @@ pub enum Command {
     ///   Gemini   POST /v1beta/models/{model}:generateContent,
     ///            POST /v1beta/models/{model}:streamGenerateContent[?alt=sse];
     ///            `x-goog-api-key: AIzaSy-switchyard-emulator-gemini-key0` or `?key=`.
-    ///   Bedrock  POST /model/{modelId}/converse, POST /model/{modelId}/converse-stream
-    ///            (modelId percent-encoded, anthropic.* models); SigV4 (service `bedrock`,
+    ///   Bedrock  POST /model/{modelId}/converse, POST /model/{modelId}/converse-stream,
+    ///            POST /model/{modelId}/invoke, POST /model/{modelId}/invoke-with-response-stream
+    ///            (Anthropic Messages body; modelId percent-encoded, anthropic.* models); SigV4 (service `bedrock`,
     ///            region us-east-1) with access key AKIAEMULATORBEDROCK0 and secret
     ///            emulator/Bedrock/SecretAccessKey/000000000 (optional session token
     ///            emulator-bedrock-session-token), or `Authorization: Bearer

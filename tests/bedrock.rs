@@ -699,3 +699,172 @@ async fn drop_latency_and_first_byte() {
     assert!(reply.body_after >= Duration::from_millis(150));
     assert_eq!(frames(&reply).len(), 16);
 }
+
+// ---------------------------------------------------------------------------------------------
+// InvokeModel with the Anthropic Messages body.
+// ---------------------------------------------------------------------------------------------
+
+fn invoke_body() -> Value {
+    json!({
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 256,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}]
+    })
+}
+
+/// The Anthropic events inside `chunk` frames.
+fn anthropic_events(reply: &Reply) -> Vec<Value> {
+    frames(reply)
+        .into_iter()
+        .map(|(kind, name, payload)| {
+            assert_eq!((kind.as_str(), name.as_str()), ("event", "chunk"));
+            assert!(payload["p"].is_string());
+            let bytes =
+                aws_smithy_types::base64::decode(payload["bytes"].as_str().unwrap_or_default())
+                    .expect("base64");
+            serde_json::from_slice(&bytes).expect("an Anthropic event")
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn invoke_answers_an_anthropic_message() {
+    let addr = start();
+    let path = format!("/model/{MODEL}/invoke");
+    let reply = signed(addr, &path, &invoke_body(), &[]).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        reply.header("x-amzn-bedrock-input-token-count"),
+        INPUT_TOKENS.to_string()
+    );
+    assert_eq!(reply.header("x-amzn-bedrock-output-token-count"), "12");
+    let got = reply.json();
+    assert_eq!(got["type"], "message");
+    assert_eq!(got["model"], "claude-3-5-sonnet-20240620");
+    assert_eq!(
+        got["content"],
+        json!([{"type": "text", "text": DEFAULT_TEXT}])
+    );
+    assert_eq!(got["stop_reason"], "end_turn");
+    assert_eq!(
+        got["usage"],
+        json!({"input_tokens": INPUT_TOKENS, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 12})
+    );
+    assert!(
+        got["id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("msg_bdrk_01")
+    );
+
+    // Tools: a tool_use block, then the result answered in text.
+    let mut request = invoke_body();
+    request["tools"] = json!([{"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]);
+    let got = signed(addr, &path, &request, &[]).await.json();
+    assert_eq!(got["stop_reason"], "tool_use");
+    let id = got["content"][0]["id"].clone();
+    assert_eq!(got["content"][0]["input"], json!({"city": "example"}));
+    request["messages"] = json!([
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": id, "name": "get_weather", "input": {"city": "example"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": "21C"}]}
+    ]);
+    let got = signed(addr, &path, &request, &[]).await.json();
+    assert_eq!(got["content"][0]["text"], DEFAULT_TEXT);
+}
+
+#[actix_web::test]
+async fn invoke_stream_carries_anthropic_events_in_chunks() {
+    let addr = start();
+    let path = format!("/model/{MODEL}/invoke-with-response-stream");
+    let reply = signed(addr, &path, &invoke_body(), &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("x-amzn-bedrock-content-type"),
+        "application/json"
+    );
+    let events = anthropic_events(&reply);
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    let mut want = vec!["message_start", "content_block_start"];
+    want.extend(std::iter::repeat_n("content_block_delta", 12));
+    want.extend(["content_block_stop", "message_delta", "message_stop"]);
+    assert_eq!(kinds, want);
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, DEFAULT_TEXT);
+    assert_eq!(events[0]["message"]["usage"]["input_tokens"], INPUT_TOKENS);
+    assert_eq!(events[15]["delta"]["stop_reason"], "end_turn");
+    assert_eq!(events[15]["usage"]["output_tokens"], 12);
+    let metrics = &events[16]["amazon-bedrock-invocationMetrics"];
+    assert_eq!(metrics["inputTokenCount"], INPUT_TOKENS);
+    assert_eq!(metrics["outputTokenCount"], 12);
+
+    // Mid-stream: two deltas, then the exception frame.
+    let faulted = signed(
+        addr,
+        &path,
+        &invoke_body(),
+        &[("x-emulator-fault", "midstream_error=2")],
+    )
+    .await;
+    let got = frames(&faulted);
+    assert_eq!(got.len(), 5);
+    assert_eq!(
+        (got[4].0.as_str(), got[4].1.as_str()),
+        ("exception", "modelStreamErrorException")
+    );
+}
+
+#[actix_web::test]
+async fn invoke_refuses_what_bedrock_and_anthropic_refuse() {
+    let addr = start();
+    let path = format!("/model/{MODEL}/invoke");
+    let mut with_model = invoke_body();
+    with_model["model"] = json!("claude");
+    let mut no_version = invoke_body();
+    no_version
+        .as_object_mut()
+        .map(|o| o.remove("anthropic_version"));
+    let mut twice = invoke_body();
+    twice["messages"] = json!([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]);
+    let mut orphan = invoke_body();
+    orphan["messages"] = json!([
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "c"}]}
+    ]);
+    let cases = [
+        (
+            with_model,
+            "Malformed input request: #: extraneous key [model] is not permitted, please reformat your input and try again.",
+        ),
+        (
+            no_version,
+            "Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again.",
+        ),
+        (
+            twice,
+            "messages: roles must alternate between \"user\" and \"assistant\", but found multiple \"user\" roles in a row",
+        ),
+        (
+            orphan,
+            "messages.2.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_x. Each `tool_result` block must have a corresponding `tool_use` block in the previous message.",
+        ),
+    ];
+    for (request, message) in cases {
+        let reply = signed(addr, &path, &request, &[]).await;
+        assert_eq!(
+            aws_error(&reply, 400, "ValidationException"),
+            message,
+            "for {request}"
+        );
+    }
+}

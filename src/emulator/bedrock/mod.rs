@@ -1,8 +1,9 @@
 //! Amazon Bedrock (Anthropic Claude) as the emulator serves it: Converse
 //! (`POST /model/{modelId}/converse`) and ConverseStream (`POST /model/{modelId}/converse-stream`,
-//! `application/vnd.amazon.eventstream`). This module owns Bedrock's side: authentication (SigV4
-//! verified in `sigv4` against the known test credentials, or a Bedrock API key as
-//! `Authorization: Bearer`), the model id as one percent-encoded path segment, Converse
+//! `application/vnd.amazon.eventstream`), and InvokeModel with the Anthropic Messages body
+//! (`invoke`, `invoke-with-response-stream`; that body lives in `invoke`). This module owns
+//! Bedrock's side: authentication (SigV4 verified in `sigv4` against the known test
+//! credentials, or a Bedrock API key as `Authorization: Bearer`), the model id as one percent-encoded path segment, Converse
 //! validation with Bedrock's messages (roles, alternation, content-block unions, the tool-use
 //! protocol, inference limits), AWS's error shape (`{"message"}` plus `x-amzn-ErrorType`), the
 //! private wire types of the answer (output.message, stopReason, usage, metrics), and the event
@@ -14,6 +15,7 @@
 //! Unknown request fields are refused here although Coral services often drop them: a gateway
 //! that misspells `inferenceConfig` would otherwise pass its tests and lose its limits live.
 
+mod invoke;
 mod sigv4;
 
 use std::time::{Instant, SystemTime};
@@ -215,47 +217,50 @@ impl BedrockState {
 
 /// Registers the Bedrock routes (relative, so `mod.rs` can mount them under the fault prefix).
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/model/{model}/converse")
-            .route(web::post().to(converse))
-            .default_service(web::to(unknown_operation)),
-    )
-    .service(
-        web::resource("/model/{model}/converse-stream")
-            .route(web::post().to(converse_stream))
-            .default_service(web::to(unknown_operation)),
-    );
+    let route = |path: &str, operation: Operation| {
+        web::resource(path)
+            .route(web::post().to(
+                move |req: HttpRequest, payload: web::Payload, state: web::Data<State>| {
+                    serve(req, payload, state, operation)
+                },
+            ))
+            .default_service(web::to(unknown_operation))
+    };
+    cfg.service(route("/model/{model}/converse", Operation::Converse))
+        .service(route(
+            "/model/{model}/converse-stream",
+            Operation::ConverseStream,
+        ))
+        .service(route("/model/{model}/invoke", Operation::Invoke))
+        .service(route(
+            "/model/{model}/invoke-with-response-stream",
+            Operation::InvokeStream,
+        ));
+}
+
+/// The four runtime operations the emulator serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Converse,
+    ConverseStream,
+    /// InvokeModel with the Anthropic Messages body (`invoke`).
+    Invoke,
+    InvokeStream,
 }
 
 async fn unknown_operation() -> HttpResponse {
     ApiError::new(404, "UnknownOperationException", "").respond(&request_id())
 }
 
-async fn converse(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<State>,
-) -> HttpResponse {
-    serve(req, payload, state, false).await
-}
-
-async fn converse_stream(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<State>,
-) -> HttpResponse {
-    serve(req, payload, state, true).await
-}
-
 async fn serve(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<State>,
-    stream: bool,
+    operation: Operation,
 ) -> HttpResponse {
     let request_id = request_id();
     let started = Instant::now();
-    match answer(&req, payload, &state, stream, &request_id, started).await {
+    match answer(&req, payload, &state, operation, &request_id, started).await {
         Ok(response) => response,
         Err(e) => e.respond(&request_id),
     }
@@ -318,7 +323,7 @@ async fn answer(
     req: &HttpRequest,
     payload: web::Payload,
     state: &State,
-    stream: bool,
+    operation: Operation,
     request_id: &str,
     started: Instant,
 ) -> Result<HttpResponse, ApiError> {
@@ -330,7 +335,7 @@ async fn answer(
         BodyError::Broken(reason) => ApiError::invalid(format!("Malformed request body: {reason}")),
     })?;
     authenticate(req, &body, &state.bedrock)?;
-    model_id(req)?;
+    let model = model_id(req)?;
     let fault = exchange::resolve_faults(req, &body, &state.faults)
         .await
         .map_err(|(source, e)| fault_spec_error(source, &e))?;
@@ -347,20 +352,31 @@ async fn answer(
             ));
         }
     };
+    let ok = |content_type| builder(StatusCode::OK, content_type, request_id);
+    if matches!(operation, Operation::Invoke | Operation::InvokeStream) {
+        let plan = invoke::validate(&root)?;
+        let reply = Reply::plan(words(&fault), false, plan.tool, plan.limit);
+        let message = invoke::Message::new(&plan, &reply, &model);
+        if operation == Operation::InvokeStream {
+            let frames = message.frames(&fault, started)?;
+            let mut builder = ok(EVENT_STREAM);
+            builder.insert_header(("x-amzn-bedrock-content-type", JSON));
+            return Ok(exchange::stream(builder, &fault, frames));
+        }
+        let json = serde_json::to_vec(&message.whole()).map_err(internal)?;
+        let mut builder = ok(JSON);
+        message.usage_headers(&mut builder, started);
+        return Ok(exchange::whole(builder, &fault, json));
+    }
     let plan = validate(&root)?;
     let reply = Reply::plan(words(&fault), false, plan.tool, plan.limit);
     let answer = Answer::new(&plan, &reply);
-    if stream {
+    if operation == Operation::ConverseStream {
         let frames = answer.frames(&fault, started)?;
-        let builder = builder(StatusCode::OK, EVENT_STREAM, request_id);
-        return Ok(exchange::stream(builder, &fault, frames));
+        return Ok(exchange::stream(ok(EVENT_STREAM), &fault, frames));
     }
     let json = serde_json::to_vec(&answer.whole(started)).map_err(internal)?;
-    Ok(exchange::whole(
-        builder(StatusCode::OK, JSON, request_id),
-        &fault,
-        json,
-    ))
+    Ok(exchange::whole(ok(JSON), &fault, json))
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
