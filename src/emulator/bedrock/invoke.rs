@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::faults::Active;
 use super::super::reply::{Body, FnTool, Reply, TextStats, ToolChoice, alnum_id, pick_tool};
-use super::{ApiError, Plan, frame, internal, latency_ms, list, object, padding};
+use super::{ApiError, Plan, frame, internal, latency_ms, list, object, padding, valid_tool_name};
 use aws_smithy_types::event_stream::{Header, HeaderValue};
 
 /// The only `anthropic_version` Bedrock accepts for the Messages API.
@@ -265,12 +265,7 @@ fn check_tools(root: &Map<String, Value>) -> Result<Vec<FnTool<'_>>, ApiError> {
     let mut out = Vec::new();
     for (i, tool) in list(root.get("tools"), "tools")?.iter().enumerate() {
         let name = tool.get("name").and_then(Value::as_str).unwrap_or_default();
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
+        if !valid_tool_name(name) {
             return Err(ApiError::invalid(format!(
                 "tools.{i}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
             )));
@@ -323,11 +318,7 @@ impl<'a> Message<'a> {
     }
 
     fn stop_reason(&self) -> &'static str {
-        match (&self.reply.body, self.reply.truncated) {
-            (_, true) => "max_tokens",
-            (Body::Tool { .. }, false) => "tool_use",
-            (Body::Text, false) => "end_turn",
-        }
+        super::stop_reason(self.reply)
     }
 
     fn block(&self, whole: bool) -> Value {
@@ -413,15 +404,7 @@ impl<'a> Message<'a> {
             }))?);
         }
         if fails {
-            frames.push(super::exception(
-                "modelStreamErrorException",
-                &json!({
-                    "message": "The model encountered an error while streaming. (emulated \
-                                mid-stream fault)",
-                    "originalStatusCode": 500,
-                    "originalMessage": "Internal server error",
-                }),
-            )?);
+            frames.push(super::stream_error()?);
             return Ok(frames);
         }
         let output = self.reply.output_tokens();

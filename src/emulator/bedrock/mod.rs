@@ -754,6 +754,15 @@ fn check_inference(config: Option<&Value>) -> Result<Option<u64>, ApiError> {
     }
 }
 
+/// Tool names as Claude on Bedrock allows them: `[a-zA-Z0-9_-]{1,64}` (both body formats).
+fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// `toolConfig`: tool specs (names as Bedrock allows them) and the tool choice union.
 fn check_tool_config(
     config: Option<&Value>,
@@ -781,12 +790,7 @@ fn check_tool_config(
         let spec = object(&tool["toolSpec"], &format!("{at}.toolSpec"))?;
         only(spec, &["name", "description", "inputSchema", "strict"])?;
         let name = spec.get("name").and_then(Value::as_str).unwrap_or_default();
-        let valid = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
+        if !valid_tool_name(name) {
             return Err(ApiError::constraint(
                 &format!("'{name}'"),
                 &format!("{at}.toolSpec.name"),
@@ -844,11 +848,7 @@ impl<'a> Answer<'a> {
     }
 
     fn stop_reason(&self) -> &'static str {
-        match (&self.reply.body, self.reply.truncated) {
-            (_, true) => "max_tokens",
-            (Body::Tool { .. }, false) => "tool_use",
-            (Body::Text, false) => "end_turn",
-        }
+        stop_reason(self.reply)
     }
 
     fn usage(&self) -> Usage {
@@ -926,15 +926,7 @@ impl<'a> Answer<'a> {
             )?);
         }
         if fails {
-            frames.push(exception(
-                "modelStreamErrorException",
-                &serde_json::json!({
-                    "message": "The model encountered an error while streaming. (emulated \
-                                mid-stream fault)",
-                    "originalStatusCode": 500,
-                    "originalMessage": "Internal server error",
-                }),
-            )?);
+            frames.push(stream_error()?);
             return Ok(frames);
         }
         frames.push(event(
@@ -953,6 +945,15 @@ impl<'a> Answer<'a> {
         };
         frames.push(event("metadata", &metadata)?);
         Ok(frames)
+    }
+}
+
+/// Why the answer stopped, in the words Converse and Anthropic share.
+fn stop_reason(reply: &Reply<'_>) -> &'static str {
+    match (&reply.body, reply.truncated) {
+        (_, true) => "max_tokens",
+        (Body::Tool { .. }, false) => "tool_use",
+        (Body::Text, false) => "end_turn",
     }
 }
 
@@ -981,6 +982,20 @@ fn event<T: Serialize>(kind: &'static str, value: &T) -> Result<Bytes, ApiError>
             Header::new(":message-type", HeaderValue::String("event".into())),
         ],
         &payload,
+    )
+}
+
+/// The `midstream_error` fault on both stream operations: the exception Bedrock sends when the
+/// model fails mid-answer.
+fn stream_error() -> Result<Bytes, ApiError> {
+    exception(
+        "modelStreamErrorException",
+        &serde_json::json!({
+            "message": "The model encountered an error while streaming. (emulated mid-stream \
+                        fault)",
+            "originalStatusCode": 500,
+            "originalMessage": "Internal server error",
+        }),
     )
 }
 

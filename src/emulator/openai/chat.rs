@@ -592,13 +592,7 @@ fn check_response_format(format: Option<&Value>) -> Result<Option<&str>, ApiErro
 /// Chat tools are nested: `{type:"function", function:{name, parameters}}`.
 fn check_tools(tools: Option<&Value>) -> Result<Vec<FnTool<'_>>, ApiError> {
     let mut out = Vec::new();
-    for (i, tool) in as_array(tools, "tools")?
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let p = format!("tools[{i}]");
-        let tool = as_object(Some(tool), &p)?.ok_or_else(|| missing(&p))?;
+    for (p, tool) in tool_objects(tools)? {
         let ty = as_enum(
             tool.get("type"),
             &format!("{p}.type"),

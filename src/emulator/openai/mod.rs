@@ -812,6 +812,25 @@ fn check_metadata(value: Option<&Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// One entry of `tools`: its parameter path and its members.
+type ToolObject<'a> = (String, &'a Map<String, Value>);
+
+/// The `tools` array as objects, each with its parameter path (`tools[i]`); chat and
+/// Responses differ only in what they read from each.
+fn tool_objects(tools: Option<&Value>) -> Result<Vec<ToolObject<'_>>, ApiError> {
+    let mut out = Vec::new();
+    for (i, tool) in as_array(tools, "tools")?
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let p = format!("tools[{i}]");
+        let tool = as_object(Some(tool), &p)?.ok_or_else(|| missing(&p))?;
+        out.push((p, tool));
+    }
+    Ok(out)
+}
+
 /// Function names: `^[a-zA-Z0-9_-]+$`, at most 64 characters.
 fn check_function_name(name: &str, param: &str) -> Result<(), ApiError> {
     if name.len() > 64 {
@@ -1248,6 +1267,19 @@ struct TextEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<&'a str>,
     logprobs: [(); 0],
+}
+
+impl<'a> TextEvent<'a> {
+    fn new(item_id: &'a str, delta: Option<&'a str>, text: Option<&'a str>) -> Self {
+        Self {
+            item_id,
+            output_index: 0,
+            content_index: 0,
+            delta,
+            text,
+            logprobs: [],
+        }
+    }
 }
 
 /// `response.function_call_arguments.delta` (with `delta`) and `.done` (name and arguments).

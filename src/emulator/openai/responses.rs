@@ -210,27 +210,13 @@ fn stream_frames(
             };
             events.push("response.content_part.added", &part(""))?;
             for piece in pieces {
-                let delta = TextEvent {
-                    item_id: msg.id,
-                    output_index: 0,
-                    content_index: 0,
-                    delta: Some(piece.as_ref()),
-                    text: None,
-                    logprobs: [],
-                };
+                let delta = TextEvent::new(msg.id, Some(piece.as_ref()), None);
                 events.push("response.output_text.delta", &delta)?;
             }
             if fails {
                 return fail(events);
             }
-            let text_done = TextEvent {
-                item_id: msg.id,
-                output_index: 0,
-                content_index: 0,
-                delta: None,
-                text: Some(content),
-                logprobs: [],
-            };
+            let text_done = TextEvent::new(msg.id, None, Some(content));
             events.push("response.output_text.done", &text_done)?;
             events.push("response.content_part.done", &part(content))?;
         }
@@ -575,13 +561,7 @@ fn check_text(text: Option<&Value>) -> Result<Option<&str>, ApiError> {
 /// search, file search, MCP…) are accepted and never called.
 fn check_tools(tools: Option<&Value>) -> Result<Vec<FnTool<'_>>, ApiError> {
     let mut out = Vec::new();
-    for (i, tool) in as_array(tools, "tools")?
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        let p = format!("tools[{i}]");
-        let tool = as_object(Some(tool), &p)?.ok_or_else(|| missing(&p))?;
+    for (p, tool) in tool_objects(tools)? {
         let ty = as_str(tool.get("type"), &format!("{p}.type"))?
             .ok_or_else(|| missing(&format!("{p}.type")))?;
         if ty != "function" {
