@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::faults::Active;
 use super::super::reply::{Body, FnTool, Reply, TextStats, ToolChoice, alnum_id, pick_tool};
-use super::{ApiError, Plan, frame, internal, latency_ms, list, object, padding, valid_tool_name};
+use super::{ApiError, Plan, frame, internal, latency_ms, list, object, pad, valid_tool_name};
 use aws_smithy_types::event_stream::{Header, HeaderValue};
 
 /// The only `anthropic_version` Bedrock accepts for the Messages API.
@@ -431,10 +431,11 @@ impl<'a> Message<'a> {
 /// One `:event-type: chunk` frame carrying an Anthropic event as base64 `bytes`.
 fn chunk(event: &Value) -> Result<Bytes, ApiError> {
     let json = serde_json::to_vec(event).map_err(internal)?;
-    let payload = json!({
-        "bytes": aws_smithy_types::base64::encode(json),
-        "p": padding(),
-    });
+    let mut payload = serde_json::to_vec(&Chunk {
+        bytes: &aws_smithy_types::base64::encode(json),
+    })
+    .map_err(internal)?;
+    pad(&mut payload);
     frame(
         vec![
             Header::new(":event-type", HeaderValue::String("chunk".into())),
@@ -444,8 +445,14 @@ fn chunk(event: &Value) -> Result<Bytes, ApiError> {
             ),
             Header::new(":message-type", HeaderValue::String("event".into())),
         ],
-        &payload,
+        payload,
     )
+}
+
+/// A `chunk` event's payload (before its padding).
+#[derive(Serialize)]
+struct Chunk<'a> {
+    bytes: &'a str,
 }
 
 #[derive(Serialize)]

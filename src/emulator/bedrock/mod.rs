@@ -917,13 +917,14 @@ impl<'a> Answer<'a> {
         }
         for piece in pieces {
             let delta = match self.reply.body {
-                Body::Text => serde_json::json!({ "text": piece }),
-                Body::Tool { .. } => serde_json::json!({ "toolUse": { "input": piece } }),
+                Body::Text => Delta::Text(piece),
+                Body::Tool { .. } => Delta::ToolUse { input: piece },
             };
-            frames.push(event(
-                "contentBlockDelta",
-                &serde_json::json!({ "contentBlockIndex": 0, "delta": delta }),
-            )?);
+            let block = BlockDelta {
+                content_block_index: 0,
+                delta,
+            };
+            frames.push(event("contentBlockDelta", &block)?);
         }
         if fails {
             frames.push(stream_error()?);
@@ -961,27 +962,34 @@ fn latency_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A random-length padding, as Bedrock adds to every event to hide token lengths.
-fn padding() -> String {
+/// Appends `,"p":"<random letters>"` before the closing brace of a serialised object: the
+/// random-length padding Bedrock adds to every event to hide token lengths. Written into the
+/// bytes directly, so an event costs one serialisation and no intermediate `Value`.
+fn pad(json: &mut Vec<u8>) {
+    if json.last() != Some(&b'}') {
+        return;
+    }
+    json.pop();
+    if json.len() > 1 {
+        json.push(b',');
+    }
+    json.extend_from_slice(b"\"p\":\"");
     let len = fastrand::usize(1..=24);
-    std::iter::repeat_with(|| char::from(fastrand::u8(b'a'..=b'z')))
-        .take(len)
-        .collect()
+    json.extend(std::iter::repeat_with(|| fastrand::u8(b'a'..=b'z')).take(len));
+    json.extend_from_slice(b"\"}");
 }
 
 /// One `:message-type: event` frame whose payload is `value` plus the `p` padding.
 fn event<T: Serialize>(kind: &'static str, value: &T) -> Result<Bytes, ApiError> {
-    let mut payload = serde_json::to_value(value).map_err(internal)?;
-    if let Some(object) = payload.as_object_mut() {
-        object.insert("p".to_owned(), Value::String(padding()));
-    }
+    let mut payload = serde_json::to_vec(value).map_err(internal)?;
+    pad(&mut payload);
     frame(
         vec![
             Header::new(":event-type", HeaderValue::String(kind.into())),
             Header::new(":content-type", HeaderValue::String(JSON.into())),
             Header::new(":message-type", HeaderValue::String("event".into())),
         ],
-        &payload,
+        payload,
     )
 }
 
@@ -1001,6 +1009,7 @@ fn stream_error() -> Result<Bytes, ApiError> {
 
 /// One `:message-type: exception` frame, as botocore and the Rust SDK read in-stream errors.
 fn exception(kind: &'static str, payload: &Value) -> Result<Bytes, ApiError> {
+    let payload = serde_json::to_vec(payload).map_err(internal)?;
     frame(
         vec![
             Header::new(":exception-type", HeaderValue::String(kind.into())),
@@ -1011,8 +1020,7 @@ fn exception(kind: &'static str, payload: &Value) -> Result<Bytes, ApiError> {
     )
 }
 
-fn frame(headers: Vec<Header>, payload: &Value) -> Result<Bytes, ApiError> {
-    let payload = serde_json::to_vec(payload).map_err(internal)?;
+fn frame(headers: Vec<Header>, payload: Vec<u8>) -> Result<Bytes, ApiError> {
     let message = Message::new_from_parts(headers, payload);
     let mut out = Vec::with_capacity(256);
     write_message_to(&message, &mut out).map_err(internal)?;
@@ -1061,8 +1069,54 @@ struct Metrics {
     latency_ms: u64,
 }
 
+/// A `contentBlockDelta` payload (before its padding).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BlockDelta<'a> {
+    content_block_index: u32,
+    delta: Delta<'a>,
+}
+
+/// The `delta` union: `{"text": …}` or `{"toolUse": {"input": …}}`.
+#[derive(Serialize)]
+enum Delta<'a> {
+    #[serde(rename = "text")]
+    Text(&'a str),
+    #[serde(rename = "toolUse")]
+    ToolUse { input: &'a str },
+}
+
 #[derive(Serialize)]
 struct Metadata {
     usage: Usage,
     metrics: Metrics,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_is_one_more_member() {
+        for json in [&b"{}"[..], b"{\"role\":\"assistant\"}"] {
+            let mut out = json.to_vec();
+            pad(&mut out);
+            let value: Value = serde_json::from_slice(&out).expect("still JSON");
+            let p = value["p"].as_str().expect("p is a string");
+            assert!((1..=24).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase()));
+            let members = value.as_object().map_or(0, Map::len);
+            assert_eq!(members, if json.len() == 2 { 1 } else { 2 });
+        }
+        let mut not_object = b"[1]".to_vec();
+        pad(&mut not_object);
+        assert_eq!(not_object, b"[1]");
+    }
+
+    #[test]
+    fn tool_names_follow_bedrock_rules() {
+        assert!(valid_tool_name("get_weather-2"));
+        assert!(!valid_tool_name("get.weather"));
+        assert!(!valid_tool_name(""));
+        assert!(!valid_tool_name(&"a".repeat(65)));
+    }
 }
