@@ -6,6 +6,7 @@
 mod client;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use client::*;
 use serde_json::{Value, json};
@@ -352,4 +353,26 @@ async fn faults_in_azure_shape() {
     assert!(!raw.ends_with(b"\r\n0\r\n\r\n"));
     let text = String::from_utf8_lossy(&raw);
     assert_eq!(text.matches("data: ").count(), 2);
+
+    // Timing and shape: latency before the headers, first byte and chunk delays in the stream,
+    // the reply length.
+    let reply = call(
+        addr,
+        CLASSIC,
+        &body(),
+        &[("x-emulator-fault", "latency_ms=150,tokens=4")],
+    )
+    .await;
+    assert!(reply.headers_after >= Duration::from_millis(150));
+    assert_eq!(reply.json()["usage"]["completion_tokens"], 4);
+    let spec = [("x-emulator-fault", "first_byte_ms=100,chunk_ms=20,tokens=3")];
+    let reply = call(addr, CLASSIC, &request, &spec).await;
+    assert!(reply.headers_after < Duration::from_millis(100));
+    // Filter frame, role, 3 words, finish, [DONE]: 100 ms, then 6 gaps of 20 ms.
+    assert!(
+        reply.body_after >= Duration::from_millis(220),
+        "{:?}",
+        reply.body_after
+    );
+    assert_eq!(reply.events().len(), 7);
 }

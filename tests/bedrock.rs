@@ -682,10 +682,11 @@ async fn drop_latency_and_first_byte() {
         addr,
         &converse_path(),
         &body(),
-        &[("x-emulator-fault", "latency_ms=150")],
+        &[("x-emulator-fault", "latency_ms=150,tokens=5")],
     )
     .await;
     assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["usage"]["outputTokens"], 5);
     assert!(reply.headers_after >= Duration::from_millis(150));
 
     let reply = signed(
@@ -867,4 +868,18 @@ async fn invoke_refuses_what_bedrock_and_anthropic_refuse() {
             "for {request}"
         );
     }
+}
+
+#[actix_web::test]
+async fn chunk_delay_paces_every_frame() {
+    let addr = start();
+    let spec = [("x-emulator-fault", "chunk_ms=20,tokens=2")];
+    let reply = signed(addr, &stream_path(), &body(), &spec).await;
+    // messageStart, 2 deltas, stop, messageStop, metadata: 5 gaps of 20 ms.
+    assert_eq!(frames(&reply).len(), 6);
+    assert!(
+        reply.body_after >= Duration::from_millis(100),
+        "{:?}",
+        reply.body_after
+    );
 }

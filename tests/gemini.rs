@@ -565,3 +565,17 @@ async fn drop_latency_and_first_byte() {
     assert!(reply.body_after >= Duration::from_millis(150));
     assert_eq!(gemini_sse(&reply).len(), 13);
 }
+
+#[actix_web::test]
+async fn chunk_delay_paces_every_chunk() {
+    let addr = start();
+    let spec = [("x-emulator-fault", "chunk_ms=20,tokens=3")];
+    let reply = call(addr, FLASH_SSE, &body(), &spec).await;
+    // 3 words and the finish chunk: 3 gaps of 20 ms.
+    assert_eq!(gemini_sse(&reply).len(), 4);
+    assert!(
+        reply.body_after >= Duration::from_millis(60),
+        "{:?}",
+        reply.body_after
+    );
+}
