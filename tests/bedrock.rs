@@ -150,12 +150,7 @@ fn weather_tools() -> Value {
 /// The AWS error: status, `x-amzn-errortype` name (namespace stripped as botocore does) and
 /// the message.
 fn aws_error(reply: &Reply, status: u16, exception: &str) -> String {
-    assert_eq!(
-        reply.status,
-        status,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.expect_status(status);
     let kind = reply.header("x-amzn-errortype");
     assert_eq!(kind.split(':').next(), Some(exception), "{kind}");
     assert!(

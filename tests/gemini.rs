@@ -45,14 +45,7 @@ fn weather_tools() -> Value {
 
 /// The Google error object, after checking status, content type and the status name.
 fn google_error(reply: &Reply, code: u16, status: &str) -> Value {
-    assert_eq!(
-        reply.status,
-        code,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    assert!(reply.header("content-type").starts_with("application/json"));
-    let error = reply.error();
+    let error = reply.json_error(code);
     assert_eq!(error["code"], code);
     assert_eq!(error["status"], status);
     error

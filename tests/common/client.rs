@@ -56,6 +56,24 @@ impl Reply {
             .unwrap_or_default()
     }
 
+    /// Asserts the status, showing the body when it differs.
+    pub fn expect_status(&self, status: u16) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
+    /// The `error` object of a JSON error body (OpenAI, Azure, Google), after checking the
+    /// status and the content type.
+    pub fn json_error(&self, status: u16) -> Value {
+        self.expect_status(status);
+        assert!(self.header("content-type").starts_with("application/json"));
+        self.error()
+    }
+
     /// The `error` object of an OpenAI error body.
     pub fn error(&self) -> Value {
         let body = self.json();

@@ -188,20 +188,28 @@ fn stream_frames(
         Ok(events.frames)
     };
     let (pieces, fails) = reply.streamed(&adm.fault);
+    // The item opens empty and in progress; its content follows as deltas.
+    let opened = match item {
+        OutputItem::Message(msg) => OutputItem::Message(MessageItem {
+            status: "in_progress",
+            content: &[],
+            ..*msg
+        }),
+        OutputItem::FunctionCall(call) => OutputItem::FunctionCall(FunctionCallItem {
+            arguments: "",
+            status: "in_progress",
+            ..*call
+        }),
+    };
+    events.push(
+        "response.output_item.added",
+        &ItemEvent {
+            output_index: 0,
+            item: &opened,
+        },
+    )?;
     match item {
         OutputItem::Message(msg) => {
-            let opened = OutputItem::Message(MessageItem {
-                status: "in_progress",
-                content: &[],
-                ..*msg
-            });
-            events.push(
-                "response.output_item.added",
-                &ItemEvent {
-                    output_index: 0,
-                    item: &opened,
-                },
-            )?;
             let part = |text| PartEvent {
                 item_id: msg.id,
                 output_index: 0,
@@ -221,18 +229,6 @@ fn stream_frames(
             events.push("response.content_part.done", &part(content))?;
         }
         OutputItem::FunctionCall(call) => {
-            let opened = OutputItem::FunctionCall(FunctionCallItem {
-                arguments: "",
-                status: "in_progress",
-                ..*call
-            });
-            events.push(
-                "response.output_item.added",
-                &ItemEvent {
-                    output_index: 0,
-                    item: &opened,
-                },
-            )?;
             for piece in pieces {
                 let delta = ArgumentsEvent {
                     item_id: call.id,
