@@ -350,6 +350,10 @@ async fn refuses_what_google_refuses() {
             "Invalid JSON payload received. Unknown name \"type\" at 'contents[0].parts[0]': Cannot find field.",
         ),
         (
+            json!({"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png", "data": "data:image/png;base64,iVBO"}}]}]}),
+            "Invalid value at 'contents[0].parts[0].inline_data.data' (TYPE_BYTES), \"data:image/png;base64,iVBO\"",
+        ),
+        (
             json!({"contents": []}),
             "* GenerateContentRequest.contents: contents is not specified\n",
         ),

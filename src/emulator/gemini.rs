@@ -489,9 +489,12 @@ fn walk_value(kind: &Kind, value: &Value, path: &str, out: &mut Violations) {
             }
         }
         Kind::Bytes => {
+            // Proto-JSON takes standard or URL-safe base64, padded or not; checking the
+            // alphabet catches what a gateway gets wrong (raw bytes, a data: URL) without
+            // decoding an image on every request.
             let ok = value.as_str().is_some_and(|s| {
-                aws_smithy_types::base64::decode(s.trim_end_matches('=')).is_ok()
-                    || aws_smithy_types::base64::decode(s).is_ok()
+                s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/-_=".contains(&b))
             });
             if !ok {
                 out.bad_value(path, "TYPE_BYTES", value);
