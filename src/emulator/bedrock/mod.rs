@@ -267,17 +267,17 @@ async fn serve(
 }
 
 /// The model id: the path segment after `/model/`, percent-decoded (clients send `:` as `%3A`
-/// and an ARN's `/` as `%2F`). Only Anthropic models are served.
+/// and an ARN's `/` as `%2F`). Only Anthropic models are served: foundation model ids,
+/// inference profiles (`us.anthropic.…`) and ARNs naming either.
 fn model_id(req: &HttpRequest) -> Result<String, ApiError> {
     let raw = req
         .path()
-        .trim_start_matches("/fault/")
         .split("/model/")
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_default();
     let id = exchange::percent_decode(raw, false);
-    if id.contains("anthropic.") || id.contains("anthropic%2E") {
+    if id.contains("anthropic.") {
         Ok(id)
     } else {
         Err(ApiError::invalid(
