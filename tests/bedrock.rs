@@ -403,6 +403,17 @@ async fn sigv4_is_verified() {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
+    // An inference-profile ARN: `:` and `/` percent-encoded in one segment.
+    let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.\
+               anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse"
+        .to_owned();
+    let reply = send(Signer::default(), arn, bytes.clone(), bytes.clone()).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let with_token = Signer {
         token: Some(DEFAULT_BEDROCK_SESSION_TOKEN),
         ..Signer::default()
