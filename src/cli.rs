@@ -41,28 +41,50 @@ pub enum Command {
         #[arg(default_value = "tenants")]
         dir: PathBuf,
     },
-    /// Run the strict provider emulator (OpenAI wire format) on loopback, for tests, demos and
-    /// load tests.
+    /// Run the strict provider emulator (OpenAI, Azure OpenAI, Gemini, Bedrock) on loopback,
+    /// for tests, demos and load tests.
     ///
-    /// It accepts only its own key (`Authorization: Bearer sk-emulator-openai` unless
-    /// --openai-key says otherwise) and rejects what OpenAI rejects: unknown parameters,
-    /// malformed bodies, `stream_options` without `stream`, unknown `previous_response_id`.
+    /// Each provider is served on its own paths, with its own credentials (defaults below;
+    /// flags override them), and refuses what that provider refuses, in its own error shape:
+    ///   OpenAI   POST /v1/chat/completions, POST /v1/responses, GET /v1/responses/{id},
+    ///            GET /v1/models; `Authorization: Bearer sk-emulator-openai`.
+    ///   Azure    POST /openai/deployments/{deployment}/chat/completions?api-version=V,
+    ///            POST /openai/deployments/{deployment}/responses?api-version=V,
+    ///            POST /openai/responses?api-version=V, POST /openai/v1/chat/completions,
+    ///            POST /openai/v1/responses; `api-key: a2e0c0ffee0e0u1a70r0a2e0c0ffee00`, or
+    ///            `Authorization: Bearer` with the Entra token (on v1 also with the key).
+    ///            Deployments are named after their model (gpt-4o, gpt-4o-prod, gpt-4.1 ...).
+    ///            `[azure:content_filter]` in a prompt: the prompt filter's 400;
+    ///            `[azure:content_filter_output]`: the output filter cuts the answer.
+    ///   Gemini   POST /v1beta/models/{model}:generateContent,
+    ///            POST /v1beta/models/{model}:streamGenerateContent[?alt=sse];
+    ///            `x-goog-api-key: AIzaSy-switchyard-emulator-gemini-key0` or `?key=`.
+    ///   Bedrock  POST /model/{modelId}/converse, POST /model/{modelId}/converse-stream,
+    ///            POST /model/{modelId}/invoke, POST /model/{modelId}/invoke-with-response-stream
+    ///            (Anthropic Messages body; modelId percent-encoded, anthropic.* models); SigV4 (service `bedrock`,
+    ///            region us-east-1) with access key AKIAEMULATORBEDROCK0 and secret
+    ///            emulator/Bedrock/SecretAccessKey/000000000 (optional session token
+    ///            emulator-bedrock-session-token), or `Authorization: Bearer
+    ///            ABSKemulator-bedrock-api-key`.
     ///
     /// Faults are scripted as `key=value` pairs joined by commas, from three sources merged per
-    /// key (later wins): a base-URL prefix `/fault/SPEC/v1` (per route), the `x-emulator-fault`
-    /// header, and a `[emulator:SPEC]` marker anywhere in the request body (per request, through
-    /// any gateway, since the prompt travels upstream unchanged). Keys:
-    ///   status=CODE         answer with that HTTP status and an OpenAI error body;
-    ///   retry_after=SECS    `retry-after` hints on that error (429 defaults to 1);
+    /// key (later wins): a base-URL prefix `/fault/SPEC/...` before any provider path (per
+    /// route), the `x-emulator-fault` header, and a `[emulator:SPEC]` marker anywhere in the
+    /// request body (per request, through any gateway, since the prompt travels upstream
+    /// unchanged). Every provider supports every key, in its own format. Keys:
+    ///   status=CODE         answer with that HTTP status and the provider's error (429: OpenAI
+    ///                       retry-after headers, Azure Retry-After, Gemini RESOURCE_EXHAUSTED
+    ///                       with RetryInfo, Bedrock ThrottlingException);
+    ///   retry_after=SECS    the retry hint on that error (429 defaults to 1; Bedrock has none);
     ///   times=N, key=NAME   fault only the first N requests counted under NAME;
     ///   latency_ms=MS       delay before the response headers;
     ///   first_byte_ms=MS    delay between the headers and the first stream chunk;
     ///   chunk_ms=MS         delay between stream chunks;
-    ///   midstream_error=K   after K chunks, an error event, then a clean end;
-    ///   drop=K              after K stream events (or half a plain body), abort the connection;
+    ///   midstream_error=K   after K content chunks, the provider's stream error (an SSE error
+    ///                       event, Gemini's error object, a Bedrock exception frame);
+    ///   drop=K              after K stream frames (or half a plain body), abort the connection;
     ///   tokens=N            reply length in words (default 12).
-    /// A bad spec is answered with 400 `invalid_fault_spec`, so a test never runs without its
-    /// fault.
+    /// A bad spec is refused with the provider's 400, so a test never runs without its fault.
     #[command(verbatim_doc_comment)]
     Emulate(EmulateArgs),
 }
@@ -105,6 +127,15 @@ pub struct EmulateArgs {
     /// The only OpenAI key the emulator accepts.
     #[arg(long, default_value = crate::emulator::DEFAULT_OPENAI_KEY, env = "SWITCHYARD_EMULATOR_OPENAI_KEY")]
     pub openai_key: String,
+    /// The only Azure OpenAI key the emulator accepts.
+    #[arg(long, default_value = crate::emulator::DEFAULT_AZURE_KEY, env = "SWITCHYARD_EMULATOR_AZURE_KEY")]
+    pub azure_key: String,
+    /// The only Gemini key the emulator accepts.
+    #[arg(long, default_value = crate::emulator::DEFAULT_GEMINI_KEY, env = "SWITCHYARD_EMULATOR_GEMINI_KEY")]
+    pub gemini_key: String,
+    /// The region Bedrock SigV4 signatures must be scoped to.
+    #[arg(long, default_value = crate::emulator::DEFAULT_BEDROCK_REGION, env = "SWITCHYARD_EMULATOR_BEDROCK_REGION")]
+    pub bedrock_region: String,
     /// HTTP worker threads (0: one per available core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,

@@ -186,7 +186,11 @@ pub fn emulate(args: EmulateArgs) -> ExitCode {
     let addr = local_addr(&listener);
     let config = EmulatorConfig {
         openai_api_key: args.openai_key,
+        azure_api_key: args.azure_key,
+        gemini_api_key: args.gemini_key,
+        bedrock_region: args.bedrock_region,
         workers: args.workers,
+        ..EmulatorConfig::default()
     };
     let result = actix_web::rt::System::new().block_on(async move {
         let server = emulator::server(config, listener)?;

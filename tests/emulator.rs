@@ -3,131 +3,19 @@
 //! params), the wire shapes (against the recorded examples in `fixtures/openai/`) and every fault
 //! kind.
 
-use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+#[path = "common/client.rs"]
+mod client;
 
-use futures_util::StreamExt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use client::*;
 use serde_json::{Value, json};
-use switchyard::emulator::{self, DEFAULT_OPENAI_KEY, EmulatorConfig};
+use switchyard::emulator::DEFAULT_OPENAI_KEY;
 
 // ---------------------------------------------------------------------------------------------
-// Harness.
+// Harness: OpenAI requests.
 // ---------------------------------------------------------------------------------------------
-
-/// Starts an emulator on a free port and returns its address.
-fn start() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let addr = listener.local_addr().expect("local address");
-    let config = EmulatorConfig {
-        workers: 1,
-        ..EmulatorConfig::default()
-    };
-    let server = emulator::server(config, listener).expect("emulator starts");
-    actix_web::rt::spawn(server);
-    addr
-}
-
-/// What came back, and when.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    /// Lower-cased names.
-    headers: Vec<(String, String)>,
-    /// Everything that arrived, also when the body was cut short.
-    body: Vec<u8>,
-    /// `Err` when the body ended before its declared end (length or final chunk).
-    complete: Result<(), String>,
-    headers_after: Duration,
-    body_after: Duration,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        assert_eq!(self.complete, Ok(()), "body incomplete");
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_default()
-    }
-
-    /// The `error` object of an OpenAI error body.
-    fn error(&self) -> Value {
-        let body = self.json();
-        assert!(body["error"].is_object(), "not an error body: {body}");
-        body["error"].clone()
-    }
-
-    fn events(&self) -> Vec<Event> {
-        assert_eq!(self.complete, Ok(()), "stream incomplete");
-        parse_sse(&self.body)
-    }
-}
-
-/// One exchange. `auth` is the whole `Authorization` value, if any. The body is read chunk by
-/// chunk so that what arrived before a dropped connection stays visible to the test.
-async fn exchange(
-    addr: SocketAddr,
-    method: &'static str,
-    path: &str,
-    auth: Option<String>,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> Reply {
-    let started = Instant::now();
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .finish();
-    let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut request = client.request(method, format!("http://{addr}{path}"));
-    if let Some(auth) = auth {
-        request = request.insert_header(("authorization", auth));
-    }
-    if !body.is_empty() {
-        request = request.insert_header(("content-type", "application/json"));
-    }
-    for (name, value) in headers {
-        request = request.insert_header((*name, *value));
-    }
-    let mut response = request.send_body(body).await.expect("response headers");
-    let headers_after = started.elapsed();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(name, value)| {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            (name.as_str().to_ascii_lowercase(), value)
-        })
-        .collect();
-    let mut body = Vec::new();
-    let mut complete = Ok(());
-    while let Some(chunk) = response.next().await {
-        match chunk {
-            Ok(chunk) => body.extend_from_slice(&chunk),
-            Err(e) => {
-                complete = Err(e.to_string());
-                break;
-            }
-        }
-    }
-    Reply {
-        status: response.status().as_u16(),
-        headers,
-        body,
-        complete,
-        headers_after,
-        body_after: started.elapsed(),
-    }
-}
 
 fn bearer() -> Option<String> {
     Some(format!("Bearer {DEFAULT_OPENAI_KEY}"))
@@ -176,107 +64,9 @@ fn weather_tool_chat() -> Value {
     })
 }
 
-const DEFAULT_TEXT: &str =
-    "Hello from the Switchyard emulator. This is filler text for load tests.";
-
-#[derive(Debug)]
-struct Event {
-    event: Option<String>,
-    data: String,
-}
-
-impl Event {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.data)
-            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {}", self.data))
-    }
-}
-
-/// Splits an SSE body into events. Every frame must end with a blank line: a missing final
-/// `\n\n` means a cut stream, and shows up as a trailing fragment the tests can see.
-fn parse_sse(body: &[u8]) -> Vec<Event> {
-    let text = std::str::from_utf8(body).expect("UTF-8 stream");
-    let mut events = Vec::new();
-    for frame in text.split("\n\n").filter(|f| !f.is_empty()) {
-        let mut event = None;
-        let mut data = Vec::new();
-        for line in frame.lines() {
-            if let Some(name) = line.strip_prefix("event: ") {
-                event = Some(name.to_owned());
-            } else if let Some(payload) = line.strip_prefix("data: ") {
-                data.push(payload);
-            } else {
-                panic!("unexpected SSE line {line:?}");
-            }
-        }
-        events.push(Event {
-            event,
-            data: data.join("\n"),
-        });
-    }
-    events
-}
-
-fn fixture(name: &str) -> String {
-    let path = format!("{}/fixtures/openai/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
-}
-
-/// Recursively compares key sets where both sides have an object: every key of the fixture must
-/// be in the emulator's output, and every key of the output must be in the fixture or listed in
-/// `extra` (dotted paths, `[]` for array elements).
-fn same_keys(path: &str, want: &Value, got: &Value, extra: &[&str], problems: &mut Vec<String>) {
-    let join = |key: &str| {
-        if path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{path}.{key}")
-        }
-    };
-    match (want, got) {
-        (Value::Object(want), Value::Object(got)) => {
-            for key in want.keys().filter(|k| !got.contains_key(*k)) {
-                problems.push(format!("missing {}", join(key)));
-            }
-            for key in got.keys().filter(|k| !want.contains_key(*k)) {
-                if !extra.contains(&join(key).as_str()) {
-                    problems.push(format!("extra {}", join(key)));
-                }
-            }
-            for (key, value) in want {
-                if let Some(other) = got.get(key) {
-                    same_keys(&join(key), value, other, extra, problems);
-                }
-            }
-        }
-        (Value::Array(want), Value::Array(got)) => {
-            for (w, g) in want.iter().zip(got) {
-                same_keys(&format!("{path}[]"), w, g, extra, problems);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn assert_same_keys(what: &str, want: &Value, got: &Value, extra: &[&str]) {
-    let mut problems = Vec::new();
-    same_keys("", want, got, extra, &mut problems);
-    assert!(
-        problems.is_empty(),
-        "{what} differs from its fixture: {problems:?}\nemulator: {got}"
-    );
-}
-
 fn assert_error(reply: &Reply, status: u16, param: Option<&str>, code: Option<&str>) -> Value {
-    assert_eq!(
-        reply.status,
-        status,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    assert!(reply.header("content-type").starts_with("application/json"));
+    let error = reply.json_error(status);
     assert!(reply.header("x-request-id").starts_with("req_"));
-    let error = reply.error();
     assert_eq!(error["param"].as_str(), param, "param of {error}");
     assert_eq!(error["code"].as_str(), code, "code of {error}");
     assert!(error["type"].is_string() && error["message"].is_string());
@@ -311,7 +101,7 @@ async fn refuses_missing_and_wrong_keys() {
     );
     assert_eq!(error["type"], "invalid_request_error");
     let want: Value =
-        serde_json::from_str(&fixture("error_invalid_api_key.json")).expect("fixture");
+        serde_json::from_str(&fixture("openai/error_invalid_api_key.json")).expect("fixture");
     assert_same_keys("401 body", &want, &reply.json(), &[]);
 
     // Not Bearer: the key is as good as missing, on every route.
@@ -643,7 +433,8 @@ async fn chat_non_stream_has_the_real_shape() {
     assert_eq!(body["usage"]["completion_tokens"], 12);
     assert_eq!(body["usage"]["total_tokens"], 23);
 
-    let want: Value = serde_json::from_str(&fixture("chat_completion.json")).expect("fixture");
+    let want: Value =
+        serde_json::from_str(&fixture("openai/chat_completion.json")).expect("fixture");
     assert_same_keys("chat.completion", &want, &body, &["system_fingerprint"]);
 
     // tokens=, n and the token limit.
@@ -736,7 +527,7 @@ async fn chat_stream_frames_usage_and_done() {
         .map(Event::json)
         .collect();
     assert!(got.iter().all(|c| c.get("usage").is_none()));
-    let want: Vec<Value> = parse_sse(fixture("chat_completion_stream.sse").as_bytes())
+    let want: Vec<Value> = parse_sse(fixture("openai/chat_completion_stream.sse").as_bytes())
         .iter()
         .filter(|e| e.data != "[DONE]")
         .map(Event::json)
@@ -856,7 +647,7 @@ async fn responses_store_get_and_previous_id() {
         body["usage"]["input_tokens_details"]["cache_write_tokens"],
         0
     );
-    let want: Value = serde_json::from_str(&fixture("response.json")).expect("fixture");
+    let want: Value = serde_json::from_str(&fixture("openai/response.json")).expect("fixture");
     assert_same_keys(
         "Response",
         &want,
@@ -952,7 +743,7 @@ async fn responses_stream_event_order_and_sequence() {
         "logprobs",
         "response.usage.input_tokens_details",
     ];
-    let want = parse_sse(fixture("response_stream.sse").as_bytes());
+    let want = parse_sse(fixture("openai/response_stream.sse").as_bytes());
     for fixture_event in &want {
         let kind = fixture_event.event.as_deref().expect("named event");
         let got = data
@@ -1172,31 +963,9 @@ async fn responses_midstream_error_sends_error_then_failed() {
 /// awc cannot show a drop: its HTTP/1 payload stream (awc 3.11, `PlStream`) ends cleanly when
 /// the connection closes early, so only the raw framing proves the body was cut.
 async fn raw_post(addr: SocketAddr, path: &str, body: &Value) -> Vec<u8> {
-    use std::io::{Read, Write};
+    let auth = format!("Bearer {DEFAULT_OPENAI_KEY}");
     let body = serde_json::to_vec(body).expect("JSON");
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
-         authorization: Bearer {DEFAULT_OPENAI_KEY}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n",
-        body.len()
-    );
-    actix_web::rt::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        stream.write_all(head.as_bytes()).expect("head");
-        stream.write_all(&body).expect("body");
-        let mut raw = Vec::new();
-        let mut buf = [0; 8192];
-        // A reset after the last bytes is part of what is being observed, not a failure.
-        while let Ok(n @ 1..) = stream.read(&mut buf) {
-            raw.extend_from_slice(&buf[..n]);
-        }
-        raw
-    })
-    .await
-    .expect("client thread")
+    raw_exchange(addr, path, &[("authorization", &auth)], body).await
 }
 
 #[actix_web::test]

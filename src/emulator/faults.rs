@@ -1,8 +1,8 @@
 //! Scriptable faults for the provider emulator. This file owns the fault-spec syntax (parsing,
 //! merging the three sources, the `times`/`key` counters) and [`Paced`], the body stream that
 //! applies the timing and connection faults. It knows nothing of any provider's wire format:
-//! each provider module turns an [`Active`] fault into its own error bodies and stream frames,
-//! so Gemini, Azure and Bedrock can reuse the same syntax later.
+//! each provider module (OpenAI, Azure, Gemini, Bedrock) turns an [`Active`] fault into its own
+//! error bodies and stream frames, so one syntax scripts the same fault for every provider.
 //!
 //! A spec is `key=value` pairs separated by commas, e.g. `status=429,retry_after=2,times=1`. It
 //! can come from the route (`/fault/{spec}/…`), the `x-emulator-fault` header, or a
