@@ -121,7 +121,10 @@ async fn send_with_retries(
 ) -> Result<UpstreamResponse, GatewayError> {
     let mut attempt = 0;
     loop {
-        let err = match send_once(&client, &provider, &request).await {
+        let started = std::time::Instant::now();
+        let sent = send_once(&client, &provider, &request).await;
+        crate::telemetry::metrics::upstream_attempt(&provider.name, &sent, started.elapsed());
+        let err = match sent {
             Ok(resp) => return Ok(resp),
             Err(err) => err,
         };

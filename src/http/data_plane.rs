@@ -18,6 +18,7 @@ use crate::config::RoutingMode;
 use crate::error::{GatewayError, quote};
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
 use crate::routing::{self, Decision};
+use crate::telemetry::access;
 use crate::telemetry::context::RequestContext;
 use actix::Addr;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
@@ -67,6 +68,7 @@ pub async fn models(
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
     let proxy = find_proxy(auth.entry, &proxy_id)?;
+    access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
     let span = tracing::Span::current();
     span.record("tenant", tracing::field::display(&tenant));
     span.record("proxy", tracing::field::display(&proxy_id));
@@ -92,10 +94,12 @@ async fn conversation(
     span.record("tenant", tracing::field::display(&tenant));
     let proxy = find_proxy(auth.entry, &proxy_id)?;
     span.record("proxy", tracing::field::display(&proxy_id));
+    access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
     let decision = decide(&state, proxy, front.model.as_deref()).await?;
     span.record("route", tracing::field::display(&decision.route().name));
+    access::note_route(&req, &decision.route().name);
     // Responses ids are scoped to the tenant on the provider account (api::response_ids).
     let ids = (endpoint == Endpoint::Responses)
         .then(|| IdScope::new(decision.provider.api_key.expose().as_bytes(), &tenant));
@@ -112,6 +116,7 @@ async fn conversation(
     let request = providers::prepare(&front, &decision, &traceparent, previous.map(|p| p.1))?;
     // Dropped with this handler when the client goes away, which cancels the upstream call.
     let (_client_alive, client_gone) = oneshot::channel();
+    let upstream_started = std::time::Instant::now();
     let answer = provider
         .send(Call {
             provider: decision.provider.clone(),
@@ -121,6 +126,7 @@ async fn conversation(
         })
         .await
         .map_err(|err| GatewayError::Internal(format!("provider actor unavailable: {err}")))?;
+    access::note_upstream(&req, upstream_started.elapsed());
     let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
     let mut res = match answer {
         Ok(upstream) => relay(endpoint, &decision, upstream, rewriter),

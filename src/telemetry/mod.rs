@@ -1,11 +1,14 @@
-//! Telemetry: logging setup and per-request trace context.
+//! Telemetry: logging setup, per-request trace context, metrics and the access log.
 //!
-//! This module owns how the gateway reports on itself: structured logs (text or JSON) and the
-//! W3C trace context each request carries (`context`). Span and metric names will be constants
-//! here too when OpenTelemetry export and Prometheus metrics arrive, so no other module spells
-//! them.
+//! This module owns how the gateway reports on itself: structured logs (text or JSON), the
+//! W3C trace context each request carries (`context`), the Prometheus metrics (`metrics`, with
+//! every name in `names`) and the one access-log line per request (`access`). No other module
+//! spells a metric name.
 
+pub mod access;
 pub mod context;
+pub mod metrics;
+pub mod names;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
