@@ -103,6 +103,15 @@ pub struct ServeArgs {
     /// milliseconds.
     #[arg(long, default_value_t = 500, env = "SWITCHYARD_RELOAD_DEBOUNCE_MS")]
     pub reload_debounce_ms: u64,
+    /// OTLP endpoint for trace export (default: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, then
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; export is off when none is set). For HTTP, the full URL
+    /// (`.../v1/traces`). Headers come from `OTEL_EXPORTER_OTLP_HEADERS`.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport (default: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, then http/protobuf).
+    #[arg(long, value_enum)]
+    pub otlp_protocol: Option<crate::telemetry::otel::Protocol>,
     /// Also start the provider emulator on this address and send every provider there.
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:0", value_name = "ADDR")]
     pub emulator: Option<String>,
@@ -123,4 +132,14 @@ pub struct EmulateArgs {
     /// HTTP worker threads (0: one per available core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+}
+
+impl ServeArgs {
+    /// The trace-export settings given on the command line.
+    pub fn otel(&self) -> crate::telemetry::otel::OtelConfig {
+        crate::telemetry::otel::OtelConfig {
+            endpoint: self.otlp_endpoint.clone(),
+            protocol: self.otlp_protocol,
+        }
+    }
 }

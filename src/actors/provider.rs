@@ -12,6 +12,7 @@ use crate::api::stream::UpstreamChunk;
 use crate::config::Provider;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::providers::{UpstreamBody, UpstreamRequest, UpstreamResponse};
+use crate::telemetry::{names, otel};
 use actix::{Actor, Context, Handler, ResponseFuture};
 use actix_service::ServiceExt;
 use actix_tls::connect::{Connection as TcpConnection, Connector as TcpConnector, Resolver};
@@ -122,8 +123,13 @@ async fn send_with_retries(
     let mut attempt = 0;
     loop {
         let started = std::time::Instant::now();
-        let sent = send_once(&client, &provider, &request).await;
+        // One span per attempt; it lasts until the upstream's last byte (the pump holds it).
+        let attempt_span = tracing::debug_span!(names::SPAN_UPSTREAM, otel.kind = "client", attempt = i64::from(attempt + 1), provider = %provider.name);
+        let sent = send_once(&client, &provider, &request)
+            .instrument(attempt_span.clone())
+            .await;
         crate::telemetry::metrics::upstream_attempt(&provider.name, &sent, started.elapsed());
+        otel::attempt(&attempt_span, &sent, attempt);
         let err = match sent {
             Ok(resp) => return Ok(resp),
             Err(err) => err,
@@ -175,6 +181,10 @@ async fn send_once(
         .insert_header((header::CONTENT_TYPE, "application/json"));
     for (name, value) in &request.headers {
         builder = builder.insert_header((name.clone(), value.clone()));
+    }
+    // With trace export on, the upstream sees this attempt's span as its parent.
+    if let Some(tp) = otel::traceparent(&tracing::Span::current()) {
+        builder = builder.insert_header(("traceparent", tp));
     }
     let resp = builder
         .send_body(request.body.clone())

@@ -18,13 +18,14 @@ use crate::config::RoutingMode;
 use crate::error::{GatewayError, quote};
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
 use crate::routing::{self, Decision};
-use crate::telemetry::access;
 use crate::telemetry::context::RequestContext;
+use crate::telemetry::{access, names, otel};
 use actix::Addr;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 type ProxyPath = web::Path<(String, String)>;
 
@@ -97,9 +98,19 @@ async fn conversation(
     access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
-    let decision = decide(&state, proxy, front.model.as_deref()).await?;
+    let decision = decide(&state, proxy, front.model.as_deref())
+        .instrument(tracing::debug_span!(names::SPAN_ROUTING))
+        .await?;
     span.record("route", tracing::field::display(&decision.route().name));
     access::note_route(&req, &decision.route().name);
+    let route = decision.route();
+    otel::routed(
+        &span,
+        "chat",
+        route.provider_kind.as_str(),
+        route.upstream_model(),
+        decision.fallback,
+    );
     // Responses ids are scoped to the tenant on the provider account (api::response_ids).
     let ids = (endpoint == Endpoint::Responses)
         .then(|| IdScope::new(decision.provider.api_key.expose().as_bytes(), &tenant));
@@ -213,8 +224,19 @@ fn relay(
                 endpoint,
                 decision.provider.name.clone(),
                 ids,
-                tracing::Span::current(),
+                stream_span(),
             )),
+    }
+}
+
+/// The span a stream is relayed in: a child of the request's, from the headers to the last
+/// byte, when trace export wants it; else the request's own (so log lines keep its fields).
+fn stream_span() -> tracing::Span {
+    let span = tracing::debug_span!(names::SPAN_STREAM);
+    if span.is_disabled() {
+        tracing::Span::current()
+    } else {
+        span
     }
 }
 

@@ -15,8 +15,8 @@ use crate::actors::directory::DirectoryHandle;
 use crate::actors::provider::ProviderActor;
 use crate::actors::supervisor::Supervisor;
 use crate::error::{GatewayError, quote};
-use crate::telemetry::access;
 use crate::telemetry::context::RequestContext;
+use crate::telemetry::{access, otel};
 use actix::{Actor, Addr};
 use actix_http::{HttpService, Request};
 use actix_server::Server;
@@ -119,7 +119,7 @@ pub fn server(
             .app_data(web::Data::new(state))
             .app_data(web::Data::new(provider))
             .wrap_fn(|req, srv| {
-                let ctx = RequestContext::from_headers(req.headers());
+                let mut ctx = RequestContext::from_headers(req.headers());
                 // Every log line while serving this request carries these fields; the handler
                 // fills in tenant, proxy and route as it learns them. At ERROR level so that the
                 // span is on whenever any log line is (a span below the filter is dropped).
@@ -130,13 +130,22 @@ pub fn server(
                     proxy = Empty,
                     route = Empty,
                 );
+                // With trace export on, the server span continues the caller's trace and its
+                // own ids are what goes back and upstream.
+                if let Some(tp) = otel::adopt(&span, ctx.remote_parent.as_ref()) {
+                    ctx.traceparent = tp;
+                }
                 let refused = req
                     .conn_data::<ConnectionSlot>()
                     .and_then(|slot| slot.over)
                     .map(|limit| GatewayError::TooManyConnections { limit });
                 req.extensions_mut().insert(ctx.clone());
-                let pending =
-                    access::Pending::start(ctx.request_id.as_bytes(), &ctx.traceparent, req.path());
+                let pending = access::Pending::start(
+                    ctx.request_id.as_bytes(),
+                    &ctx.traceparent,
+                    req.path(),
+                    span.clone(),
+                );
                 let fut = match refused {
                     None => Either::Left(span.in_scope(|| srv.call(req))),
                     Some(err) => {

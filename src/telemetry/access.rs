@@ -10,18 +10,22 @@
 //! relay is never parsed twice. The line names the request, never a key or a prompt.
 
 use super::metrics::{EndpointLabel, ErrorLabel, FinishedRequest, RouteLabels, metrics};
+use super::{names, otel};
 use crate::error::ErrorSource;
 use actix_web::HttpMessage;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::ServiceResponse;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
+use opentelemetry::KeyValue;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// How much of a body's end is kept to find the provider's `usage` report in.
 const TAIL_BYTES: usize = 4096;
+/// How much of a body's start is kept to find the response model in (traces only).
+const HEAD_BYTES: usize = 1024;
 
 /// What the data plane learns about a request, kept in its extensions.
 #[derive(Clone, Debug, Default)]
@@ -68,12 +72,14 @@ pub struct Pending {
     request_id: String,
     trace_id: String,
     endpoint: EndpointLabel,
+    /// The request's span: it ends (and is exported) when the record finishes.
+    span: tracing::Span,
     done: bool,
 }
 
 impl Pending {
     /// Starts the record of a request.
-    pub fn start(request_id: &[u8], traceparent: &str, path: &str) -> Self {
+    pub fn start(request_id: &[u8], traceparent: &str, path: &str, span: tracing::Span) -> Self {
         metrics().request_started();
         Self {
             started: Instant::now(),
@@ -81,6 +87,7 @@ impl Pending {
             // `00-<trace id>-<span id>-<flags>`
             trace_id: traceparent.get(3..35).unwrap_or_default().to_owned(),
             endpoint: EndpointLabel::classify(path),
+            span,
             done: false,
         }
     }
@@ -119,10 +126,14 @@ impl Pending {
             first_byte: None,
             bytes: 0,
             tail: scan.then(BytesMut::new),
+            head: (scan && otel::enabled()).then(BytesMut::new),
+            span: std::mem::replace(&mut self.span, tracing::Span::none()),
         };
+        let span = finish.span.clone();
         res.map_body(|_, body| AccessBody {
-            inner: body,
+            inner: Some(body),
             finish: Some(finish),
+            span,
         })
     }
 }
@@ -146,6 +157,8 @@ impl Drop for Pending {
             first_byte: None,
             bytes: 0,
             tail: None,
+            head: None,
+            span: std::mem::replace(&mut self.span, tracing::Span::none()),
         };
         finish.emit(false);
     }
@@ -167,6 +180,9 @@ struct Finish {
     bytes: u64,
     /// The body's last bytes, when its usage is wanted.
     tail: Option<BytesMut>,
+    /// The body's first bytes, when traces want the response model.
+    head: Option<BytesMut>,
+    span: tracing::Span,
 }
 
 impl Finish {
@@ -175,6 +191,12 @@ impl Finish {
             self.first_byte = Some(self.started.elapsed());
         }
         self.bytes += bytes.len() as u64;
+        if let Some(head) = &mut self.head
+            && head.len() < HEAD_BYTES
+        {
+            let take = (HEAD_BYTES - head.len()).min(bytes.len());
+            head.extend_from_slice(&bytes[..take]);
+        }
         if let Some(tail) = &mut self.tail {
             if bytes.len() >= TAIL_BYTES {
                 tail.clear();
@@ -186,6 +208,45 @@ impl Finish {
                 }
                 tail.extend_from_slice(bytes);
             }
+        }
+    }
+
+    /// The request span's closing attributes: status, usage, response model, finish reason.
+    fn trace(&self, tokens: Option<(u64, u64)>) {
+        let head = self.head.as_deref().unwrap_or_default();
+        let tail = self.tail.as_deref().unwrap_or_default();
+        let model = string_after(head, b"\"model\"").or_else(|| string_after(tail, b"\"model\""));
+        let finish_reason = memmem::rfind(tail, b"\"finish_reason\"")
+            .and_then(|at| string_after(&tail[at..], b"\"finish_reason\""));
+        otel::set(&self.span, || {
+            let mut kv = vec![KeyValue::new(
+                names::HTTP_RESPONSE_STATUS_CODE,
+                i64::from(self.status),
+            )];
+            if let Some((input, output)) = tokens {
+                kv.push(KeyValue::new(
+                    names::GEN_AI_USAGE_INPUT_TOKENS,
+                    input as i64,
+                ));
+                kv.push(KeyValue::new(
+                    names::GEN_AI_USAGE_OUTPUT_TOKENS,
+                    output as i64,
+                ));
+            }
+            if let Some(m) = model {
+                kv.push(KeyValue::new(names::GEN_AI_RESPONSE_MODEL, m.to_owned()));
+            }
+            if let Some(r) = finish_reason {
+                let reasons = opentelemetry::Array::String(vec![r.to_owned().into()]);
+                kv.push(KeyValue::new(
+                    names::GEN_AI_RESPONSE_FINISH_REASONS,
+                    opentelemetry::Value::Array(reasons),
+                ));
+            }
+            kv
+        });
+        if self.status >= 500 {
+            otel::error(&self.span, "server error");
         }
     }
 
@@ -203,6 +264,9 @@ impl Finish {
             overhead: self.overhead,
             tokens,
         });
+        if otel::enabled() {
+            self.trace(tokens);
+        }
         let ms = |d: Option<Duration>| d.map(|d| tracing::field::display(Ms(d)));
         // Outside any span: the line carries its own fields, once.
         tracing::info!(
@@ -239,8 +303,10 @@ impl std::fmt::Display for Ms {
 
 /// A response body that finishes its request's record at its end.
 pub struct AccessBody<B> {
-    inner: B,
+    /// Taken only on drop, to drop it first.
+    inner: Option<B>,
     finish: Option<Finish>,
+    span: tracing::Span,
 }
 
 impl<B> Drop for AccessBody<B> {
@@ -249,6 +315,13 @@ impl<B> Drop for AccessBody<B> {
         if let Some(finish) = self.finish.take() {
             finish.emit(false);
         }
+        // The body goes first (with a stream's span, which ends then); an OTel span ends at its
+        // last exit, so entering the server span now makes it end after its children, with the
+        // last byte, not when the handler returned.
+        drop(self.inner.take());
+        if otel::enabled() {
+            drop(self.span.enter());
+        }
     }
 }
 
@@ -256,7 +329,9 @@ impl<B: MessageBody + Unpin> MessageBody for AccessBody<B> {
     type Error = B::Error;
 
     fn size(&self) -> BodySize {
-        self.inner.size()
+        self.inner
+            .as_ref()
+            .map_or(BodySize::None, MessageBody::size)
     }
 
     fn poll_next(
@@ -264,7 +339,10 @@ impl<B: MessageBody + Unpin> MessageBody for AccessBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_next(cx);
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_next(cx);
         match &polled {
             Poll::Ready(Some(Ok(bytes))) => {
                 if let Some(f) = &mut this.finish {
@@ -299,6 +377,18 @@ pub fn usage(tail: &[u8]) -> Option<(u64, u64)> {
     Some((input, output))
 }
 
+/// The short string value after the first `"key"` and a colon in `hay` (a model name or a
+/// finish reason: up to 128 plain characters, no escapes; anything else is not reported).
+fn string_after<'h>(hay: &'h [u8], key: &[u8]) -> Option<&'h str> {
+    let at = memmem::find(hay, key)? + key.len();
+    let rest = hay[at..].trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    let value = &rest[..end];
+    let plain = value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic() && *b != b'\\');
+    plain.then(|| std::str::from_utf8(value).ok()).flatten()
+}
+
 /// The integer after `"key"` and a colon in `hay`.
 fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     let at = memmem::find(hay, key)? + key.len();
@@ -325,6 +415,19 @@ mod tests {
     }
 
     #[test]
+    fn reads_short_plain_strings_only() {
+        let chunk =
+            br#"{"id":"x","model": "gpt-4o-2024-08-06","choices":[{"finish_reason":"stop"}]}"#;
+        assert_eq!(string_after(chunk, b"\"model\""), Some("gpt-4o-2024-08-06"));
+        assert_eq!(string_after(chunk, b"\"finish_reason\""), Some("stop"));
+        assert_eq!(
+            string_after(br#"{"finish_reason":null}"#, b"\"finish_reason\""),
+            None
+        );
+        assert_eq!(string_after(br#"{"model":"a\"b"}"#, b"\"model\""), None);
+    }
+
+    #[test]
     fn the_tail_keeps_the_last_bytes_across_chunks() {
         let mut f = Finish {
             started: Instant::now(),
@@ -340,6 +443,8 @@ mod tests {
             first_byte: None,
             bytes: 0,
             tail: Some(BytesMut::new()),
+            head: None,
+            span: tracing::Span::none(),
         };
         f.chunk(&Bytes::from(vec![b'a'; 3000]));
         f.chunk(&Bytes::from(vec![b'b'; 3000]));

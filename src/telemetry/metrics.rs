@@ -184,6 +184,7 @@ pub struct Metrics {
     last_reload_success: Gauge,
     applied_at: Gauge,
     draining: Gauge,
+    trace_export_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -270,7 +271,14 @@ impl Metrics {
             "1 while the gateway drains for shutdown",
             draining.clone(),
         );
+        let trace_export_failures = Counter::default();
+        registry.register(
+            names::TRACE_EXPORT_FAILURES,
+            "Spans the trace exporter could not deliver",
+            trace_export_failures.clone(),
+        );
         Self {
+            trace_export_failures,
             registry,
             requests,
             in_flight,
@@ -376,6 +384,11 @@ impl Metrics {
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.applied_at
             .set(i64::try_from(applied_at).unwrap_or(i64::MAX));
+    }
+
+    /// An export of `spans` spans failed.
+    pub fn trace_export_failed(&self, spans: u64) {
+        self.trace_export_failures.inc_by(spans);
     }
 
     /// The gateway began draining for shutdown.

@@ -30,3 +30,27 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "switchyard_config_last_reload_succ
 pub const CONFIG_APPLIED_TIMESTAMP: &str = "switchyard_config_applied_timestamp_seconds";
 /// 1 while the gateway drains for shutdown (`/readyz` answers 503).
 pub const DRAINING: &str = "switchyard_draining";
+/// Spans the trace exporter could not deliver.
+pub const TRACE_EXPORT_FAILURES: &str = "switchyard_trace_export_failures";
+
+/// Span: choosing the route (child of the request's server span).
+pub const SPAN_ROUTING: &str = "routing";
+/// Span: one upstream attempt, until the upstream's last byte (child of the request's span).
+pub const SPAN_UPSTREAM: &str = "upstream";
+/// Span: relaying a stream to the client, from its headers to its last byte.
+pub const SPAN_STREAM: &str = "stream";
+
+/// GenAI semantic-convention attributes (OpenTelemetry `gen_ai.*`).
+pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
+pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
+pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
+/// The HTTP status of a response (OpenTelemetry HTTP conventions).
+pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+/// Upstream attempts after the first for this request.
+pub const SWITCHYARD_RETRIES: &str = "switchyard.retries";
+/// The proxy's fallback route served the request.
+pub const SWITCHYARD_FALLBACK: &str = "switchyard.fallback";
