@@ -17,6 +17,9 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 lock = threading.Lock()
+# With --count-only (load tests): count spans, print only the total when stdin closes.
+COUNT_ONLY = "--count-only" in sys.argv
+received = [0]
 
 
 def value(v):
@@ -29,6 +32,11 @@ def value(v):
 
 
 def emit(request, transport, headers):
+    if COUNT_ONLY:
+        n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        with lock:
+            received[0] += n
+        return
     for rs in request.resource_spans:
         resource = {a.key: value(a.value) for a in rs.resource.attributes}
         for ss in rs.scope_spans:
@@ -93,6 +101,9 @@ def main():
         sys.stdout.flush()
     # Until the test closes our stdin (or kills us).
     sys.stdin.read()
+    if COUNT_ONLY:
+        sys.stdout.write(f"spans {received[0]}\n")
+        sys.stdout.flush()
     server.stop(0)
     http.shutdown()
 
