@@ -179,6 +179,20 @@ async fn a_streamed_request_is_one_trace_in_the_callers_with_genai_attributes_ov
     let usage = events.last().expect("usage chunk")["usage"].clone();
     let response_model = events[0]["model"].as_str().expect("model").to_owned();
 
+    // A second trace: the first attempt fails with a 503 and is retried.
+    let retried_trace = "5c6ab1f0b3a84d2e9f1c7d3e2a1b0c9d";
+    let retried = client()
+        .post(gw.url("/a/chat/v1/chat/completions"))
+        .insert_header(("authorization", format!("Bearer {KEY_A}")))
+        .insert_header(("traceparent", format!("00-{retried_trace}-1111111111111111-01")))
+        .send_body(
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "[emulator:status=503,times=1,key=trace-retry] hi"}]})
+                .to_string(),
+        )
+        .await
+        .expect("request");
+    assert_eq!(retried.status(), 200);
+
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         rx.trace_within(CALLER_TRACE, 1, Duration::from_millis(300))
@@ -253,6 +267,26 @@ async fn a_streamed_request_is_one_trace_in_the_callers_with_genai_attributes_ov
     for secret in [KEY_A, EMULATOR_KEY, "secret-prompt-marker"] {
         assert!(!values.contains(secret), "{secret} in a span: {values}");
     }
+
+    // The retried request: two attempt spans under its server span, the first failed.
+    let spans = rx.trace(retried_trace, 4);
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let request = named(&spans, "request");
+    let mut attempts: Vec<&Value> = spans.iter().filter(|s| s["name"] == "upstream").collect();
+    attempts.sort_by_key(|s| s["attributes"]["attempt"].as_i64());
+    assert_eq!(attempts.len(), 2);
+    for (i, (status, otel_status)) in [(503, 2), (200, 0)].into_iter().enumerate() {
+        let a = attempts[i];
+        assert_eq!(a["parent_span_id"], request["span_id"]);
+        assert_eq!(a["attributes"]["attempt"], i + 1);
+        assert_eq!(a["attributes"]["http.response.status_code"], status);
+        assert_eq!(
+            a["status"], otel_status,
+            "STATUS_CODE_ERROR only for the failed one"
+        );
+    }
+    assert_eq!(request["attributes"]["switchyard.retries"], 1);
+    assert_eq!(request["attributes"]["route"], "big");
 }
 
 /// A one-shot upstream that records the request head and answers a fixed chat completion.

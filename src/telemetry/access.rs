@@ -131,6 +131,8 @@ impl Pending {
         };
         let span = finish.span.clone();
         res.map_body(|_, body| AccessBody {
+            // An empty body may be dropped without ever being polled: that is its end.
+            empty: matches!(body.size(), BodySize::None | BodySize::Sized(0)),
             inner: Some(body),
             finish: Some(finish),
             span,
@@ -307,13 +309,14 @@ pub struct AccessBody<B> {
     inner: Option<B>,
     finish: Option<Finish>,
     span: tracing::Span,
+    empty: bool,
 }
 
 impl<B> Drop for AccessBody<B> {
     fn drop(&mut self) {
-        // Dropped before its end: the client went away mid-body.
+        // Dropped before its end: the client went away mid-body (or there was nothing to send).
         if let Some(finish) = self.finish.take() {
-            finish.emit(false);
+            finish.emit(self.empty);
         }
         // The body goes first (with a stream's span, which ends then); an OTel span ends at its
         // last exit, so entering the server span now makes it end after its children, with the
