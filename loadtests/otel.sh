@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What trace export costs: the gateway under the same load with export off, then on (OTLP/gRPC
-# to a real receiver on loopback, tests/otlp/receiver.py in count-only mode).
+# What trace export costs: the gateway under the same load with export off, then on with every
+# trace sampled, then on with 10% sampled (OTLP/gRPC to a real receiver on loopback,
+# tests/otlp/receiver.py in count-only mode).
 #
 # Non-streaming chat at concurrency 64 for DURATION seconds per run, hey as the load generator.
 # The gateway (1 worker) runs alone on core 0; the emulator, the receiver and hey share core 1.
@@ -92,15 +93,21 @@ run() {
         'BEGIN { printf "%s %.0f %.4f %d\n", n, r, (t * 1000 / hz) / ok, ok }'
 }
 
+OTLP=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$GRPC" OTEL_EXPORTER_OTLP_PROTOCOL=grpc)
 OFF="$(run off)"
-ON="$(run on OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$GRPC" OTEL_EXPORTER_OTLP_PROTOCOL=grpc)"
+ON="$(run all "${OTLP[@]}")"
+TENTH="$(run tenth "${OTLP[@]}" OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1)"
 exec 3>&-
 sleep 0.5
 SPANS="$(grep -m1 '^spans' "$WORK/rx.out" | awk '{print $2}' || echo '?')"
+echo "export: off; all = every trace sampled; tenth = parentbased_traceidratio 0.1"
 printf '%-8s %10s %12s %10s\n' export req/s "CPU ms/req" requests
-echo "$OFF" | awk '{printf "%-8s %10s %12s %10s\n", $1, $2, $3, $4}'
-echo "$ON" | awk '{printf "%-8s %10s %12s %10s\n", $1, $2, $3, $4}'
-echo "spans received by the OTLP receiver: $SPANS"
-awk -v a="$OFF" -v b="$ON" 'BEGIN { split(a, x, " "); split(b, y, " ");
-    printf "with export: throughput %+.1f%%, CPU per request %+.1f%%\n",
-        (y[2] / x[2] - 1) * 100, (y[3] / x[3] - 1) * 100 }'
+for r in "$OFF" "$ON" "$TENTH"; do
+    echo "$r" | awk '{printf "%-8s %10s %12s %10s\n", $1, $2, $3, $4}'
+done
+echo "spans received by the OTLP receiver (both export runs, warm-ups included): $SPANS"
+for r in "$ON" "$TENTH"; do
+    awk -v a="$OFF" -v b="$r" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        printf "%s vs off: throughput %+.1f%%, CPU per request %+.1f%%\n",
+            y[1], (y[2] / x[2] - 1) * 100, (y[3] / x[3] - 1) * 100 }'
+done
