@@ -601,3 +601,48 @@ async fn sigterm_drains_streams_refuses_new_connections_and_exits_zero() {
     let status = gw.run.wait_exit(Duration::from_secs(10)).expect("exited");
     assert_eq!(status.code(), Some(0));
 }
+
+#[actix_web::test]
+async fn a_client_that_leaves_before_the_answer_is_logged_and_counted_as_499() {
+    let emu = emulator();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let gw = Gateway::start_logging(
+        &[("a", tenant_a("A_OPENAI_BASE_URL"))],
+        &env_for(&emu, false),
+        &["--no-watch"],
+        Some(log.path()),
+    );
+    let impatient = awc::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .finish();
+    let gone = impatient
+        .post(gw.url("/a/chat/v1/chat/completions"))
+        .insert_header(("authorization", format!("Bearer {KEY_A}")))
+        .insert_header(("x-request-id", "req-impatient-1"))
+        .send_body(chat("gpt-4o", "[emulator:latency_ms=1500] hi").to_string())
+        .await;
+    assert!(gone.is_err(), "the client gave up");
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    let text = metrics_text(&gw).await;
+    assert_eq!(
+        series(&text, "switchyard_requests_total{"),
+        [
+            "switchyard_requests_total{tenant=\"\",proxy=\"\",route=\"\",endpoint=\"chat_completions\",status=\"499\",error=\"client\"} 1"
+        ]
+    );
+    assert_eq!(
+        series(&text, "switchyard_requests_in_flight "),
+        ["switchyard_requests_in_flight 1"]
+    );
+    let logged = std::fs::read_to_string(log.path()).expect("log");
+    let access: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("switchyard::access") && l.contains("req-impatient-1"))
+        .collect();
+    assert_eq!(access.len(), 1, "{logged}");
+    assert!(
+        access[0].contains("status=499") && access[0].contains("complete=false"),
+        "{}",
+        access[0]
+    );
+}
