@@ -43,6 +43,9 @@ pub enum GatewayError {
     /// 404: an unknown proxy or path for an authenticated tenant.
     #[error("{message}")]
     NotFound { message: String, code: &'static str },
+    /// 403: the prompt matches a deny-list topic of a semantic proxy (design §1.3).
+    #[error("denied by topic {topic} (score {score:.3})")]
+    Denied { topic: String, score: f32 },
     /// 405: a known path called with the wrong method.
     #[error("{message}")]
     MethodNotAllowed { message: String },
@@ -105,6 +108,7 @@ impl GatewayError {
             | Self::InvalidApiKey
             | Self::NotFound { .. }
             | Self::MethodNotAllowed { .. }
+            | Self::Denied { .. }
             | Self::PayloadTooLarge { .. } => ErrorSource::Client,
             Self::Upstream(_)
             | Self::UpstreamCredentials { .. }
@@ -151,6 +155,12 @@ impl GatewayError {
             Self::MethodNotAllowed { message } => {
                 (message.clone(), "invalid_request_error", None, Some("method_not_allowed"))
             }
+            Self::Denied { topic, score } => (
+                format!("This proxy does not serve prompts about '{topic}' (deny-list topic, score {score:.3})."),
+                "invalid_request_error",
+                None,
+                Some("denied_topic"),
+            ),
             Self::PayloadTooLarge { limit } => (
                 format!("The request body is larger than the limit of {limit} bytes."),
                 "invalid_request_error",
@@ -211,6 +221,7 @@ impl ResponseError for GatewayError {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
@@ -260,6 +271,21 @@ impl ResponseError for GatewayError {
 mod tests {
     use super::*;
     use actix_web::body::MessageBody;
+
+    #[test]
+    fn a_deny_topic_is_a_403_naming_topic_and_score() {
+        let err = GatewayError::Denied {
+            topic: "weapons".into(),
+            score: 0.61234,
+        };
+        assert_eq!(err.status_code(), 403);
+        let body = body_of(&err);
+        assert_eq!(body["error"]["code"], "denied_topic");
+        assert_eq!(
+            body["error"]["message"],
+            "This proxy does not serve prompts about 'weapons' (deny-list topic, score 0.612)."
+        );
+    }
 
     fn body_of(err: &GatewayError) -> serde_json::Value {
         let bytes = err
@@ -316,6 +342,10 @@ mod tests {
             GatewayError::MissingApiKey,
             GatewayError::InvalidApiKey,
             GatewayError::PayloadTooLarge { limit: 10 },
+            GatewayError::Denied {
+                topic: "weapons".into(),
+                score: 0.5,
+            },
             GatewayError::Internal("secret detail".into()),
         ] {
             let body = body_of(&err);

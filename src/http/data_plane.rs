@@ -16,7 +16,7 @@ use crate::api::{Endpoint, FrontRequest};
 use crate::config::RoutingMode;
 use crate::error::GatewayError;
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
-use crate::routing::{self, Decision};
+use crate::routing::{self, Decision, semantic};
 use crate::telemetry::context::RequestContext;
 use actix::Addr;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
@@ -86,7 +86,7 @@ async fn conversation(
     let proxy = find_proxy(auth.entry, &proxy_id)?;
     let body = read_limited(payload, req.headers(), state.max_body_bytes).await?;
     let front = FrontRequest::parse(endpoint, body)?;
-    let decision = decide(&state, proxy, front.model.as_deref()).await?;
+    let decision = decide(&state, proxy, &front).await?;
     tracing::debug!(
         tenant = %tenant,
         key = auth.key_name,
@@ -136,14 +136,17 @@ fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHan
 async fn decide(
     state: &AppState,
     proxy: &ProxyHandle,
-    model: Option<&str>,
+    front: &FrontRequest,
 ) -> Result<Decision, GatewayError> {
     let routes = &proxy.routes;
+    let model = front.model.as_deref();
     if routes.routing == RoutingMode::Model {
         return routing::decide(routes, &proxy.providers, model);
     }
+    let text = semantic::text::routing_text(front.endpoint, &front.raw, routes.routing_text);
     let msg = Decide {
         model: model.map(str::to_owned),
+        text: Some(text),
     };
     proxy.addr.send(msg).await.map_err(|err| {
         state.supervisor.do_send(RestartProxy {
@@ -203,4 +206,5 @@ fn explain(res: &mut HttpResponse, decision: &Decision) {
             headers.insert(HeaderName::from_static(name), v);
         }
     }
+    semantic::headers(headers, decision.semantic.as_ref());
 }

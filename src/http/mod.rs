@@ -35,6 +35,8 @@ pub struct AppState {
     pub started_at: u64,
     /// Set once the first configuration is applied.
     pub ready: Arc<AtomicBool>,
+    /// Semantic indexes still building: not ready until none is.
+    pub indexes: crate::actors::embedder::Readiness,
 }
 
 /// Builds the gateway's HTTP server on `listener`; the caller runs it.
@@ -94,7 +96,7 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.ready.load(Ordering::Acquire) {
+    if state.ready.load(Ordering::Acquire) && state.indexes.pending() == 0 {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "loading"}))

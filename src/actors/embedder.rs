@@ -1,0 +1,225 @@
+//! The embedding pool and the caches in front of it.
+//!
+//! [`EmbedderActor`]s run on a `SyncArbiter`: dedicated threads doing the CPU-bound candle
+//! inference, so no HTTP worker and no actor's event loop ever runs the model. [`EmbedService`]
+//! is what proxy actors hold: request texts go through a bounded in-memory cache (moka, by
+//! text) before the pool; utterances go through a disk cache keyed by model and text hash, read
+//! and written on the pool threads, so a restart or reload with unchanged utterances computes
+//! nothing. [`Readiness`] counts the indexes still building, for `/readyz`.
+
+use super::messages::{Embed, EmbedUtterances};
+use crate::embedding::{EmbedError, Embedder};
+use crate::error::GatewayError;
+use crate::routing::semantic::text_hash;
+use actix::{Actor, Addr, Handler, SyncArbiter, SyncContext};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Request texts kept in memory; each entry is about 1.6 KB (384 floats plus the text).
+pub const QUERY_CACHE_ENTRIES: u64 = 50_000;
+
+/// One pool thread.
+pub struct EmbedderActor {
+    embedder: Arc<Embedder>,
+    disk: Option<DiskCache>,
+}
+
+impl Actor for EmbedderActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<Embed> for EmbedderActor {
+    type Result = Result<Vec<Vec<f32>>, EmbedError>;
+
+    fn handle(&mut self, msg: Embed, _ctx: &mut Self::Context) -> Self::Result {
+        let texts: Vec<&str> = msg.texts.iter().map(String::as_str).collect();
+        self.embedder.embed(&texts)
+    }
+}
+
+impl Handler<EmbedUtterances> for EmbedderActor {
+    type Result = Result<(Vec<Vec<f32>>, usize), EmbedError>;
+
+    /// Disk hits first; the misses are embedded in one batch and written back.
+    fn handle(&mut self, msg: EmbedUtterances, _ctx: &mut Self::Context) -> Self::Result {
+        let mut out: Vec<Option<Vec<f32>>> = msg
+            .texts
+            .iter()
+            .map(|t| self.disk.as_ref().and_then(|d| d.get(t)))
+            .collect();
+        let missing: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_none()).collect();
+        if !missing.is_empty() {
+            let texts: Vec<&str> = missing.iter().map(|i| msg.texts[*i].as_str()).collect();
+            let vectors = self.embedder.embed(&texts)?;
+            for (i, v) in missing.iter().zip(vectors) {
+                if let Some(d) = &self.disk {
+                    d.put(&msg.texts[*i], &v);
+                }
+                out[*i] = Some(v);
+            }
+        }
+        let vectors = out.into_iter().flatten().collect();
+        Ok((vectors, missing.len()))
+    }
+}
+
+/// Utterance embeddings on disk: `<dir>/<model key>/<sha256 of text>.f32`, little-endian floats.
+/// A corrupt or unreadable entry is a miss, never an error.
+#[derive(Clone, Debug)]
+pub struct DiskCache {
+    dir: PathBuf,
+}
+
+impl DiskCache {
+    pub fn new(root: &Path, model_key: &str) -> Self {
+        Self {
+            dir: root.join(model_key),
+        }
+    }
+
+    /// `$SWITCHYARD_CACHE_DIR`, else `$XDG_CACHE_HOME/switchyard`, else `~/.cache/switchyard`.
+    pub fn default_root() -> Option<PathBuf> {
+        let env = |k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        env("SWITCHYARD_CACHE_DIR")
+            .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("switchyard")))
+            .or_else(|| env("HOME").map(|d| d.join(".cache/switchyard")))
+    }
+
+    fn path(&self, text: &str) -> PathBuf {
+        self.dir.join(format!("{}.f32", text_hash(text)))
+    }
+
+    pub fn get(&self, text: &str) -> Option<Vec<f32>> {
+        let bytes = std::fs::read(self.path(text)).ok()?;
+        if bytes.is_empty() || bytes.len() % 4 != 0 {
+            return None;
+        }
+        Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    }
+
+    /// Best effort: a failed write costs a recomputation later, nothing else. Written to a
+    /// temporary name and renamed, so a reader never sees half a vector.
+    pub fn put(&self, text: &str, vector: &[f32]) {
+        let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+        let path = self.path(text);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&tmp, &bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(err) = written {
+            tracing::warn!(error = %err, dir = %self.dir.display(), "embedding disk cache write failed");
+        }
+    }
+}
+
+/// Indexes not yet built; `/readyz` answers ready only at zero.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicUsize>);
+
+impl Readiness {
+    pub fn add(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn done(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn pending(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The pool and its caches, shared by every proxy actor.
+#[derive(Clone)]
+pub struct EmbedService {
+    pool: Addr<EmbedderActor>,
+    queries: moka::sync::Cache<Arc<str>, Arc<[f32]>>,
+    pub model_key: Arc<str>,
+    pub readiness: Readiness,
+}
+
+impl std::fmt::Debug for EmbedService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbedService")
+            .field("model_key", &self.model_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbedService {
+    /// Starts `threads` pool threads sharing `embedder` (call inside an actix system).
+    pub fn start(embedder: Arc<Embedder>, threads: usize, disk_root: Option<&Path>) -> Self {
+        let model_key: Arc<str> = embedder.model_key.clone().into();
+        let disk = disk_root.map(|r| DiskCache::new(r, &model_key));
+        let pool = SyncArbiter::start(threads.max(1), move || EmbedderActor {
+            embedder: embedder.clone(),
+            disk: disk.clone(),
+        });
+        Self {
+            pool,
+            queries: moka::sync::Cache::new(QUERY_CACHE_ENTRIES),
+            model_key,
+            readiness: Readiness::default(),
+        }
+    }
+
+    /// A request text's vector: from memory, else from the pool (then remembered).
+    pub async fn query(&self, text: &str) -> Result<Arc<[f32]>, GatewayError> {
+        if let Some(v) = self.queries.get(text) {
+            return Ok(v);
+        }
+        let mut vectors = self
+            .pool
+            .send(Embed {
+                texts: vec![text.to_owned()],
+            })
+            .await
+            .map_err(|e| GatewayError::Internal(format!("embedding pool unavailable: {e}")))?
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let v: Arc<[f32]> = vectors
+            .pop()
+            .ok_or_else(|| GatewayError::Internal("the embedder returned no vector".into()))?
+            .into();
+        self.queries.insert(text.into(), v.clone());
+        Ok(v)
+    }
+
+    /// Utterance vectors in order, through the disk cache; also says how many were computed.
+    pub async fn utterances(&self, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, usize), String> {
+        self.pool
+            .send(EmbedUtterances { texts })
+            .await
+            .map_err(|e| format!("embedding pool unavailable: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_cache_round_trips_and_treats_garbage_as_a_miss() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cache = DiskCache::new(root.path(), "m-1");
+        assert_eq!(cache.get("hello"), None);
+        cache.put("hello", &[0.5, -1.25, 3.0]);
+        assert_eq!(cache.get("hello"), Some(vec![0.5, -1.25, 3.0]));
+        assert_eq!(cache.get("hello "), None);
+        std::fs::write(cache.path("bad"), [1u8, 2, 3]).expect("write");
+        assert_eq!(cache.get("bad"), None);
+        // Another model never sees these vectors.
+        assert_eq!(DiskCache::new(root.path(), "m-2").get("hello"), None);
+    }
+}
