@@ -172,6 +172,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 .unwrap_or(0),
             ready: ready.clone(),
             indexes,
+            admin_token_sha: http::admin::token_digest_from_env(),
         };
         let addr = local_addr(&listener);
         let server = http::server(state, listener, args.workers)?;

@@ -186,3 +186,82 @@ async fn ready_only_once_the_index_is_built() {
     }
     assert_eq!(status, 200);
 }
+
+#[actix_web::test]
+async fn admin_explain_gives_the_same_answer_as_the_route_command() {
+    let emu = emulator();
+    let gw = Gateway::start(
+        &[("a", TENANT.into())],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+            ("SWITCHYARD_ADMIN_TOKEN", "admin-secret".into()),
+        ],
+        &[],
+    );
+    let text = "is it legal to tape a phone call without telling the other side";
+    let url = gw.url("/admin/tenants/a/proxies/desk/explain");
+    let client = awc::Client::default();
+    let send = |token: Option<&'static str>| {
+        let mut req = client.post(url.clone());
+        if let Some(t) = token {
+            req = req.insert_header(("authorization", format!("Bearer {t}")));
+        }
+        req.send_json(&json!({ "text": text }))
+    };
+    assert_eq!(send(None).await.expect("req").status().as_u16(), 401);
+    assert_eq!(send(Some(KEY_A)).await.expect("req").status().as_u16(), 401);
+    let mut res = send(Some("admin-secret")).await.expect("req");
+    assert_eq!(res.status().as_u16(), 200);
+    let admin: Value = res.json().await.expect("json");
+    assert_eq!(admin["decision"], "deny");
+    assert_eq!(admin["topic"], "legal-advice");
+    let topics: Vec<(&str, &str)> = admin["scores"]
+        .as_array()
+        .expect("scores")
+        .iter()
+        .map(|s| {
+            (
+                s["topic"].as_str().unwrap_or(""),
+                s["target"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            ("invoices", "billing"),
+            ("troubleshooting", "technical"),
+            ("legal-advice", "deny")
+        ]
+    );
+
+    // The CLI on the same tenant file decides identically, score for score.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.toml"), TENANT).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args([
+            "route",
+            "--tenant",
+            "a",
+            "--proxy",
+            "desk",
+            "--json",
+            "--tenants",
+        ])
+        .arg(dir.path())
+        .arg(text)
+        .env(
+            "SWITCHYARD_EMBEDDING_MODEL_DIR",
+            switchyard::embedding::test_model_dir(),
+        )
+        .output()
+        .expect("route");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).expect("route --json");
+    assert_eq!(cli, admin);
+}

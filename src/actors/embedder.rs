@@ -208,6 +208,54 @@ impl EmbedService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embedding::test_model_dir;
+
+    fn embedder() -> Arc<Embedder> {
+        match Embedder::load_dir(&test_model_dir()) {
+            Ok(e) => Arc::new(e),
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_restart_with_unchanged_utterances_computes_nothing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let model = embedder();
+        let texts: Vec<String> = ["what is my balance", "book a flight", "tell me a joke"]
+            .map(String::from)
+            .to_vec();
+        let first = EmbedService::start(model.clone(), 1, Some(root.path()));
+        let (cold, computed) = first.utterances(texts.clone()).await.expect("cold");
+        assert_eq!(computed, 3);
+        let files = std::fs::read_dir(root.path().join(&*first.model_key))
+            .expect("cache dir")
+            .count();
+        assert_eq!(files, 3);
+        // A new pool, as after a restart: every vector comes from disk, bit for bit.
+        let second = EmbedService::start(model.clone(), 1, Some(root.path()));
+        let (warm, computed) = second.utterances(texts.clone()).await.expect("warm");
+        assert_eq!(computed, 0);
+        assert_eq!(warm, cold);
+        // One new utterance: only that one is computed.
+        let mut more = texts.clone();
+        more.push("play some jazz".into());
+        let (_, computed) = second.utterances(more).await.expect("one new");
+        assert_eq!(computed, 1);
+        // Without a disk cache everything is computed every time.
+        let none = EmbedService::start(model, 1, None);
+        assert_eq!(none.utterances(texts).await.expect("no disk").1, 3);
+    }
+
+    #[actix_web::test]
+    async fn request_texts_are_embedded_once_then_served_from_memory() {
+        let service = EmbedService::start(embedder(), 1, None);
+        let a = service.query("what is my balance").await.expect("miss");
+        assert_eq!(a.len(), 384);
+        service.queries.run_pending_tasks();
+        assert_eq!(service.queries.entry_count(), 1);
+        let b = service.query("what is my balance").await.expect("hit");
+        assert!(Arc::ptr_eq(&a, &b), "the cached vector itself");
+    }
 
     #[test]
     fn disk_cache_round_trips_and_treats_garbage_as_a_miss() {

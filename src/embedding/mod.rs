@@ -17,6 +17,8 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 /// Environment variable naming a local model directory (offline installs, tests, CI).
 pub const MODEL_DIR_ENV: &str = "SWITCHYARD_EMBEDDING_MODEL_DIR";
+/// Where `scripts/fetch-model` puts the default model, relative to the working directory.
+pub const LOCAL_MODEL_DIR: &str = ".models/all-MiniLM-L6-v2";
 /// The files a model directory must hold.
 pub const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 /// Word pieces per text: the length all-MiniLM-L6-v2 was trained with (`max_seq_length`).
@@ -46,10 +48,17 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// `--embedding-model-dir`, else [`MODEL_DIR_ENV`], else the hub id.
+    /// `--embedding-model-dir`, else [`MODEL_DIR_ENV`], else [`LOCAL_MODEL_DIR`] when it holds
+    /// the default model (what `scripts/fetch-model` leaves in a checkout), else the hub id.
     pub fn from_flag_or_env(dir: Option<PathBuf>, hub_id: &str) -> Self {
+        let local = Path::new(LOCAL_MODEL_DIR);
         match dir.or_else(|| std::env::var_os(MODEL_DIR_ENV).map(PathBuf::from)) {
             Some(d) => ModelSource::Dir(d),
+            None if hub_id == DEFAULT_MODEL
+                && MODEL_FILES.iter().all(|f| local.join(f).is_file()) =>
+            {
+                ModelSource::Dir(local.to_path_buf())
+            }
             None => ModelSource::Hub(hub_id.to_owned()),
         }
     }

@@ -5,6 +5,7 @@
 //! response carries `x-request-id` and the gateway's `traceparent`. Each worker thread starts
 //! its own provider actor, since its HTTP client cannot cross threads.
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod data_plane;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Semantic indexes still building: not ready until none is.
     pub indexes: crate::actors::embedder::Readiness,
+    /// SHA-256 of the admin token (none: the admin API is off).
+    pub admin_token_sha: Option<[u8; 32]>,
 }
 
 /// Builds the gateway's HTTP server on `listener`; the caller runs it.
@@ -62,6 +65,10 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
             })
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route(
+                "/admin/tenants/{tenant}/proxies/{proxy}/explain",
+                web::post().to(admin::explain),
+            )
             .service(
                 web::scope("/{tenant}/{proxy}/v1")
                     .service(
