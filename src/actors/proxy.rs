@@ -96,6 +96,8 @@ impl ProxyActor {
         if let Err(reason) = scoring::check_limits(&self.proxy) {
             tracing::error!(%reason, "semantic index refused");
             self.index.send_replace(IndexState::Failed(reason));
+            // An index that cannot be built keeps the gateway not ready.
+            self.set_pending(true);
             return;
         }
         self.generation += 1;
@@ -274,4 +276,92 @@ fn same_semantics(a: &Proxy, b: &Proxy) -> bool {
             .collect::<Vec<_>>()
     };
     a.routing == b.routing && key(a) == key(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedding::{Embedder, test_model_dir};
+    use crate::routing::semantic::eval::Suite;
+
+    fn suite(topics: usize) -> Suite {
+        let topics: Vec<serde_json::Value> = (0..topics)
+            .map(|t| {
+                serde_json::json!({"name": format!("t{t}"), "route": format!("r{t}"),
+                "utterances": [format!("book a flight to city number {t}")]})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({"name": "s", "topics": topics,
+            "deny_topics": [{"name": "jokes", "utterances": ["tell me a joke"]}], "cases": []}))
+        .expect("suite")
+    }
+
+    fn providers() -> Arc<[Arc<Provider>]> {
+        vec![Arc::new(Provider {
+            name: "eval".into(),
+            kind: crate::config::ProviderKind::OpenAi,
+            base_url: "http://127.0.0.1:1/v1".into(),
+            api_key: crate::config::Secret::new("k".into()),
+            organization: None,
+            project: None,
+            timeout: std::time::Duration::from_secs(1),
+            max_retries: 0,
+        })]
+        .into()
+    }
+
+    fn decide(text: &str) -> Decide {
+        Decide {
+            model: Some("ignored".into()),
+            text: Some(text.into()),
+        }
+    }
+
+    #[actix_web::test]
+    async fn decisions_wait_for_the_first_index_and_broken_limits_answer_503() {
+        let model = match Embedder::load_dir(&test_model_dir()) {
+            Ok(m) => Arc::new(m),
+            Err(err) => panic!("{err}"),
+        };
+        let service = EmbedService::start(model, 1, None);
+        let ok = ProxyActor::with_embedder(
+            Arc::new(suite(2).proxy(0.36)),
+            providers(),
+            Some(service.clone()),
+        )
+        .start();
+        // Sent at once: the index is still building, so the decision waits for it.
+        let d = ok
+            .send(decide("tell me a joke please"))
+            .await
+            .expect("mailbox");
+        match d {
+            Err(GatewayError::Denied { topic, .. }) => assert_eq!(topic, "jokes"),
+            other => panic!("expected a deny, got {other:?}"),
+        }
+        let d = ok
+            .send(decide("book a flight to city number 1"))
+            .await
+            .expect("mailbox")
+            .expect("routed");
+        assert_eq!((d.route, d.fallback), (1, false));
+        assert_eq!(d.semantic.and_then(|m| m.topic).as_deref(), Some("t1"));
+        let readiness = service.readiness.clone();
+        assert_eq!(readiness.pending(), 0);
+
+        let broken =
+            ProxyActor::with_embedder(Arc::new(suite(7).proxy(0.36)), providers(), Some(service))
+                .start();
+        match broken.send(decide("anything")).await.expect("mailbox") {
+            Err(GatewayError::Unavailable { message }) => {
+                assert!(message.contains("7 topics, at most 6"), "{message}")
+            }
+            other => panic!("expected a 503, got {other:?}"),
+        }
+        assert_eq!(
+            readiness.pending(),
+            1,
+            "a failed index keeps /readyz at 503"
+        );
+    }
 }

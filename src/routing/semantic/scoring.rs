@@ -47,7 +47,7 @@ pub const DEFAULT_AGGREGATION: Aggregation = Aggregation::Centroid;
 /// Chosen on semantic_eval_val.json by `switchyard calibrate` (docs/semantic-routing.md).
 pub const DEFAULT_THRESHOLD: f32 = 0.36;
 /// Chosen on semantic_eval_val.json (docs/semantic-routing.md).
-pub const DEFAULT_MARGIN: f32 = 0.02;
+pub const DEFAULT_MARGIN: f32 = 0.03;
 
 /// The decision rule's parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -324,6 +324,43 @@ mod tests {
             threshold,
             margin,
         }
+    }
+
+    fn suite_proxy(topics: usize, utterances: usize, chars: usize) -> Proxy {
+        let topics: Vec<serde_json::Value> = (0..topics)
+            .map(|t| {
+                let u: Vec<String> = (0..utterances).map(|i| format!("{i} {}", "x".repeat(chars))).collect();
+                serde_json::json!({"name": format!("t{t}"), "route": format!("r{t}"), "utterances": u})
+            })
+            .collect();
+        let suite: crate::routing::semantic::eval::Suite =
+            serde_json::from_value(serde_json::json!({"name": "s", "topics": topics, "cases": []}))
+                .expect("suite");
+        suite.proxy(0.36)
+    }
+
+    #[test]
+    fn the_index_builder_enforces_the_limits_again() {
+        assert_eq!(check_limits(&suite_proxy(6, 10, 10)), Ok(()));
+        let err = check_limits(&suite_proxy(7, 11, 499)).expect_err("over the limits");
+        assert_eq!(
+            err,
+            "proxy eval/s breaks the semantic limits: 7 topics, at most 6; \
+             topic \"t0\": 11 utterances, at most 10; topic \"t0\": an utterance of 501 characters, at most 500; \
+             topic \"t1\": 11 utterances, at most 10; topic \"t1\": an utterance of 501 characters, at most 500; \
+             topic \"t2\": 11 utterances, at most 10; topic \"t2\": an utterance of 501 characters, at most 500; \
+             topic \"t3\": 11 utterances, at most 10; topic \"t3\": an utterance of 501 characters, at most 500; \
+             topic \"t4\": 11 utterances, at most 10; topic \"t4\": an utterance of 501 characters, at most 500; \
+             topic \"t5\": 11 utterances, at most 10; topic \"t5\": an utterance of 501 characters, at most 500; \
+             topic \"t6\": 11 utterances, at most 10; topic \"t6\": an utterance of 501 characters, at most 500"
+        );
+        let p = suite_proxy(7, 1, 1);
+        assert!(SemanticIndex::build(&p, vec![vec![1.0]; 7]).is_err());
+        let p = suite_proxy(2, 2, 1);
+        assert_eq!(
+            SemanticIndex::build(&p, vec![vec![1.0]; 3]).map(|_| ()),
+            Err("3 vectors for 4 utterances of proxy eval/s".into())
+        );
     }
 
     #[test]
