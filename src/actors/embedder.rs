@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Request texts kept in memory; each entry is about 1.6 KB (384 floats plus the text).
-pub const QUERY_CACHE_ENTRIES: u64 = 50_000;
+/// Memory for cached request texts and their vectors, in bytes: each entry weighs its text plus
+/// its 384 floats, so long prompts cannot blow the bound (about 30,000 short prompts).
+pub const QUERY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One pool thread.
 pub struct EmbedderActor {
@@ -168,7 +169,12 @@ impl EmbedService {
         });
         Self {
             pool,
-            queries: moka::sync::Cache::new(QUERY_CACHE_ENTRIES),
+            queries: moka::sync::Cache::builder()
+                .weigher(|k: &Arc<str>, v: &Arc<[f32]>| {
+                    u32::try_from(k.len() + v.len() * 4 + 64).unwrap_or(u32::MAX)
+                })
+                .max_capacity(QUERY_CACHE_BYTES)
+                .build(),
             model_key,
             readiness: Readiness::default(),
         }
