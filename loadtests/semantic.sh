@@ -9,6 +9,10 @@
 # so drift on a shared machine shows. Reported per run: req/s, p50/p99 (hey), and the gateway's
 # CPU per request (utime+stime of the whole process, embedding pool included, from /proc).
 #
+# With BASELINE_BIN=path/to/an/older/switchyard, that binary serves the model proxy too (its own
+# gateway, same core, same flags) as a third target, `model@baseline`: the "no more CPU than
+# before" check in the same run.
+#
 # Usage: loadtests/semantic.sh [--duration S] [--concurrency C] [--no-build]
 # Needs: hey (Debian package `hey`), taskset, curl; the model (scripts/fetch-model).
 set -euo pipefail
@@ -91,20 +95,39 @@ GW_PID=$!
 PIDS+=($GW_PID)
 GW="$(wait_addr "$TMP/gw.out" "switchyard listening on ")"
 for _ in $(seq 1 300); do curl -sf "$GW/readyz" >/dev/null && break; sleep 0.1; done
+BASE_PID=""
+if [ -n "${BASELINE_BIN:-}" ]; then
+  mkdir -p "$TMP/base"
+  # The model proxy only: an older binary may not serve semantic proxies.
+  awk '/^\[proxies.semantic/{exit} {print}' "$TMP/bench.toml" > "$TMP/base/bench.toml"
+  BENCH_KEY=sk-emulator-openai BENCH_BASE_URL="$EMU/v1" RUST_LOG=warn \
+    taskset -c 0 "$BASELINE_BIN" serve --tenants "$TMP/base" --listen 127.0.0.1:0 --workers 1 \
+    > "$TMP/base.out" 2>&1 &
+  BASE_PID=$!
+  PIDS+=($BASE_PID)
+  BASE_GW="$(wait_addr "$TMP/base.out" "switchyard listening on ")"
+fi
 
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"I was billed twice for my plan this month, can I get a refund?"}]}'
-ticks() { awk '{print $14+$15}' "/proc/$GW_PID/stat"; }
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 CLK="$(getconf CLK_TCK)"
 printf '| proxy | run | req/s | p50 ms | p99 ms | gateway CPU ms/req |\n|---|---|---|---|---|---|\n'
 for run in 1 2; do
-  for proxy in model semantic; do
+  targets="model semantic"
+  [ -n "$BASE_PID" ] && targets="model model@baseline semantic"
+  for proxy in ${ORDER:-$targets}; do
+    pid="$GW_PID"
     URL="$GW/bench/$proxy/v1/chat/completions"
+    if [ "$proxy" = "model@baseline" ]; then
+      pid="$BASE_PID"
+      URL="$BASE_GW/bench/model/v1/chat/completions"
+    fi
     code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$BODY" "$URL")"
     [ "$code" = 200 ] || { echo "$proxy answered $code" >&2; exit 1; }
-    t0="$(ticks)"
+    t0="$(ticks "$pid")"
     taskset -c 1 hey -z "${DURATION}s" -c "$CONC" -m POST -T application/json \
       -H "Authorization: Bearer $KEY" -d "$BODY" "$URL" > "$TMP/hey.out"
-    t1="$(ticks)"
+    t1="$(ticks "$pid")"
     n="$(awk '/\[200\]/{print $2}' "$TMP/hey.out")"
     total="$(grep -oE '\[[0-9]+\][[:space:]]+[0-9]+ responses' "$TMP/hey.out" | awk '{s+=$2} END{print s}')"
     [ "$n" = "$total" ] || { echo "$proxy: non-200 answers" >&2; cat "$TMP/hey.out" >&2; exit 1; }

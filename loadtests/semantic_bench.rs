@@ -10,7 +10,7 @@
 //! 3. Cold start of 50 proxies × 6 topics × 10 utterances (3,000 distinct utterances): from
 //!    applying the snapshot to every index built, without and then with the disk cache.
 
-use actix::Actor;
+use actix::{Actor, Arbiter};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -225,7 +225,13 @@ async fn main() {
     // 1. Latency through one proxy actor, pool of 1 thread.
     let service = EmbedService::start(embedder.clone(), 1, None);
     let p = Arc::new(proxy(0));
-    let addr = ProxyActor::with_embedder(p, vec![provider()].into(), Some(service.clone())).start();
+    // On its own arbiter, as the supervisor starts proxy actors: the decision crosses threads
+    // exactly as a handler's does.
+    let routing = Arbiter::new();
+    let svc = service.clone();
+    let addr = ProxyActor::start_in_arbiter(&routing.handle(), move |_| {
+        ProxyActor::with_embedder(p, vec![provider()].into(), Some(svc))
+    });
     let short: Vec<String> = (0..iterations).map(|n| text(100_000 + n, 19)).collect();
     let long: Vec<String> = (0..iterations / 4)
         .map(|n| long_text(200_000 + n))
@@ -240,8 +246,9 @@ async fn main() {
 
     // 2. Throughput on misses: 16 in flight, pool of 2.
     let pool2 = EmbedService::start(embedder.clone(), 2, None);
-    let addr2 =
-        ProxyActor::with_embedder(Arc::new(proxy(0)), vec![provider()].into(), Some(pool2)).start();
+    let addr2 = ProxyActor::start_in_arbiter(&routing.handle(), move |_| {
+        ProxyActor::with_embedder(Arc::new(proxy(0)), vec![provider()].into(), Some(pool2))
+    });
     let texts: Vec<String> = (0..iterations * 2).map(|n| text(300_000 + n, 19)).collect();
     latency(&addr2, &texts[..2], "warm-up 2 (ignored)").await;
     let start = Instant::now();
