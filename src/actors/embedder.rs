@@ -3,7 +3,8 @@
 //! [`EmbedderActor`]s run on a `SyncArbiter`: dedicated threads doing the CPU-bound candle
 //! inference, so no HTTP worker and no actor's event loop ever runs the model. [`EmbedService`]
 //! is what proxy actors hold: request texts go through a bounded in-memory cache (moka, by
-//! text) before the pool; utterances go through a disk cache keyed by model and text hash, read
+//! text) before the pool, and misses that arrive while every pool thread is busy are embedded
+//! together in one batch; utterances go through a disk cache keyed by model and text hash, read
 //! and written on the pool threads, so a restart or reload with unchanged utterances computes
 //! nothing. [`Readiness`] counts the indexes still building, for `/readyz`.
 
@@ -141,10 +142,36 @@ impl Readiness {
     }
 }
 
+/// Request texts per inference at most: one forward pass of this many short prompts costs far
+/// less than as many passes, and bounds the wait of the first text in a batch.
+pub const MAX_QUERY_BATCH: usize = 16;
+
+type Waiter = tokio::sync::oneshot::Sender<Result<Arc<[f32]>, String>>;
+
+/// Request misses waiting for a pool thread. While every thread is busy, misses gather here and
+/// the next free thread embeds them together in one batch.
+#[derive(Default)]
+struct Batcher {
+    waiting: Vec<(String, Waiter)>,
+    /// Batches sent to the pool and not yet answered (at most one per pool thread).
+    in_flight: usize,
+}
+
+impl Batcher {
+    fn take(&mut self) -> Vec<(String, Waiter)> {
+        let n = self.waiting.len().min(MAX_QUERY_BATCH);
+        self.waiting.drain(..n).collect()
+    }
+}
+
 /// The pool and its caches, shared by every proxy actor.
 #[derive(Clone)]
 pub struct EmbedService {
     pool: Addr<EmbedderActor>,
+    threads: usize,
+    batcher: Arc<std::sync::Mutex<Batcher>>,
+    /// Request batches sent to the pool so far.
+    batches: Arc<AtomicUsize>,
     queries: moka::sync::Cache<Arc<str>, Arc<[f32]>>,
     pub model_key: Arc<str>,
     pub readiness: Readiness,
@@ -169,6 +196,9 @@ impl EmbedService {
         });
         Self {
             pool,
+            threads: threads.max(1),
+            batcher: Arc::default(),
+            batches: Arc::default(),
             queries: moka::sync::Cache::builder()
                 .weigher(|k: &Arc<str>, v: &Arc<[f32]>| {
                     u32::try_from(k.len() + v.len() * 4 + 64).unwrap_or(u32::MAX)
@@ -180,25 +210,75 @@ impl EmbedService {
         }
     }
 
-    /// A request text's vector: from memory, else from the pool (then remembered).
+    /// A request text's vector: from memory, else from the pool (then remembered). Misses that
+    /// arrive while every pool thread is busy are embedded together (see [`Batcher`]).
     pub async fn query(&self, text: &str) -> Result<Arc<[f32]>, GatewayError> {
         if let Some(v) = self.queries.get(text) {
             return Ok(v);
         }
-        let mut vectors = self
-            .pool
-            .send(Embed {
-                texts: vec![text.to_owned()],
-            })
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let batch = {
+            let mut b = self.lock();
+            b.waiting.push((text.to_owned(), tx));
+            if b.in_flight < self.threads {
+                b.in_flight += 1;
+                Some(b.take())
+            } else {
+                None
+            }
+        };
+        if let Some(batch) = batch {
+            self.run_batches(batch);
+        }
+        let v = rx
             .await
-            .map_err(|e| GatewayError::Internal(format!("embedding pool unavailable: {e}")))?
-            .map_err(|e| GatewayError::Internal(e.to_string()))?;
-        let v: Arc<[f32]> = vectors
-            .pop()
-            .ok_or_else(|| GatewayError::Internal("the embedder returned no vector".into()))?
-            .into();
+            .map_err(|_| GatewayError::Internal("the embedding batch was dropped".into()))?
+            .map_err(GatewayError::Internal)?;
         self.queries.insert(text.into(), v.clone());
         Ok(v)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Batcher> {
+        match self.batcher.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Sends `batch` to the pool and, as long as misses keep waiting, the next batches; on the
+    /// caller's arbiter, detached, so no request waits for another's batch to be answered.
+    fn run_batches(&self, mut batch: Vec<(String, Waiter)>) {
+        let this = self.clone();
+        actix::spawn(async move {
+            loop {
+                this.batches.fetch_add(1, Ordering::Relaxed);
+                let texts = batch.iter().map(|(t, _)| t.clone()).collect();
+                let answer = this.pool.send(Embed { texts }).await;
+                match answer {
+                    Ok(Ok(vectors)) if vectors.len() == batch.len() => {
+                        for ((_, tx), v) in batch.drain(..).zip(vectors) {
+                            let _ = tx.send(Ok(v.into()));
+                        }
+                    }
+                    other => {
+                        let reason = match other {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(e) => format!("embedding pool unavailable: {e}"),
+                            Ok(Ok(v)) => format!("{} vectors for {} texts", v.len(), batch.len()),
+                        };
+                        for (_, tx) in batch.drain(..) {
+                            let _ = tx.send(Err(reason.clone()));
+                        }
+                    }
+                }
+                let mut b = this.lock();
+                if b.waiting.is_empty() {
+                    b.in_flight -= 1;
+                    return;
+                }
+                batch = b.take();
+            }
+        });
     }
 
     /// Utterance vectors in order, through the disk cache; also says how many were computed.
@@ -250,6 +330,33 @@ mod tests {
         // Without a disk cache everything is computed every time.
         let none = EmbedService::start(model, 1, None);
         assert_eq!(none.utterances(texts).await.expect("no disk").1, 3);
+    }
+
+    #[actix_web::test]
+    async fn concurrent_misses_are_embedded_in_batches() {
+        let service = EmbedService::start(embedder(), 1, None);
+        let texts: Vec<String> = (0..17)
+            .map(|i| format!("question number {i} about my bill"))
+            .collect();
+        let alone: Vec<Arc<[f32]>> = {
+            let single = EmbedService::start(embedder(), 1, None);
+            let mut out = Vec::new();
+            for t in &texts {
+                out.push(single.query(t).await.expect("alone"));
+            }
+            assert_eq!(single.batches.load(Ordering::Relaxed), 17);
+            out
+        };
+        let together = futures_util::future::join_all(texts.iter().map(|t| service.query(t))).await;
+        // The first miss finds the pool idle and goes alone; the other 16 gather meanwhile and
+        // go as one batch.
+        assert_eq!(service.batches.load(Ordering::Relaxed), 2);
+        for (a, b) in alone.iter().zip(together) {
+            let b = b.expect("batched");
+            let cos: f32 = a.iter().zip(b.iter()).map(|(x, y)| x * y).sum();
+            assert!(cos > 0.9999, "batched vector differs: cosine {cos}");
+        }
+        assert_eq!(service.lock().in_flight, 0);
     }
 
     #[actix_web::test]
