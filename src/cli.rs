@@ -1,4 +1,5 @@
-//! The command line: `serve`, `validate` and `emulate`.
+//! The command line: `serve`, `validate`, `emulate`, and the semantic-routing tools `route`,
+//! `eval-routing` and `calibrate`.
 //!
 //! Each verb is a thin wrapper: parse flags (with environment fallbacks), call into the
 //! library, print what a person needs, exit non-zero on failure.
@@ -87,6 +88,69 @@ pub enum Command {
     /// A bad spec is refused with the provider's 400, so a test never runs without its fault.
     #[command(verbatim_doc_comment)]
     Emulate(EmulateArgs),
+    /// Explain a semantic routing decision: prints the decision and every topic's score for
+    /// TEXT on a proxy of the tenant files, exactly as the gateway would decide it.
+    Route(RouteArgs),
+    /// Routing accuracy on a labelled suite file (the format of semantic_eval_val.json): each
+    /// suite becomes one semantic proxy and every case goes through the gateway's decision
+    /// rule. Prints accuracy overall and per class (in-topic, deny, default), per suite and
+    /// pooled.
+    EvalRouting(EvalArgs),
+    /// Pick the threshold that maximises pooled accuracy on a labelled suite file and print the
+    /// table (with a leave-one-suite-out check of that choice).
+    Calibrate(EvalArgs),
+}
+
+/// Where the sentence encoder's weights come from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmbeddingArgs {
+    /// A local directory with config.json, tokenizer.json and model.safetensors (offline
+    /// installs); without it the model is fetched through the HuggingFace hub (or its cache).
+    #[arg(long, env = "SWITCHYARD_EMBEDDING_MODEL_DIR", value_name = "DIR")]
+    pub embedding_model_dir: Option<PathBuf>,
+    /// The HuggingFace model id used when no directory is given.
+    #[arg(long, default_value = crate::embedding::DEFAULT_MODEL, env = "SWITCHYARD_EMBEDDING_MODEL")]
+    pub embedding_model: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RouteArgs {
+    /// The tenants directory.
+    #[arg(long, default_value = "tenants", env = "SWITCHYARD_TENANTS")]
+    pub tenants: PathBuf,
+    /// The tenant id (file stem).
+    #[arg(long)]
+    pub tenant: String,
+    /// The proxy id.
+    #[arg(long)]
+    pub proxy: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The prompt text.
+    pub text: String,
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// The suite file.
+    pub file: PathBuf,
+    /// The threshold (default: the gateway's default).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Topic score: centroid (default), max or mean.
+    #[arg(long, default_value = "centroid")]
+    pub aggregation: String,
+    /// Ambiguity margin (default: the gateway's default).
+    #[arg(long)]
+    pub margin: Option<f32>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -137,6 +201,18 @@ pub struct ServeArgs {
     /// Also start the provider emulator on this address and send every provider there.
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:0", value_name = "ADDR")]
     pub emulator: Option<String>,
+    #[command(flatten)]
+    pub embedding: EmbeddingArgs,
+    /// Threads of the embedding pool (semantic routing).
+    #[arg(long, default_value_t = 1, env = "SWITCHYARD_EMBEDDING_THREADS")]
+    pub embedding_threads: usize,
+    /// Where utterance embeddings are cached (default: $SWITCHYARD_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/switchyard, else ~/.cache/switchyard).
+    #[arg(long, value_name = "DIR")]
+    pub embedding_cache_dir: Option<PathBuf>,
+    /// Do not cache utterance embeddings on disk.
+    #[arg(long)]
+    pub no_embedding_cache: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -45,6 +45,9 @@ pub enum GatewayError {
     /// 404: an unknown proxy or path for an authenticated tenant.
     #[error("{message}")]
     NotFound { message: String, code: &'static str },
+    /// 403: the prompt matches a deny-list topic of a semantic proxy (design §1.3).
+    #[error("denied by topic {topic} (score {score:.3})")]
+    Denied { topic: String, score: f32 },
     /// 405: a known path called with the wrong method.
     #[error("{message}")]
     MethodNotAllowed { message: String },
@@ -134,6 +137,7 @@ impl GatewayError {
             | Self::InvalidApiKey
             | Self::NotFound { .. }
             | Self::MethodNotAllowed { .. }
+            | Self::Denied { .. }
             | Self::BodyTimeout { .. }
             | Self::PayloadTooLarge { .. }
             | Self::UnsupportedEncoding { .. }
@@ -221,6 +225,12 @@ impl GatewayError {
                 "invalid_request_error",
                 None,
                 Some("request_timeout"),
+            ),
+            Self::Denied { topic, score } => (
+                format!("This proxy does not serve prompts about '{topic}' (deny-list topic, score {score:.3})."),
+                "invalid_request_error",
+                None,
+                Some("denied_topic"),
             ),
             Self::PayloadTooLarge { limit } => (
                 format!("The request body is larger than the limit of {limit} bytes."),
@@ -387,6 +397,7 @@ impl ResponseError for GatewayError {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Denied { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -469,6 +480,21 @@ mod tests {
     use super::*;
     use actix_web::body::MessageBody;
 
+    #[test]
+    fn a_deny_topic_is_a_403_naming_topic_and_score() {
+        let err = GatewayError::Denied {
+            topic: "weapons".into(),
+            score: 0.61234,
+        };
+        assert_eq!(err.status_code(), 403);
+        let body = body_of(&err);
+        assert_eq!(body["error"]["code"], "denied_topic");
+        assert_eq!(
+            body["error"]["message"],
+            "This proxy does not serve prompts about 'weapons' (deny-list topic, score 0.612)."
+        );
+    }
+
     fn body_of(err: &GatewayError) -> serde_json::Value {
         let bytes = err
             .error_response()
@@ -524,6 +550,10 @@ mod tests {
             GatewayError::MissingApiKey,
             GatewayError::InvalidApiKey,
             GatewayError::PayloadTooLarge { limit: 10 },
+            GatewayError::Denied {
+                topic: "weapons".into(),
+                score: 0.5,
+            },
             GatewayError::Internal("secret detail".into()),
         ] {
             let body = body_of(&err);

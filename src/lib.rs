@@ -11,6 +11,7 @@ pub mod actors;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod embedding;
 pub mod emulator;
 pub mod error;
 #[cfg(test)]

@@ -23,6 +23,9 @@ fn main() -> ExitCode {
         Command::Validate { dir } => switchyard::run::validate(&dir),
         Command::Serve(args) => switchyard::run::serve(args),
         Command::Emulate(args) => switchyard::run::emulate(args),
+        Command::Route(args) => switchyard::run::route(args),
+        Command::EvalRouting(args) => switchyard::run::eval_routing(args, false),
+        Command::Calibrate(args) => switchyard::run::eval_routing(args, true),
     };
     // After the server stopped: what is still queued is exported before exit.
     if let Some(e) = exporter {

@@ -7,14 +7,19 @@
 //! and the process exits 0. A second signal stops at once.
 
 use crate::actors::directory::DirectoryHandle;
+use crate::actors::embedder::{DiskCache, EmbedService, Readiness};
 use crate::actors::messages::ApplySnapshot;
 use crate::actors::supervisor::Supervisor;
-use crate::cli::{EmulateArgs, ServeArgs};
+use crate::cli::{EmbeddingArgs, EmulateArgs, EvalArgs, RouteArgs, ServeArgs};
+use crate::config::RoutingMode;
 use crate::config::watcher::Reloader;
 use crate::config::{self, ConfigError, Overrides, Secret};
+use crate::embedding::{Embedder, ModelSource};
 use crate::emulator::{self, EmulatorConfig};
 use crate::http::admin::AdminToken;
 use crate::http::{self, AppState};
+use crate::routing::semantic::scoring::{self, Aggregation, Scoring};
+use crate::routing::semantic::{self, eval};
 use actix::Actor;
 use std::net::TcpListener;
 use std::path::Path;
@@ -132,6 +137,29 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     };
     let (tenant_count, proxy_count) = (snapshot.tenants.len(), snapshot.proxy_count());
 
+    // The model loads before the listener answers, so /readyz can only turn ready with it; a
+    // gateway without semantic proxies needs no weights at all.
+    let semantic = snapshot
+        .tenants
+        .values()
+        .flat_map(|t| t.proxies.values())
+        .any(|p| p.routing == RoutingMode::Semantic);
+    let embedder = if semantic {
+        match load_embedder(&args.embedding) {
+            Ok(e) => Some(Arc::new(e)),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    let disk_root = if args.no_embedding_cache {
+        None
+    } else {
+        args.embedding_cache_dir
+            .clone()
+            .or_else(DiskCache::default_root)
+    };
+
     let result = actix_web::rt::System::new().block_on(async move {
         if let Some(l) = emulator_listener {
             let addr = local_addr(&l);
@@ -143,7 +171,15 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             println!("emulator listening on http://{addr}");
         }
         let directory = DirectoryHandle::default();
-        let supervisor = Supervisor::new(directory.clone()).start();
+        let mut supervisor = Supervisor::new(directory.clone());
+        let mut indexes = Readiness::default();
+        if let Some(embedder) = embedder {
+            let service =
+                EmbedService::start(embedder, args.embedding_threads, disk_root.as_deref());
+            indexes = service.readiness.clone();
+            supervisor = supervisor.with_embedder(service);
+        }
+        let supervisor = supervisor.start();
         let applied = supervisor.send(ApplySnapshot(snapshot)).await;
         match applied {
             Ok(Ok(_)) => {}
@@ -192,6 +228,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             draining: draining.clone(),
             reloader: Some(reloader),
             admin_token: AdminToken::from_env(),
+            indexes,
         };
         let addr = local_addr(&listener);
         let server = http::server(state, listener, args.workers, shutdown_timeout)?;
@@ -280,4 +317,223 @@ pub fn emulate(args: EmulateArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn load_embedder(args: &EmbeddingArgs) -> Result<Embedder, ExitCode> {
+    let source =
+        ModelSource::from_flag_or_env(args.embedding_model_dir.clone(), &args.embedding_model);
+    Embedder::load(&source).map_err(|err| {
+        eprintln!("error: {err}");
+        ExitCode::from(2)
+    })
+}
+
+/// `switchyard route`
+pub fn route(args: RouteArgs) -> ExitCode {
+    let specs = match config::load_dir(&args.tenants) {
+        Ok(specs) => specs,
+        Err(errors) => {
+            report(&errors);
+            return ExitCode::from(2);
+        }
+    };
+    let Some(proxy) = specs
+        .iter()
+        .find(|t| t.id == args.tenant)
+        .and_then(|t| t.proxies.iter().find(|p| p.id == args.proxy))
+    else {
+        eprintln!(
+            "error: no proxy {:?} in tenant {:?} under {}",
+            args.proxy,
+            args.tenant,
+            args.tenants.display()
+        );
+        return ExitCode::from(2);
+    };
+    if proxy.routing != RoutingMode::Semantic {
+        eprintln!(
+            "error: proxy {}/{} routes by model; there are no topic scores to explain",
+            args.tenant, args.proxy
+        );
+        return ExitCode::from(2);
+    }
+    let embedder = match load_embedder(&args.embedding) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let explained = (|| -> Result<serde_json::Value, String> {
+        let texts: Vec<&str> = semantic::scoring::topics_of(proxy)
+            .iter()
+            .flat_map(|(t, _)| t.utterances.iter().map(String::as_str))
+            .collect();
+        let vectors = embedder.embed(&texts).map_err(|e| e.to_string())?;
+        let index = semantic::SemanticIndex::build(proxy, vectors)?;
+        let query = embedder
+            .embed(&[args.text.as_str()])
+            .map_err(|e| e.to_string())?;
+        let verdict = semantic::scoring::decide(&index, &query[0], semantic::scoring_of(proxy));
+        Ok(semantic::explain(proxy, &index, &verdict, &args.text))
+    })();
+    match explained {
+        Ok(v) if args.json => {
+            println!("{v:#}");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            print!("{}", semantic::explain_text(&v));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `switchyard eval-routing` and, with `calibrate`, `switchyard calibrate`.
+pub fn eval_routing(args: EvalArgs, calibrate: bool) -> ExitCode {
+    let Some(aggregation) = Aggregation::parse(&args.aggregation) else {
+        eprintln!(
+            "error: unknown aggregation {:?} (expected centroid, max or mean)",
+            args.aggregation
+        );
+        return ExitCode::from(2);
+    };
+    let file = match eval::load(&args.file) {
+        Ok(f) => f,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let embedder = match load_embedder(&args.embedding) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let prepared = match eval::prepare(&file, |texts| {
+        embedder.embed(texts).map_err(|e| e.to_string())
+    }) {
+        Ok(p) => p,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let margin = args.margin.unwrap_or(scoring::DEFAULT_MARGIN);
+    let rule = |threshold| Scoring {
+        aggregation,
+        threshold,
+        margin,
+    };
+    if calibrate {
+        let (best, table) = eval::calibrate(&prepared, aggregation, margin);
+        let cv = eval::cross_validate(&prepared, aggregation, margin);
+        let (per_suite, pooled) = eval::run(&prepared, rule(best));
+        if args.json {
+            let table: Vec<_> = table
+                .iter()
+                .map(|(th, t)| serde_json::json!({"threshold": th, "pooled": t.json()}))
+                .collect();
+            let cv: Vec<_> = cv
+                .iter()
+                .map(|(name, th, t)| serde_json::json!({"held_out": name, "threshold": th, "result": t.json()}))
+                .collect();
+            let suites: Vec<_> = per_suite
+                .iter()
+                .map(|(n, t)| serde_json::json!({"suite": n, "result": t.json()}))
+                .collect();
+            println!(
+                "{:#}",
+                serde_json::json!({
+                    "aggregation": aggregation.as_str(), "margin": margin, "best_threshold": best,
+                    "pooled": pooled.json(), "suites": suites, "table": table, "leave_one_suite_out": cv,
+                })
+            );
+        } else {
+            println!(
+                "aggregation {}, margin {margin}: pooled accuracy by threshold",
+                aggregation.as_str()
+            );
+            println!("{}", eval_header("threshold"));
+            for (th, t) in &table {
+                let mark = if (*th - best).abs() < 1e-6 {
+                    "  <- best"
+                } else {
+                    ""
+                };
+                println!("{}{mark}", eval_row(&format!("{th:.2}"), t));
+            }
+            println!("\nbest threshold {best:.2}, per suite:");
+            println!("{}", eval_header("suite"));
+            for (n, t) in &per_suite {
+                println!("{}", eval_row(n, t));
+            }
+            println!("{}", eval_row("pooled", &pooled));
+            println!("\nleave one suite out (threshold chosen on the other suites):");
+            println!("{}", eval_header("held-out suite"));
+            let mut held = eval::Tally::default();
+            for (n, th, t) in &cv {
+                println!("{}  (threshold {th:.2})", eval_row(n, t));
+                held.topic.0 += t.topic.0;
+                held.topic.1 += t.topic.1;
+                held.deny.0 += t.deny.0;
+                held.deny.1 += t.deny.1;
+                held.default.0 += t.default.0;
+                held.default.1 += t.default.1;
+            }
+            println!("{}", eval_row("pooled", &held));
+        }
+        return ExitCode::SUCCESS;
+    }
+    let threshold = args.threshold.unwrap_or(scoring::DEFAULT_THRESHOLD);
+    let (per_suite, pooled) = eval::run(&prepared, rule(threshold));
+    if args.json {
+        let suites: Vec<_> = per_suite
+            .iter()
+            .map(|(n, t)| serde_json::json!({"suite": n, "result": t.json()}))
+            .collect();
+        println!(
+            "{:#}",
+            serde_json::json!({
+                "aggregation": aggregation.as_str(), "threshold": threshold, "margin": margin,
+                "suites": suites, "pooled": pooled.json(),
+            })
+        );
+    } else {
+        println!(
+            "aggregation {}, threshold {threshold}, margin {margin}",
+            aggregation.as_str()
+        );
+        println!("{}", eval_header("suite"));
+        for (n, t) in &per_suite {
+            println!("{}", eval_row(n, t));
+        }
+        println!("{}", eval_row("pooled", &pooled));
+    }
+    ExitCode::SUCCESS
+}
+
+fn eval_header(first: &str) -> String {
+    format!(
+        "{first:<22} {:>6} {:>9} {:>9} {:>7} {:>8}",
+        "cases", "accuracy", "in-topic", "deny", "default"
+    )
+}
+
+fn eval_row(name: &str, t: &eval::Tally) -> String {
+    let pct = |(c, n): (usize, usize)| {
+        if n == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", c as f64 * 100.0 / n as f64)
+        }
+    };
+    format!(
+        "{name:<22} {:>6} {:>9} {:>9} {:>7} {:>8}",
+        t.total(),
+        pct((t.correct(), t.total())),
+        pct(t.topic),
+        pct(t.deny),
+        pct(t.default)
+    )
 }

@@ -12,11 +12,35 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Proxy actor: pick the route for a request naming `model`.
+/// Proxy actor: pick the route for a request naming `model` whose routing text is `text`
+/// (semantic proxies read the text, model-based ones the model). Answered with a future: the
+/// mailbox never waits on inference.
 #[derive(Message)]
 #[rtype(result = "Result<Decision, GatewayError>")]
 pub struct Decide {
     pub model: Option<String>,
+    pub text: Option<String>,
+}
+
+/// Proxy actor: the decision for `text` with every topic's score (admin explain).
+#[derive(Message)]
+#[rtype(result = "Result<serde_json::Value, GatewayError>")]
+pub struct Explain {
+    pub text: String,
+}
+
+/// Embedding pool: one unit vector per text, in order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Vec<f32>>, crate::embedding::EmbedError>")]
+pub struct Embed {
+    pub texts: Vec<String>,
+}
+
+/// Embedding pool: utterance vectors through the disk cache; also the number computed (misses).
+#[derive(Message)]
+#[rtype(result = "Result<(Vec<Vec<f32>>, usize), crate::embedding::EmbedError>")]
+pub struct EmbedUtterances {
+    pub texts: Vec<String>,
 }
 
 /// Proxy actor: a reload changed this proxy's configuration.

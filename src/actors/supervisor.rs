@@ -6,6 +6,7 @@
 //! and publishes the resulting [`Directory`] for request handlers.
 
 use super::directory::{Directory, DirectoryHandle, ProxyHandle, TenantEntry};
+use super::embedder::EmbedService;
 use super::messages::{ApplySnapshot, RestartProxy, UpdateProxy};
 use super::proxy::ProxyActor;
 use crate::config::{MAX_PROXIES, Provider, Proxy, Snapshot};
@@ -23,6 +24,8 @@ pub struct Supervisor {
     snapshot: Arc<Snapshot>,
     directory: DirectoryHandle,
     cap: usize,
+    /// The embedding pool semantic proxies build their indexes with (none: no model loaded).
+    embed: Option<EmbedService>,
 }
 
 impl Supervisor {
@@ -40,7 +43,14 @@ impl Supervisor {
             snapshot: Arc::default(),
             directory,
             cap: cap.min(MAX_PROXIES),
+            embed: None,
         }
+    }
+
+    /// Gives semantic proxies the embedding pool.
+    pub fn with_embedder(mut self, embed: EmbedService) -> Self {
+        self.embed = Some(embed);
+        self
     }
 
     /// Starts one proxy actor, unless that would pass the cap.
@@ -56,8 +66,10 @@ impl Supervisor {
             ));
         }
         let key = (proxy.tenant.clone(), proxy.id.clone());
-        let addr =
-            ProxyActor::start_in_arbiter(&self.arbiter, move |_| ProxyActor::new(proxy, providers));
+        let embed = self.embed.clone();
+        let addr = ProxyActor::start_in_arbiter(&self.arbiter, move |_| {
+            ProxyActor::with_embedder(proxy, providers, embed)
+        });
         self.children.insert(key, addr.clone());
         Ok(addr)
     }
@@ -170,7 +182,7 @@ impl Handler<RestartProxy> for Supervisor {
 mod tests {
     use super::*;
     use crate::actors::messages::Decide;
-    use crate::config::{ProviderKind, Route, RoutingMode, Secret, Tenant};
+    use crate::config::{ProviderKind, Route, RoutingMode, RoutingText, Secret, Tenant};
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -212,6 +224,7 @@ mod tests {
                     fallback: None,
                     threshold: 0.5,
                     deny_topics: vec![],
+                    routing_text: RoutingText::LastUser,
                 };
                 (format!("p{i}"), Arc::new(proxy))
             })
@@ -244,6 +257,7 @@ mod tests {
             .addr
             .send(Decide {
                 model: Some("m".into()),
+                text: None,
             })
             .await;
         assert!(matches!(decision, Ok(Ok(_))));

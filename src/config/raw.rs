@@ -83,8 +83,12 @@ pub struct RawProxy {
     pub routes: Vec<RawRoute>,
     /// Name of the route used when no route matches.
     pub fallback: Option<String>,
-    /// Semantic routing: minimum score for a topic to win (default 0.5).
+    /// Semantic routing: minimum score for a topic to win (default measured on the validation
+    /// suites, docs/semantic-routing.md).
     pub threshold: Option<f64>,
+    /// Semantic routing: `last_user` (default) compares the last user message, `conversation`
+    /// every message's text.
+    pub routing_text: Option<String>,
     /// Semantic routing: topics whose prompts are refused.
     #[serde(default)]
     pub deny_topics: Vec<RawTopic>,

@@ -43,6 +43,15 @@ impl RoutingMode {
     }
 }
 
+/// What text a semantic decision compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoutingText {
+    /// The last user message (default).
+    LastUser,
+    /// Every message of the conversation, in order.
+    Conversation,
+}
+
 /// The upstream wire protocol of a provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProviderKind {
@@ -186,6 +195,8 @@ pub struct Proxy {
     pub fallback: Option<usize>,
     pub threshold: f32,
     pub deny_topics: Vec<Topic>,
+    /// What a semantic decision compares.
+    pub routing_text: RoutingText,
 }
 
 /// A tenant key as validated: where its value comes from.

@@ -15,7 +15,8 @@ use std::time::Duration;
 const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
 const DEFAULT_MAX_RETRIES: u32 = 2;
-const DEFAULT_THRESHOLD: f64 = 0.5;
+/// Chosen by measurement on the validation suites (docs/semantic-routing.md).
+const DEFAULT_THRESHOLD: f64 = crate::routing::semantic::scoring::DEFAULT_THRESHOLD as f64;
 const DEFAULT_CIRCUIT_FAILURES: u32 = 5;
 const DEFAULT_CIRCUIT_OPEN_SECS: u64 = 30;
 
@@ -678,6 +679,23 @@ fn validate_proxy(
             "a threshold only applies when the proxy has `routing = \"semantic\"`",
         );
     }
+    let routing_text = match p.routing_text.as_deref() {
+        None | Some("last_user") => RoutingText::LastUser,
+        Some("conversation") => RoutingText::Conversation,
+        Some(other) => {
+            e.push(
+                format!("{path}.routing_text"),
+                format!("unknown routing text {other:?} (expected last_user or conversation)"),
+            );
+            RoutingText::LastUser
+        }
+    };
+    if p.routing_text.is_some() && routing == RoutingMode::Model {
+        e.push(
+            format!("{path}.routing_text"),
+            "routing_text only applies when the proxy has `routing = \"semantic\"`",
+        );
+    }
     let fallback = match &p.fallback {
         None => None,
         Some(name) if name.trim().is_empty() => {
@@ -724,5 +742,6 @@ fn validate_proxy(
         fallback,
         threshold: threshold as f32,
         deny_topics,
+        routing_text,
     })
 }

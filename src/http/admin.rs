@@ -60,6 +60,10 @@ pub fn scope() -> actix_web::Scope {
             "/tenants/{tenant}/proxies/{proxy}",
             web::get().to(proxy_config),
         )
+        .route(
+            "/tenants/{tenant}/proxies/{proxy}/explain",
+            web::post().to(explain),
+        )
 }
 
 fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), GatewayError> {
@@ -75,6 +79,52 @@ fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), GatewayError> {
     } else {
         Err(GatewayError::InvalidApiKey)
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainBody {
+    text: String,
+}
+
+/// `POST /admin/tenants/{tenant}/proxies/{proxy}/explain` with `{"text": "..."}`: the decision
+/// and every topic's score, as `switchyard route --json` prints it.
+async fn explain(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    authorize(&state, &req)?;
+    let (tenant, proxy) = path.into_inner();
+    let body: ExplainBody = serde_json::from_slice(&body).map_err(|e| {
+        GatewayError::invalid(
+            format!("Expected {{\"text\": \"...\"}}: {e}"),
+            Some("text"),
+            Some("invalid_json"),
+        )
+    })?;
+    let dir = state.directory.current();
+    let handle = dir
+        .tenants
+        .get(&tenant)
+        .and_then(|t| t.proxies.get(&proxy))
+        .ok_or_else(|| GatewayError::NotFound {
+            message: format!(
+                "No proxy '{}' in tenant '{}'.",
+                crate::error::quote(&proxy),
+                crate::error::quote(&tenant)
+            ),
+            code: "proxy_not_found",
+        })?;
+    let explained = handle
+        .addr
+        .send(crate::actors::messages::Explain { text: body.text })
+        .await
+        .map_err(|e| GatewayError::Unavailable {
+            message: format!("The proxy '{proxy}' is restarting ({e}); retry."),
+        })??;
+    Ok(HttpResponse::Ok().json(explained))
 }
 
 fn status_json(s: &ReloadStatus) -> Value {

@@ -17,7 +17,7 @@ use crate::api::{Endpoint, FrontRequest};
 use crate::config::RoutingMode;
 use crate::error::{GatewayError, quote};
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
-use crate::routing::{self, Decision};
+use crate::routing::{self, Decision, semantic};
 use crate::telemetry::context::RequestContext;
 use crate::telemetry::{access, names, otel};
 use actix::Addr;
@@ -98,7 +98,7 @@ async fn conversation(
     access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
-    let first = decide(&state, proxy, front.model.as_deref())
+    let first = decide(&state, proxy, &front)
         .instrument(tracing::debug_span!(names::SPAN_ROUTING))
         .await?;
     tracing::debug!(key = auth.key_name, fallback = first.fallback, "routed");
@@ -114,7 +114,12 @@ async fn conversation(
         .chain(primary.fallbacks.iter().copied())
         .collect();
     let fallback_on = primary.fallback_on;
-    let mut reason = first.fallback.then_some("unknown_model");
+    // Why the first route is itself a fallback: the model is not served, or (semantic) no
+    // topic matched well enough.
+    let mut reason = first.fallback.then_some(match first.routing() {
+        RoutingMode::Model => "unknown_model",
+        RoutingMode::Semantic => "no_topic_match",
+    });
     let mut decision = first.clone();
     for (step, &route) in chain.iter().enumerate() {
         if step > 0 {
@@ -234,14 +239,17 @@ fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHan
 async fn decide(
     state: &AppState,
     proxy: &ProxyHandle,
-    model: Option<&str>,
+    front: &FrontRequest,
 ) -> Result<Decision, GatewayError> {
     let routes = &proxy.routes;
+    let model = front.model.as_deref();
     if routes.routing == RoutingMode::Model {
         return routing::decide(routes, &proxy.providers, model);
     }
+    let text = semantic::text::routing_text(front.endpoint, &front.raw, routes.routing_text);
     let msg = Decide {
         model: model.map(str::to_owned),
+        text: Some(text),
     };
     proxy.addr.send(msg).await.map_err(|err| {
         state.supervisor.do_send(RestartProxy {
@@ -328,6 +336,7 @@ fn explained(
             headers.insert(HeaderName::from_static(name), v);
         }
     }
+    semantic::headers(headers, decision.semantic.as_ref());
     if let Some(reason) = reason {
         headers.insert(
             HeaderName::from_static("x-switchyard-fallback-reason"),

@@ -58,6 +58,8 @@ pub struct AppState {
     pub reloader: Option<Arc<crate::config::watcher::Reloader>>,
     /// The admin API's token; `None` turns the admin API off.
     pub admin_token: Option<admin::AdminToken>,
+    /// Semantic indexes still building: not ready until none is.
+    pub indexes: crate::actors::embedder::Readiness,
 }
 
 /// Open connections per client address, counted by [`ConnectionSlot`]s.
@@ -273,7 +275,7 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.draining.load(Ordering::Acquire) {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}))
-    } else if state.ready.load(Ordering::Acquire) {
+    } else if state.ready.load(Ordering::Acquire) && state.indexes.pending() == 0 {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "loading"}))

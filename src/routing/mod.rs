@@ -2,9 +2,10 @@
 //!
 //! A decision is a pure function of a proxy's configuration and the request; the proxy actor
 //! owns the configuration and answers with a [`Decision`]. Model-based routing lives in
-//! `model`; semantic routing (embedding the prompt and scoring topics) joins as `semantic`.
+//! `model`; semantic routing (the routing text, scoring topics, evaluation) in `semantic`.
 
 pub mod model;
+pub mod semantic;
 
 use crate::config::{Provider, Proxy, Route, RoutingMode};
 use crate::error::GatewayError;
@@ -19,6 +20,15 @@ pub struct Decision {
     pub provider: Arc<Provider>,
     /// The fallback route was used because nothing matched.
     pub fallback: bool,
+    /// For semantic routing: the winning topic (none on fallback) and the best score.
+    pub semantic: Option<SemanticMatch>,
+}
+
+/// What a semantic decision matched, for the `x-switchyard-topic` and `-score` headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticMatch {
+    pub topic: Option<String>,
+    pub score: f32,
 }
 
 impl Decision {
@@ -53,11 +63,13 @@ impl Decision {
             route,
             provider,
             fallback: true,
+            semantic: self.semantic.clone(),
         })
     }
 }
 
-/// Decides the route for a request naming `model`.
+/// Decides the route for a request naming `model`, for model-based proxies; semantic proxies
+/// decide in their actor (`semantic::decision`), which owns the topic index.
 pub fn decide(
     proxy: &Arc<Proxy>,
     providers: &[Arc<Provider>],
@@ -66,12 +78,10 @@ pub fn decide(
     let (route, fallback) = match proxy.routing {
         RoutingMode::Model => model::resolve(proxy, model)?,
         RoutingMode::Semantic => {
-            return Err(GatewayError::NotImplemented {
-                message: format!(
-                    "Proxy '{}' uses semantic routing, which this gateway build does not serve yet.",
-                    proxy.id
-                ),
-            });
+            return Err(GatewayError::Internal(format!(
+                "proxy {} routes semantically; its actor decides",
+                proxy.id
+            )));
         }
     };
     let provider = providers
@@ -85,5 +95,6 @@ pub fn decide(
         route,
         provider,
         fallback,
+        semantic: None,
     })
 }

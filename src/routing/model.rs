@@ -107,7 +107,7 @@ pub fn resolve(proxy: &Proxy, model: Option<&str>) -> Result<(usize, bool), Gate
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ProviderKind, Route, RoutingMode};
+    use crate::config::{ProviderKind, Route, RoutingMode, RoutingText};
 
     fn route(name: &str, provider: &str, model: &str, aliases: &[&str]) -> Route {
         Route {
@@ -139,6 +139,7 @@ mod tests {
             fallback,
             threshold: 0.5,
             deny_topics: vec![],
+            routing_text: RoutingText::LastUser,
         }
     }
 

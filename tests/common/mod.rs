@@ -142,6 +142,13 @@ impl Gateway {
                 cmd.env("RUST_LOG", "warn");
             }
         }
+        // Semantic proxies embed with the real weights (scripts/test fetches them) and cache
+        // utterance vectors in this test's own directory.
+        cmd.env(
+            "SWITCHYARD_EMBEDDING_MODEL_DIR",
+            switchyard::embedding::test_model_dir(),
+        );
+        cmd.env("SWITCHYARD_CACHE_DIR", dir.path().join("cache"));
         for (k, v) in env {
             cmd.env(k, v);
         }
