@@ -9,15 +9,14 @@
 
 use super::circuit;
 use super::messages::{Call, CallLimits};
-use crate::api::stream::{self, UpstreamChunk};
+use crate::api::stream::UpstreamChunk;
 use crate::config::Provider;
-use crate::error::{GatewayError, UpstreamFailure};
-use crate::providers::{UpstreamBody, UpstreamRequest, UpstreamResponse};
+use crate::error::GatewayError;
+use crate::providers::{Framing, UpstreamBody, UpstreamCall, UpstreamResponse};
 use actix::{Actor, Context, Handler, ResponseFuture};
 use actix_service::ServiceExt;
 use actix_tls::connect::{Connection as TcpConnection, Connector as TcpConnector, Resolver};
-use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header;
 use actix_web::rt::net::TcpStream;
 use awc::error::{PayloadError, SendRequestError};
 use awc::http::Uri;
@@ -137,7 +136,7 @@ where
 async fn send_with_retries(
     client: awc::Client,
     provider: Arc<Provider>,
-    request: UpstreamRequest,
+    request: UpstreamCall,
     limits: CallLimits,
 ) -> Result<UpstreamResponse, GatewayError> {
     let circuit = circuit::for_endpoint(&provider.base_url);
@@ -181,21 +180,11 @@ async fn send_with_retries(
 
 /// How long to wait before the next attempt, or `None` when the upstream asked for too long.
 fn retry_delay(attempt: u32, err: &GatewayError) -> Option<Duration> {
-    if let GatewayError::Upstream(u) = err {
-        let (retry_after, retry_after_ms) = (&u.retry_after, &u.retry_after_ms);
-        let asked = retry_after_ms
-            .as_ref()
-            .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
-            .map(|ms| ms / 1000.0)
-            .or_else(|| {
-                retry_after
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
-            });
-        if let Some(secs) = asked.filter(|s| s.is_finite() && *s >= 0.0) {
-            let wait = Duration::from_secs_f64(secs);
-            return (wait <= MAX_RETRY_AFTER).then_some(wait);
-        }
+    // The provider's adapter read its retry hint when it classified the answer.
+    if let GatewayError::Upstream(u) = err
+        && let Some(wait) = u.retry_in
+    {
+        return (wait <= MAX_RETRY_AFTER).then_some(wait);
     }
     let step = BACKOFF_BASE
         .saturating_mul(1 << attempt.min(16))
@@ -208,18 +197,21 @@ fn retry_delay(attempt: u32, err: &GatewayError) -> Option<Duration> {
 async fn send_once(
     client: &awc::Client,
     provider: &Provider,
-    request: &UpstreamRequest,
+    call: &UpstreamCall,
     limits: &CallLimits,
 ) -> Result<UpstreamResponse, GatewayError> {
+    let adapter = call.adapter;
+    // Built per attempt: a signature over the time must be fresh on every retry.
+    let request = adapter.attempt(provider, call)?;
     let mut builder = client
         .post(&request.url)
         .timeout(provider.timeout)
         .insert_header((header::CONTENT_TYPE, "application/json"));
-    for (name, value) in &request.headers {
-        builder = builder.insert_header((name.clone(), value.clone()));
+    for (name, value) in request.headers {
+        builder = builder.insert_header((name, value));
     }
     let resp = builder
-        .send_body(request.body.clone())
+        .send_body(request.body)
         .await
         .map_err(|err| match err {
             SendRequestError::Timeout => GatewayError::UpstreamTimeout {
@@ -233,45 +225,27 @@ async fn send_once(
     let status = resp.status();
     let headers = resp.headers();
     let content_type = headers.get(header::CONTENT_TYPE).cloned();
-    let request_id = headers.get("x-request-id").cloned();
+    let request_id = headers.get(adapter.request_id_header()).cloned();
     let declared_len = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if status == StatusCode::UNAUTHORIZED {
-        // The provider refused the gateway's own key. Its message quotes part of that key
-        // (OpenAI masks all but a few characters), and a 401 would tell the client its own key
-        // is wrong: neither may reach the client.
-        return Err(GatewayError::UpstreamCredentials {
-            provider: provider.name.clone(),
-        });
-    }
     if !status.is_success() {
-        let (retry_after, retry_after_ms) = retry_hints(headers);
+        let headers = headers.clone();
         let body = resp
             .timeout(provider.timeout)
             .body()
             .limit(MAX_ERROR_BYTES)
             .await
             .unwrap_or_default();
-        let provider = provider.name.clone();
-        return Err(GatewayError::Upstream(Box::new(UpstreamFailure {
-            provider,
-            status,
-            body,
-            retry_after,
-            retry_after_ms,
-        })));
+        return Err(adapter.classify(provider, status, &headers, body));
     }
-    let is_sse = content_type
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = if request.stream && is_sse {
+    let framing = adapter.framing();
+    let body = if call.stream && framing.is_stream(content_type.as_ref()) {
         // Hold the headers until the first event: an error event there (or none in time) can
         // still be retried or fall back, since nothing has reached the client.
         let mut resp = resp;
-        let first = first_event(&mut resp, limits.first_byte_timeout, provider).await?;
-        if let Some(message) = stream::error_in_first_event(&first) {
+        let first = first_event(&mut resp, framing, limits.first_byte_timeout, provider).await?;
+        if let Some(message) = adapter.first_event_error(&first) {
             return Err(GatewayError::UpstreamStreamError {
                 provider: provider.name.clone(),
                 message,
@@ -338,17 +312,11 @@ fn check_complete(
     }
 }
 
-fn retry_hints(headers: &HeaderMap) -> (Option<header::HeaderValue>, Option<header::HeaderValue>) {
-    (
-        headers.get(header::RETRY_AFTER).cloned(),
-        headers.get("retry-after-ms").cloned(),
-    )
-}
-
 /// Reads a stream until its first whole event has arrived (within `wait`), and returns every
 /// byte read so far.
 async fn first_event<S>(
     body: &mut S,
+    framing: Framing,
     wait: Duration,
     provider: &Provider,
 ) -> Result<Bytes, GatewayError>
@@ -363,7 +331,7 @@ where
                 detail: format!("the stream broke before its first event: {err}"),
             })?;
             buf.extend_from_slice(&chunk);
-            if stream::has_whole_event(&buf) {
+            if framing.has_whole_event(&buf) {
                 return Ok(buf.freeze());
             }
         }
@@ -425,19 +393,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::HeaderValue;
+    use actix_web::http::StatusCode;
 
-    fn upstream(
-        status: u16,
-        after: Option<&'static str>,
-        after_ms: Option<&'static str>,
-    ) -> GatewayError {
-        GatewayError::Upstream(Box::new(UpstreamFailure {
+    fn upstream(status: u16, retry_in: Option<Duration>) -> GatewayError {
+        GatewayError::Upstream(Box::new(crate::error::UpstreamFailure {
             provider: "p".into(),
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             body: Bytes::new(),
-            retry_after: after.map(HeaderValue::from_static),
-            retry_after_ms: after_ms.map(HeaderValue::from_static),
+            retry_after: None,
+            retry_after_ms: None,
+            retry_in,
         }))
     }
 
@@ -469,17 +434,18 @@ mod tests {
     }
 
     #[test]
-    fn honours_retry_after_and_prefers_milliseconds() {
+    fn honours_the_providers_retry_hint_unless_too_long() {
+        // The hint itself is read by each adapter (see providers::openai's tests).
         assert_eq!(
-            retry_delay(0, &upstream(429, Some("2"), None)),
+            retry_delay(0, &upstream(429, Some(Duration::from_secs(2)))),
             Some(Duration::from_secs(2))
         );
         assert_eq!(
-            retry_delay(0, &upstream(429, Some("2"), Some("150"))),
+            retry_delay(0, &upstream(429, Some(Duration::from_millis(150)))),
             Some(Duration::from_millis(150))
         );
         assert_eq!(
-            retry_delay(0, &upstream(429, Some("60"), None)),
+            retry_delay(0, &upstream(429, Some(Duration::from_secs(60)))),
             None,
             "too long: the client decides"
         );
@@ -488,7 +454,7 @@ mod tests {
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
         for attempt in 0..8 {
-            let d = retry_delay(attempt, &upstream(503, None, None)).unwrap_or_default();
+            let d = retry_delay(attempt, &upstream(503, None)).unwrap_or_default();
             let step = BACKOFF_BASE.saturating_mul(1 << attempt).min(BACKOFF_MAX);
             assert!(
                 d >= step / 2 && d <= step,

@@ -177,11 +177,12 @@ mod tests {
     fn snapshot(proxies: usize) -> Arc<Snapshot> {
         let provider = Arc::new(Provider {
             name: "openai".into(),
-            kind: ProviderKind::OpenAi,
+            settings: crate::config::ProviderSettings::OpenAi {
+                organization: None,
+                project: None,
+            },
             base_url: "http://127.0.0.1:1/v1".into(),
-            api_key: Secret::new("k".into()),
-            organization: None,
-            project: None,
+            credentials: crate::config::Credentials::ApiKey(Secret::new("k".into())),
             timeout: Duration::from_secs(1),
             max_retries: 0,
             circuit: crate::config::CircuitPolicy {
