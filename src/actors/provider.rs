@@ -12,7 +12,7 @@ use super::messages::{Call, CallLimits};
 use crate::api::stream::UpstreamChunk;
 use crate::config::Provider;
 use crate::error::GatewayError;
-use crate::providers::{Framing, UpstreamBody, UpstreamCall, UpstreamResponse};
+use crate::providers::{Adapter, UpstreamBody, UpstreamCall, UpstreamResponse};
 use actix::{Actor, Context, Handler, ResponseFuture};
 use actix_service::ServiceExt;
 use actix_tls::connect::{Connection as TcpConnection, Connector as TcpConnector, Resolver};
@@ -244,7 +244,7 @@ async fn send_once(
         // Hold the headers until the first event: an error event there (or none in time) can
         // still be retried or fall back, since nothing has reached the client.
         let mut resp = resp;
-        let first = first_event(&mut resp, framing, limits.first_byte_timeout, provider).await?;
+        let first = first_event(&mut resp, adapter, limits.first_byte_timeout, provider).await?;
         if let Some(message) = adapter.first_event_error(&first) {
             return Err(GatewayError::UpstreamStreamError {
                 provider: provider.name.clone(),
@@ -313,10 +313,10 @@ fn check_complete(
 }
 
 /// Reads a stream until its first whole event has arrived (within `wait`), and returns every
-/// byte read so far.
+/// byte read so far, less the leading events the adapter calls noise.
 async fn first_event<S>(
     body: &mut S,
-    framing: Framing,
+    adapter: &dyn Adapter,
     wait: Duration,
     provider: &Provider,
 ) -> Result<Bytes, GatewayError>
@@ -331,7 +331,14 @@ where
                 detail: format!("the stream broke before its first event: {err}"),
             })?;
             buf.extend_from_slice(&chunk);
-            if framing.has_whole_event(&buf) {
+            loop {
+                let noise = adapter.leading_noise(&buf).min(buf.len());
+                if noise == 0 {
+                    break;
+                }
+                let _ = buf.split_to(noise);
+            }
+            if adapter.framing().has_whole_event(&buf) {
                 return Ok(buf.freeze());
             }
         }

@@ -118,13 +118,17 @@ pub fn has_whole_event(buf: &[u8]) -> bool {
     last_boundary(buf).is_some()
 }
 
-/// The first whole SSE event in `buf`: its `event:` name, if any, and its `data:` lines
-/// joined. `None` until a whole event has arrived (or when it is not UTF-8). What the event
-/// means is the provider's business (`providers::Adapter::first_event_error`).
-pub fn first_sse_event(buf: &[u8]) -> Option<(Option<&str>, String)> {
-    let end = last_boundary(buf)?;
+/// The first whole SSE event in `buf`: its length (blank line included), its `event:` name,
+/// if any, and its `data:` lines joined. `None` until a whole event has arrived (or when it
+/// is not UTF-8). What the event means is the provider's business (`providers::Adapter`).
+pub fn first_sse_event(buf: &[u8]) -> Option<(usize, Option<&str>, String)> {
+    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
+    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
+    let end = match (lf, crlf) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
     let event = std::str::from_utf8(&buf[..end]).ok()?;
-    let event = event.split("\n\n").next()?.split("\r\n\r\n").next()?;
     let mut name = None;
     let mut data = String::new();
     for line in event.lines() {
@@ -134,7 +138,7 @@ pub fn first_sse_event(buf: &[u8]) -> Option<(Option<&str>, String)> {
             data.push_str(v.strip_prefix(' ').unwrap_or(v));
         }
     }
-    Some((name, data))
+    Some((end, name, data))
 }
 
 /// Lines that end a stream properly.
@@ -369,8 +373,8 @@ mod tests {
     #[test]
     fn garbage_before_the_first_event_never_panics() {
         assert_eq!(
-            first_sse_event(b"event: error\ndata: {\"a\":\r\ndata: 1}\r\n\r\nrest"),
-            Some((Some("error"), "{\"a\":1}".to_owned()))
+            first_sse_event(b"event: error\ndata: {\"a\":\r\ndata: 1}\r\n\r\nrest\n\n"),
+            Some((38, Some("error"), "{\"a\":1}".to_owned()))
         );
         assert_eq!(
             first_sse_event(b"data: {\"error\""),

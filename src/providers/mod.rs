@@ -1,7 +1,7 @@
 //! Providers: how a routed request goes on the wire to each upstream, and what comes back.
 //!
 //! The seam is the [`Adapter`] trait, one implementation per provider, each in its own folder
-//! (`openai/` today; `azure_openai/`, `gemini/`, `bedrock/` fit the same shape). [`prepare`]
+//! (`openai/`, `azure_openai/`; `gemini/` and `bedrock/` fit the same shape). [`prepare`]
 //! turns a front request and a routing decision into an [`UpstreamCall`] once per route: the
 //! translated body and path, plus the adapter that owns them. The provider actor then asks
 //! the adapter, for *each attempt*, for the [`UpstreamRequest`] (URL, headers with auth,
@@ -11,6 +11,7 @@
 //! event is an error. The retry loop, timeouts, circuit breaker and relay stay generic and
 //! name no provider. Nothing of a provider's wire types leaves its folder.
 
+pub mod azure_openai;
 pub mod openai;
 
 use crate::api::FrontRequest;
@@ -51,6 +52,13 @@ pub trait Adapter: Sync {
 
     /// How the provider frames a stream.
     fn framing(&self) -> Framing;
+
+    /// How many bytes at the start of `buf` are whole events that carry nothing for the
+    /// client and are dropped before the stream is relayed (Azure's content-filter frame);
+    /// asked again after each drop, so several can go.
+    fn leading_noise(&self, _buf: &[u8]) -> usize {
+        0
+    }
 
     /// The message of an error event that opens a stream, if the first whole event (as
     /// delimited by [`Adapter::framing`]) is one: retried like an error status, since no byte
@@ -143,8 +151,9 @@ pub fn prepare(
 ) -> Result<UpstreamCall, GatewayError> {
     let mut call = match decision.provider.kind() {
         ProviderKind::OpenAi => openai::prepare(front, decision, previous_response_id),
+        ProviderKind::AzureOpenAi => azure_openai::prepare(front, decision, previous_response_id),
         // Validation refuses these kinds until their adapters exist.
-        kind @ (ProviderKind::AzureOpenAi | ProviderKind::Gemini | ProviderKind::Bedrock) => {
+        kind @ (ProviderKind::Gemini | ProviderKind::Bedrock) => {
             Err(GatewayError::NotImplemented {
                 message: format!(
                     "Provider type {} is not served by this build.",

@@ -112,8 +112,8 @@ fn retry_hint(headers: &HeaderMap) -> Option<std::time::Duration> {
 
 /// The message of an error event that opens a stream (OpenAI's `data: {"error":…}`, or a
 /// Responses `error` / `response.failed` event), if the first event is one.
-fn error_in_first_event(buf: &[u8]) -> Option<String> {
-    let (name, data) = first_sse_event(buf)?;
+pub(super) fn error_in_first_event(buf: &[u8]) -> Option<String> {
+    let (_, name, data) = first_sse_event(buf)?;
     let json: serde_json::Value = serde_json::from_str(&data).ok()?;
     let message = |v: &serde_json::Value| {
         v.as_str()
