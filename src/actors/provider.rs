@@ -470,4 +470,127 @@ mod tests {
             );
         }
     }
+
+    /// Numbers its attempts in a header, as a SigV4 signer stamps the time into each one.
+    struct Numbered(std::sync::atomic::AtomicU32);
+    static NUMBERED: Numbered = Numbered(std::sync::atomic::AtomicU32::new(0));
+
+    impl Adapter for Numbered {
+        fn attempt(
+            &self,
+            provider: &Provider,
+            call: &UpstreamCall,
+        ) -> Result<crate::providers::UpstreamRequest, GatewayError> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            Ok(crate::providers::UpstreamRequest {
+                url: format!("{}{}", provider.base_url, call.path),
+                headers: vec![(
+                    header::HeaderName::from_static("x-attempt"),
+                    header::HeaderValue::from(n),
+                )],
+                body: call.body.clone(),
+            })
+        }
+        fn request_id_header(&self) -> &'static str {
+            "x-numbered-id"
+        }
+        fn classify(
+            &self,
+            provider: &Provider,
+            status: StatusCode,
+            headers: &header::HeaderMap,
+            body: Bytes,
+        ) -> GatewayError {
+            crate::providers::upstream_failure(
+                provider,
+                status,
+                headers,
+                body,
+                Some(Duration::ZERO),
+            )
+        }
+        fn framing(&self) -> crate::providers::Framing {
+            crate::providers::Framing::Sse
+        }
+        fn first_event_error(&self, _first: &[u8]) -> Option<String> {
+            None
+        }
+    }
+
+    #[actix_web::test]
+    async fn every_attempt_is_built_afresh_by_the_adapter() {
+        use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+        use std::sync::Mutex;
+        // Two 503s, then an answer: the upstream must see three requests, numbered 1, 2, 3.
+        let seen: web::Data<Mutex<Vec<String>>> = web::Data::new(Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let data = seen.clone();
+        let server = HttpServer::new(move || {
+            App::new().app_data(data.clone()).default_service(web::to(
+                |req: HttpRequest, seen: web::Data<Mutex<Vec<String>>>| async move {
+                    let n = req
+                        .headers()
+                        .get("x-attempt")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_owned();
+                    let mut seen = seen.lock().expect("lock");
+                    seen.push(n.clone());
+                    if seen.len() < 3 {
+                        HttpResponse::ServiceUnavailable().body("busy")
+                    } else {
+                        HttpResponse::Ok()
+                            .insert_header(("x-numbered-id", format!("up-{n}")))
+                            .content_type("application/json")
+                            .body("{\"ok\":true}")
+                    }
+                },
+            ))
+        })
+        .workers(1)
+        .listen(listener)
+        .expect("listen")
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        let provider = Arc::new(Provider {
+            name: "numbered".into(),
+            settings: crate::config::ProviderSettings::OpenAi {
+                organization: None,
+                project: None,
+            },
+            base_url: format!("http://{addr}"),
+            credentials: crate::config::Credentials::ApiKey(crate::config::Secret::new("k".into())),
+            timeout: Duration::from_secs(5),
+            max_retries: 2,
+            circuit: crate::config::CircuitPolicy {
+                failures: 0,
+                open_for: Duration::from_secs(1),
+            },
+        });
+        let call = UpstreamCall {
+            adapter: &NUMBERED,
+            path: "/x".into(),
+            headers: Vec::new(),
+            body: Bytes::from_static(b"{}"),
+            stream: false,
+        };
+        let limits = CallLimits {
+            first_byte_timeout: Duration::from_secs(5),
+            deadline: None,
+        };
+        let answer = send_with_retries(ProviderActor::new().client, provider, call, limits)
+            .await
+            .expect("answered on the third attempt");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            Some("up-3"),
+            "the request id comes from the adapter's header"
+        );
+        assert!(matches!(answer.body, UpstreamBody::Full(ref b) if &b[..] == b"{\"ok\":true}"));
+        assert_eq!(*seen.lock().expect("lock"), ["1", "2", "3"]);
+        handle.stop(false).await;
+    }
 }
