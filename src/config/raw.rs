@@ -44,7 +44,9 @@ pub struct RawApiKey {
 /// kind's, with its path, and turns the table into the per-kind `ProviderSettings`. Not a
 /// serde-tagged enum: an internally tagged enum is read through serde's buffered content, so
 /// `serde_path_to_error` loses the path inside the variant and an unknown or mistyped field
-/// would be reported (and set aside by `parse`'s repair loop) as the whole provider.
+/// would be reported (and set aside by `parse`'s repair loop) as the whole provider (tried:
+/// with `#[serde(tag = "type")]`, an unknown `modle` and a mistyped `timeout_secs` in
+/// `[providers.x]` are both reported at `providers.x`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
