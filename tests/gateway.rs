@@ -719,6 +719,20 @@ async fn example_tenants_serve_against_the_bundled_emulator() {
         (r.status.as_u16(), r.header("x-switchyard-route")),
         (200, "eu")
     );
+    // acme's Azure route: `--emulator` gave the Azure provider the emulator's Azure key.
+    let r = post(
+        gw.url("/acme/assistant/v1/chat/completions"),
+        Some("sk-acme-demo"),
+        chat("gpt-4.1", "Hi"),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-switchyard-route")),
+        (200, "azure"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["model"], "gpt-4.1-2025-04-14");
 }
 
 // ---------------------------------------------------------------------------------------------

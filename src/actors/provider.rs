@@ -3,9 +3,12 @@
 //! `awc::Client` is not `Send`, so each worker has its own client (and keep-alive pool) inside
 //! this actor, started on the worker's own arbiter: messages to it never cross threads. It
 //! sends a request upstream, retries before any byte has reached the client (429, 5xx and
-//! connection failures, with exponential backoff, full jitter and the upstream's
-//! `retry-after`), and hands back either the whole body or a `Send` channel fed chunk by chunk
-//! as the upstream streams. Circuit breaking and per-tenant cost accounting join here.
+//! connection failures, with exponential backoff, full jitter and the wait the provider asked
+//! for), and hands back either the whole body or a `Send` channel fed chunk by chunk
+//! as the upstream streams. Everything provider-specific (each attempt's URL and auth, what an
+//! error answer means, the request-id header, stream framing and a failed first event) is
+//! asked of the call's `providers::Adapter`; nothing here names a provider. Circuit breaking
+//! and per-tenant cost accounting join here.
 
 use super::circuit;
 use super::messages::{Call, CallLimits};
