@@ -110,6 +110,30 @@ pub struct ServeArgs {
     /// every client shares its address: raise or disable this there.
     #[arg(long, default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT, env = "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT")]
     pub max_connections_per_client: usize,
+    /// On SIGTERM or SIGINT: how long in-flight requests and streams may take to finish once the
+    /// listener has closed, in seconds; what is still open then is cut.
+    #[arg(long, default_value_t = 30, env = "SWITCHYARD_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: u64,
+    /// On SIGTERM or SIGINT: how long `/readyz` answers 503 while the listener still accepts,
+    /// in milliseconds, so load balancers stop sending before connections are refused.
+    #[arg(long, default_value_t = 0, env = "SWITCHYARD_DRAIN_DELAY_MS")]
+    pub drain_delay_ms: u64,
+    /// Do not watch the tenants directory (reload only through `POST /admin/reload`).
+    #[arg(long, env = "SWITCHYARD_NO_WATCH")]
+    pub no_watch: bool,
+    /// Quiet time after the last change in the tenants directory before it is reloaded, in
+    /// milliseconds.
+    #[arg(long, default_value_t = 500, env = "SWITCHYARD_RELOAD_DEBOUNCE_MS")]
+    pub reload_debounce_ms: u64,
+    /// OTLP endpoint for trace export (default: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, then
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; export is off when none is set). For HTTP, the full URL
+    /// (`.../v1/traces`). Headers come from `OTEL_EXPORTER_OTLP_HEADERS`.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport (default: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`, then http/protobuf).
+    #[arg(long, value_enum)]
+    pub otlp_protocol: Option<crate::telemetry::otel::Protocol>,
     /// Also start the provider emulator on this address and send every provider there.
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:0", value_name = "ADDR")]
     pub emulator: Option<String>,
@@ -139,4 +163,14 @@ pub struct EmulateArgs {
     /// HTTP worker threads (0: one per available core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+}
+
+impl ServeArgs {
+    /// The trace-export settings given on the command line.
+    pub fn otel(&self) -> crate::telemetry::otel::OtelConfig {
+        crate::telemetry::otel::OtelConfig {
+            endpoint: self.otlp_endpoint.clone(),
+            protocol: self.otlp_protocol,
+        }
+    }
 }

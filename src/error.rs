@@ -426,6 +426,8 @@ impl ResponseError for GatewayError {
             ErrorSource::Internal => tracing::error!(error = %self, "gateway failure"),
         }
         let mut res = HttpResponse::build(self.status_code());
+        // For the request metrics: who caused this error (telemetry::access reads it).
+        res.extensions_mut().insert(self.source_kind());
         res.insert_header((header::CONTENT_TYPE, "application/json"));
         if let Self::Upstream(u) = self {
             let UpstreamFailure {

@@ -8,10 +8,25 @@ use switchyard::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    switchyard::telemetry::init_logging(cli.log_format);
-    match cli.command {
+    let otel = match &cli.command {
+        Command::Serve(args) => Some(args.otel()),
+        _ => None,
+    };
+    let exporter = match switchyard::telemetry::init_logging(cli.log_format, otel.as_ref()) {
+        Ok(e) => e,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match cli.command {
         Command::Validate { dir } => switchyard::run::validate(&dir),
         Command::Serve(args) => switchyard::run::serve(args),
         Command::Emulate(args) => switchyard::run::emulate(args),
+    };
+    // After the server stopped: what is still queued is exported before exit.
+    if let Some(e) = exporter {
+        e.shutdown();
     }
+    code
 }

@@ -1,15 +1,19 @@
 //! What each CLI verb does, from parsed arguments to exit code.
 //!
 //! `serve` is the one place the gateway is assembled: validate the tenant files, resolve
-//! secrets, bind, start the supervisor and apply the snapshot, then serve until a signal asks
-//! for a graceful stop (actix-web drains in-flight requests on SIGTERM/SIGINT).
+//! secrets, bind, start the supervisor and apply the snapshot, start the reloader and the file
+//! watcher, then serve until SIGTERM or SIGINT: `/readyz` turns 503 at once, after the drain
+//! delay the listener closes, in-flight requests and streams get up to the shutdown timeout,
+//! and the process exits 0. A second signal stops at once.
 
 use crate::actors::directory::DirectoryHandle;
 use crate::actors::messages::ApplySnapshot;
 use crate::actors::supervisor::Supervisor;
 use crate::cli::{EmulateArgs, ServeArgs};
+use crate::config::watcher::Reloader;
 use crate::config::{self, ConfigError, Credentials, Overrides, ProviderKind, Secret};
 use crate::emulator::{self, EmulatorConfig};
+use crate::http::admin::AdminToken;
 use crate::http::{self, AppState};
 use actix::Actor;
 use std::net::TcpListener;
@@ -104,6 +108,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
+    let shutdown_timeout = std::time::Duration::from_secs(args.shutdown_timeout_secs);
+    let drain_delay = std::time::Duration::from_millis(args.drain_delay_ms);
     let overrides = Overrides {
         providers: emulator_listener
             .as_ref()
@@ -115,6 +121,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             })
             .unwrap_or_default(),
     };
+    let reload_overrides = overrides.clone();
     let snapshot = match config::snapshot::build(specs, &|var| std::env::var(var).ok(), &overrides)
     {
         Ok(s) => Arc::new(s),
@@ -123,6 +130,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (tenant_count, proxy_count) = (snapshot.tenants.len(), snapshot.proxy_count());
 
     let result = actix_web::rt::System::new().block_on(async move {
         if let Some(l) = emulator_listener {
@@ -146,7 +154,28 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 )));
             }
         }
+        let reloader = Arc::new(Reloader::new(
+            args.tenants.clone(),
+            reload_overrides,
+            supervisor.clone(),
+            tenant_count,
+            proxy_count,
+        ));
+        // Kept until the server stops: dropping it ends the watch.
+        let _watcher = if args.no_watch {
+            None
+        } else {
+            let debounce = std::time::Duration::from_millis(args.reload_debounce_ms);
+            match config::watcher::watch(reloader.clone(), &args.tenants, debounce) {
+                Ok(w) => Some(w),
+                Err(err) => {
+                    tracing::warn!(%err, "tenant files are not watched; reload with POST /admin/reload");
+                    None
+                }
+            }
+        };
         let ready = Arc::new(AtomicBool::new(true));
+        let draining = Arc::new(AtomicBool::new(false));
         let state = AppState {
             directory,
             supervisor,
@@ -160,12 +189,17 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             ready: ready.clone(),
+            draining: draining.clone(),
+            reloader: Some(reloader),
+            admin_token: AdminToken::from_env(),
         };
         let addr = local_addr(&listener);
-        let server = http::server(state, listener, args.workers)?;
+        let server = http::server(state, listener, args.workers, shutdown_timeout)?;
+        actix_web::rt::spawn(stop_on_signal(server.handle(), draining, drain_delay));
         println!("switchyard listening on http://{addr}");
         let outcome = server.await;
         ready.store(false, Ordering::Release);
+        tracing::info!("stopped");
         outcome
     });
     match result {
@@ -174,6 +208,48 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, then drains: `/readyz` 503 at once, the listener closed after
+/// `drain_delay`, in-flight requests finishing within the server's shutdown timeout. A second
+/// signal stops at once.
+async fn stop_on_signal(
+    server: actix_server::ServerHandle,
+    draining: Arc<AtomicBool>,
+    drain_delay: std::time::Duration,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::error!(%err, "cannot handle SIGTERM/SIGINT; stop the process with SIGKILL");
+            return;
+        }
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    draining.store(true, Ordering::Release);
+    crate::telemetry::metrics::metrics().draining();
+    tracing::info!(
+        signal = name,
+        drain_delay_ms = drain_delay.as_millis() as u64,
+        "shutting down: /readyz answers 503; in-flight requests finish"
+    );
+    let graceful = async {
+        actix_web::rt::time::sleep(drain_delay).await;
+        tracing::info!("listener closed; waiting for in-flight requests");
+        server.stop(true).await;
+    };
+    tokio::select! {
+        () = graceful => {}
+        _ = term.recv() => { tracing::warn!("second signal: stopping now"); server.stop(false).await; }
+        _ = int.recv() => { tracing::warn!("second signal: stopping now"); server.stop(false).await; }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::api::stream::UpstreamChunk;
 use crate::config::Provider;
 use crate::error::GatewayError;
 use crate::providers::{Adapter, UpstreamBody, UpstreamCall, UpstreamResponse};
+use crate::telemetry::{names, otel};
 use actix::{Actor, Context, Handler, ResponseFuture};
 use actix_service::ServiceExt;
 use actix_tls::connect::{Connection as TcpConnection, Connector as TcpConnector, Resolver};
@@ -153,10 +154,17 @@ async fn send_with_retries(
                         provider: provider.name.clone(),
                         retry_in,
                     })?;
-            let result = send_once(&client, &provider, &request, &limits).await;
-            let healthy = result.as_ref().err().is_none_or(|e| !e.endpoint_failure());
+            let started = std::time::Instant::now();
+            // One span per attempt; it lasts until the upstream's last byte (the pump holds it).
+            let attempt_span = tracing::debug_span!(names::SPAN_UPSTREAM, otel.kind = "client", attempt = i64::from(attempt + 1), provider = %provider.name);
+            let sent = send_once(&client, &provider, &request, &limits)
+                .instrument(attempt_span.clone())
+                .await;
+            crate::telemetry::metrics::upstream_attempt(&provider.name, &sent, started.elapsed());
+            otel::attempt(&attempt_span, &sent, attempt);
+            let healthy = sent.as_ref().err().is_none_or(|e| !e.endpoint_failure());
             permit.record(healthy, &provider.circuit);
-            let err = match result {
+            let err = match sent {
                 Ok(resp) => return Ok(resp),
                 Err(err) => err,
             };
@@ -212,6 +220,10 @@ async fn send_once(
         .insert_header((header::CONTENT_TYPE, "application/json"));
     for (name, value) in request.headers {
         builder = builder.insert_header((name, value));
+    }
+    // With trace export on, the upstream sees this attempt's span as its parent.
+    if let Some(tp) = otel::traceparent(&tracing::Span::current()) {
+        builder = builder.insert_header(("traceparent", tp));
     }
     let resp = builder
         .send_body(request.body)

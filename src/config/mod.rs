@@ -4,13 +4,14 @@
 //! reported, not just the first), `validate`
 //! checks every rule without side effects and reports all violations at once, and `snapshot`
 //! resolves secrets from the environment into the runtime types. Watching files and swapping
-//! snapshots belong to the supervisor, not here.
+//! snapshots belong to the supervisor; `watcher` only reads the files again and hands it the result.
 
 pub mod raw;
 pub mod secret;
 pub mod snapshot;
 pub mod types;
 pub mod validate;
+pub mod watcher;
 
 pub use secret::Secret;
 pub use snapshot::{Overrides, Snapshot, Tenant};

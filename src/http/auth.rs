@@ -47,7 +47,7 @@ pub fn authenticate<'d>(
         .ok_or(GatewayError::InvalidApiKey)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(header::AUTHORIZATION)?.as_bytes();
     let (scheme, token) = value.split_at_checked(7)?;
     let token = token.trim_ascii();

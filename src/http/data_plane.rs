@@ -19,11 +19,13 @@ use crate::error::{GatewayError, quote};
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
 use crate::routing::{self, Decision};
 use crate::telemetry::context::RequestContext;
+use crate::telemetry::{access, names, otel};
 use actix::Addr;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 type ProxyPath = web::Path<(String, String)>;
 
@@ -67,6 +69,7 @@ pub async fn models(
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
     let proxy = find_proxy(auth.entry, &proxy_id)?;
+    access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
     let span = tracing::Span::current();
     span.record("tenant", tracing::field::display(&tenant));
     span.record("proxy", tracing::field::display(&proxy_id));
@@ -92,9 +95,12 @@ async fn conversation(
     span.record("tenant", tracing::field::display(&tenant));
     let proxy = find_proxy(auth.entry, &proxy_id)?;
     span.record("proxy", tracing::field::display(&proxy_id));
+    access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
-    let first = decide(&state, proxy, front.model.as_deref()).await?;
+    let first = decide(&state, proxy, front.model.as_deref())
+        .instrument(tracing::debug_span!(names::SPAN_ROUTING))
+        .await?;
     tracing::debug!(key = auth.key_name, fallback = first.fallback, "routed");
     let traceparent = req
         .extensions()
@@ -114,8 +120,18 @@ async fn conversation(
         if step > 0 {
             decision = first.on_route(route, &proxy.providers)?;
         }
-        span.record("route", tracing::field::display(&decision.route().name));
+        let route = decision.route();
+        span.record("route", tracing::field::display(&route.name));
+        access::note_route(&req, &route.name);
+        otel::routed(
+            &span,
+            "chat",
+            route.provider_kind.as_str(),
+            route.upstream_model(),
+            reason.is_some(),
+        );
         let answer = attempt(
+            &req,
             endpoint,
             &tenant,
             &front,
@@ -151,7 +167,9 @@ async fn conversation(
 /// One route's try at a request: the upstream request built for its provider, sent by this
 /// worker's provider actor (with that route's retries), and relayed. `Ok(Err)` is a failure
 /// the caller may fall back from; `Err` ends the request.
+#[expect(clippy::too_many_arguments)]
 async fn attempt(
+    req: &HttpRequest,
     endpoint: Endpoint,
     tenant: &str,
     front: &FrontRequest,
@@ -181,6 +199,7 @@ async fn attempt(
     };
     // Dropped with this handler when the client goes away, which cancels the upstream call.
     let (_client_alive, client_gone) = oneshot::channel();
+    let upstream_started = std::time::Instant::now();
     let answer = provider
         .send(Call {
             provider: decision.provider.clone(),
@@ -191,6 +210,7 @@ async fn attempt(
         })
         .await
         .map_err(|err| GatewayError::Internal(format!("provider actor unavailable: {err}")))?;
+    access::note_upstream(req, upstream_started.elapsed());
     let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
     Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter)))
 }
@@ -272,8 +292,19 @@ fn relay(
                 endpoint,
                 decision.provider.name.clone(),
                 ids,
-                tracing::Span::current(),
+                stream_span(),
             )),
+    }
+}
+
+/// The span a stream is relayed in: a child of the request's, from the headers to the last
+/// byte, when trace export wants it; else the request's own (so log lines keep its fields).
+fn stream_span() -> tracing::Span {
+    let span = tracing::debug_span!(names::SPAN_STREAM);
+    if span.is_disabled() {
+        tracing::Span::current()
+    } else {
+        span
     }
 }
 

@@ -1,10 +1,12 @@
 //! The HTTP surface: routes, shared state, per-request identity and error rendering.
 //!
 //! [`server`] assembles the actix-web app: health endpoints, the data plane under
-//! `/{tenant}/{proxy}/v1`, and OpenAI-shaped answers for unknown paths and methods. Every
+//! `/{tenant}/{proxy}/v1`, `/metrics`, the admin API (`admin`), and OpenAI-shaped answers for
+//! unknown paths and methods. Every request ends with one access-log line. Every
 //! response carries `x-request-id` and the gateway's `traceparent`. Each worker thread starts
 //! its own provider actor, since its HTTP client cannot cross threads.
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod data_plane;
@@ -14,6 +16,7 @@ use crate::actors::provider::ProviderActor;
 use crate::actors::supervisor::Supervisor;
 use crate::error::{GatewayError, quote};
 use crate::telemetry::context::RequestContext;
+use crate::telemetry::{access, otel};
 use actix::{Actor, Addr};
 use actix_http::{HttpService, Request};
 use actix_server::Server;
@@ -49,6 +52,12 @@ pub struct AppState {
     pub started_at: u64,
     /// Set once the first configuration is applied.
     pub ready: Arc<AtomicBool>,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    pub draining: Arc<AtomicBool>,
+    /// Reloads the tenants directory (admin API); `None` in tests that build state by hand.
+    pub reloader: Option<Arc<crate::config::watcher::Reloader>>,
+    /// The admin API's token; `None` turns the admin API off.
+    pub admin_token: Option<admin::AdminToken>,
 }
 
 /// Open connections per client address, counted by [`ConnectionSlot`]s.
@@ -81,9 +90,20 @@ impl Drop for ConnectionSlot {
 /// wrong key or an oversized body would upload the body before hearing 401 or 413.
 /// [`expect_continue`] checks both first. The settings are `HttpServer`'s defaults except
 /// those commented.
-pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io::Result<Server> {
+///
+/// The server does not handle signals itself (`run` does: it flips `/readyz` to 503 before
+/// stopping it); once stopped gracefully, in-flight requests and streams get up to
+/// `shutdown_timeout` to finish.
+pub fn server(
+    state: AppState,
+    listener: TcpListener,
+    workers: usize,
+    shutdown_timeout: std::time::Duration,
+) -> std::io::Result<Server> {
     let counts = ConnectionCounts::default();
-    let mut builder = actix_server::Server::build();
+    let mut builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout.as_secs());
     if workers > 0 {
         builder = builder.workers(workers);
     }
@@ -99,7 +119,7 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
             .app_data(web::Data::new(state))
             .app_data(web::Data::new(provider))
             .wrap_fn(|req, srv| {
-                let ctx = RequestContext::from_headers(req.headers());
+                let mut ctx = RequestContext::from_headers(req.headers());
                 // Every log line while serving this request carries these fields; the handler
                 // fills in tenant, proxy and route as it learns them. At ERROR level so that the
                 // span is on whenever any log line is (a span below the filter is dropped).
@@ -110,11 +130,22 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
                     proxy = Empty,
                     route = Empty,
                 );
+                // With trace export on, the server span continues the caller's trace and its
+                // own ids are what goes back and upstream.
+                if let Some(tp) = otel::adopt(&span, ctx.remote_parent.as_ref()) {
+                    ctx.traceparent = tp;
+                }
                 let refused = req
                     .conn_data::<ConnectionSlot>()
                     .and_then(|slot| slot.over)
                     .map(|limit| GatewayError::TooManyConnections { limit });
                 req.extensions_mut().insert(ctx.clone());
+                let pending = access::Pending::start(
+                    ctx.request_id.as_bytes(),
+                    &ctx.traceparent,
+                    req.path(),
+                    span.clone(),
+                );
                 let fut = match refused {
                     None => Either::Left(span.in_scope(|| srv.call(req))),
                     Some(err) => {
@@ -131,12 +162,14 @@ pub fn server(state: AppState, listener: TcpListener, workers: usize) -> std::io
                     if let Ok(tp) = ctx.traceparent.parse() {
                         headers.insert(HeaderName::from_static("traceparent"), tp);
                     }
-                    Ok(res)
+                    Ok(pending.respond(res))
                 }
                 .instrument(span)
             })
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+            .service(admin::scope())
             .service(
                 web::scope("/{tenant}/{proxy}/v1")
                     .service(
@@ -236,12 +269,22 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
+/// Ready means: configuration loaded and applied, and not draining for shutdown.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.ready.load(Ordering::Acquire) {
+    if state.draining.load(Ordering::Acquire) {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "draining"}))
+    } else if state.ready.load(Ordering::Acquire) {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "loading"}))
     }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(crate::telemetry::metrics::CONTENT_TYPE)
+        .body(crate::telemetry::metrics::metrics().render())
 }
 
 async fn unknown_path(req: HttpRequest) -> HttpResponse {

@@ -13,6 +13,9 @@ pub struct RequestContext {
     pub request_id: HeaderValue,
     /// The gateway span's `traceparent`.
     pub traceparent: String,
+    /// The caller's `traceparent` as `(trace id, parent span id, flags)`, when it sent a valid
+    /// one: the parent of the gateway's server span when traces are exported.
+    pub remote_parent: Option<(String, String, String)>,
 }
 
 impl RequestContext {
@@ -32,12 +35,13 @@ impl RequestContext {
             .and_then(parse_traceparent);
         let span_id = nonzero_hex64();
         let traceparent = match parent {
-            Some((trace_id, flags)) => format!("00-{trace_id}-{span_id}-{flags}"),
+            Some((trace_id, _, flags)) => format!("00-{trace_id}-{span_id}-{flags}"),
             None => format!("00-{}-{span_id}-01", nonzero_hex128()),
         };
         Self {
             request_id,
             traceparent,
+            remote_parent: parent.map(|(t, s, f)| (t.to_owned(), s.to_owned(), f.to_owned())),
         }
     }
 }
@@ -54,8 +58,8 @@ fn nonzero_hex128() -> String {
     format!("{:032x}", fastrand::u128(1..))
 }
 
-/// `(trace_id, flags)` of a valid version-00 `traceparent`.
-fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+/// `(trace_id, parent_id, flags)` of a valid version-00 `traceparent`.
+fn parse_traceparent(v: &str) -> Option<(&str, &str, &str)> {
     let mut parts = v.trim().split('-');
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -71,7 +75,7 @@ fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
         && hex(parent_id, 16)
         && parent_id != "0".repeat(16)
         && hex(flags, 2);
-    valid.then_some((trace_id, flags))
+    valid.then_some((trace_id, parent_id, flags))
 }
 
 #[cfg(test)]

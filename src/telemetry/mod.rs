@@ -1,11 +1,15 @@
-//! Telemetry: logging setup and per-request trace context.
+//! Telemetry: logging setup, per-request trace context, metrics and the access log.
 //!
-//! This module owns how the gateway reports on itself: structured logs (text or JSON) and the
-//! W3C trace context each request carries (`context`). Span and metric names will be constants
-//! here too when OpenTelemetry export and Prometheus metrics arrive, so no other module spells
-//! them.
+//! This module owns how the gateway reports on itself: structured logs (text or JSON), the
+//! W3C trace context each request carries (`context`), the Prometheus metrics (`metrics`, with
+//! every name in `names`) and the one access-log line per request (`access`). No other module
+//! spells a metric name.
 
+pub mod access;
 pub mod context;
+pub mod metrics;
+pub mod names;
+pub mod otel;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -14,17 +18,40 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`).
-pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber; `RUST_LOG` filters the log (default `info`). With `otel`
+/// (only `serve` passes it) and an OTLP endpoint configured, spans are also exported; the
+/// returned handle flushes them at exit.
+pub fn init_logging(
+    format: LogFormat,
+    otel: Option<&otel::OtelConfig>,
+) -> Result<Option<otel::Otel>, String> {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    // The log's filter is the log's own: trace export sees spans the log level hides.
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    }
+    .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(fmt);
+    let exporter = match otel {
+        Some(config) => otel::init(config)?,
+        None => None,
     };
+    match exporter {
+        Some((handle, layer)) => {
+            let _ = registry.with(layer).try_init();
+            Ok(Some(handle))
+        }
+        None => {
+            let _ = registry.try_init();
+            Ok(None)
+        }
+    }
 }

@@ -33,6 +33,37 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// The child's process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `TERM`) to the child.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `limit` for the child to exit; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Spawns the binary and waits for `<prefix>http://ADDR` on stdout.
 fn spawn(mut cmd: Command, prefix: &'static str) -> Running {
     cmd.stdout(Stdio::piped());
@@ -122,6 +153,11 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.run.base)
+    }
+
+    /// The directory the tenant files are in (to change them under a running gateway).
+    pub fn tenants_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 }
 

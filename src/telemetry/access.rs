@@ -1,0 +1,465 @@
+//! The end of every request: one access-log line and the request metrics.
+//!
+//! The HTTP middleware starts a [`Pending`] when a request arrives; the data-plane handler
+//! notes what it learns on the way ([`note_proxy`], [`note_route`], [`note_upstream`]: names
+//! from configuration only); when the response is ready the middleware wraps its body in an
+//! [`AccessBody`], which finishes the record when the last byte has been handed to the
+//! connection, or when the body is dropped unfinished (the client went away). A stream is
+//! therefore logged and measured at its end, with its time to first byte and the tokens of the
+//! provider's `usage` report, which is read from the last few kilobytes of the body, so the
+//! relay is never parsed twice. The line names the request, never a key or a prompt.
+
+use super::metrics::{EndpointLabel, ErrorLabel, FinishedRequest, RouteLabels, metrics};
+use super::{names, otel};
+use crate::error::ErrorSource;
+use actix_web::HttpMessage;
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::ServiceResponse;
+use bytes::{Bytes, BytesMut};
+use memchr::memmem;
+use opentelemetry::KeyValue;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// How much of a body's end is kept to find the provider's `usage` report in.
+const TAIL_BYTES: usize = 4096;
+/// How much of a body's start is kept to find the response model in (traces only).
+const HEAD_BYTES: usize = 1024;
+
+/// What the data plane learns about a request, kept in its extensions.
+#[derive(Clone, Debug, Default)]
+pub struct RequestRecord {
+    pub route: RouteLabels,
+    /// Time spent waiting on the provider actor's answer (retries included).
+    pub upstream: Option<Duration>,
+}
+
+fn with_record(req: &actix_web::HttpRequest, f: impl FnOnce(&mut RequestRecord)) {
+    let mut ext = req.extensions_mut();
+    match ext.get_mut::<RequestRecord>() {
+        Some(r) => f(r),
+        None => {
+            let mut r = RequestRecord::default();
+            f(&mut r);
+            ext.insert(r);
+        }
+    }
+}
+
+/// The request was authenticated for this tenant and proxy (both from configuration).
+pub fn note_proxy(req: &actix_web::HttpRequest, tenant: &str, proxy: &str) {
+    with_record(req, |r| {
+        r.route.tenant = tenant.to_owned();
+        r.route.proxy = proxy.to_owned();
+    });
+}
+
+/// The request was routed to this route (its configured name).
+pub fn note_route(req: &actix_web::HttpRequest, route: &str) {
+    with_record(req, |r| r.route.route = route.to_owned());
+}
+
+/// The provider answered (or failed) after `took`.
+pub fn note_upstream(req: &actix_web::HttpRequest, took: Duration) {
+    with_record(req, |r| r.upstream = Some(took));
+}
+
+/// A request being served; dropped without [`Pending::respond`] means the client went away
+/// before the response headers (logged with status 499).
+pub struct Pending {
+    started: Instant,
+    request_id: String,
+    trace_id: String,
+    endpoint: EndpointLabel,
+    /// The request's span: it ends (and is exported) when the record finishes.
+    span: tracing::Span,
+    done: bool,
+}
+
+impl Pending {
+    /// Starts the record of a request.
+    pub fn start(request_id: &[u8], traceparent: &str, path: &str, span: tracing::Span) -> Self {
+        metrics().request_started();
+        Self {
+            started: Instant::now(),
+            request_id: String::from_utf8_lossy(request_id).into_owned(),
+            // `00-<trace id>-<span id>-<flags>`
+            trace_id: traceparent.get(3..35).unwrap_or_default().to_owned(),
+            endpoint: EndpointLabel::classify(path),
+            span,
+            done: false,
+        }
+    }
+
+    /// The response is ready: its body finishes the record.
+    pub fn respond<B: MessageBody>(
+        mut self,
+        res: ServiceResponse<B>,
+    ) -> ServiceResponse<AccessBody<B>> {
+        self.done = true;
+        let record = res
+            .request()
+            .extensions_mut()
+            .remove::<RequestRecord>()
+            .unwrap_or_default();
+        let status = res.status().as_u16();
+        let source = res.response().extensions().get::<ErrorSource>().copied();
+        let streaming = res
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        // Usage is read only where a provider reported it: a successful conversation.
+        let scan = self.endpoint.is_conversation() && res.status().is_success();
+        let headers_at = self.started.elapsed();
+        let finish = Finish {
+            started: self.started,
+            request_id: std::mem::take(&mut self.request_id),
+            trace_id: std::mem::take(&mut self.trace_id),
+            endpoint: self.endpoint,
+            status,
+            error: ErrorLabel::of(status, source),
+            overhead: record.upstream.map(|up| headers_at.saturating_sub(up)),
+            upstream: record.upstream,
+            route: record.route,
+            streaming,
+            first_byte: None,
+            bytes: 0,
+            tail: scan.then(BytesMut::new),
+            head: (scan && otel::enabled()).then(BytesMut::new),
+            span: std::mem::replace(&mut self.span, tracing::Span::none()),
+        };
+        let span = finish.span.clone();
+        res.map_body(|_, body| AccessBody {
+            // An empty body may be dropped without ever being polled: that is its end.
+            empty: matches!(body.size(), BodySize::None | BodySize::Sized(0)),
+            inner: Some(body),
+            finish: Some(finish),
+            span,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let finish = Finish {
+            started: self.started,
+            request_id: std::mem::take(&mut self.request_id),
+            trace_id: std::mem::take(&mut self.trace_id),
+            endpoint: self.endpoint,
+            status: 499,
+            error: ErrorLabel::Client,
+            overhead: None,
+            upstream: None,
+            route: RouteLabels::default(),
+            streaming: false,
+            first_byte: None,
+            bytes: 0,
+            tail: None,
+            head: None,
+            span: std::mem::replace(&mut self.span, tracing::Span::none()),
+        };
+        finish.emit(false);
+    }
+}
+
+/// Everything the access line and the metrics need, gathered until the last byte.
+struct Finish {
+    started: Instant,
+    request_id: String,
+    trace_id: String,
+    endpoint: EndpointLabel,
+    status: u16,
+    error: ErrorLabel,
+    overhead: Option<Duration>,
+    upstream: Option<Duration>,
+    route: RouteLabels,
+    streaming: bool,
+    first_byte: Option<Duration>,
+    bytes: u64,
+    /// The body's last bytes, when its usage is wanted.
+    tail: Option<BytesMut>,
+    /// The body's first bytes, when traces want the response model.
+    head: Option<BytesMut>,
+    span: tracing::Span,
+}
+
+impl Finish {
+    fn chunk(&mut self, bytes: &Bytes) {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(self.started.elapsed());
+        }
+        self.bytes += bytes.len() as u64;
+        if let Some(head) = &mut self.head
+            && head.len() < HEAD_BYTES
+        {
+            let take = (HEAD_BYTES - head.len()).min(bytes.len());
+            head.extend_from_slice(&bytes[..take]);
+        }
+        if let Some(tail) = &mut self.tail {
+            if bytes.len() >= TAIL_BYTES {
+                tail.clear();
+                tail.extend_from_slice(&bytes[bytes.len() - TAIL_BYTES..]);
+            } else {
+                let keep = TAIL_BYTES - bytes.len();
+                if tail.len() > keep {
+                    let _ = tail.split_to(tail.len() - keep);
+                }
+                tail.extend_from_slice(bytes);
+            }
+        }
+    }
+
+    /// The request span's closing attributes: status, usage, response model, finish reason.
+    fn trace(&self, tokens: Option<(u64, u64)>) {
+        let head = self.head.as_deref().unwrap_or_default();
+        let tail = self.tail.as_deref().unwrap_or_default();
+        let model = string_after(head, b"\"model\"").or_else(|| string_after(tail, b"\"model\""));
+        let finish_reason = memmem::rfind(tail, b"\"finish_reason\"")
+            .and_then(|at| string_after(&tail[at..], b"\"finish_reason\""));
+        otel::set(&self.span, || {
+            let mut kv = vec![KeyValue::new(
+                names::HTTP_RESPONSE_STATUS_CODE,
+                i64::from(self.status),
+            )];
+            if let Some((input, output)) = tokens {
+                kv.push(KeyValue::new(
+                    names::GEN_AI_USAGE_INPUT_TOKENS,
+                    input as i64,
+                ));
+                kv.push(KeyValue::new(
+                    names::GEN_AI_USAGE_OUTPUT_TOKENS,
+                    output as i64,
+                ));
+            }
+            if let Some(m) = model {
+                kv.push(KeyValue::new(names::GEN_AI_RESPONSE_MODEL, m.to_owned()));
+            }
+            if let Some(r) = finish_reason {
+                let reasons = opentelemetry::Array::String(vec![r.to_owned().into()]);
+                kv.push(KeyValue::new(
+                    names::GEN_AI_RESPONSE_FINISH_REASONS,
+                    opentelemetry::Value::Array(reasons),
+                ));
+            }
+            kv
+        });
+        if self.status >= 500 {
+            otel::error(&self.span, "server error");
+        }
+    }
+
+    fn emit(self, complete: bool) {
+        let total = self.started.elapsed();
+        let tokens = self.tail.as_deref().and_then(usage);
+        let ttft = self.first_byte.filter(|_| self.streaming);
+        metrics().request_finished(&FinishedRequest {
+            route: &self.route,
+            endpoint: self.endpoint,
+            status: self.status,
+            error: self.error,
+            total,
+            ttft,
+            overhead: self.overhead,
+            tokens,
+        });
+        if otel::enabled() {
+            self.trace(tokens);
+        }
+        let ms = |d: Option<Duration>| d.map(|d| tracing::field::display(Ms(d)));
+        // Outside any span: the line carries its own fields, once.
+        tracing::info!(
+            target: "switchyard::access",
+            parent: None,
+            request_id = %self.request_id,
+            trace_id = %self.trace_id,
+            tenant = %self.route.tenant,
+            proxy = %self.route.proxy,
+            route = %self.route.route,
+            endpoint = self.endpoint.as_str(),
+            status = self.status,
+            error = self.error.as_str(),
+            latency_ms = %Ms(total),
+            ttft_ms = ms(ttft),
+            upstream_ms = ms(self.upstream),
+            input_tokens = tokens.map(|t| t.0),
+            output_tokens = tokens.map(|t| t.1),
+            bytes = self.bytes,
+            complete,
+            "access"
+        );
+    }
+}
+
+/// Milliseconds with microsecond precision, for the log.
+struct Ms(Duration);
+
+impl std::fmt::Display for Ms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.3}", self.0.as_secs_f64() * 1000.0)
+    }
+}
+
+/// A response body that finishes its request's record at its end.
+pub struct AccessBody<B> {
+    /// Taken only on drop, to drop it first.
+    inner: Option<B>,
+    finish: Option<Finish>,
+    span: tracing::Span,
+    empty: bool,
+}
+
+impl<B> Drop for AccessBody<B> {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away mid-body (or there was nothing to send).
+        if let Some(finish) = self.finish.take() {
+            finish.emit(self.empty);
+        }
+        // The body goes first (with a stream's span, which ends then); an OTel span ends at its
+        // last exit, so entering the server span now makes it end after its children, with the
+        // last byte, not when the handler returned.
+        drop(self.inner.take());
+        if otel::enabled() {
+            drop(self.span.enter());
+        }
+    }
+}
+
+impl<B: MessageBody + Unpin> MessageBody for AccessBody<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.inner
+            .as_ref()
+            .map_or(BodySize::None, MessageBody::size)
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_next(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(bytes))) => {
+                if let Some(f) = &mut this.finish {
+                    f.chunk(bytes);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = this.finish.take() {
+                    f.emit(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(f) = this.finish.take() {
+                    f.emit(false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+/// `(input, output)` tokens of the last `usage` object in `tail` (Chat's `prompt_tokens` and
+/// `completion_tokens`, or Responses' `input_tokens` and `output_tokens`).
+pub fn usage(tail: &[u8]) -> Option<(u64, u64)> {
+    let at = memmem::rfind(tail, b"\"usage\"")?;
+    let rest = &tail[at..];
+    let input = number_after(rest, b"\"prompt_tokens\"")
+        .or_else(|| number_after(rest, b"\"input_tokens\""))?;
+    let output = number_after(rest, b"\"completion_tokens\"")
+        .or_else(|| number_after(rest, b"\"output_tokens\""))?;
+    Some((input, output))
+}
+
+/// The short string value after the first `"key"` and a colon in `hay` (a model name or a
+/// finish reason: up to 128 plain characters, no escapes; anything else is not reported).
+fn string_after<'h>(hay: &'h [u8], key: &[u8]) -> Option<&'h str> {
+    let at = memmem::find(hay, key)? + key.len();
+    let rest = hay[at..].trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    let value = &rest[..end];
+    let plain = value.len() <= 128 && value.iter().all(|b| b.is_ascii_graphic() && *b != b'\\');
+    plain.then(|| std::str::from_utf8(value).ok()).flatten()
+}
+
+/// The integer after `"key"` and a colon in `hay`.
+fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
+    let at = memmem::find(hay, key)? + key.len();
+    let rest = hay[at..].trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start();
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_chat_and_responses_usage_and_ignores_null() {
+        let chat = br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        assert_eq!(usage(chat), Some((9, 12)));
+        let responses = br#"{"output":[],"usage":{"input_tokens": 5, "input_tokens_details":{"cached_tokens":0},"output_tokens" : 30}}"#;
+        assert_eq!(usage(responses), Some((5, 30)));
+        let null =
+            br#"data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\ndata: {"usage":null}"#;
+        assert_eq!(usage(null), None, "the last report counts, and it is null");
+        assert_eq!(usage(b"data: [DONE]"), None);
+    }
+
+    #[test]
+    fn reads_short_plain_strings_only() {
+        let chunk =
+            br#"{"id":"x","model": "gpt-4o-2024-08-06","choices":[{"finish_reason":"stop"}]}"#;
+        assert_eq!(string_after(chunk, b"\"model\""), Some("gpt-4o-2024-08-06"));
+        assert_eq!(string_after(chunk, b"\"finish_reason\""), Some("stop"));
+        assert_eq!(
+            string_after(br#"{"finish_reason":null}"#, b"\"finish_reason\""),
+            None
+        );
+        assert_eq!(string_after(br#"{"model":"a\"b"}"#, b"\"model\""), None);
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_bytes_across_chunks() {
+        let mut f = Finish {
+            started: Instant::now(),
+            request_id: String::new(),
+            trace_id: String::new(),
+            endpoint: EndpointLabel::ChatCompletions,
+            status: 200,
+            error: ErrorLabel::None,
+            overhead: None,
+            upstream: None,
+            route: RouteLabels::default(),
+            streaming: true,
+            first_byte: None,
+            bytes: 0,
+            tail: Some(BytesMut::new()),
+            head: None,
+            span: tracing::Span::none(),
+        };
+        f.chunk(&Bytes::from(vec![b'a'; 3000]));
+        f.chunk(&Bytes::from(vec![b'b'; 3000]));
+        f.chunk(&Bytes::from_static(b"end"));
+        let tail = f.tail.take().unwrap_or_default();
+        assert_eq!(tail.len(), TAIL_BYTES);
+        assert!(tail.ends_with(b"bend"));
+        assert_eq!(
+            tail.iter().filter(|b| **b == b'a').count(),
+            TAIL_BYTES - 3003
+        );
+        assert_eq!(f.bytes, 6003);
+        assert!(f.first_byte.is_some());
+    }
+}

@@ -1,0 +1,556 @@
+//! The gateway's Prometheus metrics: one registry, typed label sets, rendered at `/metrics`.
+//!
+//! Every label value comes from configuration (tenant, proxy, route and provider names, which
+//! validation bounds to 50 proxies) or from a closed set (endpoint, error source, status code,
+//! token kind, reload result), never from what a client sent: a client cannot grow a series.
+//! The registry is process-wide ([`metrics`]) so that recording is a map lookup and an atomic
+//! add, with no state threaded through handlers.
+
+use super::names;
+use crate::error::ErrorSource;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::fmt::Write;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The Prometheus text format's content type.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Which API a request was for, from the matched path.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum EndpointLabel {
+    ChatCompletions,
+    Responses,
+    Models,
+    Admin,
+    Health,
+    Metrics,
+    /// Anything else (unknown paths).
+    Other,
+}
+
+impl EndpointLabel {
+    /// Classifies a request path; never keeps any of it.
+    pub fn classify(path: &str) -> Self {
+        if path.ends_with("/v1/chat/completions") {
+            Self::ChatCompletions
+        } else if path.ends_with("/v1/responses") {
+            Self::Responses
+        } else if path.ends_with("/v1/models") {
+            Self::Models
+        } else if path == "/healthz" || path == "/readyz" {
+            Self::Health
+        } else if path == "/metrics" {
+            Self::Metrics
+        } else if path.starts_with("/admin/") {
+            Self::Admin
+        } else {
+            Self::Other
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat_completions",
+            Self::Responses => "responses",
+            Self::Models => "models",
+            Self::Admin => "admin",
+            Self::Health => "health",
+            Self::Metrics => "metrics",
+            Self::Other => "other",
+        }
+    }
+
+    /// The data-plane endpoints, whose requests reach a provider.
+    pub fn is_conversation(self) -> bool {
+        matches!(self, Self::ChatCompletions | Self::Responses)
+    }
+}
+
+impl EncodeLabelValue for EndpointLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Who caused a failed request; `none` for a success.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ErrorLabel {
+    None,
+    Client,
+    Upstream,
+    Internal,
+}
+
+impl ErrorLabel {
+    /// From the error the response was rendered from, or from the status when it came from
+    /// elsewhere (an upstream's own error status passed through counts as upstream).
+    pub fn of(status: u16, source: Option<ErrorSource>) -> Self {
+        match source {
+            Some(ErrorSource::Client) => Self::Client,
+            Some(ErrorSource::Upstream) => Self::Upstream,
+            Some(ErrorSource::Internal) => Self::Internal,
+            None if status < 400 => Self::None,
+            None if status < 500 => Self::Client,
+            None => Self::Internal,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Client => "client",
+            Self::Upstream => "upstream",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl EncodeLabelValue for ErrorLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Where a request went: names from configuration, empty before they are known (a request
+/// refused before authentication has no tenant).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub tenant: String,
+    pub proxy: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    tenant: String,
+    proxy: String,
+    route: String,
+    endpoint: EndpointLabel,
+    status: u16,
+    error: ErrorLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    tenant: String,
+    proxy: String,
+    route: String,
+    endpoint: EndpointLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    tenant: String,
+    proxy: String,
+    route: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    provider: String,
+    /// The HTTP status, or 0 when no response arrived.
+    status: u16,
+    /// `ok`, `http_error`, `timeout`, `unreachable`, `incomplete` or `credentials`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    in_flight: Gauge,
+    duration: HistogramFamily<DurationLabels>,
+    ttft: HistogramFamily<RouteLabels>,
+    overhead: HistogramFamily<RouteLabels>,
+    upstream_attempts: Family<UpstreamLabels, Counter>,
+    upstream_duration: HistogramFamily<UpstreamLabels>,
+    tokens: Family<TokenLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    generation: Gauge,
+    last_reload_success: Gauge,
+    applied_at: Gauge,
+    draining: Gauge,
+    trace_export_failures: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. 33 s: a cached answer to a long generation.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn overhead_histogram() -> Histogram {
+    // 50 µs .. 0.8 s: what the gateway adds is expected in the sub-millisecond range.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 15))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register(names::REQUESTS, "Requests answered", requests.clone());
+        let in_flight = Gauge::default();
+        registry.register(names::IN_FLIGHT, "Requests being served", in_flight.clone());
+        let duration = HistogramFamily::new_with_constructor(latency_histogram as fn() -> _);
+        registry.register(
+            names::REQUEST_DURATION,
+            "Time from a request's arrival to its last response byte",
+            duration.clone(),
+        );
+        let ttft = HistogramFamily::new_with_constructor(latency_histogram as fn() -> _);
+        registry.register(
+            names::TIME_TO_FIRST_TOKEN,
+            "Streams: time from a request's arrival to its first response byte",
+            ttft.clone(),
+        );
+        let overhead = HistogramFamily::new_with_constructor(overhead_histogram as fn() -> _);
+        registry.register(
+            names::GATEWAY_OVERHEAD,
+            "Time to the response headers minus the time spent waiting on the provider",
+            overhead.clone(),
+        );
+        let upstream_attempts = Family::default();
+        registry.register(
+            names::UPSTREAM_ATTEMPTS,
+            "Upstream attempts, retries included",
+            upstream_attempts.clone(),
+        );
+        let upstream_duration =
+            HistogramFamily::new_with_constructor(latency_histogram as fn() -> _);
+        registry.register(
+            names::UPSTREAM_DURATION,
+            "One upstream attempt: to the headers of a stream, else to the whole body",
+            upstream_duration.clone(),
+        );
+        let tokens = Family::default();
+        registry.register(
+            names::TOKENS,
+            "Tokens in the providers' usage reports",
+            tokens.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            names::CONFIG_RELOADS,
+            "Configuration reload attempts",
+            reloads.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register(
+            names::CONFIG_GENERATION,
+            "Generation of the configuration in force",
+            generation.clone(),
+        );
+        let last_reload_success = Gauge::default();
+        registry.register(
+            names::CONFIG_LAST_RELOAD_SUCCESS,
+            "1 when the last reload attempt was applied, 0 when it was rejected",
+            last_reload_success.clone(),
+        );
+        let applied_at = Gauge::default();
+        registry.register(
+            names::CONFIG_APPLIED_TIMESTAMP,
+            "Unix time when the configuration in force was applied",
+            applied_at.clone(),
+        );
+        let draining = Gauge::default();
+        registry.register(
+            names::DRAINING,
+            "1 while the gateway drains for shutdown",
+            draining.clone(),
+        );
+        let trace_export_failures = Counter::default();
+        registry.register(
+            names::TRACE_EXPORT_FAILURES,
+            "Spans the trace exporter could not deliver",
+            trace_export_failures.clone(),
+        );
+        Self {
+            trace_export_failures,
+            registry,
+            requests,
+            in_flight,
+            duration,
+            ttft,
+            overhead,
+            upstream_attempts,
+            upstream_duration,
+            tokens,
+            reloads,
+            generation,
+            last_reload_success,
+            applied_at,
+            draining,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// A request started; the returned value is handed back to [`Metrics::request_finished`].
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    /// A request ended (its last byte written, or the client gone).
+    pub fn request_finished(&self, done: &FinishedRequest<'_>) {
+        self.in_flight.dec();
+        let l = done.route;
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: l.tenant.clone(),
+                proxy: l.proxy.clone(),
+                route: l.route.clone(),
+                endpoint: done.endpoint,
+                status: done.status,
+                error: done.error,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&DurationLabels {
+                tenant: l.tenant.clone(),
+                proxy: l.proxy.clone(),
+                route: l.route.clone(),
+                endpoint: done.endpoint,
+            })
+            .observe(done.total.as_secs_f64());
+        if let Some(ttft) = done.ttft {
+            self.ttft.get_or_create(l).observe(ttft.as_secs_f64());
+        }
+        if let Some(overhead) = done.overhead {
+            self.overhead
+                .get_or_create(l)
+                .observe(overhead.as_secs_f64());
+        }
+        if let Some((input, output)) = done.tokens {
+            for (kind, n) in [("input", input), ("output", output)] {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        tenant: l.tenant.clone(),
+                        proxy: l.proxy.clone(),
+                        route: l.route.clone(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// One upstream attempt ended with `status` (0: no response) and `outcome`.
+    pub fn upstream_attempt(
+        &self,
+        provider: &str,
+        status: u16,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        let labels = UpstreamLabels {
+            provider: provider.to_owned(),
+            status,
+            outcome,
+        };
+        self.upstream_attempts.get_or_create(&labels).inc();
+        self.upstream_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// A reload attempt ended: `applied`, `invalid` or `refused`.
+    pub fn reload(&self, result: &'static str) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.last_reload_success.set(i64::from(result == "applied"));
+    }
+
+    /// The configuration of `generation` is in force since `applied_at` (Unix seconds).
+    pub fn config_applied(&self, generation: u64, applied_at: u64) {
+        self.generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.applied_at
+            .set(i64::try_from(applied_at).unwrap_or(i64::MAX));
+    }
+
+    /// An export of `spans` spans failed.
+    pub fn trace_export_failed(&self, spans: u64) {
+        self.trace_export_failures.inc_by(spans);
+    }
+
+    /// The gateway began draining for shutdown.
+    pub fn draining(&self) {
+        self.draining.set(1);
+    }
+}
+
+/// What [`Metrics::request_finished`] records about one request.
+#[derive(Debug)]
+pub struct FinishedRequest<'a> {
+    pub route: &'a RouteLabels,
+    pub endpoint: EndpointLabel,
+    pub status: u16,
+    pub error: ErrorLabel,
+    pub total: Duration,
+    pub ttft: Option<Duration>,
+    pub overhead: Option<Duration>,
+    pub tokens: Option<(u64, u64)>,
+}
+
+/// Counts one upstream attempt by its result (for the provider actor).
+pub fn upstream_attempt(
+    provider: &str,
+    result: &Result<crate::providers::UpstreamResponse, crate::error::GatewayError>,
+    took: Duration,
+) {
+    use crate::error::GatewayError as E;
+    use actix_web::ResponseError;
+    let (status, outcome) = match result {
+        Ok(r) => (r.status.as_u16(), "ok"),
+        Err(E::Upstream(u)) => (u.status.as_u16(), "http_error"),
+        Err(E::UpstreamCredentials { .. }) => (401, "credentials"),
+        Err(E::UpstreamTimeout { .. }) => (0, "timeout"),
+        Err(E::UpstreamUnavailable { .. }) => (0, "unreachable"),
+        Err(E::UpstreamIncomplete { .. }) => (200, "incomplete"),
+        Err(other) => (other.status_code().as_u16(), "error"),
+    };
+    metrics().upstream_attempt(provider, status, outcome, took);
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines starting with `prefix`, sorted (a family's series are in hash-map order).
+    fn line<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        let mut lines: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
+        lines.sort_unstable();
+        lines
+    }
+
+    #[test]
+    fn renders_prometheus_text_with_typed_labels() {
+        let m = Metrics::new();
+        let route = RouteLabels {
+            tenant: "acme".into(),
+            proxy: "chat".into(),
+            route: "big".into(),
+        };
+        m.request_started();
+        m.request_finished(&FinishedRequest {
+            route: &route,
+            endpoint: EndpointLabel::ChatCompletions,
+            status: 200,
+            error: ErrorLabel::None,
+            total: Duration::from_millis(30),
+            ttft: Some(Duration::from_millis(5)),
+            overhead: Some(Duration::from_micros(300)),
+            tokens: Some((7, 12)),
+        });
+        m.upstream_attempt("openai", 503, "http_error", Duration::from_millis(2));
+        m.reload("invalid");
+        m.config_applied(3, 1_700_000_000);
+        let text = m.render();
+        assert_eq!(
+            line(&text, "switchyard_requests_total{"),
+            [
+                "switchyard_requests_total{tenant=\"acme\",proxy=\"chat\",route=\"big\",endpoint=\"chat_completions\",status=\"200\",error=\"none\"} 1"
+            ]
+        );
+        assert_eq!(
+            line(&text, "switchyard_requests_in_flight "),
+            ["switchyard_requests_in_flight 0"]
+        );
+        assert_eq!(
+            line(&text, "switchyard_tokens_total{"),
+            [
+                "switchyard_tokens_total{tenant=\"acme\",proxy=\"chat\",route=\"big\",kind=\"input\"} 7",
+                "switchyard_tokens_total{tenant=\"acme\",proxy=\"chat\",route=\"big\",kind=\"output\"} 12"
+            ]
+        );
+        assert_eq!(
+            line(&text, "switchyard_upstream_attempts_total{"),
+            [
+                "switchyard_upstream_attempts_total{provider=\"openai\",status=\"503\",outcome=\"http_error\"} 1"
+            ]
+        );
+        assert_eq!(
+            line(&text, "switchyard_config_reloads_total{"),
+            ["switchyard_config_reloads_total{result=\"invalid\"} 1"]
+        );
+        assert_eq!(
+            line(&text, "switchyard_config_generation "),
+            ["switchyard_config_generation 3"]
+        );
+        assert_eq!(
+            line(&text, "switchyard_config_last_reload_success "),
+            ["switchyard_config_last_reload_success 0"]
+        );
+        assert_eq!(
+            line(&text, "switchyard_time_to_first_token_seconds_count{"),
+            [
+                "switchyard_time_to_first_token_seconds_count{tenant=\"acme\",proxy=\"chat\",route=\"big\"} 1"
+            ]
+        );
+        // 30 ms falls in the 32 ms bucket (1 ms doubling), not the 16 ms one.
+        let buckets = line(&text, "switchyard_request_duration_seconds_bucket{");
+        assert!(
+            buckets
+                .iter()
+                .any(|l| l.contains("le=\"0.016\"") && l.ends_with(" 0")),
+            "{buckets:?}"
+        );
+        assert!(
+            buckets
+                .iter()
+                .any(|l| l.contains("le=\"0.032\"") && l.ends_with(" 1")),
+            "{buckets:?}"
+        );
+    }
+
+    #[test]
+    fn endpoints_and_errors_come_from_closed_sets() {
+        assert_eq!(
+            EndpointLabel::classify("/a/chat/v1/chat/completions"),
+            EndpointLabel::ChatCompletions
+        );
+        assert_eq!(
+            EndpointLabel::classify("/a/chat/v1/responses"),
+            EndpointLabel::Responses
+        );
+        assert_eq!(
+            EndpointLabel::classify("/admin/reload"),
+            EndpointLabel::Admin
+        );
+        assert_eq!(
+            EndpointLabel::classify("/whatever/<script>"),
+            EndpointLabel::Other
+        );
+        assert_eq!(ErrorLabel::of(200, None), ErrorLabel::None);
+        assert_eq!(ErrorLabel::of(404, None), ErrorLabel::Client);
+        assert_eq!(
+            ErrorLabel::of(429, Some(ErrorSource::Upstream)),
+            ErrorLabel::Upstream
+        );
+        assert_eq!(ErrorLabel::of(500, None), ErrorLabel::Internal);
+    }
+}
