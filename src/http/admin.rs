@@ -276,6 +276,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn provider_views_show_their_types_settings_and_mask_every_secret() {
+        use crate::config::{CircuitPolicy, Credentials, ProviderSettings, Secret};
+        use std::time::Duration;
+        let secret = |s: &str| Secret::new(s.to_owned());
+        let provider = |settings, credentials| Provider {
+            name: "p".into(),
+            settings,
+            base_url: "https://b".into(),
+            credentials,
+            timeout: Duration::from_secs(2),
+            max_retries: 1,
+            circuit: CircuitPolicy {
+                failures: 0,
+                open_for: Duration::from_secs(1),
+            },
+        };
+        let bedrock = provider_view(&provider(
+            ProviderSettings::Bedrock {
+                region: "eu-west-1".into(),
+            },
+            Credentials::Aws {
+                access_key_id: secret("AKIA-ID"),
+                secret_access_key: secret("SECRET"),
+                session_token: None,
+            },
+        ));
+        assert_eq!(
+            bedrock,
+            json!({"name": "p", "type": "bedrock", "base_url": "https://b", "timeout_secs": 2.0,
+                   "max_retries": 1, "region": "eu-west-1", "access_key_id": "*****",
+                   "secret_access_key": "*****", "session_token": null})
+        );
+        let azure = provider_view(&provider(
+            ProviderSettings::AzureOpenAi {
+                api: crate::config::AzureApi::V1,
+            },
+            Credentials::EntraToken(secret("TOKEN")),
+        ));
+        assert_eq!(
+            (
+                &azure["type"],
+                &azure["api_version"],
+                &azure["bearer_token"]
+            ),
+            (&json!("azure_openai"), &json!("v1"), &json!("*****"))
+        );
+        assert!(!azure.to_string().contains("TOKEN"));
+    }
+
+    #[test]
     fn the_token_matches_itself_only() {
         let t = AdminToken::new(b"s3cret-admin");
         assert!(t.matches(b"s3cret-admin"));
