@@ -21,7 +21,7 @@ use switchyard::actors::messages::{ApplySnapshot, Decide};
 use switchyard::actors::proxy::ProxyActor;
 use switchyard::actors::supervisor::Supervisor;
 use switchyard::config::{
-    Provider, ProviderKind, Proxy, Route, RoutingMode, RoutingText, Secret, Snapshot, Tenant, Topic,
+    Provider, ProviderKind, Proxy, Route, RoutingMode, RoutingText, Snapshot, Tenant, Topic,
 };
 use switchyard::embedding::Embedder;
 
@@ -86,20 +86,7 @@ fn long_text(n: usize) -> String {
 }
 
 fn provider() -> Arc<Provider> {
-    Arc::new(Provider {
-        name: "openai".into(),
-        kind: ProviderKind::OpenAi,
-        base_url: "http://127.0.0.1:1/v1".into(),
-        api_key: Secret::new("k".into()),
-        organization: None,
-        project: None,
-        timeout: Duration::from_secs(1),
-        max_retries: 0,
-        circuit: switchyard::config::CircuitPolicy {
-            failures: 0,
-            open_for: Duration::from_secs(1),
-        },
-    })
+    Arc::new(Provider::placeholder("openai", "http://127.0.0.1:1/v1"))
 }
 
 /// A semantic proxy with 6 topics (one route each) of 10 utterances, plus a fallback route.

@@ -111,8 +111,12 @@ pub struct UpstreamFailure {
     pub provider: String,
     pub status: StatusCode,
     pub body: Bytes,
+    /// The front's retry headers, relayed to the client when the upstream sent them.
     pub retry_after: Option<HeaderValue>,
     pub retry_after_ms: Option<HeaderValue>,
+    /// How long the provider asked to wait before a retry, read by its adapter (OpenAI's
+    /// `retry-after-ms`, Gemini's `RetryInfo`…).
+    pub retry_in: Option<std::time::Duration>,
 }
 
 impl GatewayError {
@@ -513,6 +517,7 @@ mod tests {
             body: raw.clone(),
             retry_after: Some(HeaderValue::from_static("2")),
             retry_after_ms: None,
+            retry_in: None,
         }));
         let res = err.error_response();
         assert_eq!(res.status(), 429);
@@ -531,6 +536,7 @@ mod tests {
             body: Bytes::from_static(b"<html>bad gateway</html>"),
             retry_after: None,
             retry_after_ms: None,
+            retry_in: None,
         }));
         assert_eq!(err.status_code(), 502);
         let body = body_of(&err);

@@ -13,7 +13,7 @@ use crate::actors::supervisor::Supervisor;
 use crate::cli::{EmbeddingArgs, EmulateArgs, EvalArgs, RouteArgs, ServeArgs};
 use crate::config::RoutingMode;
 use crate::config::watcher::Reloader;
-use crate::config::{self, ConfigError, Overrides, Secret};
+use crate::config::{self, ConfigError, Credentials, Overrides, ProviderKind, Secret};
 use crate::embedding::{Embedder, ModelSource};
 use crate::emulator::{self, EmulatorConfig};
 use crate::http::admin::AdminToken;
@@ -116,15 +116,15 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     let shutdown_timeout = std::time::Duration::from_secs(args.shutdown_timeout_secs);
     let drain_delay = std::time::Duration::from_millis(args.drain_delay_ms);
     let overrides = Overrides {
-        all_providers: emulator_listener.as_ref().map(|l| {
-            tracing::warn!(
-                "--emulator: every provider is served by the bundled emulator (demo and test mode)"
-            );
-            (
-                format!("http://{}/v1", local_addr(l)),
-                Secret::new(emulator::DEFAULT_OPENAI_KEY.to_owned()),
-            )
-        }),
+        providers: emulator_listener
+            .as_ref()
+            .map(|l| {
+                tracing::warn!(
+                    "--emulator: every provider is served by the bundled emulator (demo and test mode)"
+                );
+                emulator_providers(&format!("http://{}", local_addr(l)))
+            })
+            .unwrap_or_default(),
     };
     let reload_overrides = overrides.clone();
     let snapshot = match config::snapshot::build(specs, &|var| std::env::var(var).ok(), &overrides)
@@ -536,4 +536,38 @@ fn eval_row(name: &str, t: &eval::Tally) -> String {
         pct(t.deny),
         pct(t.default)
     )
+}
+
+/// What `--emulator` puts in place of every provider of each kind: the emulator's root (or,
+/// for OpenAI, its `/v1` base URL) and the credentials it accepts for that kind.
+fn emulator_providers(root: &str) -> Vec<(ProviderKind, String, Credentials)> {
+    let key = |k: &str| Credentials::ApiKey(Secret::new(k.to_owned()));
+    vec![
+        (
+            ProviderKind::OpenAi,
+            format!("{root}/v1"),
+            key(emulator::DEFAULT_OPENAI_KEY),
+        ),
+        (
+            ProviderKind::AzureOpenAi,
+            root.to_owned(),
+            key(emulator::DEFAULT_AZURE_KEY),
+        ),
+        (
+            ProviderKind::Gemini,
+            root.to_owned(),
+            key(emulator::DEFAULT_GEMINI_KEY),
+        ),
+        (
+            ProviderKind::Bedrock,
+            root.to_owned(),
+            Credentials::Aws {
+                access_key_id: Secret::new(emulator::DEFAULT_BEDROCK_ACCESS_KEY_ID.to_owned()),
+                secret_access_key: Secret::new(
+                    emulator::DEFAULT_BEDROCK_SECRET_ACCESS_KEY.to_owned(),
+                ),
+                session_token: None,
+            },
+        ),
+    ]
 }

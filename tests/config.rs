@@ -161,7 +161,10 @@ fn secrets_come_from_the_environment_and_missing_ones_are_all_reported() {
         provider.base_url, "http://127.0.0.1:9/v1",
         "override applied, trailing slash dropped"
     );
-    assert_eq!(provider.api_key.expose(), "sk-up");
+    assert!(
+        matches!(&provider.credentials, config::Credentials::ApiKey(k) if k.expose() == "sk-up"),
+        "the key read from its variable"
+    );
     assert!(
         !format!("{provider:?}").contains("sk-up"),
         "Debug must redact the key"
@@ -421,5 +424,95 @@ fn an_empty_tenants_directory_fails_validate_and_serve_warns() {
             dir.path().display()
         )),
         "{stderr}"
+    );
+}
+
+/// Each provider type becomes its own settings and credentials, with its defaults; Gemini and
+/// Bedrock tables that are right in every field are refused only for their type.
+#[test]
+fn each_provider_type_validates_into_its_own_settings_and_credentials() {
+    use config::{AzureApi, CredentialSource, ProviderSettings};
+    let head = "[[api_keys]]\nname = \"k\"\nsha256 = \"0000000000000000000000000000000000000000000000000000000000000001\"\n\n";
+    let served = format!(
+        "{head}[providers.oa]\ntype = \"openai\"\napi_key_env = \"OA\"\norganization = \"org-1\"\n\n\
+         [providers.classic]\ntype = \"azure_openai\"\nendpoint = \"https://r.openai.azure.com/\"\napi_version = \"2024-10-21\"\napi_key_env = \"AZ\"\n\n\
+         [providers.v1]\ntype = \"azure_openai\"\nbase_url = \"https://r.openai.azure.com/openai/v1\"\nbearer_token_env = \"AZ_TOKEN\"\n\n\
+         [proxies.p]\n[[proxies.p.routes]]\nname = \"r\"\nprovider = \"classic\"\nmodel = \"m\"\n"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("t.toml"), served).expect("write");
+    let specs = config::load_dir(dir.path()).expect("valid");
+    let providers: Vec<_> = specs[0]
+        .providers
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.settings.clone(),
+                p.base_url.as_str(),
+                p.credentials.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        providers,
+        [
+            (
+                "classic",
+                ProviderSettings::AzureOpenAi {
+                    api: AzureApi::Deployments {
+                        api_version: "2024-10-21".into()
+                    }
+                },
+                "https://r.openai.azure.com",
+                CredentialSource::ApiKey { env: "AZ".into() }
+            ),
+            (
+                "oa",
+                ProviderSettings::OpenAi {
+                    organization: Some("org-1".into()),
+                    project: None
+                },
+                "https://api.openai.com/v1",
+                CredentialSource::ApiKey { env: "OA".into() }
+            ),
+            (
+                "v1",
+                ProviderSettings::AzureOpenAi { api: AzureApi::V1 },
+                "https://r.openai.azure.com/openai/v1",
+                CredentialSource::EntraToken {
+                    env: "AZ_TOKEN".into()
+                }
+            ),
+        ]
+    );
+
+    let later = format!(
+        "{head}[providers.gem]\ntype = \"gemini\"\napi_key_env = \"G\"\n\n\
+         [providers.br]\ntype = \"bedrock\"\nregion = \"eu-west-1\"\naccess_key_id_env = \"A\"\nsecret_access_key_env = \"S\"\nsession_token_env = \"T\"\n\n\
+         [providers.brkey]\ntype = \"bedrock\"\nregion = \"us-east-1\"\napi_key_env = \"B\"\nendpoint = \"https://vpce.example\"\n"
+    );
+    fs::write(dir.path().join("t.toml"), later).expect("write");
+    let errors = config::load_dir(dir.path()).expect_err("not served yet");
+    let shown: Vec<(&str, &str)> = errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "providers.br.type",
+                "provider type \"bedrock\" is not available in this build yet (available: openai, azure_openai)"
+            ),
+            (
+                "providers.brkey.type",
+                "provider type \"bedrock\" is not available in this build yet (available: openai, azure_openai)"
+            ),
+            (
+                "providers.gem.type",
+                "provider type \"gemini\" is not available in this build yet (available: openai, azure_openai)"
+            ),
+        ]
     );
 }

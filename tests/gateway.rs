@@ -719,6 +719,20 @@ async fn example_tenants_serve_against_the_bundled_emulator() {
         (r.status.as_u16(), r.header("x-switchyard-route")),
         (200, "eu")
     );
+    // acme's Azure route: `--emulator` gave the Azure provider the emulator's Azure key.
+    let r = post(
+        gw.url("/acme/assistant/v1/chat/completions"),
+        Some("sk-acme-demo"),
+        chat("gpt-4.1", "Hi"),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-switchyard-route")),
+        (200, "azure"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["model"], "gpt-4.1-2025-04-14");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1290,4 +1304,270 @@ async fn a_stream_without_a_first_event_in_time_times_out_and_falls_back() {
         took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_millis(2900),
         "{took:?}"
     );
+}
+
+/// Tenant "a" with Azure OpenAI only: `classic` on deployment URLs with an `api-key`, `v1` on
+/// the `/openai/v1` API with a Microsoft Entra token; both pointed at `emulator`.
+fn azure_gateway(emu: &Running) -> Gateway {
+    let tenant = format!(
+        r#"
+[[api_keys]]
+name = "demo"
+sha256 = "{KEY_A_SHA}"
+
+[providers.azure]
+type = "azure_openai"
+endpoint = "https://example-resource.openai.azure.com"
+base_url_env = "AZ_ENDPOINT"
+api_version = "2025-03-01-preview"
+api_key_env = "AZ_KEY"
+max_retries = 2
+
+[providers.azurev1]
+type = "azure_openai"
+base_url = "https://example-resource.openai.azure.com/openai/v1"
+base_url_env = "AZ_V1_BASE_URL"
+bearer_token_env = "AZ_TOKEN"
+
+[proxies.az]
+[[proxies.az.routes]]
+name = "classic"
+provider = "azure"
+model = "gpt-4o"
+target_model = "gpt-4o-prod"
+[[proxies.az.routes]]
+name = "v1"
+provider = "azurev1"
+model = "gpt-4.1"
+"#
+    );
+    Gateway::start(
+        &[("a", tenant)],
+        &[
+            ("AZ_ENDPOINT", emu.base.clone()),
+            ("AZ_V1_BASE_URL", format!("{}/openai/v1", emu.base)),
+            ("AZ_KEY", switchyard::emulator::DEFAULT_AZURE_KEY.into()),
+            (
+                "AZ_TOKEN",
+                switchyard::emulator::DEFAULT_AZURE_ENTRA_TOKEN.into(),
+            ),
+        ],
+        &[],
+    )
+}
+
+/// The chunks of a chat stream (without `[DONE]`), after checking it ends with `[DONE]`.
+fn chat_chunks(text: &str) -> Vec<Value> {
+    let data = sse_data(text);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect()
+}
+
+#[actix_web::test]
+async fn azure_chat_on_deployment_and_v1_urls_streaming_and_not() {
+    let emu = emulator();
+    let gw = azure_gateway(&emu);
+    let url = gw.url("/a/az/v1/chat/completions");
+    for (model, route, version) in [
+        ("gpt-4o", "classic", "gpt-4o-2024-11-20"),
+        ("gpt-4.1", "v1", "gpt-4.1-2025-04-14"),
+    ] {
+        let r = post(url.clone(), Some(KEY_A), chat(model, "Hello")).await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        assert_eq!(r.header("x-switchyard-route"), route);
+        let body = r.json();
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(body["model"], version, "the deployment's model version");
+        assert!(body["choices"][0]["message"]["content"].is_string());
+        assert!(
+            r.header("x-upstream-request-id").len() > 8,
+            "Azure's apim-request-id relayed"
+        );
+
+        let mut streamed = chat(model, "Stream please");
+        streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        let r = post(url.clone(), Some(KEY_A), streamed).await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let chunks = chat_chunks(&r.text());
+        assert!(chunks.len() >= 3, "{chunks:?}");
+        for c in &chunks {
+            assert_eq!(c["object"], "chat.completion.chunk", "{c}");
+            assert!(c["id"].as_str().is_some_and(|id| !id.is_empty()), "{c}");
+            assert!(c.get("prompt_filter_results").is_none(), "{c}");
+        }
+        assert_eq!(
+            chunks[0]["choices"][0]["delta"]["role"], "assistant",
+            "the stream opens with the assistant's first chunk"
+        );
+        assert!(chunks.last().expect("usage")["usage"]["total_tokens"].as_u64() > Some(0));
+    }
+}
+
+#[actix_web::test]
+async fn the_emulated_azure_stream_opens_with_the_filter_frame_the_gateway_drops() {
+    // The same request straight to the emulator: its first chunk is the filter frame, so the
+    // test above proves the gateway dropped it, and exactly it.
+    let emu = emulator();
+    let direct = client()
+        .post(format!(
+            "{}/openai/deployments/gpt-4o-prod/chat/completions?api-version=2025-03-01-preview",
+            emu.base
+        ))
+        .insert_header(("api-key", switchyard::emulator::DEFAULT_AZURE_KEY))
+        .insert_header(("content-type", "application/json"));
+    let mut body = chat("gpt-4o", "Stream please");
+    body["stream"] = json!(true);
+    let direct = send(direct, Some(Bytes::from(body.to_string()))).await;
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    let upstream = chat_chunks(&direct.text());
+    assert_eq!(upstream[0]["id"], "");
+    assert_eq!(upstream[0]["choices"], json!([]));
+    assert!(upstream[0]["prompt_filter_results"].is_array());
+
+    let gw = azure_gateway(&emu);
+    let r = post(gw.url("/a/az/v1/chat/completions"), Some(KEY_A), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let relayed = chat_chunks(&r.text());
+    assert_eq!(
+        relayed.len(),
+        upstream.len() - 1,
+        "exactly the filter frame dropped"
+    );
+    assert_eq!(relayed[0]["choices"][0]["delta"]["role"], "assistant");
+}
+
+#[actix_web::test]
+async fn azure_responses_on_both_url_forms_streaming_and_not() {
+    let emu = emulator();
+    let gw = azure_gateway(&emu);
+    let url = gw.url("/a/az/v1/responses");
+    for (model, version) in [
+        ("gpt-4o", "gpt-4o-2024-11-20"),
+        ("gpt-4.1", "gpt-4.1-2025-04-14"),
+    ] {
+        let r = post(
+            url.clone(),
+            Some(KEY_A),
+            json!({"model": model, "input": "Hello"}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let body = r.json();
+        assert_eq!(
+            (body["object"].as_str(), body["status"].as_str()),
+            (Some("response"), Some("completed"))
+        );
+        assert_eq!(body["model"], version);
+        let id = body["id"].as_str().expect("id").to_owned();
+        let r = post(
+            url.clone(),
+            Some(KEY_A),
+            json!({"model": model, "input": "More", "previous_response_id": id}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{model} previous_response_id: {}", r.text());
+
+        let r = post(
+            url.clone(),
+            Some(KEY_A),
+            json!({"model": model, "input": "Hello", "stream": true}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+        let text = r.text();
+        let events: Vec<&str> = text
+            .split("\n\n")
+            .filter_map(|e| e.lines().next()?.strip_prefix("event: "))
+            .collect();
+        assert_eq!(events.first(), Some(&"response.created"), "{text}");
+        assert_eq!(events.last(), Some(&"response.completed"), "{text}");
+    }
+}
+
+#[actix_web::test]
+async fn azure_refusals_and_rate_limits_reach_the_client_as_openai_errors() {
+    let emu = emulator();
+    let gw = azure_gateway(&emu);
+    let url = gw.url("/a/az/v1/chat/completions");
+    // The prompt filter refuses with a 400, streamed or not, and is not retried.
+    for stream in [false, true] {
+        let mut body = chat("gpt-4o", "[azure:content_filter] tell me");
+        body["stream"] = json!(stream);
+        let r = post(url.clone(), Some(KEY_A), body).await;
+        let body = r.assert_error(400, "content_filter");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(body["error"]["param"], "prompt", "{body}");
+        assert_eq!(
+            body["error"]["innererror"]["code"], "ResponsibleAIPolicyViolation",
+            "{body}"
+        );
+        assert!(body["error"].get("status").is_none(), "{body}");
+    }
+    // One 429, then an answer: retried after Azure's Retry-After.
+    let key = format!("k{}", fastrand::u64(..));
+    let r = post(
+        url.clone(),
+        Some(KEY_A),
+        chat(
+            "gpt-4o",
+            &format!("[emulator:status=429,retry_after=0,times=1,key={key}] hi"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A 429 that lasts: Azure's body (code "429", no type) becomes OpenAI's.
+    let r = post(
+        url,
+        Some(KEY_A),
+        chat("gpt-4o", "[emulator:status=429,retry_after=0] hi"),
+    )
+    .await;
+    let body = r.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    assert_eq!(r.header("retry-after"), "0");
+}
+
+#[actix_web::test]
+async fn a_wrong_azure_key_is_the_gateways_problem_not_the_clients() {
+    let emu = emulator();
+    let tenant = format!(
+        r#"
+[[api_keys]]
+name = "demo"
+sha256 = "{KEY_A_SHA}"
+
+[providers.azure]
+type = "azure_openai"
+endpoint = "http://127.0.0.1:1"
+base_url_env = "AZ_ENDPOINT"
+api_version = "2024-10-21"
+api_key_env = "AZ_KEY"
+
+[proxies.az]
+[[proxies.az.routes]]
+name = "classic"
+provider = "azure"
+model = "gpt-4o"
+"#
+    );
+    let gw = Gateway::start(
+        &[("a", tenant)],
+        &[
+            ("AZ_ENDPOINT", emu.base.clone()),
+            ("AZ_KEY", "not-the-azure-key".into()),
+        ],
+        &[],
+    );
+    let r = post(
+        gw.url("/a/az/v1/chat/completions"),
+        Some(KEY_A),
+        chat("gpt-4o", "hi"),
+    )
+    .await;
+    r.assert_error(502, "upstream_credentials_rejected");
+    assert!(!r.text().contains("not-the-azure-key"), "{}", r.text());
 }

@@ -5,7 +5,7 @@
 
 use crate::config::{Provider, Proxy, Snapshot};
 use crate::error::GatewayError;
-use crate::providers::{UpstreamRequest, UpstreamResponse};
+use crate::providers::{UpstreamCall, UpstreamResponse};
 use crate::routing::Decision;
 use actix::Message;
 use std::sync::Arc;
@@ -78,7 +78,7 @@ pub struct CallLimits {
 #[rtype(result = "Result<UpstreamResponse, GatewayError>")]
 pub struct Call {
     pub provider: Arc<Provider>,
-    pub request: UpstreamRequest,
+    pub request: UpstreamCall,
     pub limits: CallLimits,
     /// The request's span: the call's log lines carry its request id, tenant, proxy, route.
     pub span: tracing::Span,

@@ -3,22 +3,24 @@
 //! `awc::Client` is not `Send`, so each worker has its own client (and keep-alive pool) inside
 //! this actor, started on the worker's own arbiter: messages to it never cross threads. It
 //! sends a request upstream, retries before any byte has reached the client (429, 5xx and
-//! connection failures, with exponential backoff, full jitter and the upstream's
-//! `retry-after`), and hands back either the whole body or a `Send` channel fed chunk by chunk
-//! as the upstream streams. Circuit breaking and per-tenant cost accounting join here.
+//! connection failures, with exponential backoff, full jitter and the wait the provider asked
+//! for), and hands back either the whole body or a `Send` channel fed chunk by chunk
+//! as the upstream streams. Everything provider-specific (each attempt's URL and auth, what an
+//! error answer means, the request-id header, stream framing and a failed first event) is
+//! asked of the call's `providers::Adapter`; nothing here names a provider. Circuit breaking
+//! and per-tenant cost accounting join here.
 
 use super::circuit;
 use super::messages::{Call, CallLimits};
-use crate::api::stream::{self, UpstreamChunk};
+use crate::api::stream::UpstreamChunk;
 use crate::config::Provider;
-use crate::error::{GatewayError, UpstreamFailure};
-use crate::providers::{UpstreamBody, UpstreamRequest, UpstreamResponse};
+use crate::error::GatewayError;
+use crate::providers::{Adapter, UpstreamBody, UpstreamCall, UpstreamResponse};
 use crate::telemetry::{names, otel};
 use actix::{Actor, Context, Handler, ResponseFuture};
 use actix_service::ServiceExt;
 use actix_tls::connect::{Connection as TcpConnection, Connector as TcpConnector, Resolver};
-use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header;
 use actix_web::rt::net::TcpStream;
 use awc::error::{PayloadError, SendRequestError};
 use awc::http::Uri;
@@ -138,7 +140,7 @@ where
 async fn send_with_retries(
     client: awc::Client,
     provider: Arc<Provider>,
-    request: UpstreamRequest,
+    request: UpstreamCall,
     limits: CallLimits,
 ) -> Result<UpstreamResponse, GatewayError> {
     let circuit = circuit::for_endpoint(&provider.base_url);
@@ -189,21 +191,11 @@ async fn send_with_retries(
 
 /// How long to wait before the next attempt, or `None` when the upstream asked for too long.
 fn retry_delay(attempt: u32, err: &GatewayError) -> Option<Duration> {
-    if let GatewayError::Upstream(u) = err {
-        let (retry_after, retry_after_ms) = (&u.retry_after, &u.retry_after_ms);
-        let asked = retry_after_ms
-            .as_ref()
-            .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
-            .map(|ms| ms / 1000.0)
-            .or_else(|| {
-                retry_after
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok()?.trim().parse::<f64>().ok())
-            });
-        if let Some(secs) = asked.filter(|s| s.is_finite() && *s >= 0.0) {
-            let wait = Duration::from_secs_f64(secs);
-            return (wait <= MAX_RETRY_AFTER).then_some(wait);
-        }
+    // The provider's adapter read its retry hint when it classified the answer.
+    if let GatewayError::Upstream(u) = err
+        && let Some(wait) = u.retry_in
+    {
+        return (wait <= MAX_RETRY_AFTER).then_some(wait);
     }
     let step = BACKOFF_BASE
         .saturating_mul(1 << attempt.min(16))
@@ -216,22 +208,25 @@ fn retry_delay(attempt: u32, err: &GatewayError) -> Option<Duration> {
 async fn send_once(
     client: &awc::Client,
     provider: &Provider,
-    request: &UpstreamRequest,
+    call: &UpstreamCall,
     limits: &CallLimits,
 ) -> Result<UpstreamResponse, GatewayError> {
+    let adapter = call.adapter;
+    // Built per attempt: a signature over the time must be fresh on every retry.
+    let request = adapter.attempt(provider, call)?;
     let mut builder = client
         .post(&request.url)
         .timeout(provider.timeout)
         .insert_header((header::CONTENT_TYPE, "application/json"));
-    for (name, value) in &request.headers {
-        builder = builder.insert_header((name.clone(), value.clone()));
+    for (name, value) in request.headers {
+        builder = builder.insert_header((name, value));
     }
     // With trace export on, the upstream sees this attempt's span as its parent.
     if let Some(tp) = otel::traceparent(&tracing::Span::current()) {
         builder = builder.insert_header(("traceparent", tp));
     }
     let resp = builder
-        .send_body(request.body.clone())
+        .send_body(request.body)
         .await
         .map_err(|err| match err {
             SendRequestError::Timeout => GatewayError::UpstreamTimeout {
@@ -245,45 +240,27 @@ async fn send_once(
     let status = resp.status();
     let headers = resp.headers();
     let content_type = headers.get(header::CONTENT_TYPE).cloned();
-    let request_id = headers.get("x-request-id").cloned();
+    let request_id = headers.get(adapter.request_id_header()).cloned();
     let declared_len = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if status == StatusCode::UNAUTHORIZED {
-        // The provider refused the gateway's own key. Its message quotes part of that key
-        // (OpenAI masks all but a few characters), and a 401 would tell the client its own key
-        // is wrong: neither may reach the client.
-        return Err(GatewayError::UpstreamCredentials {
-            provider: provider.name.clone(),
-        });
-    }
     if !status.is_success() {
-        let (retry_after, retry_after_ms) = retry_hints(headers);
+        let headers = headers.clone();
         let body = resp
             .timeout(provider.timeout)
             .body()
             .limit(MAX_ERROR_BYTES)
             .await
             .unwrap_or_default();
-        let provider = provider.name.clone();
-        return Err(GatewayError::Upstream(Box::new(UpstreamFailure {
-            provider,
-            status,
-            body,
-            retry_after,
-            retry_after_ms,
-        })));
+        return Err(adapter.classify(provider, status, &headers, body));
     }
-    let is_sse = content_type
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = if request.stream && is_sse {
+    let framing = adapter.framing();
+    let body = if call.stream && framing.is_stream(content_type.as_ref()) {
         // Hold the headers until the first event: an error event there (or none in time) can
         // still be retried or fall back, since nothing has reached the client.
         let mut resp = resp;
-        let first = first_event(&mut resp, limits.first_byte_timeout, provider).await?;
-        if let Some(message) = stream::error_in_first_event(&first) {
+        let first = first_event(&mut resp, adapter, limits.first_byte_timeout, provider).await?;
+        if let Some(message) = adapter.first_event_error(&first) {
             return Err(GatewayError::UpstreamStreamError {
                 provider: provider.name.clone(),
                 message,
@@ -350,17 +327,11 @@ fn check_complete(
     }
 }
 
-fn retry_hints(headers: &HeaderMap) -> (Option<header::HeaderValue>, Option<header::HeaderValue>) {
-    (
-        headers.get(header::RETRY_AFTER).cloned(),
-        headers.get("retry-after-ms").cloned(),
-    )
-}
-
 /// Reads a stream until its first whole event has arrived (within `wait`), and returns every
-/// byte read so far.
+/// byte read so far, less the leading events the adapter calls noise.
 async fn first_event<S>(
     body: &mut S,
+    adapter: &dyn Adapter,
     wait: Duration,
     provider: &Provider,
 ) -> Result<Bytes, GatewayError>
@@ -375,7 +346,14 @@ where
                 detail: format!("the stream broke before its first event: {err}"),
             })?;
             buf.extend_from_slice(&chunk);
-            if stream::has_whole_event(&buf) {
+            loop {
+                let noise = adapter.leading_noise(&buf).min(buf.len());
+                if noise == 0 {
+                    break;
+                }
+                let _ = buf.split_to(noise);
+            }
+            if adapter.framing().has_whole_event(&buf) {
                 return Ok(buf.freeze());
             }
         }
@@ -437,19 +415,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::HeaderValue;
+    use actix_web::http::StatusCode;
 
-    fn upstream(
-        status: u16,
-        after: Option<&'static str>,
-        after_ms: Option<&'static str>,
-    ) -> GatewayError {
-        GatewayError::Upstream(Box::new(UpstreamFailure {
+    fn upstream(status: u16, retry_in: Option<Duration>) -> GatewayError {
+        GatewayError::Upstream(Box::new(crate::error::UpstreamFailure {
             provider: "p".into(),
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             body: Bytes::new(),
-            retry_after: after.map(HeaderValue::from_static),
-            retry_after_ms: after_ms.map(HeaderValue::from_static),
+            retry_after: None,
+            retry_after_ms: None,
+            retry_in,
         }))
     }
 
@@ -481,17 +456,18 @@ mod tests {
     }
 
     #[test]
-    fn honours_retry_after_and_prefers_milliseconds() {
+    fn honours_the_providers_retry_hint_unless_too_long() {
+        // The hint itself is read by each adapter (see providers::openai's tests).
         assert_eq!(
-            retry_delay(0, &upstream(429, Some("2"), None)),
+            retry_delay(0, &upstream(429, Some(Duration::from_secs(2)))),
             Some(Duration::from_secs(2))
         );
         assert_eq!(
-            retry_delay(0, &upstream(429, Some("2"), Some("150"))),
+            retry_delay(0, &upstream(429, Some(Duration::from_millis(150)))),
             Some(Duration::from_millis(150))
         );
         assert_eq!(
-            retry_delay(0, &upstream(429, Some("60"), None)),
+            retry_delay(0, &upstream(429, Some(Duration::from_secs(60)))),
             None,
             "too long: the client decides"
         );
@@ -500,7 +476,7 @@ mod tests {
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
         for attempt in 0..8 {
-            let d = retry_delay(attempt, &upstream(503, None, None)).unwrap_or_default();
+            let d = retry_delay(attempt, &upstream(503, None)).unwrap_or_default();
             let step = BACKOFF_BASE.saturating_mul(1 << attempt).min(BACKOFF_MAX);
             assert!(
                 d >= step / 2 && d <= step,
@@ -508,5 +484,128 @@ mod tests {
                 step / 2
             );
         }
+    }
+
+    /// Numbers its attempts in a header, as a SigV4 signer stamps the time into each one.
+    struct Numbered(std::sync::atomic::AtomicU32);
+    static NUMBERED: Numbered = Numbered(std::sync::atomic::AtomicU32::new(0));
+
+    impl Adapter for Numbered {
+        fn attempt(
+            &self,
+            provider: &Provider,
+            call: &UpstreamCall,
+        ) -> Result<crate::providers::UpstreamRequest, GatewayError> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            Ok(crate::providers::UpstreamRequest {
+                url: format!("{}{}", provider.base_url, call.path),
+                headers: vec![(
+                    header::HeaderName::from_static("x-attempt"),
+                    header::HeaderValue::from(n),
+                )],
+                body: call.body.clone(),
+            })
+        }
+        fn request_id_header(&self) -> &'static str {
+            "x-numbered-id"
+        }
+        fn classify(
+            &self,
+            provider: &Provider,
+            status: StatusCode,
+            headers: &header::HeaderMap,
+            body: Bytes,
+        ) -> GatewayError {
+            crate::providers::upstream_failure(
+                provider,
+                status,
+                headers,
+                body,
+                Some(Duration::ZERO),
+            )
+        }
+        fn framing(&self) -> crate::providers::Framing {
+            crate::providers::Framing::Sse
+        }
+        fn first_event_error(&self, _first: &[u8]) -> Option<String> {
+            None
+        }
+    }
+
+    #[actix_web::test]
+    async fn every_attempt_is_built_afresh_by_the_adapter() {
+        use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+        use std::sync::Mutex;
+        // Two 503s, then an answer: the upstream must see three requests, numbered 1, 2, 3.
+        let seen: web::Data<Mutex<Vec<String>>> = web::Data::new(Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let data = seen.clone();
+        let server = HttpServer::new(move || {
+            App::new().app_data(data.clone()).default_service(web::to(
+                |req: HttpRequest, seen: web::Data<Mutex<Vec<String>>>| async move {
+                    let n = req
+                        .headers()
+                        .get("x-attempt")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_owned();
+                    let mut seen = seen.lock().expect("lock");
+                    seen.push(n.clone());
+                    if seen.len() < 3 {
+                        HttpResponse::ServiceUnavailable().body("busy")
+                    } else {
+                        HttpResponse::Ok()
+                            .insert_header(("x-numbered-id", format!("up-{n}")))
+                            .content_type("application/json")
+                            .body("{\"ok\":true}")
+                    }
+                },
+            ))
+        })
+        .workers(1)
+        .listen(listener)
+        .expect("listen")
+        .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        let provider = Arc::new(Provider {
+            name: "numbered".into(),
+            settings: crate::config::ProviderSettings::OpenAi {
+                organization: None,
+                project: None,
+            },
+            base_url: format!("http://{addr}"),
+            credentials: crate::config::Credentials::ApiKey(crate::config::Secret::new("k".into())),
+            timeout: Duration::from_secs(5),
+            max_retries: 2,
+            circuit: crate::config::CircuitPolicy {
+                failures: 0,
+                open_for: Duration::from_secs(1),
+            },
+        });
+        let call = UpstreamCall {
+            adapter: &NUMBERED,
+            path: "/x".into(),
+            headers: Vec::new(),
+            body: Bytes::from_static(b"{}"),
+            stream: false,
+        };
+        let limits = CallLimits {
+            first_byte_timeout: Duration::from_secs(5),
+            deadline: None,
+        };
+        let answer = send_with_retries(ProviderActor::new().client, provider, call, limits)
+            .await
+            .expect("answered on the third attempt");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            Some("up-3"),
+            "the request id comes from the adapter's header"
+        );
+        assert!(matches!(answer.body, UpstreamBody::Full(ref b) if &b[..] == b"{\"ok\":true}"));
+        assert_eq!(*seen.lock().expect("lock"), ["1", "2", "3"]);
+        handle.stop(false).await;
     }
 }

@@ -297,20 +297,10 @@ mod tests {
     }
 
     fn providers() -> Arc<[Arc<Provider>]> {
-        vec![Arc::new(Provider {
-            name: "eval".into(),
-            kind: crate::config::ProviderKind::OpenAi,
-            base_url: "http://127.0.0.1:1/v1".into(),
-            api_key: crate::config::Secret::new("k".into()),
-            organization: None,
-            project: None,
-            timeout: std::time::Duration::from_secs(1),
-            max_retries: 0,
-            circuit: crate::config::CircuitPolicy {
-                failures: 0,
-                open_for: std::time::Duration::from_secs(1),
-            },
-        })]
+        vec![Arc::new(Provider::placeholder(
+            "eval",
+            "http://127.0.0.1:1/v1",
+        ))]
         .into()
     }
 

@@ -182,25 +182,11 @@ impl Handler<RestartProxy> for Supervisor {
 mod tests {
     use super::*;
     use crate::actors::messages::Decide;
-    use crate::config::{ProviderKind, Route, RoutingMode, RoutingText, Secret, Tenant};
+    use crate::config::{ProviderKind, Route, RoutingMode, RoutingText, Tenant};
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     fn snapshot(proxies: usize) -> Arc<Snapshot> {
-        let provider = Arc::new(Provider {
-            name: "openai".into(),
-            kind: ProviderKind::OpenAi,
-            base_url: "http://127.0.0.1:1/v1".into(),
-            api_key: Secret::new("k".into()),
-            organization: None,
-            project: None,
-            timeout: Duration::from_secs(1),
-            max_retries: 0,
-            circuit: crate::config::CircuitPolicy {
-                failures: 0,
-                open_for: Duration::from_secs(1),
-            },
-        });
+        let provider = Arc::new(Provider::placeholder("openai", "http://127.0.0.1:1/v1"));
         let proxies = (0..proxies)
             .map(|i| {
                 let proxy = Proxy {

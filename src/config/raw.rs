@@ -39,23 +39,50 @@ pub struct RawApiKey {
 }
 
 /// An upstream provider endpoint and its credentials.
+///
+/// One flat table for every `type`; `validate` refuses a field that is not one of the named
+/// kind's, with its path, and turns the table into the per-kind `ProviderSettings`. Not a
+/// serde-tagged enum: an internally tagged enum is read through serde's buffered content, so
+/// `serde_path_to_error` loses the path inside the variant and an unknown or mistyped field
+/// would be reported (and set aside by `parse`'s repair loop) as the whole provider (tried:
+/// with `#[serde(tag = "type")]`, an unknown `modle` and a mistyped `timeout_secs` in
+/// `[providers.x]` are both reported at `providers.x`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
     /// `openai`, `azure_openai`, `gemini` or `bedrock`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Base URL including the version path, e.g. `https://api.openai.com/v1`.
+    /// Base URL including the version path, e.g. `https://api.openai.com/v1`; for Azure
+    /// OpenAI the `…/openai/v1` base URL (instead of `endpoint`).
     pub base_url: Option<String>,
+    /// Azure OpenAI: the resource endpoint (`https://<resource>.openai.azure.com`) for
+    /// deployment URLs. Bedrock: replaces the regional runtime endpoint.
+    pub endpoint: Option<String>,
+    /// Azure OpenAI deployment URLs: the `api-version` query value (required there).
+    /// Gemini: the path version (default `v1beta`).
+    pub api_version: Option<String>,
+    /// Azure OpenAI: environment variable holding a Microsoft Entra ID bearer token (instead
+    /// of `api_key_env`).
+    pub bearer_token_env: Option<String>,
+    /// Bedrock: the AWS region, e.g. `us-east-1`.
+    pub region: Option<String>,
+    /// Bedrock: environment variable holding the AWS access key id.
+    pub access_key_id_env: Option<String>,
+    /// Bedrock: environment variable holding the AWS secret access key.
+    pub secret_access_key_env: Option<String>,
+    /// Bedrock: environment variable holding an AWS session token (temporary credentials).
+    pub session_token_env: Option<String>,
     /// Environment variable that, when set, replaces `base_url` (to point at an emulator).
     pub base_url_env: Option<String>,
-    /// Environment variable holding the provider API key.
+    /// Environment variable holding the provider API key (for Bedrock, an API key sent as a
+    /// bearer token instead of access keys).
     pub api_key_env: Option<String>,
     /// Accepted by the parser only to refuse it with a clear reason: literals are not allowed.
     pub api_key: Option<toml::Value>,
-    /// OpenAI organization header, if any.
+    /// OpenAI only: organization header, if any.
     pub organization: Option<String>,
-    /// OpenAI project header, if any.
+    /// OpenAI only: project header, if any.
     pub project: Option<String>,
     /// Seconds to wait for the upstream's response headers, and the longest silence allowed
     /// inside a body or stream after that (default 600).

@@ -38,8 +38,18 @@ impl Snapshot {
 /// bundled emulator.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
-    /// Base URL and key that replace every provider's (demo and test mode only).
-    pub all_providers: Option<(String, Secret<String>)>,
+    /// Per provider kind: the base URL and credentials that replace every provider's of that
+    /// kind (demo and test mode only).
+    pub providers: Vec<(ProviderKind, String, Credentials)>,
+}
+
+impl Overrides {
+    fn for_kind(&self, kind: ProviderKind) -> Option<(&String, &Credentials)> {
+        self.providers
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .map(|(_, url, c)| (url, c))
+    }
 }
 
 /// The value of a variable that must hold a secret. Unset and set-but-empty are told apart:
@@ -108,8 +118,15 @@ pub fn build(
         let mut providers = Vec::new();
         for p in spec.providers {
             let path = format!("providers.{}", p.name);
-            let (base_url, api_key) = match &overrides.all_providers {
-                Some((url, key)) => (url.clone(), key.clone()),
+            let kind = p.settings.kind();
+            let (base_url, credentials) = match overrides.for_kind(kind) {
+                // The emulator serves both Azure URL forms under one root.
+                Some((url, credentials)) => match &p.settings {
+                    ProviderSettings::AzureOpenAi { api: AzureApi::V1 } => {
+                        (format!("{url}/openai/v1"), credentials.clone())
+                    }
+                    _ => (url.clone(), credentials.clone()),
+                },
                 None => {
                     let mut base_url = p.base_url.clone();
                     if let Some(var) = &p.base_url_env
@@ -124,24 +141,42 @@ pub fn build(
                             )),
                         }
                     }
-                    let key = required_env(env, &p.api_key_env).unwrap_or_else(|reason| {
-                        errors.push(ConfigError::new(
-                            &file,
-                            format!("{path}.api_key_env"),
-                            reason,
-                        ));
-                        String::new()
-                    });
-                    (base_url, Secret::new(key))
+                    let mut secret = |field: &str, var: &str| {
+                        Secret::new(required_env(env, var).unwrap_or_else(|reason| {
+                            errors.push(ConfigError::new(&file, format!("{path}.{field}"), reason));
+                            String::new()
+                        }))
+                    };
+                    let credentials = match &p.credentials {
+                        CredentialSource::ApiKey { env } => {
+                            Credentials::ApiKey(secret("api_key_env", env))
+                        }
+                        CredentialSource::EntraToken { env } => {
+                            Credentials::EntraToken(secret("bearer_token_env", env))
+                        }
+                        CredentialSource::Aws {
+                            access_key_id_env,
+                            secret_access_key_env,
+                            session_token_env,
+                        } => Credentials::Aws {
+                            access_key_id: secret("access_key_id_env", access_key_id_env),
+                            secret_access_key: secret(
+                                "secret_access_key_env",
+                                secret_access_key_env,
+                            ),
+                            session_token: session_token_env
+                                .as_ref()
+                                .map(|var| secret("session_token_env", var)),
+                        },
+                    };
+                    (base_url, credentials)
                 }
             };
             providers.push(Arc::new(Provider {
                 name: p.name,
-                kind: p.kind,
+                settings: p.settings,
                 base_url,
-                api_key,
-                organization: p.organization,
-                project: p.project,
+                credentials,
                 timeout: p.timeout,
                 max_retries: p.max_retries,
                 circuit: p.circuit,

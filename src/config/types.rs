@@ -56,13 +56,108 @@ pub enum RoutingText {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProviderKind {
     OpenAi,
+    AzureOpenAi,
+    Gemini,
+    Bedrock,
 }
 
 impl ProviderKind {
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::OpenAi,
+        ProviderKind::AzureOpenAi,
+        ProviderKind::Gemini,
+        ProviderKind::Bedrock,
+    ];
+
     /// The config and header spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",
+            ProviderKind::AzureOpenAi => "azure_openai",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
+        }
+    }
+}
+
+/// What each kind of provider needs besides its base URL and credentials: one variant per
+/// `type`, so no kind carries another's fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderSettings {
+    OpenAi {
+        /// `OpenAI-Organization` header.
+        organization: Option<String>,
+        /// `OpenAI-Project` header.
+        project: Option<String>,
+    },
+    AzureOpenAi {
+        api: AzureApi,
+    },
+    Gemini {
+        /// Path segment before `/models`, e.g. `v1beta`.
+        api_version: String,
+    },
+    Bedrock {
+        /// AWS region, part of the SigV4 scope and of the default endpoint.
+        region: String,
+    },
+}
+
+impl ProviderSettings {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            ProviderSettings::OpenAi { .. } => ProviderKind::OpenAi,
+            ProviderSettings::AzureOpenAi { .. } => ProviderKind::AzureOpenAi,
+            ProviderSettings::Gemini { .. } => ProviderKind::Gemini,
+            ProviderSettings::Bedrock { .. } => ProviderKind::Bedrock,
+        }
+    }
+}
+
+/// Which of Azure OpenAI's two URL forms a provider uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AzureApi {
+    /// `{endpoint}/openai/deployments/{deployment}/…?api-version=…`; the deployment is the
+    /// route's upstream model.
+    Deployments { api_version: String },
+    /// `{base_url}/…` where the base URL ends in `/openai/v1`: no api-version, the deployment
+    /// goes in the body's `model`.
+    V1,
+}
+
+/// Where a provider's credentials come from, by environment variable name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// One key: OpenAI's bearer key, Azure's `api-key`, Gemini's API key, a Bedrock API key.
+    ApiKey { env: String },
+    /// A Microsoft Entra ID bearer token (Azure OpenAI).
+    EntraToken { env: String },
+    /// AWS access keys for SigV4 (Bedrock).
+    Aws {
+        access_key_id_env: String,
+        secret_access_key_env: String,
+        session_token_env: Option<String>,
+    },
+}
+
+/// Credentials as read from the environment.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    ApiKey(Secret<String>),
+    EntraToken(Secret<String>),
+    Aws {
+        access_key_id: Secret<String>,
+        secret_access_key: Secret<String>,
+        session_token: Option<Secret<String>>,
+    },
+}
+
+impl Credentials {
+    /// The secret that identifies the upstream account (scopes Responses ids per account).
+    pub fn account_secret(&self) -> &str {
+        match self {
+            Credentials::ApiKey(k) | Credentials::EntraToken(k) => k.expose(),
+            Credentials::Aws { access_key_id, .. } => access_key_id.expose(),
         }
     }
 }
@@ -210,12 +305,12 @@ pub enum KeySource {
 #[derive(Clone, Debug)]
 pub struct ProviderSpec {
     pub name: String,
-    pub kind: ProviderKind,
+    pub settings: ProviderSettings,
+    /// Without a trailing slash: OpenAI's and Gemini's base URL, Azure's resource endpoint
+    /// (or `/openai/v1` base URL), Bedrock's runtime endpoint.
     pub base_url: String,
     pub base_url_env: Option<String>,
-    pub api_key_env: String,
-    pub organization: Option<String>,
-    pub project: Option<String>,
+    pub credentials: CredentialSource,
     pub timeout: Duration,
     pub max_retries: u32,
     pub circuit: CircuitPolicy,
@@ -235,15 +330,43 @@ pub struct TenantSpec {
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
-    pub kind: ProviderKind,
-    /// Without a trailing slash, e.g. `https://api.openai.com/v1`.
+    pub settings: ProviderSettings,
+    /// Without a trailing slash, e.g. `https://api.openai.com/v1`; also the circuit breaker's
+    /// endpoint key.
     pub base_url: String,
-    pub api_key: Secret<String>,
-    pub organization: Option<String>,
-    pub project: Option<String>,
+    pub credentials: Credentials,
     pub timeout: Duration,
     pub max_retries: u32,
     pub circuit: CircuitPolicy,
+}
+
+impl Provider {
+    /// An OpenAI provider at `base_url` with a placeholder key and no retries, for tests and
+    /// benchmarks that never call it.
+    #[doc(hidden)]
+    pub fn placeholder(name: &str, base_url: &str) -> Self {
+        Provider {
+            name: name.to_owned(),
+            settings: ProviderSettings::OpenAi {
+                organization: None,
+                project: None,
+            },
+            base_url: base_url.to_owned(),
+            credentials: Credentials::ApiKey(Secret::new("k".into())),
+            timeout: Duration::from_secs(1),
+            max_retries: 0,
+            circuit: CircuitPolicy {
+                failures: 0,
+                open_for: Duration::from_secs(1),
+            },
+        }
+    }
+}
+
+impl Provider {
+    pub fn kind(&self) -> ProviderKind {
+        self.settings.kind()
+    }
 }
 
 /// A tenant key as compared at request time: only its SHA-256 is kept.

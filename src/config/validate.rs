@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+const DEFAULT_GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com";
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
 const DEFAULT_MAX_RETRIES: u32 = 2;
 /// Chosen by measurement on the validation suites (docs/semantic-routing.md).
@@ -272,50 +273,229 @@ fn validate_provider(name: &str, p: &RawProvider, e: &mut Errors<'_>) -> Option<
     if !is_id(name) {
         e.push(&path, format!("provider name {ID_RULE}"));
     }
-    let kind = match p.kind.as_str() {
-        "openai" => Some(ProviderKind::OpenAi),
-        "azure_openai" | "gemini" | "bedrock" => {
-            e.push(
-                format!("{path}.type"),
-                format!(
-                    "provider type {:?} is not available in this build yet (available: openai)",
-                    p.kind
-                ),
-            );
-            None
-        }
-        other => {
-            e.push(format!("{path}.type"), format!("unknown provider type {other:?} (expected openai, azure_openai, gemini or bedrock)"));
-            None
-        }
-    };
+    let kind = ProviderKind::ALL.into_iter().find(|k| k.as_str() == p.kind);
+    if kind.is_none() {
+        e.push(
+            format!("{path}.type"),
+            format!(
+                "unknown provider type {:?} (expected openai, azure_openai, gemini or bedrock)",
+                p.kind
+            ),
+        );
+    }
     if p.api_key.is_some() {
         e.push(format!("{path}.api_key"), "literal keys are not allowed in tenant files; name an environment variable with `api_key_env`");
     }
-    let api_key_env = match &p.api_key_env {
-        Some(v) if is_env_name(v) => v.clone(),
+    if let Some(kind) = kind {
+        foreign_fields(kind, p, &path, e);
+    }
+    let env_var = |field: &str, value: &Option<String>, e: &mut Errors<'_>| match value {
+        Some(v) if is_env_name(v) => Some(v.clone()),
         Some(v) => {
             e.push(
-                format!("{path}.api_key_env"),
+                format!("{path}.{field}"),
                 format!("{v:?} is not an environment variable name"),
             );
-            String::new()
+            None
         }
-        None => {
-            e.push(
-                format!("{path}.api_key_env"),
-                "missing: name the environment variable that holds the provider key",
-            );
-            String::new()
+        None => None,
+    };
+    let api_key_env = env_var("api_key_env", &p.api_key_env, e);
+    let url = |field: &str, value: &Option<String>, default: Option<String>, e: &mut Errors<'_>| {
+        let url = value.clone().or(default)?;
+        match check_base_url(&url) {
+            Ok(()) => Some(url.trim_end_matches('/').to_owned()),
+            Err(reason) => {
+                e.push(format!("{path}.{field}"), reason);
+                None
+            }
         }
     };
-    let base_url = p
-        .base_url
-        .clone()
-        .unwrap_or_else(|| DEFAULT_OPENAI_BASE_URL.to_owned());
-    if let Err(reason) = check_base_url(&base_url) {
-        e.push(format!("{path}.base_url"), reason);
-    }
+    let missing_key = |e: &mut Errors<'_>| {
+        e.push(
+            format!("{path}.api_key_env"),
+            "missing: name the environment variable that holds the provider key",
+        );
+    };
+    // Per kind: its settings, base URL and credentials. Fields of other kinds were refused
+    // by `foreign_fields` above.
+    let per_kind = match kind {
+        None => None,
+        Some(ProviderKind::OpenAi) => {
+            let base = url(
+                "base_url",
+                &p.base_url,
+                Some(DEFAULT_OPENAI_BASE_URL.into()),
+                e,
+            );
+            if api_key_env.is_none() && p.api_key_env.is_none() {
+                missing_key(e);
+            }
+            let settings = ProviderSettings::OpenAi {
+                organization: p.organization.clone(),
+                project: p.project.clone(),
+            };
+            Some((
+                settings,
+                base,
+                api_key_env.map(|env| CredentialSource::ApiKey { env }),
+            ))
+        }
+        Some(ProviderKind::AzureOpenAi) => {
+            let (api, base) = match (&p.endpoint, &p.base_url) {
+                (Some(_), None) => {
+                    let version = p.api_version.as_deref().map(str::trim).unwrap_or("");
+                    if version.is_empty() {
+                        e.push(format!("{path}.api_version"), "missing: deployment URLs (`endpoint`) need the `api-version` to call, e.g. \"2024-10-21\"");
+                    } else if !version
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                    {
+                        e.push(
+                            format!("{path}.api_version"),
+                            format!(
+                                "{version:?} is not an api-version (letters, digits, '-' and '.')"
+                            ),
+                        );
+                    }
+                    let base = url("endpoint", &p.endpoint, None, e);
+                    if base
+                        .as_deref()
+                        .is_some_and(|b| b.ends_with("/openai") || b.contains("/openai/"))
+                    {
+                        e.push(format!("{path}.endpoint"), "give the resource endpoint only (https://<resource>.openai.azure.com); the gateway adds /openai/deployments/…");
+                    }
+                    (
+                        AzureApi::Deployments {
+                            api_version: version.to_owned(),
+                        },
+                        base,
+                    )
+                }
+                (None, Some(_)) => {
+                    if p.api_version.is_some() {
+                        e.push(format!("{path}.api_version"), "the /openai/v1 API (`base_url`) takes no api-version; use `endpoint` for deployment URLs");
+                    }
+                    let base = url("base_url", &p.base_url, None, e);
+                    if base.as_deref().is_some_and(|b| !b.ends_with("/openai/v1")) {
+                        e.push(format!("{path}.base_url"), "must end in /openai/v1 (e.g. https://<resource>.openai.azure.com/openai/v1); for deployment URLs give `endpoint` instead");
+                    }
+                    (AzureApi::V1, base)
+                }
+                (Some(_), Some(_)) => {
+                    e.push(&path, "give either `endpoint` (deployment URLs) or `base_url` (the /openai/v1 API), not both");
+                    (AzureApi::V1, None)
+                }
+                (None, None) => {
+                    e.push(&path, "missing `endpoint` (deployment URLs, with `api_version`) or `base_url` (the /openai/v1 API)");
+                    (AzureApi::V1, None)
+                }
+            };
+            let token = env_var("bearer_token_env", &p.bearer_token_env, e);
+            let credentials = match (&p.api_key_env, &p.bearer_token_env) {
+                (Some(_), Some(_)) => {
+                    e.push(
+                        &path,
+                        "give either `api_key_env` or `bearer_token_env`, not both",
+                    );
+                    None
+                }
+                (None, None) => {
+                    e.push(format!("{path}.api_key_env"), "missing: name the environment variable that holds the Azure key (or a Microsoft Entra ID token with `bearer_token_env`)");
+                    None
+                }
+                (Some(_), None) => api_key_env.map(|env| CredentialSource::ApiKey { env }),
+                (None, Some(_)) => token.map(|env| CredentialSource::EntraToken { env }),
+            };
+            Some((ProviderSettings::AzureOpenAi { api }, base, credentials))
+        }
+        Some(ProviderKind::Gemini) => {
+            let base = url(
+                "base_url",
+                &p.base_url,
+                Some(DEFAULT_GEMINI_BASE_URL.into()),
+                e,
+            );
+            let version = p.api_version.clone().unwrap_or_else(|| "v1beta".into());
+            if !matches!(version.as_str(), "v1" | "v1beta" | "v1alpha") {
+                e.push(
+                    format!("{path}.api_version"),
+                    format!("{version:?} is not a Gemini API version (v1, v1beta or v1alpha)"),
+                );
+            }
+            if p.api_key_env.is_none() {
+                missing_key(e);
+            }
+            let settings = ProviderSettings::Gemini {
+                api_version: version,
+            };
+            Some((
+                settings,
+                base,
+                api_key_env.map(|env| CredentialSource::ApiKey { env }),
+            ))
+        }
+        Some(ProviderKind::Bedrock) => {
+            let region = p.region.clone().unwrap_or_default();
+            let region_ok = !region.is_empty()
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if p.region.is_none() {
+                e.push(
+                    format!("{path}.region"),
+                    "missing: the AWS region, e.g. \"us-east-1\"",
+                );
+            } else if !region_ok {
+                e.push(
+                    format!("{path}.region"),
+                    format!("{region:?} is not an AWS region name (like \"us-east-1\")"),
+                );
+            }
+            // The regional endpoint unless replaced; none from a region already refused.
+            let default =
+                region_ok.then(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
+            let base = url("endpoint", &p.endpoint, default, e);
+            let id = env_var("access_key_id_env", &p.access_key_id_env, e);
+            let secret = env_var("secret_access_key_env", &p.secret_access_key_env, e);
+            let token = env_var("session_token_env", &p.session_token_env, e);
+            let aws = p.access_key_id_env.is_some()
+                || p.secret_access_key_env.is_some()
+                || p.session_token_env.is_some();
+            let credentials = match (p.api_key_env.is_some(), aws) {
+                (true, true) => {
+                    e.push(&path, "give either `api_key_env` (a Bedrock API key) or AWS access keys (`access_key_id_env`, `secret_access_key_env`), not both");
+                    None
+                }
+                (false, false) => {
+                    e.push(&path, "missing credentials: `access_key_id_env` and `secret_access_key_env` (optionally `session_token_env`), or `api_key_env` for a Bedrock API key");
+                    None
+                }
+                (true, false) => api_key_env.map(|env| CredentialSource::ApiKey { env }),
+                (false, true) => {
+                    for (field, v) in [
+                        ("access_key_id_env", &p.access_key_id_env),
+                        ("secret_access_key_env", &p.secret_access_key_env),
+                    ] {
+                        if v.is_none() {
+                            e.push(format!("{path}.{field}"), "missing: AWS access keys need both `access_key_id_env` and `secret_access_key_env`");
+                        }
+                    }
+                    match (id, secret) {
+                        (Some(access_key_id_env), Some(secret_access_key_env)) => {
+                            Some(CredentialSource::Aws {
+                                access_key_id_env,
+                                secret_access_key_env,
+                                session_token_env: token,
+                            })
+                        }
+                        _ => None,
+                    }
+                }
+            };
+            Some((ProviderSettings::Bedrock { region }, base, credentials))
+        }
+    };
     if let Some(v) = &p.base_url_env
         && !is_env_name(v)
     {
@@ -343,17 +523,31 @@ fn validate_provider(name: &str, p: &RawProvider, e: &mut Errors<'_>) -> Option<
             "must be between 1 and 3600",
         );
     }
+    // Checked last, so that a file written for a later build gets its other mistakes
+    // reported in the same run.
+    if let Some(kind) = kind
+        && !SERVED_KINDS.contains(&kind)
+    {
+        let served: Vec<&str> = SERVED_KINDS.iter().map(|k| k.as_str()).collect();
+        e.push(
+            format!("{path}.type"),
+            format!(
+                "provider type {:?} is not available in this build yet (available: {})",
+                p.kind,
+                served.join(", ")
+            ),
+        );
+    }
     if e.out.len() > before {
         return None;
     }
+    let (settings, base_url, credentials) = per_kind?;
     Some(ProviderSpec {
         name: name.to_owned(),
-        kind: kind?,
-        base_url: base_url.trim_end_matches('/').to_owned(),
+        settings,
+        base_url: base_url?,
         base_url_env: p.base_url_env.clone(),
-        api_key_env,
-        organization: p.organization.clone(),
-        project: p.project.clone(),
+        credentials: credentials?,
         timeout: Duration::from_secs(timeout_secs),
         max_retries,
         circuit: CircuitPolicy {
@@ -361,6 +555,69 @@ fn validate_provider(name: &str, p: &RawProvider, e: &mut Errors<'_>) -> Option<
             open_for: Duration::from_secs(circuit_open_secs),
         },
     })
+}
+
+/// The provider kinds this build sends requests to; the others parse and validate fully
+/// but are refused, so that a file is never accepted with a provider that cannot answer.
+const SERVED_KINDS: &[ProviderKind] = &[ProviderKind::OpenAi, ProviderKind::AzureOpenAi];
+
+/// Refuses every field set on `p` that belongs to another kind of provider.
+fn foreign_fields(kind: ProviderKind, p: &RawProvider, path: &str, e: &mut Errors<'_>) {
+    use ProviderKind::*;
+    let fields: [(&str, bool, &[ProviderKind]); 11] = [
+        (
+            "base_url",
+            p.base_url.is_some(),
+            &[OpenAi, AzureOpenAi, Gemini],
+        ),
+        ("endpoint", p.endpoint.is_some(), &[AzureOpenAi, Bedrock]),
+        (
+            "api_version",
+            p.api_version.is_some(),
+            &[AzureOpenAi, Gemini],
+        ),
+        (
+            "api_key_env",
+            p.api_key_env.is_some(),
+            &[OpenAi, AzureOpenAi, Gemini, Bedrock],
+        ),
+        (
+            "bearer_token_env",
+            p.bearer_token_env.is_some(),
+            &[AzureOpenAi],
+        ),
+        ("organization", p.organization.is_some(), &[OpenAi]),
+        ("project", p.project.is_some(), &[OpenAi]),
+        ("region", p.region.is_some(), &[Bedrock]),
+        (
+            "access_key_id_env",
+            p.access_key_id_env.is_some(),
+            &[Bedrock],
+        ),
+        (
+            "secret_access_key_env",
+            p.secret_access_key_env.is_some(),
+            &[Bedrock],
+        ),
+        (
+            "session_token_env",
+            p.session_token_env.is_some(),
+            &[Bedrock],
+        ),
+    ];
+    for (field, set, kinds) in fields {
+        if set && !kinds.contains(&kind) {
+            let owners: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            e.push(
+                format!("{path}.{field}"),
+                format!(
+                    "not a field of `type = {:?}` providers (only of: {})",
+                    kind.as_str(),
+                    owners.join(", ")
+                ),
+            );
+        }
+    }
 }
 
 /// The failures listed in a route's `fallback_on` (all of them when it is absent).
@@ -570,7 +827,7 @@ fn validate_proxy(
                 name: r.name.clone(),
                 provider: idx,
                 provider_name: r.provider.clone(),
-                provider_kind: providers[idx].kind,
+                provider_kind: providers[idx].settings.kind(),
                 model: r.model.clone(),
                 target_model: r.target_model.clone(),
                 aliases: r.aliases.clone(),

@@ -273,22 +273,107 @@ fn effective(proxy: &Proxy, providers: &[std::sync::Arc<Provider>]) -> Value {
             "topics": r.topics.iter().map(|t| json!({"name": t.name, "utterances": t.utterances.len()})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "deny_topics": proxy.deny_topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
-        "providers": used.iter().map(|p| json!({
-            "name": p.name,
-            "type": p.kind.as_str(),
-            "base_url": p.base_url,
-            "api_key": p.api_key.to_string(),
-            "organization": p.organization,
-            "project": p.project,
-            "timeout_secs": p.timeout.as_secs_f64(),
-            "max_retries": p.max_retries,
-        })).collect::<Vec<_>>(),
+        "providers": used.iter().map(|p| provider_view(p)).collect::<Vec<_>>(),
     })
+}
+
+/// A provider as the admin API shows it: its type's own settings, secrets masked.
+fn provider_view(p: &Provider) -> Value {
+    use crate::config::{AzureApi, Credentials, ProviderSettings};
+    let mut v = json!({
+        "name": p.name,
+        "type": p.kind().as_str(),
+        "base_url": p.base_url,
+        "timeout_secs": p.timeout.as_secs_f64(),
+        "max_retries": p.max_retries,
+    });
+    let extra = match &p.settings {
+        ProviderSettings::OpenAi {
+            organization,
+            project,
+        } => json!({"organization": organization, "project": project}),
+        ProviderSettings::AzureOpenAi {
+            api: AzureApi::Deployments { api_version },
+        } => json!({"api_version": api_version}),
+        ProviderSettings::AzureOpenAi { api: AzureApi::V1 } => json!({"api_version": "v1"}),
+        ProviderSettings::Gemini { api_version } => json!({"api_version": api_version}),
+        ProviderSettings::Bedrock { region } => json!({"region": region}),
+    };
+    let secrets = match &p.credentials {
+        Credentials::ApiKey(k) => json!({"api_key": k.to_string()}),
+        Credentials::EntraToken(t) => json!({"bearer_token": t.to_string()}),
+        Credentials::Aws {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        } => json!({
+            "access_key_id": access_key_id.to_string(),
+            "secret_access_key": secret_access_key.to_string(),
+            "session_token": session_token.as_ref().map(|t| t.to_string()),
+        }),
+    };
+    if let (Some(obj), Some(extra), Some(secrets)) =
+        (v.as_object_mut(), extra.as_object(), secrets.as_object())
+    {
+        obj.extend(extra.clone());
+        obj.extend(secrets.clone());
+    }
+    v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_views_show_their_types_settings_and_mask_every_secret() {
+        use crate::config::{CircuitPolicy, Credentials, ProviderSettings, Secret};
+        use std::time::Duration;
+        let secret = |s: &str| Secret::new(s.to_owned());
+        let provider = |settings, credentials| Provider {
+            name: "p".into(),
+            settings,
+            base_url: "https://b".into(),
+            credentials,
+            timeout: Duration::from_secs(2),
+            max_retries: 1,
+            circuit: CircuitPolicy {
+                failures: 0,
+                open_for: Duration::from_secs(1),
+            },
+        };
+        let bedrock = provider_view(&provider(
+            ProviderSettings::Bedrock {
+                region: "eu-west-1".into(),
+            },
+            Credentials::Aws {
+                access_key_id: secret("AKIA-ID"),
+                secret_access_key: secret("SECRET"),
+                session_token: None,
+            },
+        ));
+        assert_eq!(
+            bedrock,
+            json!({"name": "p", "type": "bedrock", "base_url": "https://b", "timeout_secs": 2.0,
+                   "max_retries": 1, "region": "eu-west-1", "access_key_id": "*****",
+                   "secret_access_key": "*****", "session_token": null})
+        );
+        let azure = provider_view(&provider(
+            ProviderSettings::AzureOpenAi {
+                api: crate::config::AzureApi::V1,
+            },
+            Credentials::EntraToken(secret("TOKEN")),
+        ));
+        assert_eq!(
+            (
+                &azure["type"],
+                &azure["api_version"],
+                &azure["bearer_token"]
+            ),
+            (&json!("azure_openai"), &json!("v1"), &json!("*****"))
+        );
+        assert!(!azure.to_string().contains("TOKEN"));
+    }
 
     #[test]
     fn the_token_matches_itself_only() {

@@ -184,8 +184,12 @@ async fn attempt(
     span: &tracing::Span,
 ) -> Result<Result<HttpResponse, GatewayError>, GatewayError> {
     // Responses ids are scoped to the tenant on the provider account (api::response_ids).
-    let ids = (endpoint == Endpoint::Responses)
-        .then(|| IdScope::new(decision.provider.api_key.expose().as_bytes(), tenant));
+    let ids = (endpoint == Endpoint::Responses).then(|| {
+        IdScope::new(
+            decision.provider.credentials.account_secret().as_bytes(),
+            tenant,
+        )
+    });
     let previous = match (&ids, front.previous_response_id.as_deref()) {
         (Some(scope), Some(visible)) => Some((visible, scope.resolve(visible)?)),
         _ => None,

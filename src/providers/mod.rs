@@ -1,34 +1,127 @@
 //! Providers: how a routed request goes on the wire to each upstream, and what comes back.
 //!
-//! The seam every provider fits is [`prepare`]: a front request plus a routing decision in,
-//! an [`UpstreamRequest`] (URL, headers, body) out. Answers come back as an
-//! [`UpstreamResponse`] whose body is whole or a channel of chunks. OpenAI passes through
-//! untouched apart from the model; Gemini, Azure OpenAI and Bedrock will add their modules
-//! here, each translating from the canonical conversation model in `api`, and a stream decoder
-//! turning their frames into OpenAI events before the relay. Nothing of a provider's wire types
-//! leaves its module.
+//! The seam is the [`Adapter`] trait, one implementation per provider, each in its own folder
+//! (`openai/`, `azure_openai/`; `gemini/` and `bedrock/` fit the same shape). [`prepare`]
+//! turns a front request and a routing decision into an [`UpstreamCall`] once per route: the
+//! translated body and path, plus the adapter that owns them. The provider actor then asks
+//! the adapter, for *each attempt*, for the [`UpstreamRequest`] (URL, headers with auth,
+//! body), so a signature over the time (SigV4) is fresh on every retry; and, for each answer,
+//! which header carries the provider's request id, what an error answer means (credentials
+//! refused, rate limited with a retry hint, content filter…) and whether a stream's first
+//! event is an error. The retry loop, timeouts, circuit breaker and relay stay generic and
+//! name no provider. Nothing of a provider's wire types leaves its folder.
 
+pub mod azure_openai;
 pub mod openai;
 
 use crate::api::FrontRequest;
-use crate::api::stream::UpstreamChunk;
-use crate::config::ProviderKind;
-use crate::error::GatewayError;
+use crate::api::stream::{self, UpstreamChunk};
+use crate::config::{Provider, ProviderKind};
+use crate::error::{GatewayError, UpstreamFailure};
 use crate::routing::Decision;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
+use std::fmt;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// A request ready to send upstream.
+/// The per-provider parts of an upstream call. Implementations are stateless: what a call
+/// needs is in the [`Provider`] (settings and credentials) and the [`UpstreamCall`].
+pub trait Adapter: Sync {
+    /// The request for one attempt. Called before every attempt, never cached, so anything
+    /// that depends on the moment (a SigV4 signature and its date) is computed afresh.
+    fn attempt(
+        &self,
+        provider: &Provider,
+        call: &UpstreamCall,
+    ) -> Result<UpstreamRequest, GatewayError>;
+
+    /// The response header carrying the provider's own request id.
+    fn request_id_header(&self) -> &'static str;
+
+    /// What an error answer (any status but 2xx) means for the gateway: credentials refused,
+    /// rate limited (with the wait the provider asked for), a refusal to pass on…
+    fn classify(
+        &self,
+        provider: &Provider,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> GatewayError;
+
+    /// How the provider frames a stream.
+    fn framing(&self) -> Framing;
+
+    /// How many bytes at the start of `buf` are whole events that carry nothing for the
+    /// client and are dropped before the stream is relayed (Azure's content-filter frame);
+    /// asked again after each drop, so several can go.
+    fn leading_noise(&self, _buf: &[u8]) -> usize {
+        0
+    }
+
+    /// The message of an error event that opens a stream, if the first whole event (as
+    /// delimited by [`Adapter::framing`]) is one: retried like an error status, since no byte
+    /// has reached the client yet.
+    fn first_event_error(&self, first: &[u8]) -> Option<String>;
+}
+
+/// How a provider frames a streamed answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Server-sent events (`text/event-stream`), events ending in a blank line.
+    Sse,
+}
+
+impl Framing {
+    /// Whether a response with this content type is a stream in this framing.
+    pub fn is_stream(self, content_type: Option<&HeaderValue>) -> bool {
+        let ct = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
+        match self {
+            Framing::Sse => ct.starts_with("text/event-stream"),
+        }
+    }
+
+    /// True once `buf` holds at least one whole event.
+    pub fn has_whole_event(self, buf: &[u8]) -> bool {
+        match self {
+            Framing::Sse => stream::has_whole_event(buf),
+        }
+    }
+}
+
+/// A routed request translated for its provider, once per route: every attempt is built
+/// from it by the adapter.
+pub struct UpstreamCall {
+    pub adapter: &'static dyn Adapter,
+    /// Appended to the provider's base URL: path and query, starting with `/`.
+    pub path: String,
+    /// Headers that are the same on every attempt and carry no secret (trace context,
+    /// organization…).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    /// The client asked for a stream.
+    pub stream: bool,
+}
+
+impl fmt::Debug for UpstreamCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamCall")
+            .field("path", &self.path)
+            .field("headers", &self.headers)
+            .field("body_len", &self.body.len())
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+/// One attempt's request, ready to send.
 #[derive(Debug)]
 pub struct UpstreamRequest {
     pub url: String,
     /// Headers besides `content-type`; secrets are marked sensitive.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
-    /// The client asked for a stream.
-    pub stream: bool,
 }
 
 /// An upstream body: whole, or chunks as they arrive.
@@ -48,15 +141,80 @@ pub struct UpstreamResponse {
     pub body: UpstreamBody,
 }
 
-/// Builds the upstream request for a routed front request. `previous_response_id` is the
+/// Builds the upstream call for a routed front request. `previous_response_id` is the
 /// upstream id behind the client's (see `api::response_ids`).
 pub fn prepare(
     front: &FrontRequest,
     decision: &Decision,
     traceparent: &str,
     previous_response_id: Option<&str>,
-) -> Result<UpstreamRequest, GatewayError> {
-    match decision.provider.kind {
-        ProviderKind::OpenAi => openai::prepare(front, decision, traceparent, previous_response_id),
+) -> Result<UpstreamCall, GatewayError> {
+    let mut call = match decision.provider.kind() {
+        ProviderKind::OpenAi => openai::prepare(front, decision, previous_response_id),
+        ProviderKind::AzureOpenAi => azure_openai::prepare(front, decision, previous_response_id),
+        // Validation refuses these kinds until their adapters exist.
+        kind @ (ProviderKind::Gemini | ProviderKind::Bedrock) => {
+            Err(GatewayError::NotImplemented {
+                message: format!(
+                    "Provider type {} is not served by this build.",
+                    kind.as_str()
+                ),
+            })
+        }
+    }?;
+    if let Ok(tp) = HeaderValue::from_str(traceparent) {
+        call.headers
+            .push((HeaderName::from_static("traceparent"), tp));
     }
+    Ok(call)
+}
+
+/// A header value carrying a secret: marked sensitive so it is never logged.
+pub(crate) fn secret_header(provider: &Provider, value: &str) -> Result<HeaderValue, GatewayError> {
+    let mut v = HeaderValue::try_from(value).map_err(|_| {
+        GatewayError::Internal(format!(
+            "provider {} credential is not a valid header value",
+            provider.name
+        ))
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// The standard `Retry-After` in seconds (the HTTP-date form is not used by providers).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    seconds_header(headers, header::RETRY_AFTER.as_str(), 1.0)
+}
+
+/// A header holding a number of `unit` seconds, if it is one.
+pub(crate) fn seconds_header(headers: &HeaderMap, name: &str, unit: f64) -> Option<Duration> {
+    let n = headers
+        .get(name)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    let secs = n * unit;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// An error answer kept as the provider sent it (status and body), with the retry hint the
+/// provider gave and the front's retry headers (`retry-after`, `retry-after-ms`, which OpenAI
+/// SDK clients honour) relayed from the upstream's when it sent them.
+pub(crate) fn upstream_failure(
+    provider: &Provider,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Bytes,
+    retry_in: Option<Duration>,
+) -> GatewayError {
+    GatewayError::Upstream(Box::new(UpstreamFailure {
+        provider: provider.name.clone(),
+        status,
+        body,
+        retry_after: headers.get(header::RETRY_AFTER).cloned(),
+        retry_after_ms: headers.get("retry-after-ms").cloned(),
+        retry_in,
+    }))
 }

@@ -130,3 +130,56 @@ def test_a_stream_broken_midway_raises_in_the_sdk(gateway):
         for _ in stream:
             pass
     assert "ended the stream early" in str(err.value)
+
+
+# Azure OpenAI behind the gateway (route `azure` of acme's `assistant`: deployment `gpt-4.1-prod`
+# on deployment URLs). The SDK sees an OpenAI endpoint whatever the provider.
+
+def test_azure_chat_streaming_and_not(gateway):
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4.1", messages=[{"role": "user", "content": "Hello"}]
+    )
+    assert raw.headers["x-switchyard-route"] == "azure"
+    completion = raw.parse()
+    assert completion.model == "gpt-4.1-2025-04-14"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].message.content
+    stream = client(gateway).chat.completions.create(
+        model="gpt-4.1",
+        messages=[{"role": "user", "content": "Stream a sentence"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    # Azure's opening content-filter frame (empty id, no choices) was dropped.
+    assert all(c.id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_azure_responses_streaming_and_not(gateway):
+    c = client(gateway)
+    first = c.responses.create(model="gpt-4.1", input="Hello")
+    assert first.status == "completed"
+    assert first.model == "gpt-4.1-2025-04-14"
+    assert first.output_text
+    follow = c.responses.create(model="gpt-4.1", input="And then?", previous_response_id=first.id)
+    assert follow.previous_response_id == first.id
+    events = list(c.responses.create(model="gpt-4.1", input="Stream", stream=True))
+    assert events[0].type == "response.created"
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text
+
+
+def test_azure_content_filter_is_a_bad_request_error(gateway):
+    for stream in [False, True]:
+        with pytest.raises(openai.BadRequestError) as err:
+            client(gateway, max_retries=0).chat.completions.create(
+                model="gpt-4.1",
+                messages=[{"role": "user", "content": "[azure:content_filter] hi"}],
+                stream=stream,
+            )
+        assert err.value.code == "content_filter"
+        assert err.value.param == "prompt"
