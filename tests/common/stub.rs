@@ -181,3 +181,36 @@ pub fn stream_stalls_after_first(conn: &mut TcpStream) {
     std::thread::sleep(Duration::from_secs(3));
     let _ = conn.write_all(b"0\r\n\r\n");
 }
+
+/// The first event of the chunk streams below, and the chunked-encoding head they start with.
+const FIRST_CHUNK: &str = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+
+fn stream_head_and_first(conn: &mut TcpStream) {
+    let _ = conn.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{FIRST_CHUNK}\r\n",
+            FIRST_CHUNK.len()
+        )
+        .as_bytes(),
+    );
+}
+
+/// Script: a 200 stream with one content event, then OpenAI's in-stream error event, then end.
+pub fn stream_error_after_first(conn: &mut TcpStream) {
+    stream_head_and_first(conn);
+    let error =
+        "data: {\"error\":{\"message\":\"The model had an error.\",\"type\":\"server_error\"}}\n\n";
+    let _ = conn.write_all(format!("{:x}\r\n{error}\r\n0\r\n\r\n", error.len()).as_bytes());
+}
+
+/// Script: a 200 stream with one content event, then the connection drops.
+pub fn stream_drop_after_first(conn: &mut TcpStream) {
+    stream_head_and_first(conn);
+    std::thread::sleep(Duration::from_millis(50));
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+/// Script: the connection closes without an answer.
+pub fn hang_up(conn: &mut TcpStream) {
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
