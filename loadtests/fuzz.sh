@@ -11,7 +11,7 @@ secs="${1:-600}"
 targets=(
     "api::tests::mutated_bodies_never_panic_and_accepted_ones_rewrite_cleanly"
     "api::stream::tests::any_split_relays_the_same_events_and_garbage_never_panics"
-    "api::stream::tests::first_event_errors_are_found_in_every_shape_and_garbage_never_panics"
+    "providers::openai::tests::first_event_errors_are_found_in_every_shape_and_garbage_never_panics"
     "error::tests::account_ids_are_redacted_and_nothing_else_changes"
 )
 cargo test --release --locked --lib --no-run

@@ -104,6 +104,25 @@ pub struct UpstreamCall {
     pub stream: bool,
 }
 
+impl UpstreamCall {
+    /// One attempt's request: this call under `provider`'s base URL, with `auth` (built afresh
+    /// for the attempt) before the call's own headers.
+    pub(crate) fn request(
+        &self,
+        provider: &Provider,
+        auth: (HeaderName, HeaderValue),
+    ) -> UpstreamRequest {
+        let mut headers = Vec::with_capacity(self.headers.len() + 1);
+        headers.push(auth);
+        headers.extend(self.headers.iter().cloned());
+        UpstreamRequest {
+            url: format!("{}{}", provider.base_url, self.path),
+            headers,
+            body: self.body.clone(),
+        }
+    }
+}
+
 impl fmt::Debug for UpstreamCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamCall")

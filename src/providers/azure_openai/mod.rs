@@ -105,14 +105,7 @@ impl Adapter for AzureOpenAi {
                 )));
             }
         };
-        let mut headers = Vec::with_capacity(call.headers.len() + 1);
-        headers.push(auth);
-        headers.extend(call.headers.iter().cloned());
-        Ok(UpstreamRequest {
-            url: format!("{}{}", provider.base_url, call.path),
-            headers,
-            body: call.body.clone(),
-        })
+        Ok(call.request(provider, auth))
     }
 
     fn request_id_header(&self) -> &'static str {

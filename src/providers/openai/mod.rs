@@ -64,14 +64,7 @@ impl Adapter for OpenAi {
             )));
         };
         let auth = super::secret_header(provider, &format!("Bearer {}", key.expose()))?;
-        let mut headers = Vec::with_capacity(call.headers.len() + 1);
-        headers.push((header::AUTHORIZATION, auth));
-        headers.extend(call.headers.iter().cloned());
-        Ok(UpstreamRequest {
-            url: format!("{}{}", provider.base_url, call.path),
-            headers,
-            body: call.body.clone(),
-        })
+        Ok(call.request(provider, (header::AUTHORIZATION, auth)))
     }
 
     fn request_id_header(&self) -> &'static str {
