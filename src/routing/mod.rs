@@ -40,31 +40,38 @@ impl Decision {
         self.proxy.routing
     }
 
+    /// A decision for `route` of `proxy`, served by that route's provider.
+    pub fn new(
+        proxy: &Arc<Proxy>,
+        route: usize,
+        providers: &[Arc<Provider>],
+        fallback: bool,
+        semantic: Option<SemanticMatch>,
+    ) -> Result<Decision, GatewayError> {
+        let provider = proxy
+            .routes
+            .get(route)
+            .and_then(|r| providers.get(r.provider))
+            .cloned()
+            .ok_or_else(|| {
+                GatewayError::Internal(format!("route {route} of {} has no provider", proxy.id))
+            })?;
+        Ok(Decision {
+            proxy: proxy.clone(),
+            route,
+            provider,
+            fallback,
+            semantic,
+        })
+    }
+
     /// The same request on another route of this proxy: the next step of a fallback chain.
     pub fn on_route(
         &self,
         route: usize,
         providers: &[Arc<Provider>],
     ) -> Result<Decision, GatewayError> {
-        let provider = self
-            .proxy
-            .routes
-            .get(route)
-            .and_then(|r| providers.get(r.provider))
-            .cloned()
-            .ok_or_else(|| {
-                GatewayError::Internal(format!(
-                    "route {route} of {} has no provider",
-                    self.proxy.id
-                ))
-            })?;
-        Ok(Decision {
-            proxy: self.proxy.clone(),
-            route,
-            provider,
-            fallback: true,
-            semantic: self.semantic.clone(),
-        })
+        Decision::new(&self.proxy, route, providers, true, self.semantic.clone())
     }
 }
 
@@ -84,17 +91,5 @@ pub fn decide(
             )));
         }
     };
-    let provider = providers
-        .get(proxy.routes[route].provider)
-        .cloned()
-        .ok_or_else(|| {
-            GatewayError::Internal(format!("route {route} of {} has no provider", proxy.id))
-        })?;
-    Ok(Decision {
-        proxy: proxy.clone(),
-        route,
-        provider,
-        fallback,
-        semantic: None,
-    })
+    Decision::new(proxy, route, providers, fallback, None)
 }

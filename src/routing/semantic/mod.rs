@@ -78,19 +78,7 @@ pub fn decision(
             (f, true, m)
         }
     };
-    let provider = providers
-        .get(proxy.routes[route].provider)
-        .cloned()
-        .ok_or_else(|| {
-            GatewayError::Internal(format!("route {route} of {} has no provider", proxy.id))
-        })?;
-    Ok(Decision {
-        proxy: proxy.clone(),
-        route,
-        provider,
-        fallback,
-        semantic: Some(semantic),
-    })
+    Decision::new(proxy, route, providers, fallback, Some(semantic))
 }
 
 /// The `x-switchyard-topic` (when a topic won) and `x-switchyard-score` headers.
