@@ -474,12 +474,7 @@ pub fn eval_routing(args: EvalArgs, calibrate: bool) -> ExitCode {
             let mut held = eval::Tally::default();
             for (n, th, t) in &cv {
                 println!("{}  (threshold {th:.2})", eval_row(n, t));
-                held.topic.0 += t.topic.0;
-                held.topic.1 += t.topic.1;
-                held.deny.0 += t.deny.0;
-                held.deny.1 += t.deny.1;
-                held.default.0 += t.default.0;
-                held.default.1 += t.default.1;
+                held.add(t);
             }
             println!("{}", eval_row("pooled", &held));
         }

@@ -9,10 +9,10 @@
 
 mod common;
 
+use common::http::*;
 use common::stub::{self, Script};
 use common::*;
 use serde_json::{Value, json};
-use std::time::Duration;
 
 /// What the client must get.
 #[derive(Clone, Copy, Debug)]
@@ -171,37 +171,16 @@ model = "gpt-4o-mini"
     )
 }
 
-/// Sends one chat request; returns status, headers of interest and the body.
+/// Sends one chat request; returns status, route, fallback reason and body.
 async fn call(gw: &Gateway, stream: bool) -> (u16, String, String, String) {
     let body = json!({"model": "gpt-4o", "stream": stream,
         "messages": [{"role": "user", "content": "hi"}]});
-    let mut res = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish()
-        .post(gw.url("/a/chat/v1/chat/completions"))
-        .insert_header(("authorization", format!("Bearer {KEY_A}")))
-        .insert_header(("content-type", "application/json"))
-        .send_body(body.to_string())
-        .await
-        .expect("request");
-    let header = |name: &str| {
-        res.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
-    let (route, reason) = (
-        header("x-switchyard-route"),
-        header("x-switchyard-fallback-reason"),
-    );
-    let status = res.status().as_u16();
-    let bytes = res.body().limit(1 << 20).await.expect("body");
+    let r = post(gw.url("/a/chat/v1/chat/completions"), Some(KEY_A), body).await;
     (
-        status,
-        route,
-        reason,
-        String::from_utf8_lossy(&bytes).into_owned(),
+        r.status.as_u16(),
+        r.header("x-switchyard-route").to_owned(),
+        r.header("x-switchyard-fallback-reason").to_owned(),
+        r.text(),
     )
 }
 

@@ -3,60 +3,14 @@
 
 mod common;
 
-use awc::http::StatusCode;
 use bytes::Bytes;
+use common::http::*;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "adm-7f3c9e1b";
-
-struct Reply {
-    status: StatusCode,
-    headers: awc::http::header::HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-fn client() -> awc::Client {
-    awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish()
-}
-
-async fn send(req: awc::ClientRequest, body: Option<Bytes>) -> Reply {
-    let mut res = match body {
-        Some(b) => req.send_body(b).await,
-        None => req.send().await,
-    }
-    .expect("request");
-    let body = res.body().limit(16 * 1024 * 1024).await.expect("body");
-    Reply {
-        status: res.status(),
-        headers: res.headers().clone(),
-        body,
-    }
-}
-
-fn chat(model: &str, text: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": text}]})
-}
 
 async fn post_chat(gw: &Gateway, body: Value) -> Reply {
     let req = client()
@@ -126,16 +80,6 @@ fn env_for(emu: &Running, admin: bool) -> Vec<(&'static str, String)> {
         env.push(("SWITCHYARD_ADMIN_TOKEN", ADMIN.to_owned()));
     }
     env
-}
-
-fn sse_data(text: &str) -> Vec<String> {
-    text.split("\n\n")
-        .filter_map(|ev| {
-            ev.lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(str::to_owned)
-        })
-        .collect()
 }
 
 /// The streamed words of a chat stream.

@@ -4,6 +4,7 @@
 //! directory and runs `switchyard serve` on them. Both are killed on drop.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod stub;
 
 use std::io::{BufRead, BufReader};

@@ -158,7 +158,8 @@ impl Tally {
         self.topic.1 + self.deny.1 + self.default.1
     }
 
-    fn add(&mut self, other: &Tally) {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Tally) {
         for (a, b) in [
             (&mut self.topic, other.topic),
             (&mut self.deny, other.deny),
