@@ -6,6 +6,7 @@
 //! unless a route overrides the model. The canonical conversation model that Gemini and Bedrock
 //! translate through will live here beside it (`canonical`), with chat and responses as codecs.
 
+pub mod canonical;
 pub mod response_ids;
 pub mod stream;
 

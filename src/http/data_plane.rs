@@ -194,7 +194,11 @@ async fn attempt(
         (Some(scope), Some(visible)) => Some((visible, scope.resolve(visible)?)),
         _ => None,
     };
-    let request = providers::prepare(front, decision, traceparent, previous.map(|p| p.1))?;
+    let outgoing = providers::Outgoing::Native {
+        front,
+        previous_response_id: previous.as_ref().map(|p| p.1),
+    };
+    let request = providers::prepare(outgoing, decision, traceparent)?;
     let route = decision.route();
     let limits = CallLimits {
         first_byte_timeout: route

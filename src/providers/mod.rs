@@ -15,6 +15,7 @@ pub mod azure_openai;
 pub mod openai;
 
 use crate::api::FrontRequest;
+use crate::api::canonical::{Conversation, Reply, StreamEvent};
 use crate::api::stream::{self, UpstreamChunk};
 use crate::config::{Provider, ProviderKind};
 use crate::error::{GatewayError, UpstreamFailure};
@@ -64,6 +65,44 @@ pub trait Adapter: Sync {
     /// delimited by [`Adapter::framing`]) is one: retried like an error status, since no byte
     /// has reached the client yet.
     fn first_event_error(&self, first: &[u8]) -> Option<String>;
+
+    /// The provider's translator, when its wire is not the front API's (Gemini, Bedrock):
+    /// the request then goes through the canonical conversation model both ways. `None` for
+    /// native passthrough (OpenAI, Azure).
+    fn translator(&self) -> Option<&dyn Translator> {
+        None
+    }
+}
+
+/// The translating half of a provider whose wire is not the front API. It reads and writes
+/// only canonical types (`api::canonical`) on the gateway's side and its own private wire
+/// types on the provider's: the front codecs (`api::chat`, `api::responses`) do the rest.
+pub trait Translator: Sync {
+    /// The upstream call for `conversation` on the decision's route (path, body, stream or
+    /// not, headers without secrets: auth is added per attempt by [`Adapter::attempt`]).
+    fn prepare(
+        &self,
+        conversation: &Conversation,
+        decision: &Decision,
+    ) -> Result<UpstreamCall, GatewayError>;
+
+    /// A whole (non-streaming) successful answer.
+    fn decode_reply(&self, provider: &Provider, body: &[u8]) -> Result<Reply, GatewayError>;
+
+    /// A decoder for one streamed answer.
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
+}
+
+/// Decodes one streamed answer, framing and translation together, incrementally.
+pub trait StreamDecoder: Send {
+    /// Decodes whatever `bytes` completes into `out`. Input may be split anywhere (inside a
+    /// UTF-8 character, an SSE line, an eventstream prelude): partial frames are kept for
+    /// the next call. An error the provider sends in the stream, or a frame that cannot be
+    /// decoded, is an `Err` with the message for the client; the stream ends there.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), String>;
+
+    /// The upstream body ended: `Err` (with why) when the stream was not complete.
+    fn end(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), String>;
 }
 
 /// How a provider frames a streamed answer.
@@ -71,6 +110,9 @@ pub trait Adapter: Sync {
 pub enum Framing {
     /// Server-sent events (`text/event-stream`), events ending in a blank line.
     Sse,
+    /// AWS eventstream (`application/vnd.amazon.eventstream`): binary frames, each opening
+    /// with its total length.
+    EventStream,
 }
 
 impl Framing {
@@ -79,6 +121,7 @@ impl Framing {
         let ct = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
         match self {
             Framing::Sse => ct.starts_with("text/event-stream"),
+            Framing::EventStream => ct.starts_with("application/vnd.amazon.eventstream"),
         }
     }
 
@@ -86,6 +129,11 @@ impl Framing {
     pub fn has_whole_event(self, buf: &[u8]) -> bool {
         match self {
             Framing::Sse => stream::has_whole_event(buf),
+            // The prelude's first 4 bytes are the frame's total length, big-endian.
+            Framing::EventStream => buf.get(..4).is_some_and(|len| {
+                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                buf.len() >= len.max(16)
+            }),
         }
     }
 }
@@ -160,26 +208,59 @@ pub struct UpstreamResponse {
     pub body: UpstreamBody,
 }
 
-/// Builds the upstream call for a routed front request. `previous_response_id` is the
-/// upstream id behind the client's (see `api::response_ids`).
+/// The request as the route's provider takes it: the client's bytes for a native provider,
+/// the decoded conversation for a translated one.
+pub enum Outgoing<'a> {
+    /// Native passthrough. `previous_response_id` is the upstream id behind the client's
+    /// (see `api::response_ids`).
+    Native {
+        front: &'a FrontRequest,
+        previous_response_id: Option<&'a str>,
+    },
+    Translated(&'a Conversation),
+}
+
+/// The adapter serving a provider kind.
+pub fn adapter(kind: ProviderKind) -> Option<&'static dyn Adapter> {
+    match kind {
+        ProviderKind::OpenAi => Some(&openai::OpenAi),
+        ProviderKind::AzureOpenAi => Some(&azure_openai::AzureOpenAi),
+        ProviderKind::Gemini | ProviderKind::Bedrock => None,
+    }
+}
+
+/// Builds the upstream call for a routed request.
 pub fn prepare(
-    front: &FrontRequest,
+    outgoing: Outgoing<'_>,
     decision: &Decision,
     traceparent: &str,
-    previous_response_id: Option<&str>,
 ) -> Result<UpstreamCall, GatewayError> {
-    let mut call = match decision.provider.kind() {
-        ProviderKind::OpenAi => openai::prepare(front, decision, previous_response_id),
-        ProviderKind::AzureOpenAi => azure_openai::prepare(front, decision, previous_response_id),
-        // Validation refuses these kinds until their adapters exist.
-        kind @ (ProviderKind::Gemini | ProviderKind::Bedrock) => {
-            Err(GatewayError::NotImplemented {
-                message: format!(
-                    "Provider type {} is not served by this build.",
-                    kind.as_str()
-                ),
-            })
-        }
+    let kind = decision.provider.kind();
+    let unserved = || GatewayError::NotImplemented {
+        message: format!(
+            "Provider type {} is not served by this build.",
+            kind.as_str()
+        ),
+    };
+    let adapter = adapter(kind).ok_or_else(unserved)?;
+    let mut call = match (outgoing, adapter.translator()) {
+        (Outgoing::Translated(conversation), Some(t)) => t.prepare(conversation, decision),
+        (
+            Outgoing::Native {
+                front,
+                previous_response_id,
+            },
+            None,
+        ) => match kind {
+            ProviderKind::AzureOpenAi => {
+                azure_openai::prepare(front, decision, previous_response_id)
+            }
+            _ => openai::prepare(front, decision, previous_response_id),
+        },
+        _ => Err(GatewayError::Internal(format!(
+            "provider type {} was handed the wrong form of request",
+            kind.as_str()
+        ))),
     }?;
     if let Ok(tp) = HeaderValue::from_str(traceparent) {
         call.headers
