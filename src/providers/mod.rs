@@ -15,7 +15,8 @@ pub mod azure_openai;
 pub mod openai;
 
 use crate::api::FrontRequest;
-use crate::api::canonical::{Conversation, Reply, StreamEvent};
+pub use crate::api::canonical::StreamDecoder;
+use crate::api::canonical::{Conversation, Reply};
 use crate::api::stream::{self, UpstreamChunk};
 use crate::config::{Provider, ProviderKind};
 use crate::error::{GatewayError, UpstreamFailure};
@@ -91,18 +92,6 @@ pub trait Translator: Sync {
 
     /// A decoder for one streamed answer.
     fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
-}
-
-/// Decodes one streamed answer, framing and translation together, incrementally.
-pub trait StreamDecoder: Send {
-    /// Decodes whatever `bytes` completes into `out`. Input may be split anywhere (inside a
-    /// UTF-8 character, an SSE line, an eventstream prelude): partial frames are kept for
-    /// the next call. An error the provider sends in the stream, or a frame that cannot be
-    /// decoded, is an `Err` with the message for the client; the stream ends there.
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), String>;
-
-    /// The upstream body ended: `Err` (with why) when the stream was not complete.
-    fn end(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), String>;
 }
 
 /// How a provider frames a streamed answer.
