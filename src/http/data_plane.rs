@@ -17,7 +17,7 @@ use crate::api::response_ids::{IdRewriter, IdScope};
 use crate::api::response_store::StoredResponse;
 use crate::api::stream::{Ending, OnEnd, RelayStream, TranslatedStream};
 use crate::api::{Endpoint, FrontRequest, chat, responses};
-use crate::config::RoutingMode;
+use crate::config::{Provider, RoutingMode};
 use crate::error::{GatewayError, quote};
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
 use crate::routing::{self, Decision, semantic};
@@ -27,6 +27,7 @@ use actix::Addr;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -83,12 +84,15 @@ pub async fn models(
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
 }
 
-/// `GET /{tenant}/{proxy}/v1/responses/{id}`: a response a translated provider answered and
-/// the gateway stored (Responses created with `store`, the default).
+/// `GET /{tenant}/{proxy}/v1/responses/{id}`: a stored response. One a translated provider
+/// answered is in the gateway's store; one OpenAI or Azure answered is fetched from the
+/// provider account whose scope the id verifies under (`api::response_ids`), its ids
+/// rewritten as on the way out.
 pub async fn get_response(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
     state: web::Data<AppState>,
+    provider: web::Data<Addr<ProviderActor>>,
 ) -> Result<HttpResponse, GatewayError> {
     let (tenant, proxy_id, id) = path.into_inner();
     let dir = state.directory.current();
@@ -98,15 +102,35 @@ pub async fn get_response(
     let span = tracing::Span::current();
     span.record("tenant", tracing::field::display(&tenant));
     span.record("proxy", tracing::field::display(&proxy_id));
-    match state.responses.get(&tenant, &id) {
-        Some(stored) => Ok(HttpResponse::Ok()
+    if let Some(stored) = state.responses.get(&tenant, &id) {
+        return Ok(HttpResponse::Ok()
             .content_type("application/json")
-            .body(stored.object.clone())),
-        None => Err(GatewayError::NotFound {
-            message: format!("Response with id '{}' not found.", quote(&id)),
-            code: "response_not_found",
-        }),
+            .body(stored.object.clone()));
     }
+    for upstream in proxy.providers.iter() {
+        let scope = IdScope::new(upstream.credentials.account_secret().as_bytes(), &tenant);
+        let Ok(upstream_id) = scope.resolve(&id) else {
+            continue;
+        };
+        let Some(request) = providers::retrieval(upstream, upstream_id) else {
+            continue;
+        };
+        let limits = CallLimits {
+            first_byte_timeout: upstream.timeout,
+            deadline: None,
+        };
+        let rewriter = IdRewriter::new(scope, Some((&id, upstream_id)));
+        return Ok(
+            match call(&req, upstream, limits, request, &provider, &span).await? {
+                Ok(answer) => relay_whole(answer, Some(rewriter)),
+                Err(err) => err.error_response(),
+            },
+        );
+    }
+    Err(GatewayError::NotFound {
+        message: format!("Response with id '{}' not found.", quote(&id)),
+        code: "response_not_found",
+    })
 }
 
 async fn conversation(
@@ -267,12 +291,24 @@ async fn send(
             .unwrap_or(decision.provider.timeout),
         deadline: route.deadline,
     };
+    call(req, &decision.provider, limits, request, provider, span).await
+}
+
+/// Sends `request` to `upstream` through this worker's provider actor.
+async fn call(
+    req: &HttpRequest,
+    upstream: &Arc<Provider>,
+    limits: CallLimits,
+    request: providers::UpstreamCall,
+    provider: &Addr<ProviderActor>,
+    span: &tracing::Span,
+) -> Result<Result<UpstreamResponse, GatewayError>, GatewayError> {
     // Dropped with this handler when the client goes away, which cancels the upstream call.
     let (_client_alive, client_gone) = oneshot::channel();
     let upstream_started = std::time::Instant::now();
     let answer = provider
         .send(Call {
-            provider: decision.provider.clone(),
+            provider: upstream.clone(),
             request,
             limits,
             span: span.clone(),
@@ -487,33 +523,44 @@ fn relay(
     upstream: UpstreamResponse,
     ids: Option<IdRewriter>,
 ) -> HttpResponse {
+    let UpstreamBody::Stream(rx) = upstream.body else {
+        return relay_whole(upstream, ids);
+    };
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
         res.insert_header(("x-upstream-request-id", id));
     }
-    match upstream.body {
-        UpstreamBody::Full(bytes) => {
-            let bytes = match ids {
-                Some(mut ids) => ids.body(bytes),
-                None => bytes,
-            };
-            let ct = upstream
-                .content_type
-                .unwrap_or(HeaderValue::from_static("application/json"));
-            res.insert_header((header::CONTENT_TYPE, ct)).body(bytes)
-        }
-        UpstreamBody::Stream(rx) => res
-            .insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header(("x-accel-buffering", "no"))
-            .streaming(RelayStream::new(
-                rx,
-                endpoint,
-                decision.provider.name.clone(),
-                ids,
-                stream_span(),
-            )),
+    res.insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(RelayStream::new(
+            rx,
+            endpoint,
+            decision.provider.name.clone(),
+            ids,
+            stream_span(),
+        ))
+}
+
+/// A whole upstream answer relayed as it came, its Responses ids rewritten when scoped.
+fn relay_whole(upstream: UpstreamResponse, ids: Option<IdRewriter>) -> HttpResponse {
+    let mut res = HttpResponse::build(upstream.status);
+    if let Some(id) = upstream.request_id {
+        res.insert_header(("x-upstream-request-id", id));
     }
+    let bytes = match upstream.body {
+        UpstreamBody::Full(bytes) => bytes,
+        // Only a call that asked for a stream gets one.
+        UpstreamBody::Stream(_) => Default::default(),
+    };
+    let bytes = match ids {
+        Some(mut ids) => ids.body(bytes),
+        None => bytes,
+    };
+    let ct = upstream
+        .content_type
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    res.insert_header((header::CONTENT_TYPE, ct)).body(bytes)
 }
 
 /// The span a stream is relayed in: a child of the request's, from the headers to the last

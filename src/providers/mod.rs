@@ -21,8 +21,8 @@ use crate::api::stream::{self, UpstreamChunk};
 use crate::config::{Provider, ProviderKind};
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::routing::Decision;
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
 use std::fmt;
 use std::time::Duration;
@@ -66,6 +66,12 @@ pub trait Adapter: Sync {
     /// delimited by [`Adapter::framing`]) is one: retried like an error status, since no byte
     /// has reached the client yet.
     fn first_event_error(&self, first: &[u8]) -> Option<String>;
+
+    /// The path (under the base URL) that retrieves a stored response by its upstream id, for
+    /// providers with a Responses API of their own (`GET /responses/{id}` is forwarded).
+    fn retrieval_path(&self, _provider: &Provider, _upstream_id: &str) -> Option<String> {
+        None
+    }
 
     /// The provider's translator, when its wire is not the front API's (Gemini, Bedrock):
     /// the request then goes through the canonical conversation model both ways. `None` for
@@ -131,6 +137,8 @@ impl Framing {
 /// from it by the adapter.
 pub struct UpstreamCall {
     pub adapter: &'static dyn Adapter,
+    /// `POST` for a conversation; `GET` to retrieve a stored response.
+    pub method: Method,
     /// Appended to the provider's base URL: path and query, starting with `/`.
     pub path: String,
     /// Headers that are the same on every attempt and carry no secret (trace context,
@@ -153,6 +161,7 @@ impl UpstreamCall {
         headers.push(auth);
         headers.extend(self.headers.iter().cloned());
         UpstreamRequest {
+            method: self.method.clone(),
             url: format!("{}{}", provider.base_url, self.path),
             headers,
             body: self.body.clone(),
@@ -174,6 +183,7 @@ impl fmt::Debug for UpstreamCall {
 /// One attempt's request, ready to send.
 #[derive(Debug)]
 pub struct UpstreamRequest {
+    pub method: Method,
     pub url: String,
     /// Headers besides `content-type`; secrets are marked sensitive.
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -256,6 +266,35 @@ pub fn prepare(
             .push((HeaderName::from_static("traceparent"), tp));
     }
     Ok(call)
+}
+
+/// The call that retrieves a stored response from `provider` by its upstream id, when the
+/// provider stores responses itself (OpenAI, Azure).
+pub fn retrieval(provider: &Provider, upstream_id: &str) -> Option<UpstreamCall> {
+    let adapter = adapter(provider.kind())?;
+    let path = adapter.retrieval_path(provider, upstream_id)?;
+    Some(UpstreamCall {
+        adapter,
+        method: Method::GET,
+        path,
+        headers: Vec::new(),
+        body: Bytes::new(),
+        stream: false,
+    })
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, so a name or id cannot
+/// change the path or query it is put in.
+pub(crate) fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A header value carrying a secret: marked sensitive so it is never logged.
