@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod chat;
 pub mod codec;
 pub mod response_ids;
+pub mod response_store;
 pub mod responses;
 pub mod stream;
 
