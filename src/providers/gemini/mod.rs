@@ -22,8 +22,8 @@ use crate::api::canonical::{Conversation, Reply};
 use crate::config::{Credentials, Provider, ProviderSettings};
 use crate::error::GatewayError;
 use crate::routing::Decision;
-use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -147,6 +147,7 @@ impl Translator for Gemini {
         let body = request::encode(conversation, model)?;
         Ok(UpstreamCall {
             adapter: &Gemini,
+            method: Method::POST,
             path: path(api_version, model, conversation.stream),
             headers: Vec::new(),
             body: Bytes::from(body),
@@ -173,30 +174,12 @@ fn upstream_model(model: &str) -> &str {
 
 /// The method's path under the base URL.
 fn path(api_version: &str, model: &str, stream: bool) -> String {
-    let (api_version, model) = (path_segment(api_version), path_segment(model));
+    let (api_version, model) = (super::path_segment(api_version), super::path_segment(model));
     if stream {
         format!("/{api_version}/models/{model}:streamGenerateContent?alt=sse")
     } else {
         format!("/{api_version}/models/{model}:generateContent")
     }
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters, so a model name cannot
-/// change the path, the method after `:` or the query.
-fn path_segment(s: &str) -> Cow<'_, str> {
-    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~');
-    if s.bytes().all(plain) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() * 3);
-    for b in s.bytes() {
-        if plain(b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    Cow::Owned(out)
 }
 
 /// A `google.protobuf.Duration` in JSON (`"33s"`, `"0.5s"`, `"1.000340012s"`).

@@ -418,6 +418,7 @@ fn provider() -> Provider {
 fn every_attempt_carries_the_key_in_a_sensitive_x_goog_api_key() {
     let call = UpstreamCall {
         adapter: &Gemini,
+        method: Method::POST,
         path: "/v1beta/models/gemini-2.5-flash:generateContent".into(),
         headers: vec![(
             HeaderName::from_static("traceparent"),
