@@ -204,13 +204,14 @@ pub(super) fn build<'a>(
     conversation: &'a Conversation,
     model: &str,
 ) -> Result<Request<'a>, GatewayError> {
-    let system_instruction = (!conversation.system.is_empty()).then(|| SystemInstruction {
-        parts: conversation
-            .system
-            .iter()
-            .map(|text| TextPart { text })
-            .collect(),
-    });
+    // Empty texts are left out everywhere: Gemini refuses an empty text parameter.
+    let system: Vec<TextPart<'_>> = conversation
+        .system
+        .iter()
+        .filter(|text| !text.is_empty())
+        .map(|text| TextPart { text })
+        .collect();
+    let system_instruction = (!system.is_empty()).then_some(SystemInstruction { parts: system });
     Ok(Request {
         system_instruction,
         contents: contents(&conversation.messages)?,
@@ -249,6 +250,8 @@ fn contents(messages: &[Message]) -> Result<Vec<Content<'_>>, GatewayError> {
 
 fn wire_part(part: &Part) -> Result<Option<WirePart<'_>>, GatewayError> {
     Ok(Some(match part {
+        // OpenAI clients send `content: ""` beside tool calls; Gemini refuses empty text.
+        Part::Text { text } if text.is_empty() => return Ok(None),
         Part::Text { text } => WirePart {
             text: Some(text),
             ..WirePart::default()

@@ -68,11 +68,14 @@ fn a_system_prompt_and_turns_become_system_instruction_and_contents() {
 }
 
 #[test]
-fn same_role_turns_merge_and_reasoning_is_not_sent_back() {
+fn same_role_turns_merge_and_reasoning_and_empty_text_are_not_sent() {
     let conversation = Conversation {
+        system: vec![String::new()],
         messages: vec![
             user("a"),
+            user(""),
             user("b"),
+            assistant(vec![Part::text("")]),
             assistant(vec![Part::Reasoning {
                 text: "hmm".into(),
                 signature: Some("anthropic-sig".into()),
