@@ -8,6 +8,10 @@
 //! JSON Schema kept whole (`parametersJsonSchema`, `responseJsonSchema`), tool choice as a
 //! function-calling mode, and reasoning effort as a thinking level or budget. It does not own
 //! URLs, auth or the answer.
+//!
+//! What Gemini has no field for is not sent: `parallel_tool_calls` (Gemini decides alone), a
+//! tool's or schema's `strict` and a JSON schema's `name`/`description` (Gemini validates
+//! against the schema itself), an image's `detail`.
 
 use crate::api::canonical::{
     Conversation, ImageSource, Message, OutputFormat, Part, Role, Tool, ToolCall, ToolChoice,
