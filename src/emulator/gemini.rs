@@ -1154,7 +1154,9 @@ fn check_turns(
             ("user", _, _) => Turn::User,
             _ => Turn::Model,
         };
-        stats.messages += 1;
+        // Each function response counts as a message, as each tool message does on OpenAI:
+        // Gemini must answer parallel calls in one turn where chat sends one message each.
+        stats.messages += responses.max(1);
     }
     if open_calls > 0 {
         return Err(ApiError::invalid(
@@ -1225,7 +1227,9 @@ fn check_part(
                     "Name cannot be empty.",
                 ));
             }
-            stats.add(name);
+            // Like the other providers' emulators, only the arguments and the result count
+            // toward the prompt, not the function's name: the same conversation is the same
+            // prompt on every provider (the conformance table checks it).
             if let Some(args) = get(
                 call,
                 if member == "function_call" {
