@@ -119,6 +119,25 @@ async fn chat_is_translated_both_ways_with_gemini_usage() {
     assert_eq!(usage["completion_tokens"], 12 + 6);
     assert_eq!(usage["completion_tokens_details"]["reasoning_tokens"], 6);
 
+    // reasoning_effort turns thinking on for Gemini 2.5 (a budget, with thought summaries):
+    // the summary is reasoning, not content.
+    let mut thinking = chat("gemini-2.5-flash", "Hello");
+    thinking["reasoning_effort"] = json!("high");
+    let r = chat_call(&gw, thinking).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let message = &body["choices"][0]["message"];
+    assert_eq!(message["content"], CANNED);
+    assert_eq!(
+        message["reasoning_content"],
+        "Thinking about the canned answer."
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 12 + 6);
+    assert_eq!(
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        6
+    );
+
     // max_tokens cuts the answer: MAX_TOKENS is `length`.
     let mut short = chat("gemini-2.5-flash", "Hello");
     short["max_tokens"] = json!(3);
