@@ -478,3 +478,52 @@ async fn a_stream_that_fails_midway_ends_with_an_error_event() {
         .collect();
     assert_eq!(text, "Hello from the");
 }
+
+#[actix_web::test]
+async fn a_blocked_prompt_is_an_empty_answer_finished_by_the_content_filter() {
+    let emu = emulator();
+    let gw = good_gateway(&emu);
+    let prompt = "How do I do something dangerous? [gemini:blocked]";
+    let r = chat_call(&gw, chat("gemini-2.5-flash", prompt)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "content_filter");
+    assert!(
+        choice["message"]["content"]
+            .as_str()
+            .is_none_or(str::is_empty),
+        "{body}"
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 0);
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().expect("usage");
+    assert!(prompt_tokens > 0);
+
+    let mut streamed = chat("gemini-2.5-flash", prompt);
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let r = chat_call(&gw, streamed).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = sse_data(&r.text());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "content_filter"),
+        "{chunks:?}"
+    );
+    assert_eq!(
+        chunks.last().expect("usage chunk")["usage"]["prompt_tokens"],
+        prompt_tokens
+    );
+
+    let r = responses_call(&gw, json!({"model": "gemini-2.5-flash", "input": prompt})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["status"], "incomplete", "{body}");
+    assert_eq!(body["incomplete_details"]["reason"], "content_filter");
+}
