@@ -96,7 +96,11 @@ impl Adapter for Gemini {
             .and_then(|e| e.details.iter().find_map(|d| d.retry_delay.as_deref()))
             .and_then(parse_duration)
             .or_else(|| super::retry_after(headers));
-        let shaped = error.map(|e| openai_shaped(status, e));
+        // Only Google's own error (with its `status` name) is reshaped; anything else (a proxy's
+        // page, an OpenAI-shaped body from a compatible server) is left for `error.rs`.
+        let shaped = error
+            .filter(|e| e.status.is_some())
+            .map(|e| openai_shaped(status, e));
         let mut failure = super::upstream_failure(
             provider,
             status,

@@ -582,6 +582,11 @@ fn google_errors_become_openai_errors_with_the_status_kept() {
         json!({"error": {"message": "Invalid JSON payload received. Unknown name \"thinking\": Cannot find field.",
             "type": "invalid_request_error", "param": null, "code": "INVALID_ARGUMENT"}})
     );
+    // Already OpenAI's shape (a compatible server in between): kept as it is.
+    let openai = Bytes::from_static(
+        br#"{"error":{"message":"busy","type":"server_error","param":null,"code":null}}"#,
+    );
+    assert_eq!(upstream(classify(503, openai.clone())).body, openai);
     // Not Google's shape: left for error.rs to wrap.
     let u = upstream(classify(
         502,
