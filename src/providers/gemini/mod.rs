@@ -248,18 +248,52 @@ fn openai_shaped(status: StatusCode, error: &GoogleError<'_>) -> Vec<u8> {
         s if s >= 500 => ("server_error", google_status),
         _ => ("invalid_request_error", google_status),
     };
+    let message = redact_projects(
+        error
+            .message
+            .as_deref()
+            .unwrap_or("The upstream provider returned an error without a message."),
+    );
     let body = OpenAiErrorBody {
         error: OpenAiError {
-            message: error
-                .message
-                .as_deref()
-                .unwrap_or("The upstream provider returned an error without a message."),
+            message: &message,
             kind,
             param: None,
             code,
         },
     };
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Google's messages name the operator's Cloud project by number (`project 1234…`,
+/// `projects/1234…`, `project_number:1234…`); a tenant must not see it.
+fn redact_projects(message: &str) -> Cow<'_, str> {
+    const MARKERS: [&str; 3] = ["project_number:", "projects/", "project "];
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut at = 0;
+    while at < message.len() {
+        let rest = &message[at..];
+        if let Some(marker) = MARKERS.iter().find(|m| rest.starts_with(**m)) {
+            let digits = rest[marker.len()..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            if digits > 0 {
+                out.push_str(&message[copied..at + marker.len()]);
+                out.push_str("[redacted]");
+                at += marker.len() + digits;
+                copied = at;
+                continue;
+            }
+        }
+        at += rest.chars().next().map_or(1, char::len_utf8);
+    }
+    if copied == 0 {
+        return Cow::Borrowed(message);
+    }
+    out.push_str(&message[copied..]);
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -680,3 +680,50 @@ fn translation_stays_well_under_a_tenth_of_a_millisecond() {
     eprintln!("gemini request translation: {per:?} per request ({bytes} bytes in total)");
     assert!(per < Duration::from_millis(1), "{per:?}");
 }
+
+#[test]
+fn project_numbers_are_redacted_from_google_messages() {
+    assert_eq!(
+        redact_projects(
+            "Permission denied on project 123456789 (projects/987654, project_number:42é)."
+        ),
+        "Permission denied on project [redacted] (projects/[redacted], project_number:[redacted]é)."
+    );
+    for same in ["no project here", "project x1", "projects/ none", "é"] {
+        assert!(matches!(redact_projects(same), Cow::Borrowed(_)), "{same}");
+    }
+    let body = Bytes::from_static(
+        br#"{"error":{"code":403,"message":"Caller lacks access to project 1234","status":"PERMISSION_DENIED"}}"#,
+    );
+    let doc: Value = serde_json::from_slice(&upstream(classify(403, body)).body).expect("JSON");
+    assert_eq!(
+        doc["error"]["message"],
+        "Caller lacks access to project [redacted]"
+    );
+    let mut fuzz = crate::fuzz::Budget::new("gemini project redaction", 2_000);
+    while fuzz.more() {
+        let rng = &mut fuzz.rng;
+        let pieces = [
+            "project ",
+            "projects/",
+            "project_number:",
+            "1",
+            "é",
+            "x",
+            " ",
+        ];
+        let text: String = (0..rng.usize(0..12))
+            .map(|_| pieces[rng.usize(..pieces.len())])
+            .collect();
+        let out = redact_projects(&text);
+        for marker in ["project ", "projects/", "project_number:"] {
+            for (i, _) in out.match_indices(marker) {
+                let after = &out[i + marker.len()..];
+                assert!(
+                    !after.starts_with(|c: char| c.is_ascii_digit()),
+                    "{text:?} -> {out:?}"
+                );
+            }
+        }
+    }
+}
