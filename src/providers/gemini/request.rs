@@ -417,10 +417,17 @@ fn generation_config<'a>(
 /// OpenAI-compatible layer documents (1 024, 8 192, 24 576); `minimal` is 512, the smallest
 /// budget every 2.5 model accepts (Flash-Lite's floor; Pro cannot turn thinking off).
 /// Gemini 3 and later take a level; Pro models know only `LOW` and `HIGH`, so `minimal` and
-/// `medium` round to those there. Thought summaries are asked for whenever the model thinks,
+/// `medium` round to those there. Models whose name does not say (aliases) get the budget. Thought summaries are asked for whenever the model thinks,
 /// and come back as reasoning parts.
 fn thinking(effort: &str, model: &str) -> Result<ThinkingConfig, GatewayError> {
-    let budget_family = model.starts_with("gemini-2") || model.starts_with("gemini-1");
+    // Levels only where the model says it is Gemini 3 or later: a budget is what 2.x takes
+    // and what later models still accept, so aliases (`gemini-flash-latest`) get one too.
+    let levels = model
+        .strip_prefix("gemini-")
+        .and_then(|rest| rest.split(['.', '-']).next())
+        .and_then(|major| major.parse::<u32>().ok())
+        .is_some_and(|major| major >= 3);
+    let budget_family = !levels;
     let only_low_high = model.contains("-pro");
     let (budget, level) = match (effort, budget_family) {
         ("none", true) => (Some(0), None),

@@ -378,6 +378,14 @@ fn reasoning_effort_is_a_budget_on_gemini_2_and_a_level_after() {
         ok("minimal", "gemini-3-pro-preview"),
         json!({"thinkingLevel": "LOW", "includeThoughts": true})
     );
+    assert_eq!(
+        ok("low", "gemini-flash-latest"),
+        json!({"thinkingBudget": 1024, "includeThoughts": true})
+    );
+    assert_eq!(
+        ok("low", "gemini-3.1-pro-preview"),
+        json!({"thinkingLevel": "LOW", "includeThoughts": true})
+    );
     assert!(matches!(
         thinking("extreme", "gemini-2.5-flash"),
         Err(GatewayError::InvalidRequest { ref param, .. }) if param.as_deref() == Some("reasoning_effort")
