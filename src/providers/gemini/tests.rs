@@ -640,10 +640,10 @@ fn an_opening_error_event_is_found() {
 }
 
 #[test]
-fn translation_stays_well_under_a_tenth_of_a_millisecond() {
+fn request_translation_costs_microseconds() {
     // A realistic request: system prompt, six turns with a tool round trip, a tool with a
-    // schema, sampling and structured output. Debug builds are ~10x slower than release, so
-    // the bound here is generous; the figure measured in release is in the report.
+    // schema and sampling. The bar is 0.1 ms of CPU per request in an optimised build (measured
+    // there: 2.4 µs); a debug build is some 50x slower, so the bound here is 1 ms.
     let conversation = Conversation {
         system: vec!["You are a helpful assistant. Be brief.".into()],
         messages: vec![
