@@ -503,6 +503,47 @@ async fn sigv4_is_verified() {
 // Validation.
 // ---------------------------------------------------------------------------------------------
 
+/// With `bedrock_region = "*"` (what `serve --emulator` runs), a signature scoped to any
+/// region is verified with that region: a good one passes, a wrong secret still fails.
+#[actix_web::test]
+async fn any_region_mode_verifies_with_the_scope_region() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let addr = listener.local_addr().expect("local address");
+    let config = switchyard::emulator::EmulatorConfig {
+        workers: 1,
+        bedrock_region: switchyard::emulator::ANY_BEDROCK_REGION.to_owned(),
+        ..Default::default()
+    };
+    actix_web::rt::spawn(switchyard::emulator::server(config, listener).expect("emulator starts"));
+    let path = converse_path();
+    let bytes = serde_json::to_vec(&body()).expect("JSON");
+    for region in ["eu-west-3", "ap-southeast-2", DEFAULT_BEDROCK_REGION] {
+        let signer = Signer {
+            region,
+            ..Signer::default()
+        };
+        let headers = signer.headers(addr, &path, &bytes);
+        let reply = send_raw(addr, &path, bytes.clone(), &headers).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{region}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let wrong = Signer {
+        region: "eu-west-3",
+        secret: "not-the-secret",
+        ..Signer::default()
+    };
+    let headers = wrong.headers(addr, &path, &bytes);
+    let reply = send_raw(addr, &path, bytes.clone(), &headers).await;
+    assert_eq!(
+        aws_error(&reply, 403, "InvalidSignatureException"),
+        MISMATCH
+    );
+}
+
 #[actix_web::test]
 async fn refuses_what_bedrock_refuses() {
     let addr = start();
