@@ -170,6 +170,13 @@ pub struct ServeArgs {
     /// Seconds a request body may go quiet before the request gets a 408.
     #[arg(long, default_value_t = 15, env = "SWITCHYARD_BODY_TIMEOUT_SECS")]
     pub body_timeout_secs: u64,
+    /// Memory for stored responses of translated providers (Gemini, Bedrock), in MiB: the
+    /// oldest go first when it is full.
+    #[arg(long, default_value_t = 256, env = "SWITCHYARD_RESPONSE_STORE_MIB")]
+    pub response_store_mib: u64,
+    /// How long a stored response stays available to `previous_response_id` and `GET`, in seconds.
+    #[arg(long, default_value_t = 24 * 3600, env = "SWITCHYARD_RESPONSE_STORE_TTL_SECS")]
+    pub response_store_ttl_secs: u64,
     /// Open connections allowed from one client address (0: no limit). Behind a load balancer
     /// every client shares its address: raise or disable this there.
     #[arg(long, default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT, env = "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT")]

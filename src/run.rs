@@ -10,6 +10,7 @@ use crate::actors::directory::DirectoryHandle;
 use crate::actors::embedder::{DiskCache, EmbedService, Readiness};
 use crate::actors::messages::ApplySnapshot;
 use crate::actors::supervisor::Supervisor;
+use crate::api::response_store::MemoryStore;
 use crate::cli::{EmbeddingArgs, EmulateArgs, EvalArgs, RouteArgs, ServeArgs};
 use crate::config::RoutingMode;
 use crate::config::watcher::Reloader;
@@ -231,6 +232,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             reloader: Some(reloader),
             admin_token: AdminToken::from_env(),
             indexes,
+            responses: Arc::new(MemoryStore::new(
+                args.response_store_mib.saturating_mul(1 << 20),
+                std::time::Duration::from_secs(args.response_store_ttl_secs),
+            )),
         };
         let addr = local_addr(&listener);
         let server = http::server(state, listener, args.workers, shutdown_timeout)?;

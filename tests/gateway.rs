@@ -1025,6 +1025,18 @@ async fn response_ids_are_scoped_to_the_tenant() {
         let e = r.assert_error(400, "previous_response_not_found");
         assert_eq!(e["error"]["param"], "previous_response_id");
     }
+
+    // GET is forwarded to the account the id belongs to, ids rewritten as on creation;
+    // another tenant's GET of the same id (or of the bare upstream id) finds nothing.
+    let get = |url: String, key: &'static str| send(client().get(url).bearer_auth(key), None);
+    let got = get(gw.url(&format!("/a/chat/v1/responses/{id}")), KEY_A).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["id"], id.as_str());
+    assert_eq!(got.json()["output"], first.json()["output"]);
+    for stolen in [id.clone(), upstream_id.to_owned()] {
+        let r = get(gw.url(&format!("/b/chat/v1/responses/{stolen}")), KEY_B).await;
+        r.assert_error(404, "response_not_found");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

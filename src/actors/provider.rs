@@ -215,9 +215,11 @@ async fn send_once(
     // Built per attempt: a signature over the time must be fresh on every retry.
     let request = adapter.attempt(provider, call)?;
     let mut builder = client
-        .post(&request.url)
-        .timeout(provider.timeout)
-        .insert_header((header::CONTENT_TYPE, "application/json"));
+        .request(request.method, &request.url)
+        .timeout(provider.timeout);
+    if !request.body.is_empty() {
+        builder = builder.insert_header((header::CONTENT_TYPE, "application/json"));
+    }
     for (name, value) in request.headers {
         builder = builder.insert_header((name, value));
     }
@@ -498,6 +500,7 @@ mod tests {
         ) -> Result<crate::providers::UpstreamRequest, GatewayError> {
             let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             Ok(crate::providers::UpstreamRequest {
+                method: call.method.clone(),
                 url: format!("{}{}", provider.base_url, call.path),
                 headers: vec![(
                     header::HeaderName::from_static("x-attempt"),
@@ -586,6 +589,7 @@ mod tests {
         });
         let call = UpstreamCall {
             adapter: &NUMBERED,
+            method: actix_web::http::Method::POST,
             path: "/x".into(),
             headers: Vec::new(),
             body: Bytes::from_static(b"{}"),

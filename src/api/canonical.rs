@@ -292,6 +292,18 @@ pub enum StreamEvent {
     Usage(Usage),
 }
 
+/// Decodes one streamed answer, framing and translation together, incrementally.
+pub trait StreamDecoder: Send {
+    /// Decodes whatever `bytes` completes into `out`. Input may be split anywhere (inside a
+    /// UTF-8 character, an SSE line, an eventstream prelude): partial frames are kept for
+    /// the next call. An error the provider sends in the stream, or a frame that cannot be
+    /// decoded, is an `Err` with the message for the client; the stream ends there.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), String>;
+
+    /// The upstream body ended: `Err` (with why) when the stream was not complete.
+    fn end(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), String>;
+}
+
 /// Folds stream events into the [`Reply`] they amount to: what a Responses stream stores,
 /// and what the usage tap reads.
 #[derive(Debug, Default)]

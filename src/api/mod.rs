@@ -7,7 +7,11 @@
 //! translate through will live here beside it (`canonical`), with chat and responses as codecs.
 
 pub mod canonical;
+pub mod chat;
+pub mod codec;
 pub mod response_ids;
+pub mod response_store;
+pub mod responses;
 pub mod stream;
 
 use crate::error::{GatewayError, quote};

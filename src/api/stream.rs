@@ -5,8 +5,14 @@
 //! terminal `response.*` event for Responses) and, when the upstream breaks off or ends early,
 //! closes the client's stream with an OpenAI-shaped error event instead of a silent cut.
 //! Holding back a torn trailing event is what lets that error event parse on the client.
+//!
+//! [`TranslatedStream`] is the same relay for providers whose wire is not the front API:
+//! framing decoder and translator (the provider's) → canonical events → the answer so far
+//! (what the usage tap and the response store read when it ends) → the front encoder.
 
 use super::Endpoint;
+use super::canonical::{Reply, ReplyBuilder, StreamDecoder, StreamEvent};
+use super::codec::FrontEncoder;
 use super::response_ids::IdRewriter;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
@@ -210,6 +216,135 @@ impl Stream for RelayStream {
     }
 }
 
+/// How a translated answer ended, for the hook that stores it and reads its usage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The provider finished the answer and the client has all of it.
+    Complete,
+    /// The upstream broke off or sent an error; the client got an error event.
+    Failed,
+    /// The client went away before the end.
+    Abandoned,
+}
+
+/// Called once when a translated answer ends, with what it amounted to so far (the usage
+/// tap and the response store hang here).
+pub type OnEnd = Box<dyn FnOnce(&Reply, Ending) + Send>;
+
+/// The relay for a provider whose wire is not the front API: upstream bytes → the provider's
+/// [`StreamDecoder`] (framing and translation) → canonical events, folded into the answer
+/// so far → the front endpoint's [`FrontEncoder`]. A failure after the headers (a broken
+/// connection, an error the provider streams, a frame that does not decode) ends the
+/// client's stream with the endpoint's own error event.
+pub struct TranslatedStream {
+    rx: mpsc::Receiver<UpstreamChunk>,
+    decoder: Box<dyn StreamDecoder>,
+    encoder: Box<dyn FrontEncoder>,
+    answer: ReplyBuilder,
+    events: Vec<StreamEvent>,
+    provider: String,
+    on_end: Option<OnEnd>,
+    closed: bool,
+    span: tracing::Span,
+}
+
+impl TranslatedStream {
+    pub fn new(
+        rx: mpsc::Receiver<UpstreamChunk>,
+        decoder: Box<dyn StreamDecoder>,
+        encoder: Box<dyn FrontEncoder>,
+        provider: String,
+        on_end: OnEnd,
+        span: tracing::Span,
+    ) -> Self {
+        Self {
+            rx,
+            decoder,
+            encoder,
+            answer: ReplyBuilder::default(),
+            events: Vec::new(),
+            provider,
+            on_end: Some(on_end),
+            closed: false,
+            span,
+        }
+    }
+
+    /// Encodes the decoded events, folding them into the answer.
+    fn encode(&mut self, out: &mut BytesMut) {
+        for event in self.events.drain(..) {
+            self.answer.push(&event);
+            self.encoder.push(&event, out);
+        }
+    }
+
+    /// Ends the stream: the closing events, or the error event when `failure` says why not.
+    fn close(&mut self, failure: Option<String>, out: &mut BytesMut) {
+        self.closed = true;
+        let ending = match failure {
+            None => {
+                self.encoder.finish(out);
+                Ending::Complete
+            }
+            Some(why) => {
+                let _entered = self.span.enter();
+                tracing::warn!(provider = %self.provider, reason = %why, "upstream stream interrupted");
+                let message = format!(
+                    "The upstream provider {} ended the stream early: {why}",
+                    self.provider
+                );
+                self.encoder
+                    .fail("upstream_stream_interrupted", &message, out);
+                Ending::Failed
+            }
+        };
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.answer.reply(), ending);
+        }
+    }
+}
+
+impl Drop for TranslatedStream {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.answer.reply(), Ending::Abandoned);
+        }
+    }
+}
+
+impl Stream for TranslatedStream {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.closed {
+                return Poll::Ready(None);
+            }
+            let mut out = BytesMut::new();
+            match this.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let fed = this.decoder.feed(&chunk, &mut this.events);
+                    this.encode(&mut out);
+                    if let Err(why) = fed {
+                        this.close(Some(why), &mut out);
+                    }
+                }
+                Poll::Ready(Some(Err(why))) => this.close(Some(why), &mut out),
+                Poll::Ready(None) => {
+                    let ended = this.decoder.end(&mut this.events);
+                    this.encode(&mut out);
+                    this.close(ended.err(), &mut out);
+                }
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(out.freeze())));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +515,151 @@ mod tests {
             first_sse_event(b"data: {\"error\""),
             None,
             "not a whole event yet"
+        );
+    }
+
+    /// A toy provider stream: one line per event (`T:text`, `F` to finish, `E:why` for an
+    /// error the provider streams), so the relay can be tested without a provider.
+    struct Lines(Vec<u8>, bool);
+
+    impl StreamDecoder for Lines {
+        fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), String> {
+            self.0.extend_from_slice(bytes);
+            while let Some(n) = self.0.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.0.drain(..=n).collect();
+                let line = String::from_utf8_lossy(&line[..n]).into_owned();
+                match line.split_once(':') {
+                    Some(("T", t)) => out.push(StreamEvent::Text(t.into())),
+                    Some(("E", why)) => return Err(why.into()),
+                    _ if line == "F" => {
+                        self.1 = true;
+                        out.push(StreamEvent::Finish(
+                            crate::api::canonical::FinishReason::Stop,
+                        ));
+                    }
+                    _ => return Err(format!("bad line {line}")),
+                }
+            }
+            Ok(())
+        }
+        fn end(&mut self, _out: &mut Vec<StreamEvent>) -> Result<(), String> {
+            if self.1 {
+                Ok(())
+            } else {
+                Err("no finish".into())
+            }
+        }
+    }
+
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Ending)>>>;
+
+    /// The relay over `chunks`, and the upstream's sender (dropping it ends the upstream).
+    fn translated(
+        chunks: Vec<UpstreamChunk>,
+        seen: &Seen,
+    ) -> (TranslatedStream, mpsc::Sender<UpstreamChunk>) {
+        let (tx, rx) = mpsc::channel(chunks.len() + 1);
+        for c in chunks {
+            tx.try_send(c).expect("room");
+        }
+        let encoder = crate::api::chat::ChatStream::new(
+            crate::api::chat::Stamp {
+                id: "c".into(),
+                created: 1,
+                model: "m".into(),
+            },
+            crate::api::chat::ChatOptions::default(),
+        );
+        let seen = seen.clone();
+        let stream = TranslatedStream::new(
+            rx,
+            Box::new(Lines(Vec::new(), false)),
+            Box::new(encoder),
+            "toy".into(),
+            Box::new(move |reply, ending| {
+                seen.lock().expect("lock").push((reply.text(), ending));
+            }),
+            tracing::Span::none(),
+        );
+        (stream, tx)
+    }
+
+    async fn body((stream, tx): (TranslatedStream, mpsc::Sender<UpstreamChunk>)) -> String {
+        drop(tx);
+        let parts: Vec<Bytes> = stream.map(|r| r.expect("never fails")).collect().await;
+        parts
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    fn data_lines(body: &str) -> Vec<String> {
+        body.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[actix_web::test]
+    async fn a_translated_stream_is_encoded_event_by_event_and_ends_once() {
+        let seen = Seen::default();
+        // Lines split across chunks, inside a line too.
+        let out = body(translated(
+            vec![ok("T:Hel"), ok("lo\nT: world\n"), ok("F\n")],
+            &seen,
+        ))
+        .await;
+        let events = data_lines(&out);
+        assert_eq!(events.len(), 5, "{out}");
+        assert!(events[1].contains("\"content\":\"Hello\""), "{}", events[1]);
+        assert!(events[3].contains("\"finish_reason\":\"stop\""));
+        assert_eq!(events[4], "data: [DONE]");
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            [("Hello world".to_owned(), Ending::Complete)]
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_translated_stream_that_breaks_ends_in_an_error_event() {
+        for (chunks, why) in [
+            (
+                vec![ok("T:a\n"), Err("the upstream connection broke".to_owned())],
+                "the upstream connection broke",
+            ),
+            (vec![ok("T:a\nE:overloaded\nT:never\n")], "overloaded"),
+            (vec![ok("T:a\n")], "no finish"),
+        ] {
+            let seen = Seen::default();
+            let out = body(translated(chunks, &seen)).await;
+            let events = data_lines(&out);
+            assert_eq!(events.len(), 3, "{out}");
+            let last: serde_json::Value =
+                serde_json::from_str(events[2].strip_prefix("data: ").expect("data"))
+                    .expect("json");
+            assert_eq!(last["error"]["code"], "upstream_stream_interrupted");
+            assert_eq!(
+                last["error"]["message"],
+                format!("The upstream provider toy ended the stream early: {why}")
+            );
+            assert!(!out.contains("never") && !out.contains("[DONE]"));
+            assert_eq!(
+                *seen.lock().expect("lock"),
+                [("a".to_owned(), Ending::Failed)]
+            );
+        }
+    }
+
+    #[actix_web::test]
+    async fn an_abandoned_translated_stream_still_reports_what_it_got() {
+        let seen = Seen::default();
+        let (mut stream, _upstream_still_open) = translated(vec![ok("T:partial\n")], &seen);
+        let first = stream.next().await.expect("a chunk").expect("ok");
+        assert!(String::from_utf8_lossy(&first).contains("partial"));
+        drop(stream);
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            [("partial".to_owned(), Ending::Abandoned)]
         );
     }
 }

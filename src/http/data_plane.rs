@@ -11,10 +11,13 @@ use super::body::read_limited;
 use crate::actors::directory::{ProxyHandle, TenantEntry};
 use crate::actors::messages::{Call, CallLimits, Decide, RestartProxy};
 use crate::actors::provider::ProviderActor;
+use crate::api::canonical::{Conversation, Message, Reply, Role};
+use crate::api::codec::FrontEncoder;
 use crate::api::response_ids::{IdRewriter, IdScope};
-use crate::api::stream::RelayStream;
-use crate::api::{Endpoint, FrontRequest};
-use crate::config::RoutingMode;
+use crate::api::response_store::StoredResponse;
+use crate::api::stream::{Ending, OnEnd, RelayStream, TranslatedStream};
+use crate::api::{Endpoint, FrontRequest, chat, responses};
+use crate::config::{Provider, RoutingMode};
 use crate::error::{GatewayError, quote};
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
 use crate::routing::{self, Decision, semantic};
@@ -24,6 +27,7 @@ use actix::Addr;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use serde_json::json;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -80,6 +84,55 @@ pub async fn models(
     Ok(HttpResponse::Ok().json(json!({"object": "list", "data": data})))
 }
 
+/// `GET /{tenant}/{proxy}/v1/responses/{id}`: a stored response. One a translated provider
+/// answered is in the gateway's store; one OpenAI or Azure answered is fetched from the
+/// provider account whose scope the id verifies under (`api::response_ids`), its ids
+/// rewritten as on the way out.
+pub async fn get_response(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+    provider: web::Data<Addr<ProviderActor>>,
+) -> Result<HttpResponse, GatewayError> {
+    let (tenant, proxy_id, id) = path.into_inner();
+    let dir = state.directory.current();
+    let auth = authenticate(&dir, &tenant, req.headers())?;
+    let proxy = find_proxy(auth.entry, &proxy_id)?;
+    access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
+    let span = tracing::Span::current();
+    span.record("tenant", tracing::field::display(&tenant));
+    span.record("proxy", tracing::field::display(&proxy_id));
+    if let Some(stored) = state.responses.get(&tenant, &id) {
+        return Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(stored.object.clone()));
+    }
+    for upstream in proxy.providers.iter() {
+        let scope = IdScope::new(upstream.credentials.account_secret().as_bytes(), &tenant);
+        let Ok(upstream_id) = scope.resolve(&id) else {
+            continue;
+        };
+        let Some(request) = providers::retrieval(upstream, upstream_id) else {
+            continue;
+        };
+        let limits = CallLimits {
+            first_byte_timeout: upstream.timeout,
+            deadline: None,
+        };
+        let rewriter = IdRewriter::new(scope, Some((&id, upstream_id)));
+        return Ok(
+            match call(&req, upstream, limits, request, &provider, &span).await? {
+                Ok(answer) => relay_whole(answer, Some(rewriter)),
+                Err(err) => err.error_response(),
+            },
+        );
+    }
+    Err(GatewayError::NotFound {
+        message: format!("Response with id '{}' not found.", quote(&id)),
+        code: "response_not_found",
+    })
+}
+
 async fn conversation(
     endpoint: Endpoint,
     req: HttpRequest,
@@ -121,6 +174,7 @@ async fn conversation(
         RoutingMode::Semantic => "no_topic_match",
     });
     let mut decision = first.clone();
+    let mut decoded = None;
     for (step, &route) in chain.iter().enumerate() {
         if step > 0 {
             decision = first.on_route(route, &proxy.providers)?;
@@ -137,13 +191,14 @@ async fn conversation(
         );
         let answer = attempt(
             &req,
-            endpoint,
+            &state,
             &tenant,
             &front,
             &decision,
             &traceparent,
             &provider,
             &span,
+            &mut decoded,
         )
         .await?;
         let err = match answer {
@@ -171,18 +226,34 @@ async fn conversation(
 
 /// One route's try at a request: the upstream request built for its provider, sent by this
 /// worker's provider actor (with that route's retries), and relayed. `Ok(Err)` is a failure
-/// the caller may fall back from; `Err` ends the request.
+/// the caller may fall back from; `Err` ends the request. `decoded` keeps the conversation
+/// decoded for a translated provider across the fallback chain (decoded at most once).
 #[expect(clippy::too_many_arguments)]
 async fn attempt(
     req: &HttpRequest,
-    endpoint: Endpoint,
+    state: &AppState,
     tenant: &str,
     front: &FrontRequest,
     decision: &Decision,
     traceparent: &str,
     provider: &Addr<ProviderActor>,
     span: &tracing::Span,
+    decoded: &mut Option<Decoded>,
 ) -> Result<Result<HttpResponse, GatewayError>, GatewayError> {
+    let endpoint = front.endpoint;
+    let translator = providers::adapter(decision.provider.kind()).and_then(|a| a.translator());
+    if let Some(translator) = translator {
+        let decoded = match decoded {
+            Some(d) => d,
+            None => decoded.insert(Decoded::new(front, tenant, state)?),
+        };
+        let outgoing = providers::Outgoing::Translated(&decoded.conversation);
+        let request = providers::prepare(outgoing, decision, traceparent)?;
+        let answer = send(req, decision, request, provider, span).await?;
+        return Ok(answer.and_then(|upstream| {
+            translated(translator, decision, upstream, decoded, tenant, state)
+        }));
+    }
     // Responses ids are scoped to the tenant on the provider account (api::response_ids).
     let ids = (endpoint == Endpoint::Responses).then(|| {
         IdScope::new(
@@ -199,6 +270,20 @@ async fn attempt(
         previous_response_id: previous.as_ref().map(|p| p.1),
     };
     let request = providers::prepare(outgoing, decision, traceparent)?;
+    let answer = send(req, decision, request, provider, span).await?;
+    let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
+    Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter)))
+}
+
+/// Hands a prepared call to this worker's provider actor, with the route's time limits, and
+/// cancels it if the client goes away first.
+async fn send(
+    req: &HttpRequest,
+    decision: &Decision,
+    request: providers::UpstreamCall,
+    provider: &Addr<ProviderActor>,
+    span: &tracing::Span,
+) -> Result<Result<UpstreamResponse, GatewayError>, GatewayError> {
     let route = decision.route();
     let limits = CallLimits {
         first_byte_timeout: route
@@ -206,12 +291,24 @@ async fn attempt(
             .unwrap_or(decision.provider.timeout),
         deadline: route.deadline,
     };
+    call(req, &decision.provider, limits, request, provider, span).await
+}
+
+/// Sends `request` to `upstream` through this worker's provider actor.
+async fn call(
+    req: &HttpRequest,
+    upstream: &Arc<Provider>,
+    limits: CallLimits,
+    request: providers::UpstreamCall,
+    provider: &Addr<ProviderActor>,
+    span: &tracing::Span,
+) -> Result<Result<UpstreamResponse, GatewayError>, GatewayError> {
     // Dropped with this handler when the client goes away, which cancels the upstream call.
     let (_client_alive, client_gone) = oneshot::channel();
     let upstream_started = std::time::Instant::now();
     let answer = provider
         .send(Call {
-            provider: decision.provider.clone(),
+            provider: upstream.clone(),
             request,
             limits,
             span: span.clone(),
@@ -220,8 +317,154 @@ async fn attempt(
         .await
         .map_err(|err| GatewayError::Internal(format!("provider actor unavailable: {err}")))?;
     access::note_upstream(req, upstream_started.elapsed());
-    let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
-    Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter)))
+    Ok(answer)
+}
+
+/// A front request decoded into the canonical model, for a translated provider.
+struct Decoded {
+    conversation: Conversation,
+    front: FrontShape,
+}
+
+/// The front endpoint's options for encoding the answer.
+enum FrontShape {
+    Chat(chat::ChatOptions),
+    Responses(responses::ResponsesOptions),
+}
+
+impl Decoded {
+    fn new(front: &FrontRequest, tenant: &str, state: &AppState) -> Result<Self, GatewayError> {
+        Ok(match front.endpoint {
+            Endpoint::ChatCompletions => {
+                let (conversation, options) = chat::decode(&front.raw)?;
+                Self {
+                    conversation,
+                    front: FrontShape::Chat(options),
+                }
+            }
+            Endpoint::Responses => {
+                let previous = front.previous_response_id.as_deref();
+                let stored = match previous {
+                    None => None,
+                    Some(id) => Some(state.responses.get(tenant, id).ok_or_else(|| {
+                        GatewayError::invalid(
+                            format!("Previous response with id '{}' not found.", quote(id)),
+                            Some("previous_response_id"),
+                            Some("previous_response_not_found"),
+                        )
+                    })?),
+                };
+                let history = stored.as_ref().map_or(&[][..], |s| &s.messages[..]);
+                let (conversation, options) = responses::decode(&front.raw, previous, history)?;
+                Self {
+                    conversation,
+                    front: FrontShape::Responses(options),
+                }
+            }
+        })
+    }
+}
+
+/// The client's response from a translated provider's answer: decoded by the provider's
+/// translator and encoded for the front endpoint, whole or event by event. When the answer
+/// ends, its usage is tapped and (Responses with `store`) it is stored for follow-ups.
+fn translated(
+    translator: &dyn providers::Translator,
+    decision: &Decision,
+    upstream: UpstreamResponse,
+    decoded: &Decoded,
+    tenant: &str,
+    state: &AppState,
+) -> Result<HttpResponse, GatewayError> {
+    let route = decision.route();
+    let model = route.upstream_model();
+    let on_end = ending_hook(decoded, route.name.clone(), model, tenant, state);
+    let mut res = HttpResponse::build(upstream.status);
+    if let Some(id) = upstream.request_id {
+        res.insert_header(("x-upstream-request-id", id));
+    }
+    match upstream.body {
+        UpstreamBody::Full(bytes) => {
+            let reply = translator.decode_reply(&decision.provider, &bytes)?;
+            let model = reply.model.as_deref().unwrap_or(model);
+            let body = match &decoded.front {
+                FrontShape::Chat(_) => chat::encode(&reply, &chat::Stamp::new(model)),
+                FrontShape::Responses(options) => {
+                    serde_json::to_vec(&responses::encode(&reply, options, model))
+                        .unwrap_or_default()
+                }
+            };
+            on_end(&reply, Ending::Complete);
+            Ok(res.content_type("application/json").body(body))
+        }
+        UpstreamBody::Stream(rx) => {
+            let encoder: Box<dyn FrontEncoder> = match &decoded.front {
+                FrontShape::Chat(options) => {
+                    Box::new(chat::ChatStream::new(chat::Stamp::new(model), *options))
+                }
+                FrontShape::Responses(options) => {
+                    Box::new(responses::ResponsesStream::new(options.clone(), model))
+                }
+            };
+            let stream = TranslatedStream::new(
+                rx,
+                translator.stream_decoder(),
+                encoder,
+                decision.provider.name.clone(),
+                on_end,
+                stream_span(),
+            );
+            Ok(res
+                .insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
+                .insert_header((header::CACHE_CONTROL, "no-cache"))
+                .insert_header(("x-accel-buffering", "no"))
+                .streaming(stream))
+        }
+    }
+}
+
+/// What happens when a translated answer ends: the usage tap and, for a complete Responses
+/// answer with `store`, the stored conversation a follow-up replays.
+fn ending_hook(
+    decoded: &Decoded,
+    route: String,
+    model: &str,
+    tenant: &str,
+    state: &AppState,
+) -> OnEnd {
+    let store = match &decoded.front {
+        FrontShape::Responses(options) if options.store => Some((
+            state.responses.clone(),
+            options.clone(),
+            decoded.conversation.messages.clone(),
+            tenant.to_owned(),
+        )),
+        _ => None,
+    };
+    let model = model.to_owned();
+    Box::new(move |reply: &Reply, ending: Ending| {
+        tracing::debug!(usage = ?reply.usage, ?ending, "translated answer ended");
+        let (Some((responses, options, mut messages, tenant)), Ending::Complete) = (store, ending)
+        else {
+            return;
+        };
+        let model = reply.model.as_deref().unwrap_or(&model);
+        let object =
+            serde_json::to_vec(&responses::encode(reply, &options, model)).unwrap_or_default();
+        messages.push(Message {
+            role: Role::Assistant,
+            parts: reply.parts.clone(),
+        });
+        responses.put(
+            &tenant,
+            &options.id,
+            StoredResponse {
+                messages,
+                object: object.into(),
+                route,
+            },
+        );
+    })
 }
 
 fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHandle, GatewayError> {
@@ -280,33 +523,44 @@ fn relay(
     upstream: UpstreamResponse,
     ids: Option<IdRewriter>,
 ) -> HttpResponse {
+    let UpstreamBody::Stream(rx) = upstream.body else {
+        return relay_whole(upstream, ids);
+    };
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
         res.insert_header(("x-upstream-request-id", id));
     }
-    match upstream.body {
-        UpstreamBody::Full(bytes) => {
-            let bytes = match ids {
-                Some(mut ids) => ids.body(bytes),
-                None => bytes,
-            };
-            let ct = upstream
-                .content_type
-                .unwrap_or(HeaderValue::from_static("application/json"));
-            res.insert_header((header::CONTENT_TYPE, ct)).body(bytes)
-        }
-        UpstreamBody::Stream(rx) => res
-            .insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
-            .insert_header((header::CACHE_CONTROL, "no-cache"))
-            .insert_header(("x-accel-buffering", "no"))
-            .streaming(RelayStream::new(
-                rx,
-                endpoint,
-                decision.provider.name.clone(),
-                ids,
-                stream_span(),
-            )),
+    res.insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(RelayStream::new(
+            rx,
+            endpoint,
+            decision.provider.name.clone(),
+            ids,
+            stream_span(),
+        ))
+}
+
+/// A whole upstream answer relayed as it came, its Responses ids rewritten when scoped.
+fn relay_whole(upstream: UpstreamResponse, ids: Option<IdRewriter>) -> HttpResponse {
+    let mut res = HttpResponse::build(upstream.status);
+    if let Some(id) = upstream.request_id {
+        res.insert_header(("x-upstream-request-id", id));
     }
+    let bytes = match upstream.body {
+        UpstreamBody::Full(bytes) => bytes,
+        // Only a call that asked for a stream gets one.
+        UpstreamBody::Stream(_) => Default::default(),
+    };
+    let bytes = match ids {
+        Some(mut ids) => ids.body(bytes),
+        None => bytes,
+    };
+    let ct = upstream
+        .content_type
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    res.insert_header((header::CONTENT_TYPE, ct)).body(bytes)
 }
 
 /// The span a stream is relayed in: a child of the request's, from the headers to the last

@@ -60,6 +60,8 @@ pub struct AppState {
     pub admin_token: Option<admin::AdminToken>,
     /// Semantic indexes still building: not ready until none is.
     pub indexes: crate::actors::embedder::Readiness,
+    /// Responses answered by translated providers, for `previous_response_id` and `GET`.
+    pub responses: Arc<dyn crate::api::response_store::ResponseStore>,
 }
 
 /// Open connections per client address, counted by [`ConnectionSlot`]s.
@@ -183,6 +185,11 @@ pub fn server(
                         web::resource("/responses")
                             .route(web::post().to(data_plane::responses))
                             .default_service(web::to(method_not_allowed("POST"))),
+                    )
+                    .service(
+                        web::resource("/responses/{id}")
+                            .route(web::get().to(data_plane::get_response))
+                            .default_service(web::to(method_not_allowed("GET"))),
                     )
                     .service(
                         web::resource("/models")

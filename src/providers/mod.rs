@@ -16,13 +16,14 @@ pub mod bedrock;
 pub mod openai;
 
 use crate::api::FrontRequest;
-use crate::api::canonical::{Conversation, Reply, StreamEvent};
+pub use crate::api::canonical::StreamDecoder;
+use crate::api::canonical::{Conversation, Reply};
 use crate::api::stream::{self, UpstreamChunk};
 use crate::config::{Provider, ProviderKind};
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::routing::Decision;
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
 use std::fmt;
 use std::time::Duration;
@@ -67,6 +68,12 @@ pub trait Adapter: Sync {
     /// has reached the client yet.
     fn first_event_error(&self, first: &[u8]) -> Option<String>;
 
+    /// The path (under the base URL) that retrieves a stored response by its upstream id, for
+    /// providers with a Responses API of their own (`GET /responses/{id}` is forwarded).
+    fn retrieval_path(&self, _provider: &Provider, _upstream_id: &str) -> Option<String> {
+        None
+    }
+
     /// The provider's translator, when its wire is not the front API's (Gemini, Bedrock):
     /// the request then goes through the canonical conversation model both ways. `None` for
     /// native passthrough (OpenAI, Azure).
@@ -92,18 +99,6 @@ pub trait Translator: Sync {
 
     /// A decoder for one streamed answer.
     fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
-}
-
-/// Decodes one streamed answer, framing and translation together, incrementally.
-pub trait StreamDecoder: Send {
-    /// Decodes whatever `bytes` completes into `out`. Input may be split anywhere (inside a
-    /// UTF-8 character, an SSE line, an eventstream prelude): partial frames are kept for
-    /// the next call. An error the provider sends in the stream, or a frame that cannot be
-    /// decoded, is an `Err` with the message for the client; the stream ends there.
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<StreamEvent>) -> Result<(), String>;
-
-    /// The upstream body ended: `Err` (with why) when the stream was not complete.
-    fn end(&mut self, out: &mut Vec<StreamEvent>) -> Result<(), String>;
 }
 
 /// How a provider frames a streamed answer.
@@ -143,6 +138,8 @@ impl Framing {
 /// from it by the adapter.
 pub struct UpstreamCall {
     pub adapter: &'static dyn Adapter,
+    /// `POST` for a conversation; `GET` to retrieve a stored response.
+    pub method: Method,
     /// Appended to the provider's base URL: path and query, starting with `/`.
     pub path: String,
     /// Headers that are the same on every attempt and carry no secret (trace context,
@@ -165,6 +162,7 @@ impl UpstreamCall {
         headers.push(auth);
         headers.extend(self.headers.iter().cloned());
         UpstreamRequest {
+            method: self.method.clone(),
             url: format!("{}{}", provider.base_url, self.path),
             headers,
             body: self.body.clone(),
@@ -186,6 +184,7 @@ impl fmt::Debug for UpstreamCall {
 /// One attempt's request, ready to send.
 #[derive(Debug)]
 pub struct UpstreamRequest {
+    pub method: Method,
     pub url: String,
     /// Headers besides `content-type`; secrets are marked sensitive.
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -269,6 +268,35 @@ pub fn prepare(
             .push((HeaderName::from_static("traceparent"), tp));
     }
     Ok(call)
+}
+
+/// The call that retrieves a stored response from `provider` by its upstream id, when the
+/// provider stores responses itself (OpenAI, Azure).
+pub fn retrieval(provider: &Provider, upstream_id: &str) -> Option<UpstreamCall> {
+    let adapter = adapter(provider.kind())?;
+    let path = adapter.retrieval_path(provider, upstream_id)?;
+    Some(UpstreamCall {
+        adapter,
+        method: Method::GET,
+        path,
+        headers: Vec::new(),
+        body: Bytes::new(),
+        stream: false,
+    })
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, so a name or id cannot
+/// change the path or query it is put in.
+pub(crate) fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// A header value carrying a secret: marked sensitive so it is never logged.

@@ -19,7 +19,7 @@
 //! opens a chat stream (empty `id`, no `choices`, `prompt_filter_results`) is dropped, since
 //! clients that read `choices[0]` of every chunk fail on it.
 
-use super::{Adapter, Framing, UpstreamCall, UpstreamRequest};
+use super::{Adapter, Framing, UpstreamCall, UpstreamRequest, path_segment};
 use crate::api::stream::first_sse_event;
 use crate::api::{Endpoint, FrontRequest};
 use crate::config::{AzureApi, Credentials, Provider, ProviderSettings};
@@ -62,25 +62,12 @@ pub fn prepare(
     };
     Ok(UpstreamCall {
         adapter: &AzureOpenAi,
+        method: actix_web::http::Method::POST,
         path,
         headers: Vec::new(),
         body: front.upstream_body(deployment, previous_response_id),
         stream: front.stream,
     })
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters, so a deployment name
-/// cannot change the path or query.
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Adapter for AzureOpenAi {
@@ -110,6 +97,19 @@ impl Adapter for AzureOpenAi {
 
     fn request_id_header(&self) -> &'static str {
         "apim-request-id"
+    }
+
+    fn retrieval_path(&self, provider: &Provider, upstream_id: &str) -> Option<String> {
+        let id = path_segment(upstream_id);
+        Some(match &provider.settings {
+            ProviderSettings::AzureOpenAi {
+                api: AzureApi::Deployments { api_version },
+            } => format!(
+                "/openai/responses/{id}?api-version={}",
+                path_segment(api_version)
+            ),
+            _ => format!("/responses/{id}"),
+        })
     }
 
     fn classify(
@@ -208,6 +208,7 @@ mod tests {
     fn call() -> UpstreamCall {
         UpstreamCall {
             adapter: &AzureOpenAi,
+            method: actix_web::http::Method::POST,
             path: "/chat/completions".into(),
             headers: Vec::new(),
             body: Bytes::from_static(b"{}"),

@@ -44,6 +44,7 @@ pub fn prepare(
     }
     Ok(UpstreamCall {
         adapter: &OpenAi,
+        method: actix_web::http::Method::POST,
         path: format!("/{}", front.endpoint.path()),
         headers,
         body,
@@ -69,6 +70,10 @@ impl Adapter for OpenAi {
 
     fn request_id_header(&self) -> &'static str {
         "x-request-id"
+    }
+
+    fn retrieval_path(&self, _provider: &Provider, upstream_id: &str) -> Option<String> {
+        Some(format!("/responses/{}", super::path_segment(upstream_id)))
     }
 
     fn classify(
@@ -202,6 +207,7 @@ mod tests {
     fn every_attempt_carries_the_key_as_a_sensitive_bearer() {
         let call = UpstreamCall {
             adapter: &OpenAi,
+            method: actix_web::http::Method::POST,
             path: "/chat/completions".into(),
             headers: vec![(
                 HeaderName::from_static("traceparent"),
