@@ -20,8 +20,8 @@ mod tests;
 
 use std::time::SystemTime;
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
@@ -52,10 +52,13 @@ impl Translator for Bedrock {
         } else {
             "converse"
         };
+        // The model id is one path segment, percent-encoded once (`…-v1:0` → `…-v1%3A0`, an
+        // ARN's `/` → `%2F`); SigV4 encodes the canonical path a second time, as AWS expects.
         let model = decision.route().upstream_model();
         Ok(UpstreamCall {
             adapter: &Bedrock,
-            path: format!("/model/{}/{operation}", path_segment(model)),
+            method: Method::POST,
+            path: format!("/model/{}/{operation}", super::path_segment(model)),
             headers: Vec::new(),
             body: Bytes::from(request::encode(conversation)?),
             stream: conversation.stream,
@@ -121,21 +124,6 @@ impl Adapter for Bedrock {
     }
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters: a model id is one path
-/// segment (`anthropic.claude-3-5-sonnet-20240620-v1:0` → `…-v1%3A0`; an ARN's `/` → `%2F`).
-/// Encoded once; SigV4 encodes the canonical path a second time, as AWS expects.
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The attempt's request signed with SigV4 at `now`: exactly what goes on the wire is signed
 /// (the path as sent, `host` as sent, `content-type` as the sender sets it, the body), and
 /// the signature's headers (`authorization`, `x-amz-date`, `x-amz-security-token` with a
@@ -183,10 +171,15 @@ fn signed(
         .build()
         .map_err(|e| internal(format!("SigV4 parameters: {e}")))?
         .into();
+    // The generic sender sets `content-type` exactly when there is a body.
+    let mut signed_headers = vec![("host", host.as_str())];
+    if !call.body.is_empty() {
+        signed_headers.push(("content-type", CONTENT_TYPE));
+    }
     let signable = SignableRequest::new(
-        "POST",
+        call.method.as_str(),
         target,
-        [("content-type", CONTENT_TYPE), ("host", host.as_str())].into_iter(),
+        signed_headers.into_iter(),
         SignableBody::Bytes(&call.body),
     )
     .map_err(|e| internal(format!("SigV4 request: {e}")))?;
@@ -210,6 +203,7 @@ fn signed(
     }
     headers.extend(call.headers.iter().cloned());
     Ok(UpstreamRequest {
+        method: call.method.clone(),
         url,
         headers,
         body: call.body.clone(),

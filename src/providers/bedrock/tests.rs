@@ -370,6 +370,7 @@ fn the_model_id_is_one_percent_encoded_path_segment() {
 fn fixed_call() -> UpstreamCall {
     UpstreamCall {
         adapter: &Bedrock,
+        method: Method::POST,
         path: "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse".into(),
         headers: vec![(
             HeaderName::from_static("traceparent"),
