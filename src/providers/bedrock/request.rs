@@ -2,6 +2,12 @@
 //! structs that borrow from the conversation (one serialisation, no intermediate `Value`), and
 //! the rules Converse imposes that the canonical model does not (roles alternate, tool history
 //! needs a `toolConfig`, images are inline bytes, a tool call's input is a JSON object).
+//!
+//! What Converse has no member for is not sent: `seed`, the penalties, `parallel_tool_calls`,
+//! a tool's `strict` (accepted by few models; an unsupported one would fail every request of
+//! an SDK that sets it by default), `json_object` (no schema-less JSON mode), and
+//! `reasoning_effort` (Claude's thinking needs a token budget and its own constraints on
+//! temperature and tool choice, through `additionalModelRequestFields`: not mapped yet).
 
 use std::borrow::Cow;
 
