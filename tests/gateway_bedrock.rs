@@ -9,12 +9,16 @@ mod common;
 use common::http::*;
 use common::*;
 use serde_json::{Value, json};
-use switchyard::emulator::{DEFAULT_BEDROCK_ACCESS_KEY_ID, DEFAULT_BEDROCK_SECRET_ACCESS_KEY};
+use switchyard::emulator::{
+    DEFAULT_BEDROCK_ACCESS_KEY_ID, DEFAULT_BEDROCK_API_KEY, DEFAULT_BEDROCK_SECRET_ACCESS_KEY,
+    DEFAULT_BEDROCK_SESSION_TOKEN,
+};
 
 const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
-/// Tenant "a" with three Bedrock providers on the emulator: `bedrock` (the right keys, two
-/// retries), `once` (the right keys, one retry) and `forged` (a wrong secret).
+/// Tenant "a" with Bedrock providers on the emulator: `bedrock` (the right keys, two retries),
+/// `once` (the right keys, one retry), `forged` (a wrong secret), `temporary` (with a session
+/// token), `apikey` and `badkey` (Bedrock API keys, right and wrong).
 fn tenant(emulator: &Running) -> String {
     let base = &emulator.base;
     format!(
@@ -47,11 +51,46 @@ access_key_id_env = "BR_ID"
 secret_access_key_env = "BR_WRONG_SECRET"
 max_retries = 2
 
+[providers.temporary]
+type = "bedrock"
+region = "us-east-1"
+endpoint = "{base}"
+access_key_id_env = "BR_ID"
+secret_access_key_env = "BR_SECRET"
+session_token_env = "BR_TOKEN"
+
+[providers.apikey]
+type = "bedrock"
+region = "us-east-1"
+endpoint = "{base}"
+api_key_env = "BR_API_KEY"
+
+[providers.badkey]
+type = "bedrock"
+region = "us-east-1"
+endpoint = "{base}"
+api_key_env = "BR_WRONG_SECRET"
+
 [proxies.chat]
 [[proxies.chat.routes]]
 name = "claude"
 provider = "bedrock"
 model = "claude"
+target_model = "{MODEL}"
+[[proxies.chat.routes]]
+name = "temporary"
+provider = "temporary"
+model = "claude-temporary"
+target_model = "{MODEL}"
+[[proxies.chat.routes]]
+name = "apikey"
+provider = "apikey"
+model = "claude-apikey"
+target_model = "{MODEL}"
+[[proxies.chat.routes]]
+name = "badkey"
+provider = "badkey"
+model = "claude-badkey"
 target_model = "{MODEL}"
 [[proxies.chat.routes]]
 name = "profile"
@@ -79,6 +118,8 @@ fn gateway(emulator: &Running) -> Gateway {
             ("BR_ID", DEFAULT_BEDROCK_ACCESS_KEY_ID.into()),
             ("BR_SECRET", DEFAULT_BEDROCK_SECRET_ACCESS_KEY.into()),
             ("BR_WRONG_SECRET", "not/the/secret".into()),
+            ("BR_TOKEN", DEFAULT_BEDROCK_SESSION_TOKEN.into()),
+            ("BR_API_KEY", DEFAULT_BEDROCK_API_KEY.into()),
         ],
         &["--no-watch"],
     )
@@ -352,6 +393,18 @@ async fn a_refused_signature_is_the_gateways_credentials_error() {
             "switchyard_upstream_attempts_total{provider=\"forged\",status=\"401\",outcome=\"credentials\"} 1"
         ]
     );
+}
+
+#[actix_web::test]
+async fn session_tokens_and_bedrock_api_keys_authenticate_too() {
+    let emu = emulator();
+    let gw = gateway(&emu);
+    for model in ["claude-temporary", "claude-apikey"] {
+        let r = chat_at(&gw, chat(model, "Hi")).await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text());
+    }
+    let r = chat_at(&gw, chat("claude-badkey", "Hi")).await;
+    r.assert_error(502, "upstream_credentials_rejected");
 }
 
 /// The attempts the gateway made to `provider`, by status, from `/metrics`.
