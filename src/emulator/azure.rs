@@ -268,6 +268,35 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     .service(route("/openai/responses", Route::ClassicResponses))
     .service(route("/openai/v1/chat/completions", Route::V1Chat))
     .service(route("/openai/v1/responses", Route::V1Responses));
+    let retrieval = |path: &str, route: Route| {
+        web::resource(path)
+            .route(web::get().to(move |req: HttpRequest, state: web::Data<State>| {
+                retrieve(req, state, route)
+            }))
+            .default_service(web::to(not_found))
+    };
+    cfg.service(retrieval("/openai/responses/{id}", Route::ClassicResponses))
+        .service(retrieval("/openai/v1/responses/{id}", Route::V1Responses));
+}
+
+/// `GET /openai/responses/{id}?api-version=…` (or under `/openai/v1`): a stored response.
+async fn retrieve(req: HttpRequest, state: web::Data<State>, route: Route) -> HttpResponse {
+    let ctx = front_ctx();
+    if let Err(e) = check_api_version(req.query_string(), route)
+        .and_then(|_| authenticate(&req, route, &state.azure))
+    {
+        return e.respond(&ctx);
+    }
+    let id = req.match_info().get("id").unwrap_or_default();
+    match openai::stored_response(&state.openai, id) {
+        Some(json) => openai::json_answer(&ctx, json),
+        None => AzureError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("Response with id '{id}' not found."),
+        )
+        .respond(&ctx),
+    }
 }
 
 async fn not_found() -> HttpResponse {

@@ -302,6 +302,16 @@ async fn get_response(req: HttpRequest, state: web::Data<State>) -> HttpResponse
     }
 }
 
+/// A stored response's JSON, for the Azure dialect's `GET …/responses/{id}`.
+pub(super) fn stored_response(state: &OpenAiState, id: &str) -> Option<Bytes> {
+    state.responses.get(id).map(|stored| stored.json.clone())
+}
+
+/// `200 application/json` with `body`, in `ctx`'s dialect.
+pub(super) fn json_answer(ctx: &Ctx, body: Bytes) -> HttpResponse {
+    ctx.builder(StatusCode::OK, JSON).body(body)
+}
+
 async fn list_models(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
     match admit(&req, None, &state).await {
         Ok(adm) => adm.json(MODELS.clone()),
