@@ -252,6 +252,33 @@ async fn converse_has_the_real_shape() {
     );
 }
 
+/// `outputConfig.textFormat` (structured output): the schema travels as a JSON string; the
+/// answer is then a JSON object. A schema given as an object is refused as AWS's parser does.
+#[actix_web::test]
+async fn structured_output_takes_the_schema_as_a_string() {
+    let addr = start();
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string"}}});
+    let mut asked = body();
+    asked["outputConfig"] = json!({"textFormat": {"type": "json_schema", "structure": {
+        "jsonSchema": {"schema": schema.to_string(), "name": "answer"}}}});
+    let got = signed(addr, &converse_path(), &asked, &[]).await.json();
+    let text = got["output"]["message"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    let answer: Value = serde_json::from_str(text).expect("a JSON answer");
+    assert_eq!(answer, json!({"answer": DEFAULT_TEXT}));
+
+    let mut object = asked.clone();
+    object["outputConfig"]["textFormat"]["structure"]["jsonSchema"]["schema"] = schema;
+    let reply = signed(addr, &converse_path(), &object, &[]).await;
+    let message = aws_error(&reply, 400, "SerializationException");
+    assert!(message.starts_with("Expected a string at"), "{message}");
+    let mut kind = asked;
+    kind["outputConfig"]["textFormat"]["type"] = json!("json_object");
+    let reply = signed(addr, &converse_path(), &kind, &[]).await;
+    aws_error(&reply, 400, "ValidationException");
+}
+
 #[actix_web::test]
 async fn converse_stream_frames_in_order() {
     let addr = start();

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 /// The providers under test: (proxy, provider kind). Every proxy routes its one model to its
 /// provider on the emulator; `bad-<proxy>` does the same with credentials the emulator refuses.
-const PROVIDERS: &[&str] = &["openai", "azure"];
+const PROVIDERS: &[&str] = &["openai", "azure", "bedrock"];
 
 fn tenant() -> String {
     let mut t = format!(
@@ -48,6 +48,23 @@ api_key_env = "C_AZURE_{key_env}"
 max_retries = 1
 circuit_failures = 0
 
+[providers.{name}bedrock]
+type = "bedrock"
+region = "us-east-1"
+endpoint = "http://127.0.0.1:1"
+base_url_env = "C_ROOT_URL"
+access_key_id_env = "C_AWS_ID"
+secret_access_key_env = "C_AWS_{key_env}"
+max_retries = 1
+circuit_failures = 0
+
+[proxies.{name}bedrock]
+[[proxies.{name}bedrock.routes]]
+name = "main"
+provider = "{name}bedrock"
+model = "gpt-4o"
+target_model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+
 [proxies.{name}openai]
 [[proxies.{name}openai.routes]]
 name = "main"
@@ -74,6 +91,15 @@ fn start() -> (Running, Gateway) {
         ("C_OPENAI_BAD_KEY", "sk-wrong".to_owned()),
         ("C_AZURE_KEY", "a2e0c0ffee0e0u1a70r0a2e0c0ffee00".to_owned()),
         ("C_AZURE_BAD_KEY", "wrong-azure-key".to_owned()),
+        (
+            "C_AWS_ID",
+            switchyard::emulator::DEFAULT_BEDROCK_ACCESS_KEY_ID.to_owned(),
+        ),
+        (
+            "C_AWS_KEY",
+            switchyard::emulator::DEFAULT_BEDROCK_SECRET_ACCESS_KEY.to_owned(),
+        ),
+        ("C_AWS_BAD_KEY", "wrong/aws/secret".to_owned()),
     ];
     let gw = Gateway::start(&[("a", tenant())], &env, &[]);
     (emu, gw)
@@ -624,7 +650,10 @@ async fn every_case_on_every_provider_endpoint_and_stream_mode() {
                         ..
                     }) = outcome
                     {
-                        prompt_tokens[usize::from(responses)].push((cell, input));
+                        // A translated provider gets one canonical conversation whichever
+                        // endpoint it came through: its prompt is the chat prompt.
+                        let group = usize::from(responses && *provider != "bedrock");
+                        prompt_tokens[group].push((cell, input));
                     }
                     cells += 1;
                 }
