@@ -199,7 +199,9 @@ fn signed(
         // The authorization header carries the access key id and a signature; the token is a
         // credential itself.
         value.set_sensitive(h.sensitive() || h.name() == "authorization");
-        headers.push((HeaderName::from_static(h.name()), value));
+        let name = HeaderName::from_bytes(h.name().as_bytes())
+            .map_err(|e| internal(format!("{} header name: {e}", h.name())))?;
+        headers.push((name, value));
     }
     headers.extend(call.headers.iter().cloned());
     Ok(UpstreamRequest {
