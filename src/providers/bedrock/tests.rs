@@ -981,4 +981,14 @@ fn translation_and_signing_cost() {
     }
     let per = started.elapsed() / n;
     println!("prepare + sign: {per:?} per request");
+    let bytes = fixture_stream();
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(run(&bytes, &[bytes.len() / 2]));
+    }
+    let per = started.elapsed() / n;
+    println!(
+        "decode the fixture ConverseStream ({} bytes, in two pieces): {per:?}",
+        bytes.len()
+    );
 }
