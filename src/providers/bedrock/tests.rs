@@ -396,8 +396,8 @@ fn fixed_time() -> SystemTime {
 #[test]
 fn sigv4_matches_an_independent_signer() {
     // The expected signatures come from a from-the-spec SigV4 implementation in Python's
-    // standard library (hmac/hashlib), not from aws-sigv4: same key, region eu-west-3, time,
-    // host, doubly-encoded canonical path and body.
+    // standard library (`fixtures/bedrock/sigv4_oracle.py`), not from aws-sigv4: same key,
+    // region eu-west-3, time, host, doubly-encoded canonical path and body.
     let base = "https://bedrock-runtime.eu-west-3.amazonaws.com";
     let p = provider(aws(None), "eu-west-3", base);
     let req = signed(&p, &fixed_call(), fixed_time()).expect("signed");
