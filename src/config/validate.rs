@@ -562,6 +562,7 @@ fn validate_provider(name: &str, p: &RawProvider, e: &mut Errors<'_>) -> Option<
 const SERVED_KINDS: &[ProviderKind] = &[
     ProviderKind::OpenAi,
     ProviderKind::AzureOpenAi,
+    ProviderKind::Gemini,
     ProviderKind::Bedrock,
 ];
 

@@ -13,6 +13,7 @@
 
 pub mod azure_openai;
 pub mod bedrock;
+pub mod gemini;
 pub mod openai;
 
 use crate::api::FrontRequest;
@@ -225,8 +226,8 @@ pub fn adapter(kind: ProviderKind) -> Option<&'static dyn Adapter> {
     match kind {
         ProviderKind::OpenAi => Some(&openai::OpenAi),
         ProviderKind::AzureOpenAi => Some(&azure_openai::AzureOpenAi),
+        ProviderKind::Gemini => Some(&gemini::Gemini),
         ProviderKind::Bedrock => Some(&bedrock::Bedrock),
-        ProviderKind::Gemini => None,
     }
 }
 
