@@ -523,6 +523,52 @@ async fn an_exception_frame_mid_stream_ends_with_an_error_event() {
     );
 }
 
+/// An exception frame before any content (after `messageStart`, which carries nothing) is
+/// caught before the client's stream starts: retried like an error status, then reported as
+/// the gateway's own error if every attempt fails.
+#[actix_web::test]
+async fn an_exception_before_any_content_is_retried_before_the_stream_starts() {
+    let emu = emulator();
+    let gw = gateway(&emu);
+    let key = format!("early-{}", std::process::id());
+    let mut body = chat(
+        "claude",
+        &format!("[emulator:midstream_error=0,times=1,key={key}] Hi"),
+    );
+    body["stream"] = json!(true);
+    let r = chat_at(&gw, body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let chunks = chunks(&r);
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert!(!text.is_empty());
+    assert_eq!(
+        attempts(&gw, "bedrock").await,
+        [
+            "switchyard_upstream_attempts_total{provider=\"bedrock\",status=\"200\",outcome=\"ok\"} 1",
+            "switchyard_upstream_attempts_total{provider=\"bedrock\",status=\"502\",outcome=\"error\"} 1",
+        ]
+    );
+    let mut body = chat("claude-once", "[emulator:midstream_error=0] Hi");
+    body["stream"] = json!(true);
+    let r = chat_at(&gw, body).await;
+    let body = r.assert_error(502, "upstream_stream_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("modelStreamErrorException")),
+        "{body}"
+    );
+    assert_eq!(
+        attempts(&gw, "once").await,
+        [
+            "switchyard_upstream_attempts_total{provider=\"once\",status=\"502\",outcome=\"error\"} 2"
+        ]
+    );
+}
+
 #[actix_web::test]
 async fn bedrock_validation_errors_and_unsendable_requests_are_400s() {
     let emu = emulator();

@@ -115,6 +115,14 @@ impl Adapter for Bedrock {
         Framing::EventStream
     }
 
+    /// A leading `messageStart` frame: it only says `role: assistant`, which the front
+    /// encoders say by themselves. Dropped before the stream is relayed, so the first event is
+    /// the first content, or an exception sent before any content, which is then retried or
+    /// falls back like an error status instead of breaking a stream the client already has.
+    fn leading_noise(&self, buf: &[u8]) -> usize {
+        reply::leading_message_start(buf)
+    }
+
     fn first_event_error(&self, first: &[u8]) -> Option<String> {
         reply::exception_in_first_frame(first)
     }

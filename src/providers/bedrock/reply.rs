@@ -290,6 +290,32 @@ fn exception_message(kind: &str, payload: &[u8]) -> String {
     format!("{kind}: {message}")
 }
 
+/// The length of the `messageStart` frame that opens `buf`, when `buf` opens with a whole one
+/// (0 otherwise, also for anything that does not decode: the decoder reports that).
+pub(super) fn leading_message_start(buf: &[u8]) -> usize {
+    let Some(len) = buf
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .filter(|len| (16..=buf.len()).contains(len))
+    else {
+        return 0;
+    };
+    let Ok(message) = aws_smithy_eventstream::frame::read_message_from(&buf[..len]) else {
+        return 0;
+    };
+    let header = |name: &str| {
+        message
+            .headers()
+            .iter()
+            .find(|h| h.name().as_str() == name)
+            .and_then(|h| h.value().as_string().ok())
+            .map(|s| s.as_str().to_owned())
+    };
+    let start = header(":message-type").as_deref() == Some("event")
+        && header(":event-type").as_deref() == Some("messageStart");
+    if start { len } else { 0 }
+}
+
 /// The message of an exception frame that opens a stream, if the first frame is one.
 pub(super) fn exception_in_first_frame(first: &[u8]) -> Option<String> {
     let message = aws_smithy_eventstream::frame::read_message_from(first).ok()?;

@@ -887,6 +887,27 @@ fn exceptions_truncation_and_garbage_are_errors() {
     );
     assert_eq!(Bedrock.first_event_error(&start), None);
 
+    // A whole leading messageStart is noise to drop (its length), nothing else is.
+    assert_eq!(Bedrock.leading_noise(&start), start.len());
+    assert_eq!(
+        Bedrock.leading_noise(&[start.clone(), first.clone()].concat()),
+        start.len()
+    );
+    assert_eq!(Bedrock.leading_noise(&start[..start.len() - 1]), 0);
+    assert_eq!(Bedrock.leading_noise(&text), 0);
+    assert_eq!(Bedrock.leading_noise(&first), 0);
+    assert_eq!(Bedrock.leading_noise(&[0xff; 40]), 0);
+    let mut flipped = start.clone();
+    flipped[20] ^= 1;
+    assert_eq!(Bedrock.leading_noise(&flipped), 0);
+    // After the drop, an exception before any content is the first event.
+    let rest = [start.clone(), first.clone()].concat();
+    let dropped = Bedrock.leading_noise(&rest);
+    assert_eq!(
+        Bedrock.first_event_error(&rest[dropped..]).as_deref(),
+        Some("throttlingException: Too many tokens.")
+    );
+
     // No messageStop: incomplete, even if metadata came.
     let meta = event(
         "metadata",
