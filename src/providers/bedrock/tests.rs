@@ -981,37 +981,3 @@ fn event_frames_without_message_type_event_are_refused() {
     assert_eq!(end, Ok(()));
     assert_eq!(events.len(), 2);
 }
-
-/// Translation and signing cost (printed; run with `--ignored --nocapture`, ideally in release).
-#[test]
-#[ignore]
-fn translation_and_signing_cost() {
-    let c = example();
-    let d = decision("anthropic.claude-3-5-sonnet-20240620-v1:0");
-    let p = provider(
-        aws(Some("token")),
-        "us-east-1",
-        "https://bedrock-runtime.us-east-1.amazonaws.com",
-    );
-    let n = 2_000;
-    let started = std::time::Instant::now();
-    for _ in 0..n {
-        let call = Bedrock.prepare(&c, &d).expect("prepared");
-        let req = Bedrock.attempt(&p, &call).expect("signed");
-        std::hint::black_box(req);
-    }
-    let per = started.elapsed() / n;
-    println!("prepare + sign: {per:?} per request");
-    let bytes = fixture_stream();
-    let started = std::time::Instant::now();
-    for _ in 0..n {
-        let (events, end) = run(&bytes, &[bytes.len() / 2]);
-        assert_eq!(end, Ok(()));
-        std::hint::black_box(events);
-    }
-    let per = started.elapsed() / n;
-    println!(
-        "decode the fixture ConverseStream ({} bytes, in two pieces): {per:?}",
-        bytes.len()
-    );
-}
