@@ -298,6 +298,13 @@ mod tests {
         // The message in hand gets no answer (the data plane turns that into a 503 and
         // reports the proxy to the supervisor)…
         assert!(p0.send(super::super::proxy::Crash).await.is_err());
+        // The dead actor's mailbox closes as its context is torn down, just after the panic.
+        for _ in 0..200 {
+            if !p0.connected() {
+                break;
+            }
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert!(!p0.connected(), "the panic stopped p0");
         assert!(p0.send(decide()).await.is_err());
         // …the other proxy never noticed…

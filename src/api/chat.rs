@@ -10,9 +10,9 @@
 
 use super::canonical::{
     Conversation, FinishReason, Message, OutputFormat, Part, Reply, Role, Sampling, StreamEvent,
-    Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    ToolCall, ToolChoice, ToolResult, Usage,
 };
-use super::codec::{self, FrontEncoder, Stop, TextOrParts};
+use super::codec::{self, FrontEncoder, FunctionSpec, Stop, TextOrParts};
 use crate::error::GatewayError;
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -128,18 +128,7 @@ struct WireTool {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
-    function: Option<WireFunction>,
-}
-
-#[derive(Deserialize)]
-struct WireFunction {
-    name: String,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    parameters: Option<Value>,
-    #[serde(default)]
-    strict: Option<bool>,
+    function: Option<FunctionSpec>,
 }
 
 #[derive(Deserialize)]
@@ -260,23 +249,9 @@ pub fn decode(raw: &[u8]) -> Result<(Conversation, ChatOptions), GatewayError> {
             Some("invalid_value"),
         ));
     }
-    for (i, tool) in req.tools.unwrap_or_default().into_iter().enumerate() {
-        let Some(f) = tool.function.filter(|_| tool.kind == "function") else {
-            return Err(GatewayError::invalid(
-                format!(
-                    "Tool type '{}' is not supported by this route's provider; only function tools are.",
-                    crate::error::quote(&tool.kind)
-                ),
-                Some(&format!("tools[{i}].type")),
-                Some("unsupported_value"),
-            ));
-        };
-        conv.tools.push(Tool {
-            name: f.name,
-            description: f.description,
-            parameters: f.parameters.unwrap_or_else(codec::empty_schema),
-            strict: f.strict,
-        });
+    for (i, tool) in req.tools.unwrap_or_default().iter().enumerate() {
+        conv.tools
+            .push(codec::function_tool(i, &tool.kind, tool.function.as_ref())?);
     }
     conv.tool_choice = match req.tool_choice {
         None => ToolChoice::Auto,

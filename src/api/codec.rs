@@ -4,7 +4,7 @@
 //! relay drives.
 
 use super::canonical::{
-    Image, ImageSource, Message, Part, Role, StreamEvent, ToolChoice, ToolResult,
+    Image, ImageSource, Message, Part, Role, StreamEvent, Tool, ToolChoice, ToolResult,
 };
 use crate::error::{GatewayError, quote};
 use bytes::{BufMut, BytesMut};
@@ -179,6 +179,51 @@ impl TextOrParts {
         }
         Ok(text)
     }
+}
+
+/// A function tool's definition: chat nests it under `function`, Responses puts it flat.
+#[derive(Deserialize)]
+pub struct FunctionSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// The canonical tool for `tools[i]`: a function tool with a name, or a 400 saying which
+/// tools this route's provider takes.
+pub fn function_tool(
+    i: usize,
+    kind: &str,
+    spec: Option<&FunctionSpec>,
+) -> Result<Tool, GatewayError> {
+    let Some(spec) = spec.filter(|_| kind == "function") else {
+        return Err(GatewayError::invalid(
+            format!(
+                "Tool type '{}' is not supported on this route: its provider takes function tools only.",
+                quote(kind)
+            ),
+            Some(&format!("tools[{i}].type")),
+            Some("unsupported_value"),
+        ));
+    };
+    let name = spec.name.clone().ok_or_else(|| {
+        GatewayError::invalid(
+            format!("Missing required parameter: 'tools[{i}].name'."),
+            Some(&format!("tools[{i}].name")),
+            Some("missing_required_parameter"),
+        )
+    })?;
+    Ok(Tool {
+        name,
+        description: spec.description.clone(),
+        parameters: spec.parameters.clone().unwrap_or_else(empty_schema),
+        strict: spec.strict,
+    })
 }
 
 /// The name of the function that the call `call_id` (made earlier in `messages`) named.

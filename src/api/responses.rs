@@ -14,9 +14,9 @@
 
 use super::canonical::{
     Conversation, FinishReason, Message, OutputFormat, Part, Reply, Role, Sampling, StreamEvent,
-    Tool, ToolCall, ToolResult, Usage,
+    ToolCall, ToolResult, Usage,
 };
-use super::codec::{self, FrontEncoder, TextOrParts};
+use super::codec::{self, FrontEncoder, FunctionSpec, TextOrParts};
 use crate::error::{GatewayError, quote};
 use bytes::BytesMut;
 use serde::Deserialize;
@@ -87,14 +87,8 @@ struct Item {
 struct WireTool {
     #[serde(rename = "type")]
     kind: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    parameters: Option<Value>,
-    #[serde(default)]
-    strict: Option<bool>,
+    #[serde(flatten)]
+    function: FunctionSpec,
 }
 
 #[derive(Deserialize)]
@@ -230,22 +224,8 @@ pub fn decode(
         ));
     }
     for (i, tool) in req.tools.as_deref().unwrap_or_default().iter().enumerate() {
-        let (true, Some(name)) = (tool.kind == "function", &tool.name) else {
-            return Err(GatewayError::invalid(
-                format!(
-                    "Tool type '{}' is not supported on this route: its provider takes function tools only.",
-                    quote(&tool.kind)
-                ),
-                Some(&format!("tools[{i}].type")),
-                Some("unsupported_value"),
-            ));
-        };
-        conv.tools.push(Tool {
-            name: name.clone(),
-            description: tool.description.clone(),
-            parameters: tool.parameters.clone().unwrap_or_else(codec::empty_schema),
-            strict: tool.strict,
-        });
+        conv.tools
+            .push(codec::function_tool(i, &tool.kind, Some(&tool.function))?);
     }
     if let Some(v) = &req.tool_choice {
         conv.tool_choice = codec::tool_choice(v, |v| v.get("name")?.as_str())?;
@@ -281,10 +261,10 @@ pub fn decode(
         "temperature": req.temperature.unwrap_or(1.0),
         "top_p": req.top_p.unwrap_or(1.0),
         "tool_choice": req.tool_choice.unwrap_or_else(|| json!("auto")),
-        "tools": req.tools.map(|t| t.into_iter().map(|t| json!({
+        "tools": conv.tools.iter().map(|t| json!({
             "type": "function", "name": t.name, "description": t.description,
             "parameters": t.parameters, "strict": t.strict,
-        })).collect::<Vec<_>>()).unwrap_or_default(),
+        })).collect::<Vec<_>>(),
         "text": text,
         "reasoning": {"effort": conv.reasoning_effort, "summary": null},
         "truncation": "disabled",

@@ -406,7 +406,12 @@ fn translated(
     }
     match upstream.body {
         UpstreamBody::Full(bytes) => {
-            let reply = translator.decode_reply(&decision.provider, &bytes)?;
+            let reply = translator.decode_reply(&bytes).map_err(|detail| {
+                GatewayError::UpstreamIncomplete {
+                    provider: decision.provider.name.clone(),
+                    detail,
+                }
+            })?;
             let model = reply.model.as_deref().unwrap_or(model);
             let body = match &decoded.front {
                 FrontShape::Chat(_) => chat::encode(&reply, &chat::Stamp::new(model)),

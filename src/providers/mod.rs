@@ -20,7 +20,7 @@ use crate::api::FrontRequest;
 pub use crate::api::canonical::StreamDecoder;
 use crate::api::canonical::{Conversation, Reply};
 use crate::api::stream::{self, UpstreamChunk};
-use crate::config::{Provider, ProviderKind};
+use crate::config::{Credentials, Provider, ProviderKind};
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::routing::Decision;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -95,8 +95,8 @@ pub trait Translator: Sync {
         decision: &Decision,
     ) -> Result<UpstreamCall, GatewayError>;
 
-    /// A whole (non-streaming) successful answer.
-    fn decode_reply(&self, provider: &Provider, body: &[u8]) -> Result<Reply, GatewayError>;
+    /// A whole (non-streaming) successful answer, or why it is not one.
+    fn decode_reply(&self, body: &[u8]) -> Result<Reply, String>;
 
     /// A decoder for one streamed answer.
     fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
@@ -298,6 +298,17 @@ pub(crate) fn path_segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// The provider's API key (a configuration the validator would have refused otherwise).
+pub(crate) fn api_key(provider: &Provider) -> Result<&str, GatewayError> {
+    match &provider.credentials {
+        Credentials::ApiKey(key) => Ok(key.expose()),
+        _ => Err(GatewayError::Internal(format!(
+            "provider {} has no API key",
+            provider.name
+        ))),
+    }
 }
 
 /// A header value carrying a secret: marked sensitive so it is never logged.

@@ -65,11 +65,8 @@ impl Translator for Bedrock {
         })
     }
 
-    fn decode_reply(&self, provider: &Provider, body: &[u8]) -> Result<Reply, GatewayError> {
-        reply::decode(body).map_err(|detail| GatewayError::UpstreamIncomplete {
-            provider: provider.name.clone(),
-            detail,
-        })
+    fn decode_reply(&self, body: &[u8]) -> Result<Reply, String> {
+        reply::decode(body)
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {

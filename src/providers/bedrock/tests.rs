@@ -512,11 +512,7 @@ fn converse_answers_decode_from_the_fixtures() {
         Some((150, 45))
     );
 
-    let p = provider(aws(None), "us-east-1", "http://x");
-    let err = Bedrock
-        .decode_reply(&p, b"{\"output\":")
-        .expect_err("truncated");
-    assert_eq!(err.status_code(), 502);
+    assert!(Bedrock.decode_reply(b"{\"output\":").is_err(), "truncated");
 }
 
 #[test]

@@ -19,7 +19,7 @@ mod stream;
 
 use super::{Adapter, Framing, StreamDecoder, Translator, UpstreamCall, UpstreamRequest};
 use crate::api::canonical::{Conversation, Reply};
-use crate::config::{Credentials, Provider, ProviderSettings};
+use crate::config::{Provider, ProviderSettings};
 use crate::error::GatewayError;
 use crate::routing::Decision;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -52,13 +52,7 @@ impl Adapter for Gemini {
         provider: &Provider,
         call: &UpstreamCall,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let Credentials::ApiKey(key) = &provider.credentials else {
-            return Err(GatewayError::Internal(format!(
-                "provider {} has no API key",
-                provider.name
-            )));
-        };
-        let auth = super::secret_header(provider, key.expose())?;
+        let auth = super::secret_header(provider, super::api_key(provider)?)?;
         Ok(call.request(provider, (HeaderName::from_static("x-goog-api-key"), auth)))
     }
 
@@ -159,11 +153,8 @@ impl Translator for Gemini {
         })
     }
 
-    fn decode_reply(&self, provider: &Provider, body: &[u8]) -> Result<Reply, GatewayError> {
-        reply::decode(body).map_err(|detail| GatewayError::UpstreamIncomplete {
-            provider: provider.name.clone(),
-            detail,
-        })
+    fn decode_reply(&self, body: &[u8]) -> Result<Reply, String> {
+        reply::decode(body)
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {

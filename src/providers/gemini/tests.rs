@@ -6,6 +6,7 @@ use crate::api::canonical::{
     Image, ImageSource, Message, OutputFormat, Part, Role, Sampling, Tool, ToolCall, ToolChoice,
     ToolResult,
 };
+use crate::config::Credentials;
 use crate::config::{CircuitPolicy, Secret};
 use serde_json::{Value, json};
 

@@ -10,7 +10,7 @@
 use super::{Adapter, Framing, UpstreamCall, UpstreamRequest};
 use crate::api::FrontRequest;
 use crate::api::stream::first_sse_event;
-use crate::config::{Credentials, Provider, ProviderSettings};
+use crate::config::{Provider, ProviderSettings};
 use crate::error::GatewayError;
 use crate::routing::Decision;
 use actix_web::http::StatusCode;
@@ -58,13 +58,8 @@ impl Adapter for OpenAi {
         provider: &Provider,
         call: &UpstreamCall,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let Credentials::ApiKey(key) = &provider.credentials else {
-            return Err(GatewayError::Internal(format!(
-                "provider {} has no API key",
-                provider.name
-            )));
-        };
-        let auth = super::secret_header(provider, &format!("Bearer {}", key.expose()))?;
+        let key = super::api_key(provider)?;
+        let auth = super::secret_header(provider, &format!("Bearer {key}"))?;
         Ok(call.request(provider, (header::AUTHORIZATION, auth)))
     }
 
@@ -131,6 +126,7 @@ pub(super) fn error_in_first_event(buf: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Credentials;
     use crate::config::{CircuitPolicy, Secret};
     use std::time::Duration;
 
