@@ -40,9 +40,18 @@ pub struct RelayStream {
     ids: Option<IdRewriter>,
     /// The request's span: the relay runs after the handler returned, outside it.
     span: tracing::Span,
+    /// Reads the stream's usage (and hides what the client did not ask for); reports it when
+    /// the relay is dropped.
+    usage: Option<super::usage::UsageTap>,
 }
 
 impl RelayStream {
+    /// Relays through `tap` (`api::usage`).
+    pub fn with_usage_tap(mut self, tap: super::usage::UsageTap) -> Self {
+        self.usage = Some(tap);
+        self
+    }
+
     pub fn new(
         rx: mpsc::Receiver<UpstreamChunk>,
         endpoint: Endpoint,
@@ -60,6 +69,7 @@ impl RelayStream {
             finished: false,
             closed: false,
             ids,
+            usage: None,
         }
     }
 
@@ -106,7 +116,10 @@ impl RelayStream {
             }
             let mut out = tail;
             out.extend_from_slice(b"\n\n");
-            let out = out.freeze();
+            let mut out = out.freeze();
+            if let Some(tap) = &mut self.usage {
+                out = tap.events(out);
+            }
             return Some(match &mut self.ids {
                 Some(ids) => ids.events(out),
                 None => out,
@@ -203,6 +216,12 @@ impl Stream for RelayStream {
                     };
                     if let Some(mut events) = ready {
                         this.scan(&events);
+                        if let Some(tap) = &mut this.usage {
+                            events = tap.events(events);
+                            if events.is_empty() {
+                                continue;
+                            }
+                        }
                         if let Some(ids) = &mut this.ids {
                             events = ids.events(events);
                         }

@@ -22,6 +22,32 @@ pub struct RawTenant {
     /// LLM proxies by id (`[proxies.<id>]`); each is one OpenAI-compatible endpoint.
     #[serde(default)]
     pub proxies: BTreeMap<String, RawProxy>,
+    /// Rate limits for the whole tenant (`[limits]`).
+    pub limits: Option<RawLimits>,
+    /// The tenant's own prices (`[[prices]]`), over the built-in table.
+    #[serde(default)]
+    pub prices: Vec<RawPrice>,
+}
+
+/// Rate limits, per minute; absent means unlimited.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// A tenant's price for one provider type and model, USD per 1M tokens as decimal strings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// `openai`, `azure_openai`, `gemini` or `bedrock`.
+    pub provider: String,
+    pub model: String,
+    pub input: String,
+    pub cached_input: Option<String>,
+    pub cache_write: Option<String>,
+    pub output: String,
 }
 
 /// A tenant API key: a reference to an environment variable or a SHA-256 hash, never a literal.
@@ -36,6 +62,9 @@ pub struct RawApiKey {
     pub env: Option<String>,
     /// Accepted by the parser only to refuse it with a clear reason: literals are not allowed.
     pub key: Option<toml::Value>,
+    /// This key's own rate limits (on top of the tenant's).
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// An upstream provider endpoint and its credentials.

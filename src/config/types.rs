@@ -53,7 +53,7 @@ pub enum RoutingText {
 }
 
 /// The upstream wire protocol of a provider.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProviderKind {
     OpenAi,
     AzureOpenAi,
@@ -324,6 +324,31 @@ pub struct TenantSpec {
     pub keys: Vec<(String, KeySource)>,
     pub providers: Vec<ProviderSpec>,
     pub proxies: Vec<Arc<Proxy>>,
+    pub governance: Arc<TenantGovernance>,
+}
+
+/// Requests and tokens per minute; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_unlimited(&self) -> bool {
+        self.requests_per_minute.is_none() && self.tokens_per_minute.is_none()
+    }
+}
+
+/// A tenant's governance settings: rate limits and its own prices.
+#[derive(Clone, Debug, Default)]
+pub struct TenantGovernance {
+    pub limits: Limits,
+    /// Per key name; only keys with a limit are here.
+    pub key_limits: std::collections::HashMap<String, Limits>,
+    /// (provider type, model) → price, over the built-in table.
+    pub prices:
+        std::collections::HashMap<(ProviderKind, String), crate::governance::pricing::Price>,
 }
 
 /// A provider ready to call: base URL chosen, key read.

@@ -16,9 +16,11 @@ use crate::api::codec::FrontEncoder;
 use crate::api::response_ids::{IdRewriter, IdScope};
 use crate::api::response_store::StoredResponse;
 use crate::api::stream::{Ending, OnEnd, RelayStream, TranslatedStream};
+use crate::api::usage::{self, UsageTap};
 use crate::api::{Endpoint, FrontRequest, chat, responses};
 use crate::config::{Provider, RoutingMode};
 use crate::error::{GatewayError, quote};
+use crate::governance::Meter;
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
 use crate::routing::{self, Decision, semantic};
 use crate::telemetry::context::RequestContext;
@@ -149,6 +151,19 @@ async fn conversation(
     let proxy = find_proxy(auth.entry, &proxy_id)?;
     span.record("proxy", tracing::field::display(&proxy_id));
     access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
+    // Governance: rate limits before any work, and the request's identity for its usage record.
+    let governance = &auth.entry.tenant.governance;
+    state
+        .governance
+        .limiter
+        .check(governance, &tenant, auth.key_name)
+        .await?;
+    let meter = Meter::new(
+        &state.governance,
+        &auth.entry.tenant,
+        auth.key_name,
+        &request_id(&req),
+    );
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
     let first = decide(&state, proxy, &front)
@@ -199,6 +214,7 @@ async fn conversation(
             &provider,
             &span,
             &mut decoded,
+            &meter,
         )
         .await?;
         let err = match answer {
@@ -239,6 +255,7 @@ async fn attempt(
     provider: &Addr<ProviderActor>,
     span: &tracing::Span,
     decoded: &mut Option<Decoded>,
+    meter: &Meter,
 ) -> Result<Result<HttpResponse, GatewayError>, GatewayError> {
     let endpoint = front.endpoint;
     let translator = providers::adapter(decision.provider.kind()).and_then(|a| a.translator());
@@ -269,10 +286,13 @@ async fn attempt(
         front,
         previous_response_id: previous.as_ref().map(|p| p.1),
     };
-    let request = providers::prepare(outgoing, decision, traceparent)?;
+    let mut request = providers::prepare(outgoing, decision, traceparent)?;
+    // Streams must report usage; what the gateway asked for on the client's behalf is hidden.
+    let hide_usage = usage::ask_for_usage(endpoint, front.stream, &mut request.body);
     let answer = send(req, decision, request, provider, span).await?;
     let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
-    Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter)))
+    let tap = (meter, hide_usage);
+    Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter, tap)))
 }
 
 /// Hands a prepared call to this worker's provider actor, with the route's time limits, and
@@ -517,15 +537,31 @@ async fn decide(
 }
 
 /// The client's response: the upstream status and body, streamed event by event when it streams.
+/// A successful answer's usage goes to `meter` (a stream's when it ends, however it ends).
 fn relay(
     endpoint: Endpoint,
     decision: &Decision,
     upstream: UpstreamResponse,
     ids: Option<IdRewriter>,
+    (meter, hide_usage): (&Meter, bool),
 ) -> HttpResponse {
+    if let (true, UpstreamBody::Full(body)) = (upstream.status.is_success(), &upstream.body) {
+        meter.record(
+            decision,
+            endpoint,
+            false,
+            usage::from_body(endpoint, body),
+            false,
+        );
+    }
     let UpstreamBody::Stream(rx) = upstream.body else {
         return relay_whole(upstream, ids);
     };
+    let tap = UsageTap::new(
+        endpoint,
+        hide_usage,
+        meter.on_usage(decision, endpoint, true),
+    );
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
         res.insert_header(("x-upstream-request-id", id));
@@ -533,13 +569,24 @@ fn relay(
     res.insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
-        .streaming(RelayStream::new(
-            rx,
-            endpoint,
-            decision.provider.name.clone(),
-            ids,
-            stream_span(),
-        ))
+        .streaming(
+            RelayStream::new(
+                rx,
+                endpoint,
+                decision.provider.name.clone(),
+                ids,
+                stream_span(),
+            )
+            .with_usage_tap(tap),
+        )
+}
+
+/// The gateway's id of this request (`x-request-id`).
+fn request_id(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<RequestContext>()
+        .map(|c| String::from_utf8_lossy(c.request_id.as_bytes()).into_owned())
+        .unwrap_or_default()
 }
 
 /// A whole upstream answer relayed as it came, its Responses ids rewritten when scoped.

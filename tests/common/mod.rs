@@ -150,6 +150,11 @@ impl Gateway {
             switchyard::embedding::test_model_dir(),
         );
         cmd.env("SWITCHYARD_CACHE_DIR", dir.path().join("cache"));
+        // Each gateway keeps its usage ledger in its own directory (a test may pass --ledger).
+        cmd.env(
+            "SWITCHYARD_LEDGER",
+            format!("sqlite://{}", dir.path().join("ledger.db").display()),
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }

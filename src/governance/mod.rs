@@ -1,0 +1,237 @@
+//! Governance and cost: what a request costs, who may send how much, and the ledger.
+//!
+//! Owns [`pricing`] (the price table and the one cost function), [`limits`] (requests and
+//! tokens per minute, per tenant and per API key; in process or in Redis), [`ledger`] (the
+//! actor on its own arbiter that owns the SQLite or PostgreSQL store) and [`Governance`], the
+//! handle every worker shares. The request path reports a finished request's usage once,
+//! through [`Governance::record`] with a [`UsageRecord`]: passthrough answers from the usage
+//! tap (`api::usage`), translated ones from the relay's end hook. It does not parse usage from
+//! wire formats (that is `api::usage` and the translators) nor render errors (`error`).
+
+pub mod ledger;
+pub mod limits;
+pub mod pricing;
+
+use crate::api::Endpoint;
+use crate::api::canonical::Usage;
+use crate::config::{ProviderKind, TenantGovernance};
+use actix::Addr;
+use rust_decimal::Decimal;
+use std::sync::Arc;
+
+/// One finished request's usage, as the request path reports it. Sent once per request that
+/// reached an upstream answer (retries inside the provider actor included: only the attempt
+/// that answered carries usage).
+#[derive(Clone, Debug)]
+pub struct UsageRecord {
+    pub tenant: String,
+    pub proxy: String,
+    pub route: String,
+    /// The provider's name in the tenant file.
+    pub provider: String,
+    /// Its type, for the price lookup.
+    pub provider_kind: ProviderKind,
+    /// The model sent upstream (the route's `target_model`, else its `model`).
+    pub model: String,
+    /// The name of the API key the client used (`auth.key_name`).
+    pub api_key: String,
+    /// The semantic topic that chose the route, if any.
+    pub topic: Option<String>,
+    pub endpoint: Endpoint,
+    pub stream: bool,
+    /// What the provider reported; `None` when it reported nothing (cost then unknown).
+    pub usage: Option<Usage>,
+    /// The usage is the gateway's estimate, not the provider's report.
+    pub estimated: bool,
+    /// The gateway's `x-request-id`.
+    pub request_id: String,
+}
+
+/// A [`UsageRecord`] priced, as the ledger stores it.
+#[derive(Clone, Debug)]
+pub struct PricedRecord {
+    pub record: UsageRecord,
+    /// Unix milliseconds when the request ended.
+    pub at_ms: i64,
+    /// `None` when the model has no price or the usage is unknown: never zero for unknown.
+    pub cost: Option<Decimal>,
+}
+
+/// What every worker shares: the limiter and the ledger's address.
+#[derive(Clone)]
+pub struct Governance {
+    pub limiter: limits::Limiter,
+    /// `None` when the ledger is off (`--ledger off`).
+    pub ledger: Option<Addr<ledger::Ledger>>,
+}
+
+impl std::fmt::Debug for Governance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Governance")
+            .field("ledger", &self.ledger.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Governance {
+    /// In-process limits, no ledger (tests that build state by hand).
+    fn default() -> Self {
+        Self {
+            limiter: limits::Limiter::local(),
+            ledger: None,
+        }
+    }
+}
+
+/// The price of `model` on `kind`: the tenant's own first, then the built-in table.
+pub fn price_for<'a>(
+    tenant: &'a TenantGovernance,
+    kind: ProviderKind,
+    model: &str,
+) -> Option<&'a pricing::Price> {
+    if !tenant.prices.is_empty()
+        && let Some(p) =
+            pricing::candidates(model).find_map(|m| tenant.prices.get(&(kind, m.to_owned())))
+    {
+        return Some(p);
+    }
+    pricing::PriceTable::built_in()
+        .get(kind, model)
+        .map(|l| &l.price)
+}
+
+impl Governance {
+    /// Records one finished request: prices it, counts it in the metrics and the token rate
+    /// limits, and sends it to the ledger. Never waits on the store.
+    pub fn record(&self, tenant: &TenantGovernance, record: UsageRecord) {
+        let price = price_for(tenant, record.provider_kind, &record.model);
+        if price.is_none() {
+            tracing::warn!(
+                provider = record.provider_kind.as_str(),
+                model = %record.model,
+                "no price for this model: its cost is recorded as unknown"
+            );
+        }
+        let cost = match (&record.usage, price) {
+            (Some(usage), Some(price)) => Some(pricing::cost(usage, price)),
+            _ => None,
+        };
+        crate::telemetry::metrics::metrics().usage(
+            &record.tenant,
+            record.provider_kind.as_str(),
+            &record.model,
+            record.usage.as_ref(),
+            cost,
+            price.is_some(),
+        );
+        if let Some(usage) = &record.usage {
+            self.limiter
+                .add_tokens(tenant, &record.tenant, &record.api_key, usage.total());
+        }
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let priced = PricedRecord {
+            record,
+            at_ms: now_ms(),
+            cost,
+        };
+        if let Err(err) = ledger.try_send(ledger::Append(priced, None)) {
+            tracing::error!(%err, "ledger mailbox full or closed: a usage record is lost");
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Shared so the translated path and the usage tap hold it cheaply.
+pub type SharedGovernance = Arc<Governance>;
+
+/// One request's identity for its usage records, built once in the handler after
+/// authentication: the request path's one way into the ledger.
+#[derive(Clone, Debug)]
+pub struct Meter {
+    governance: Governance,
+    tenant: Arc<TenantGovernance>,
+    tenant_id: String,
+    api_key: String,
+    request_id: String,
+}
+
+impl Meter {
+    pub fn new(
+        governance: &Governance,
+        tenant: &crate::config::Tenant,
+        api_key: &str,
+        request_id: &str,
+    ) -> Self {
+        Self {
+            governance: governance.clone(),
+            tenant: tenant.governance.clone(),
+            tenant_id: tenant.id.clone(),
+            api_key: api_key.to_owned(),
+            request_id: request_id.to_owned(),
+        }
+    }
+
+    /// The record of an answer from `decision`'s route.
+    pub fn usage_record(
+        &self,
+        decision: &crate::routing::Decision,
+        endpoint: Endpoint,
+        stream: bool,
+        usage: Option<Usage>,
+        estimated: bool,
+    ) -> UsageRecord {
+        let route = decision.route();
+        UsageRecord {
+            tenant: self.tenant_id.clone(),
+            proxy: decision.proxy.id.clone(),
+            route: route.name.clone(),
+            provider: decision.provider.name.clone(),
+            provider_kind: decision.provider.kind(),
+            model: route.upstream_model().to_owned(),
+            api_key: self.api_key.clone(),
+            topic: decision.semantic.as_ref().and_then(|s| s.topic.clone()),
+            endpoint,
+            stream,
+            usage,
+            estimated,
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    /// Records an answer from `decision`'s route (see [`Governance::record`]).
+    pub fn record(
+        &self,
+        decision: &crate::routing::Decision,
+        endpoint: Endpoint,
+        stream: bool,
+        usage: Option<Usage>,
+        estimated: bool,
+    ) {
+        let record = self.usage_record(decision, endpoint, stream, usage, estimated);
+        self.governance.record(&self.tenant, record);
+    }
+
+    /// The callback a stream's usage tap calls when the stream ends, however it ends.
+    pub fn on_usage(
+        &self,
+        decision: &crate::routing::Decision,
+        endpoint: Endpoint,
+        stream: bool,
+    ) -> crate::api::usage::OnUsage {
+        let template = self.usage_record(decision, endpoint, stream, None, false);
+        let governance = self.governance.clone();
+        let tenant = self.tenant.clone();
+        Box::new(move |usage| {
+            governance.record(&tenant, UsageRecord { usage, ..template });
+        })
+    }
+}

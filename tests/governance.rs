@@ -1,0 +1,584 @@
+//! Governance end to end: exact cost in the ledger for every endpoint × stream mode on
+//! OpenAI, one ledger row per request (retries included), rate limits with their exact
+//! headers, Redis-shared limits across two gateways, and the ledger on PostgreSQL and across a
+//! restart. The real binary against the emulator; Redis and PostgreSQL are real servers on
+//! loopback (`scripts/test` installs and starts them).
+
+mod common;
+
+use common::http::*;
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// gpt-4o-mini's built-in price, in picodollars per token: $0.15 and $0.60 per 1M.
+const MINI_INPUT_PUSD: u128 = 150_000;
+const MINI_OUTPUT_PUSD: u128 = 600_000;
+
+/// A tenant with one proxy on the emulator's OpenAI, its route `mini` on gpt-4o-mini and
+/// `mystery` on a model without a price; `extra` is appended (limits, keys).
+fn tenant(extra: &str) -> String {
+    format!(
+        r#"
+[[api_keys]]
+name = "demo"
+sha256 = "{KEY_A_SHA}"
+{extra}
+
+[providers.openai]
+type = "openai"
+api_key_env = "A_OPENAI_KEY"
+base_url = "http://127.0.0.1:1/v1"
+base_url_env = "A_OPENAI_BASE_URL"
+max_retries = 2
+
+[proxies.chat]
+[[proxies.chat.routes]]
+name = "mini"
+provider = "openai"
+model = "gpt-4o-mini"
+[[proxies.chat.routes]]
+name = "mystery"
+provider = "openai"
+model = "mystery-model"
+"#
+    )
+}
+
+fn start(emulator: &Running, tenant: String, extra: &[&str]) -> Gateway {
+    Gateway::start(
+        &[("a", tenant)],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emulator.base)),
+        ],
+        extra,
+    )
+}
+
+/// Picodollars as the ledger prints dollars: exact, no trailing zeros.
+fn usd(pico: u128) -> String {
+    let whole = pico / 1_000_000_000_000;
+    let frac = format!("{:012}", pico % 1_000_000_000_000);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        whole.to_string()
+    } else {
+        format!("{whole}.{frac}")
+    }
+}
+
+async fn get(url: String, key: &str) -> Reply {
+    send(
+        client()
+            .get(url)
+            .insert_header(("authorization", format!("Bearer {key}"))),
+        None,
+    )
+    .await
+}
+
+/// The ledger's rows of tenant `a` by request id, once `want` requests are in (the ledger
+/// writes behind the answer), then once more after a pause to see that no more arrive.
+async fn ledger_rows(gw: &Gateway, want: i64) -> Vec<Value> {
+    let url = gw.url("/a/usage?group_by=request");
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        let r = get(url.clone(), KEY_A).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        last = r.json()["data"].as_array().cloned().unwrap_or_default();
+        let n: i64 = last
+            .iter()
+            .map(|row| row["requests"].as_i64().unwrap_or(0))
+            .sum();
+        if n >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get(url, KEY_A).await;
+    let now = r.json()["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        now, last,
+        "rows changed after the expected count was reached"
+    );
+    now
+}
+
+fn row_of<'r>(rows: &'r [Value], request_id: &str) -> &'r Value {
+    let matching: Vec<_> = rows.iter().filter(|r| r["group"] == request_id).collect();
+    assert_eq!(matching.len(), 1, "request {request_id} in {rows:?}");
+    assert_eq!(
+        matching[0]["requests"], 1,
+        "request {request_id} recorded once"
+    );
+    matching[0]
+}
+
+fn expected_cost(input: u64, output: u64) -> String {
+    usd(u128::from(input) * MINI_INPUT_PUSD + u128::from(output) * MINI_OUTPUT_PUSD)
+}
+
+#[actix_web::test]
+async fn recorded_cost_is_exact_for_chat_and_responses_streamed_and_not() {
+    let emu = emulator();
+    let gw = start(&emu, tenant(""), &[]);
+    let chat_url = gw.url("/a/chat/v1/chat/completions");
+    let responses_url = gw.url("/a/chat/v1/responses");
+    let prompt = "Count the primes below thirty and explain the method briefly";
+    let mut expected = Vec::new();
+
+    // Chat, whole.
+    let r = post(chat_url.clone(), Some(KEY_A), chat("gpt-4o-mini", prompt)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let u = &r.json()["usage"];
+    let (i, o) = (
+        u["prompt_tokens"].as_u64().expect("in"),
+        u["completion_tokens"].as_u64().expect("out"),
+    );
+    assert!(i > 0 && o > 0);
+    expected.push((r.header("x-request-id").to_owned(), i, o, "chat"));
+
+    // Chat stream with include_usage: the client sees the usage chunk exactly once.
+    let mut body = chat("gpt-4o-mini", prompt);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = post(chat_url.clone(), Some(KEY_A), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let usage_chunks: Vec<Value> = sse_data(&r.text())
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).expect("chunk"))
+        .filter(|c| c["usage"].is_object())
+        .collect();
+    assert_eq!(usage_chunks.len(), 1, "{}", r.text());
+    let u = &usage_chunks[0]["usage"];
+    assert_eq!(
+        (u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64()),
+        (Some(i), Some(o))
+    );
+    expected.push((
+        r.header("x-request-id").to_owned(),
+        i,
+        o,
+        "chat stream, asked",
+    ));
+
+    // Chat stream without include_usage: billed all the same, and the client sees no usage.
+    let mut body = chat("gpt-4o-mini", prompt);
+    body["stream"] = json!(true);
+    let r = post(chat_url.clone(), Some(KEY_A), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("usage"), "{}", r.text());
+    assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+    expected.push((
+        r.header("x-request-id").to_owned(),
+        i,
+        o,
+        "chat stream, not asked",
+    ));
+
+    // Responses, whole and streamed.
+    let body = json!({"model": "gpt-4o-mini", "input": prompt});
+    let r = post(responses_url.clone(), Some(KEY_A), body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let u = &r.json()["usage"];
+    let (ri, ro) = (
+        u["input_tokens"].as_u64().expect("in"),
+        u["output_tokens"].as_u64().expect("out"),
+    );
+    expected.push((r.header("x-request-id").to_owned(), ri, ro, "responses"));
+    let mut sbody = body;
+    sbody["stream"] = json!(true);
+    let r = post(responses_url, Some(KEY_A), sbody).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let completed = sse_data(&r.text())
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).expect("event"))
+        .find(|e| e["type"] == "response.completed")
+        .expect("completed");
+    let u = &completed["response"]["usage"];
+    let (si, so) = (
+        u["input_tokens"].as_u64().expect("in"),
+        u["output_tokens"].as_u64().expect("out"),
+    );
+    expected.push((
+        r.header("x-request-id").to_owned(),
+        si,
+        so,
+        "responses stream",
+    ));
+
+    let rows = ledger_rows(&gw, expected.len() as i64).await;
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for (id, input, output, what) in &expected {
+        let row = row_of(&rows, id);
+        assert_eq!(row["input_tokens"], *input, "{what}: {row}");
+        assert_eq!(row["output_tokens"], *output, "{what}: {row}");
+        assert_eq!(
+            row["cost_usd"],
+            expected_cost(*input, *output),
+            "{what}: {row}"
+        );
+        assert_eq!(row["unpriced_requests"], 0, "{what}");
+    }
+
+    // The totals, grouped by model and by key, add up to the same exact figure.
+    let total: u128 = expected
+        .iter()
+        .map(|(_, i, o, _)| u128::from(*i) * MINI_INPUT_PUSD + u128::from(*o) * MINI_OUTPUT_PUSD)
+        .sum();
+    for group_by in ["model", "key"] {
+        let r = get(gw.url(&format!("/a/usage?group_by={group_by}")), KEY_A).await;
+        let data = r.json()["data"].clone();
+        assert_eq!(data.as_array().map(Vec::len), Some(1), "{data}");
+        assert_eq!(data[0]["requests"], 5);
+        assert_eq!(data[0]["cost_usd"], usd(total), "{data}");
+    }
+    let by_model = get(gw.url("/a/usage?group_by=model"), KEY_A).await.json();
+    assert_eq!(by_model["data"][0]["group"], "gpt-4o-mini");
+
+    // Prometheus: tokens and cost per tenant, provider and model.
+    let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+    let input_sum: u64 = expected.iter().map(|e| e.1).sum();
+    let line = format!(
+        "switchyard_usage_tokens_total{{tenant=\"a\",provider=\"openai\",model=\"gpt-4o-mini\",kind=\"input\"}} {input_sum}"
+    );
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    assert!(metrics.contains(
+        "switchyard_cost_usd_total{tenant=\"a\",provider=\"openai\",model=\"gpt-4o-mini\"}"
+    ));
+}
+
+#[actix_web::test]
+async fn a_request_retried_after_a_429_is_one_ledger_row_and_an_unpriced_model_is_unknown_not_zero()
+{
+    let emu = emulator();
+    let gw = start(&emu, tenant(""), &[]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let r = post(
+        url.clone(),
+        Some(KEY_A),
+        chat(
+            "gpt-4o-mini",
+            "retry me [emulator:status=429,retry_after=1,times=1,key=gov-retry]",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let retried = r.header("x-request-id").to_owned();
+    let u = r.json()["usage"].clone();
+
+    let r = post(
+        url,
+        Some(KEY_A),
+        chat("mystery-model", "what does this cost"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let unpriced = r.header("x-request-id").to_owned();
+
+    let rows = ledger_rows(&gw, 2).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let row = row_of(&rows, &retried);
+    assert_eq!(
+        row["cost_usd"],
+        expected_cost(
+            u["prompt_tokens"].as_u64().expect("in"),
+            u["completion_tokens"].as_u64().expect("out")
+        )
+    );
+    let row = row_of(&rows, &unpriced);
+    assert_eq!(row["unpriced_requests"], 1, "{row}");
+    assert!(
+        row["input_tokens"].as_i64() > Some(0),
+        "tokens are still recorded: {row}"
+    );
+    let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+    assert!(
+        metrics.contains("switchyard_unpriced_requests_total{tenant=\"a\",provider=\"openai\",model=\"mystery-model\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// The 429 of a rate limit: status, code and the exact headers.
+fn assert_limited(r: &Reply, kind: &str, limit: u64) {
+    r.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(
+        r.header(&format!("x-ratelimit-limit-{kind}")),
+        limit.to_string()
+    );
+    assert_eq!(r.header(&format!("x-ratelimit-remaining-{kind}")), "0");
+    let retry: u64 = r
+        .header("retry-after")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        r.header(&format!("x-ratelimit-reset-{kind}")),
+        format!("{retry}s")
+    );
+}
+
+#[actix_web::test]
+async fn rate_limits_refuse_after_exactly_n_requests_per_tenant_and_per_key() {
+    let emu = emulator();
+    // Tenant: 4 requests a minute. Key "ci": 1 of them.
+    let extra = r#"requests_per_minute = 10
+
+[[api_keys]]
+name = "ci"
+sha256 = "8b5cf16c431885b0d17194621b6133a52ac1bbae47f2e68691100f271f2d0ea1"
+requests_per_minute = 1
+
+[limits]
+requests_per_minute = 4
+"#;
+    let gw = start(&emu, tenant(extra), &[]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let body = chat("gpt-4o-mini", "hello");
+    // The ci key (sk-acme-ci): one, then refused by its own limit.
+    let r = post(url.clone(), Some("sk-acme-ci"), body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post(url.clone(), Some("sk-acme-ci"), body.clone()).await;
+    assert_limited(&r, "requests", 1);
+    assert!(
+        r.error_message().contains("api key"),
+        "{}",
+        r.error_message()
+    );
+    // The demo key: three more reach the tenant's 4 (the refused one did not count).
+    for n in 0..3 {
+        let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+    }
+    let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+    assert_limited(&r, "requests", 4);
+    assert!(
+        r.error_message().contains("tenant"),
+        "{}",
+        r.error_message()
+    );
+    // Refused requests are not billed: the ledger has exactly the four answered.
+    let rows = ledger_rows(&gw, 4).await;
+    assert_eq!(rows.len(), 4, "{rows:?}");
+}
+
+#[actix_web::test]
+async fn a_token_limit_refuses_once_the_window_holds_that_many_tokens() {
+    let emu = emulator();
+    let gw = start(&emu, tenant("\n[limits]\ntokens_per_minute = 5\n"), &[]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let r = post(url.clone(), Some(KEY_A), chat("gpt-4o-mini", "hello there")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["usage"]["total_tokens"].as_u64() >= Some(5));
+    let r = post(url, Some(KEY_A), chat("gpt-4o-mini", "again")).await;
+    assert_limited(&r, "tokens", 5);
+}
+
+/// A `redis-server` on a free loopback port, stopped when dropped.
+struct Redis {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_server() -> Option<Redis> {
+    let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = std::process::Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let redis = Redis {
+        child,
+        url: format!("redis://127.0.0.1:{port}/"),
+        _dir: dir,
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(redis);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("redis-server did not listen on {port}");
+}
+
+#[actix_web::test]
+async fn redis_limits_are_shared_by_two_gateways() {
+    let Some(redis) = redis_server() else {
+        eprintln!(
+            "\n!!!! SKIPPED redis_limits_are_shared_by_two_gateways: no redis-server (scripts/test installs it) !!!!\n"
+        );
+        return;
+    };
+    let emu = emulator();
+    let t = tenant("\n[limits]\nrequests_per_minute = 5\n");
+    let one = start(&emu, t.clone(), &["--redis", &redis.url]);
+    let two = start(&emu, t, &["--redis", &redis.url]);
+    let body = chat("gpt-4o-mini", "hello");
+    let urls = [
+        one.url("/a/chat/v1/chat/completions"),
+        two.url("/a/chat/v1/chat/completions"),
+    ];
+    for n in 0..5 {
+        let r = post(urls[n % 2].clone(), Some(KEY_A), body.clone()).await;
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+    }
+    // Each gateway alone has seen at most 3: only shared counters refuse the sixth.
+    for url in &urls {
+        let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+        assert_limited(&r, "requests", 5);
+    }
+}
+
+/// Concurrent requests through two gateways sharing Redis: exactly the limit gets through.
+#[actix_web::test]
+async fn redis_limits_hold_under_concurrency() {
+    let Some(redis) = redis_server() else {
+        eprintln!("\n!!!! SKIPPED redis_limits_hold_under_concurrency: no redis-server !!!!\n");
+        return;
+    };
+    let emu = emulator();
+    let t = tenant("\n[limits]\nrequests_per_minute = 7\n");
+    let one = start(&emu, t.clone(), &["--redis", &redis.url]);
+    let two = start(&emu, t, &["--redis", &redis.url]);
+    let body = chat("gpt-4o-mini", "hello");
+    let futures = (0..20).map(|n| {
+        let url = if n % 2 == 0 { &one } else { &two }.url("/a/chat/v1/chat/completions");
+        post(url, Some(KEY_A), body.clone())
+    });
+    let replies = futures_util::future::join_all(futures).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let limited = replies.iter().filter(|r| r.status == 429).count();
+    assert_eq!((ok, limited), (7, 13));
+}
+
+#[actix_web::test]
+async fn the_sqlite_ledger_survives_a_restart_and_the_admin_api_reads_it() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let admin = [("SWITCHYARD_ADMIN_TOKEN", "adm-secret".to_owned())];
+    let env = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ];
+        env.extend_from_slice(extra);
+        env
+    };
+    let gw = Gateway::start(&[("a", tenant(""))], &env(&admin), &["--ledger", &ledger]);
+    for _ in 0..3 {
+        let r = post(
+            gw.url("/a/chat/v1/chat/completions"),
+            Some(KEY_A),
+            chat("gpt-4o-mini", "hi"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let before = ledger_rows(&gw, 3).await;
+    drop(gw);
+    let gw = Gateway::start(&[("a", tenant(""))], &env(&admin), &["--ledger", &ledger]);
+    let after = ledger_rows(&gw, 3).await;
+    assert_eq!(before, after);
+    // The admin API, by day; a wrong token and a tenant key are refused.
+    let r = get(gw.url("/admin/tenants/a/usage?group_by=day"), "adm-secret").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = r.json()["data"].clone();
+    assert_eq!(data[0]["requests"], 3, "{data}");
+    assert_eq!(data[0]["group"].as_str().map(str::len), Some(10), "{data}");
+    get(gw.url("/admin/tenants/a/usage"), KEY_A)
+        .await
+        .assert_error(401, "invalid_api_key");
+    get(gw.url("/a/usage?group_by=color"), KEY_A)
+        .await
+        .assert_error(400, "invalid_usage_query");
+    // A tenant reads only its own usage.
+    get(gw.url("/b/usage"), KEY_A)
+        .await
+        .assert_error(401, "invalid_api_key");
+    // A range that ends before the requests holds none of them.
+    let r = get(gw.url("/a/usage?to=2000-01-01"), KEY_A).await;
+    assert_eq!(r.json()["data"], json!([]), "{}", r.text());
+}
+
+#[actix_web::test]
+async fn the_postgres_ledger_records_each_request_once() {
+    let Ok(url) = std::env::var("SWITCHYARD_TEST_POSTGRES") else {
+        eprintln!(
+            "\n!!!! SKIPPED the_postgres_ledger_records_each_request_once: SWITCHYARD_TEST_POSTGRES is not set (scripts/test starts PostgreSQL and sets it) !!!!\n"
+        );
+        return;
+    };
+    let emu = emulator();
+    // A tenant id of its own, so earlier runs' rows in the shared database do not count.
+    let id = format!("pg{}", std::process::id());
+    let gw = Gateway::start(
+        &[(id.as_str(), tenant(""))],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ],
+        &["--ledger", &url],
+    );
+    let mut ids = Vec::new();
+    for stream in [false, true] {
+        let mut body = chat("gpt-4o-mini", "hello postgres");
+        body["stream"] = json!(stream);
+        let r = post(
+            gw.url(&format!("/{id}/chat/v1/chat/completions")),
+            Some(KEY_A),
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        ids.push(r.header("x-request-id").to_owned());
+    }
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        let r = get(gw.url(&format!("/{id}/usage?group_by=request")), KEY_A).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        rows = r.json()["data"].as_array().cloned().unwrap_or_default();
+        if rows.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for rid in &ids {
+        let row = row_of(&rows, rid);
+        let cost = expected_cost(
+            row["input_tokens"].as_u64().expect("in"),
+            row["output_tokens"].as_u64().expect("out"),
+        );
+        assert_eq!(row["cost_usd"], cost);
+    }
+}
