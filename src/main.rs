@@ -6,6 +6,11 @@ use clap::Parser;
 use std::process::ExitCode;
 use switchyard::cli::{Cli, Command};
 
+/// mimalloc instead of glibc's malloc: allocation and free were the largest items of the
+/// request path's CPU profile (loadtests/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let otel = match &cli.command {
