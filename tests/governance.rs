@@ -582,3 +582,106 @@ async fn the_postgres_ledger_records_each_request_once() {
         assert_eq!(row["cost_usd"], cost);
     }
 }
+
+/// One request that may be cut by a crash: its request id and whole body when it arrived in
+/// full (a stream: through its `[DONE]`), `None` when it did not.
+async fn try_post(url: String, body: Value) -> Option<(String, String)> {
+    let mut res = client()
+        .post(url)
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("authorization", format!("Bearer {KEY_A}")))
+        .send_body(body.to_string())
+        .await
+        .ok()?;
+    let id = res.headers().get("x-request-id")?.to_str().ok()?.to_owned();
+    let bytes = res.body().limit(1 << 20).await.ok()?;
+    let text = String::from_utf8(bytes.to_vec()).ok()?;
+    let whole = res.status() == 200
+        && if body["stream"] == true {
+            text.ends_with("data: [DONE]\n\n")
+        } else {
+            serde_json::from_str::<Value>(&text).is_ok_and(|v| v["usage"].is_object())
+        };
+    whole.then_some((id, text))
+}
+
+#[actix_web::test]
+async fn after_kill_9_every_answer_received_in_full_is_in_the_ledger_once() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    // Every commit takes 40 ms longer than it would: an answer that went out before its
+    // commit would reach the client well before the kill catches the commit.
+    let env = [
+        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
+        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "40".to_owned()),
+    ];
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    // 40 requests finishing 15 ms apart; the gateway is killed in the middle of them.
+    let requests = (0..40u64).map(|i| {
+        let mut body = chat(
+            "gpt-4o-mini",
+            &format!("request {i} [emulator:latency_ms={}]", 100 + i * 15),
+        );
+        body["stream"] = json!(i % 2 == 1);
+        try_post(url.clone(), body)
+    });
+    let all = futures_util::future::join_all(requests);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(100 + 20 * 15)).await;
+        gw.run.signal("KILL");
+    };
+    let (done, ()) = futures_util::future::join(all, kill).await;
+    let received: Vec<String> = done.into_iter().flatten().map(|(id, _)| id).collect();
+    assert!(
+        (5..35).contains(&received.len()),
+        "the kill should fall mid-load: {} answers arrived",
+        received.len()
+    );
+    drop(gw);
+    // Restarted on the same file, and read at once: nothing may still be on its way.
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let r = get(gw.url("/a/usage?group_by=request"), KEY_A).await;
+    let rows = r.json()["data"].as_array().cloned().unwrap_or_default();
+    for id in &received {
+        row_of(&rows, id);
+    }
+    assert!(rows.iter().all(|r| r["requests"] == 1), "{rows:?}");
+}
+
+#[actix_web::test]
+async fn an_answer_goes_out_only_after_its_ledger_commit_so_kill_9_right_after_loses_nothing() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let env = [
+        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
+        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "300".to_owned()),
+    ];
+    let mut received = Vec::new();
+    for stream in [false, true] {
+        let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+        let mut body = chat("gpt-4o-mini", "commit me first");
+        body["stream"] = json!(stream);
+        let started = std::time::Instant::now();
+        let (id, _) = try_post(gw.url("/a/chat/v1/chat/completions"), body)
+            .await
+            .expect("a whole answer");
+        gw.run.signal("KILL");
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "the answer waited for the commit"
+        );
+        received.push(id);
+    }
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let r = get(gw.url("/a/usage?group_by=request"), KEY_A).await;
+    let rows = r.json()["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for id in &received {
+        row_of(&rows, id);
+    }
+}

@@ -349,14 +349,21 @@ fn without_null_usage(event: &[u8], at: usize) -> Vec<u8> {
     out
 }
 
-/// Called once with the stream's usage when it ends, however it ends.
-pub type OnUsage = Box<dyn FnOnce(Option<Usage>) + Send>;
+/// Hears `true` once a usage record is committed to the ledger.
+pub type Ack = tokio::sync::oneshot::Receiver<bool>;
 
-/// A [`StreamUsage`] with what to do with the usage when the stream is dropped (ended,
-/// broken or abandoned by the client).
+/// Called once with the stream's usage: as soon as the final report passed, with `true` to
+/// ask for an [`Ack`] of its commit; or, when the stream ends without one (broken, abandoned),
+/// with what was seen and `false`.
+pub type OnUsage = Box<dyn FnOnce(Option<Usage>, bool) -> Option<Ack> + Send>;
+
+/// A [`StreamUsage`] with what to do with the usage: reported durably the moment the final
+/// report passes (the relay then holds those events until [`UsageTap::take_ack`]'s commit, so
+/// the client's last byte follows the ledger write), else when the stream is dropped.
 pub struct UsageTap {
     reader: StreamUsage,
     on_end: Option<OnUsage>,
+    ack: Option<Ack>,
 }
 
 impl std::fmt::Debug for UsageTap {
@@ -372,18 +379,32 @@ impl UsageTap {
         Self {
             reader: StreamUsage::new(endpoint, hide),
             on_end: Some(on_end),
+            ack: None,
         }
     }
 
+    /// Reads (and filters) a run of whole events; reports the usage once its final report
+    /// is among them.
     pub fn events(&mut self, events: Bytes) -> Bytes {
-        self.reader.events(events)
+        let out = self.reader.events(events);
+        if let Some(usage) = self.reader.usage()
+            && let Some(on_end) = self.on_end.take()
+        {
+            self.ack = on_end(Some(usage), true);
+        }
+        out
+    }
+
+    /// The commit the relay must await before passing on the events just read, once.
+    pub fn take_ack(&mut self) -> Option<Ack> {
+        self.ack.take()
     }
 }
 
 impl Drop for UsageTap {
     fn drop(&mut self) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(self.reader.usage());
+            on_end(self.reader.usage(), false);
         }
     }
 }
@@ -511,10 +532,39 @@ mod tests {
         let tap = UsageTap::new(
             Endpoint::ChatCompletions,
             true,
-            Box::new(move |u| tx.send(u).expect("send")),
+            Box::new(move |u, durable| {
+                tx.send((u, durable)).expect("send");
+                None
+            }),
         );
         drop(tap);
-        assert_eq!(rx.recv().expect("reported"), None);
+        assert_eq!(rx.recv().expect("reported"), (None, false));
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_tap_reports_durably_as_soon_as_the_final_usage_passes_and_only_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut tap = UsageTap::new(
+            Endpoint::ChatCompletions,
+            false,
+            Box::new(move |u: Option<Usage>, durable| {
+                tx.send((u.map(|u| u.total()), durable)).expect("send");
+                let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+                let _ = ack_tx.send(true);
+                Some(ack_rx)
+            }),
+        );
+        let events = chat_stream();
+        tap.events(Bytes::from_static(events[0].as_bytes()));
+        assert!(tap.take_ack().is_none());
+        assert!(rx.try_recv().is_err(), "nothing reported before the usage");
+        tap.events(Bytes::from_static(events[2].as_bytes()));
+        assert_eq!(rx.try_recv().expect("reported"), (Some(7), true));
+        assert!(tap.take_ack().is_some());
+        assert!(tap.take_ack().is_none());
+        tap.events(Bytes::from_static(events[3].as_bytes()));
+        drop(tap);
+        assert!(rx.try_recv().is_err(), "reported once");
     }
 }

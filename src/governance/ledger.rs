@@ -298,6 +298,9 @@ fn picodollars(cost: Decimal) -> Option<i64> {
 /// The ledger actor: owns the store on its own arbiter.
 pub struct Ledger {
     store: Option<Store>,
+    /// A pause before each commit, for tests that prove an answer waits for its commit
+    /// (`SWITCHYARD_LEDGER_COMMIT_DELAY_MS`; zero in service).
+    commit_delay: Duration,
     pending: Vec<PricedRecord>,
     acks: Vec<oneshot::Sender<bool>>,
     flushing: bool,
@@ -351,6 +354,12 @@ impl Ledger {
             let outcome = match Store::open(&url).await {
                 Ok(store) => Ok(Ledger {
                     store,
+                    commit_delay: Duration::from_millis(
+                        std::env::var("SWITCHYARD_LEDGER_COMMIT_DELAY_MS")
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0),
+                    ),
                     pending: Vec::new(),
                     acks: Vec::new(),
                     flushing: false,
@@ -382,8 +391,12 @@ impl Ledger {
         self.flushing = true;
         let batch = std::mem::take(&mut self.pending);
         let acks = std::mem::take(&mut self.acks);
+        let delay = self.commit_delay;
         ctx.spawn(
             async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let result = store.append(&batch).await;
                 (result, batch.len(), acks)
             }

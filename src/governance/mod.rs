@@ -104,6 +104,25 @@ impl Governance {
     /// Records one finished request: prices it, counts it in the metrics and the token rate
     /// limits, and sends it to the ledger. Never waits on the store.
     pub fn record(&self, tenant: &TenantGovernance, record: UsageRecord) {
+        self.append(tenant, record, None);
+    }
+
+    /// As [`Governance::record`], and returns what hears `true` once the record is committed
+    /// (`None` when the ledger is off): a relay awaits it before the answer's last byte, so an
+    /// answer a client received in full is in the ledger even if the process is killed next.
+    pub fn record_durably(&self, tenant: &TenantGovernance, record: UsageRecord) -> Option<Ack> {
+        self.ledger.as_ref()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.append(tenant, record, Some(tx));
+        Some(rx)
+    }
+
+    fn append(
+        &self,
+        tenant: &TenantGovernance,
+        record: UsageRecord,
+        ack: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) {
         let price = price_for(tenant, record.provider_kind, &record.model);
         if price.is_none() {
             tracing::warn!(
@@ -136,7 +155,7 @@ impl Governance {
             at_ms: now_ms(),
             cost,
         };
-        if let Err(err) = ledger.try_send(ledger::Append(priced, None)) {
+        if let Err(err) = ledger.try_send(ledger::Append(priced, ack)) {
             tracing::error!(%err, "ledger mailbox full or closed: a usage record is lost");
         }
     }
@@ -148,6 +167,25 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Hears `true` once a record is committed (`false` when the write failed); see
+/// [`Governance::record_durably`].
+pub type Ack = tokio::sync::oneshot::Receiver<bool>;
+
+/// How long an answer's last byte waits for its ledger commit at most: past this the answer
+/// goes out anyway (and the record still commits when the store catches up).
+pub const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits for `ack` (at most [`ACK_WAIT`]); logs when the commit failed or is late.
+pub async fn committed(ack: Ack) {
+    match tokio::time::timeout(ACK_WAIT, ack).await {
+        Ok(Ok(true)) => {}
+        Ok(_) => tracing::error!("ledger write failed: the answer goes out unrecorded"),
+        Err(_) => {
+            tracing::warn!("ledger commit later than {ACK_WAIT:?}: the answer goes out first")
+        }
+    }
 }
 
 /// Shared so the translated path and the usage tap hold it cheaply.
@@ -207,6 +245,20 @@ impl Meter {
         }
     }
 
+    /// Records an answer from `decision`'s route and returns the commit's [`Ack`] (see
+    /// [`Governance::record_durably`]).
+    pub fn record_durably(
+        &self,
+        decision: &crate::routing::Decision,
+        endpoint: Endpoint,
+        stream: bool,
+        usage: Option<Usage>,
+        estimated: bool,
+    ) -> Option<Ack> {
+        let record = self.usage_record(decision, endpoint, stream, usage, estimated);
+        self.governance.record_durably(&self.tenant, record)
+    }
+
     /// Records an answer from `decision`'s route (see [`Governance::record`]).
     pub fn record(
         &self,
@@ -220,7 +272,9 @@ impl Meter {
         self.governance.record(&self.tenant, record);
     }
 
-    /// The callback a stream's usage tap calls when the stream ends, however it ends.
+    /// The callback a stream's usage tap calls with the final usage (durably when it asks:
+    /// the tap holds the stream's last events until the commit), or when the stream ends
+    /// without one.
     pub fn on_usage(
         &self,
         decision: &crate::routing::Decision,
@@ -230,8 +284,14 @@ impl Meter {
         let template = self.usage_record(decision, endpoint, stream, None, false);
         let governance = self.governance.clone();
         let tenant = self.tenant.clone();
-        Box::new(move |usage| {
-            governance.record(&tenant, UsageRecord { usage, ..template });
+        Box::new(move |usage, durable| {
+            let record = UsageRecord { usage, ..template };
+            if durable {
+                governance.record_durably(&tenant, record)
+            } else {
+                governance.record(&tenant, record);
+                None
+            }
         })
     }
 }

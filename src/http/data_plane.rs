@@ -290,6 +290,19 @@ async fn attempt(
     // Streams must report usage; what the gateway asked for on the client's behalf is hidden.
     let hide_usage = usage::ask_for_usage(endpoint, front.stream, &mut request.body);
     let answer = send(req, decision, request, provider, span).await?;
+    // A whole answer's usage is committed to the ledger before the answer goes out.
+    if let Ok(UpstreamResponse {
+        status,
+        body: UpstreamBody::Full(body),
+        ..
+    }) = &answer
+        && status.is_success()
+    {
+        let usage = usage::from_body(endpoint, body);
+        if let Some(ack) = meter.record_durably(decision, endpoint, false, usage, false) {
+            crate::governance::committed(ack).await;
+        }
+    }
     let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
     let tap = (meter, hide_usage);
     Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter, tap)))
@@ -537,7 +550,8 @@ async fn decide(
 }
 
 /// The client's response: the upstream status and body, streamed event by event when it streams.
-/// A successful answer's usage goes to `meter` (a stream's when it ends, however it ends).
+/// A stream's usage goes to `meter` through the usage tap (a whole answer's was recorded
+/// before).
 fn relay(
     endpoint: Endpoint,
     decision: &Decision,
@@ -545,15 +559,6 @@ fn relay(
     ids: Option<IdRewriter>,
     (meter, hide_usage): (&Meter, bool),
 ) -> HttpResponse {
-    if let (true, UpstreamBody::Full(body)) = (upstream.status.is_success(), &upstream.body) {
-        meter.record(
-            decision,
-            endpoint,
-            false,
-            usage::from_body(endpoint, body),
-            false,
-        );
-    }
     let UpstreamBody::Stream(rx) = upstream.body else {
         return relay_whole(upstream, ids);
     };
