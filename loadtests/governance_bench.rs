@@ -82,7 +82,7 @@ fn record(i: usize) -> UsageRecord {
         api_key: "k".into(),
         topic: None,
         endpoint: Endpoint::ChatCompletions,
-        stream: i % 2 == 0,
+        stream: i.is_multiple_of(2),
         usage: Some(Usage {
             input_tokens: 100 + i as u64 % 50,
             output_tokens: 20,
