@@ -50,6 +50,7 @@ fn governance() -> TenantGovernance {
     TenantGovernance {
         limits,
         key_limits: HashMap::from([("k".to_owned(), limits)]),
+        budgets: Vec::new(),
         prices: HashMap::new(),
     }
 }
@@ -98,6 +99,7 @@ async fn ledger_bench(label: &str, url: LedgerUrl, n: usize) {
     let gov = Governance {
         limiter: Limiter::local(),
         ledger: Some(ledger),
+        budgets: Default::default(),
     };
     let tg = TenantGovernance::default();
     let mut samples = Vec::with_capacity(n);

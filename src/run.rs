@@ -268,7 +268,11 @@ async fn start_governance(
         Some(url) => Limiter::redis(url).await?,
         None => Limiter::local(),
     };
-    Ok(Governance { limiter, ledger })
+    Ok(Governance {
+        limiter,
+        ledger,
+        budgets: Default::default(),
+    })
 }
 
 /// Waits for SIGTERM or SIGINT, then drains: `/readyz` 503 at once, the listener closed after

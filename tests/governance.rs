@@ -685,3 +685,90 @@ async fn an_answer_goes_out_only_after_its_ledger_commit_so_kill_9_right_after_l
         row_of(&rows, id);
     }
 }
+
+/// The tenant's recorded spend, exact, from the usage API.
+async fn spent(gw: &Gateway) -> String {
+    let r = get(gw.url("/a/usage"), KEY_A).await;
+    r.json()["data"][0]["cost_usd"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned()
+}
+
+/// Picodollars of a decimal string such as "0.0000099".
+fn pico(usd: &str) -> u128 {
+    let (whole, frac) = usd.split_once('.').unwrap_or((usd, ""));
+    let frac = format!("{frac:0<12}");
+    whole.parse::<u128>().expect("whole") * 1_000_000_000_000 + frac.parse::<u128>().expect("frac")
+}
+
+#[actix_web::test]
+async fn concurrent_requests_never_spend_past_a_usd_budget_and_the_rest_get_429() {
+    let emu = emulator();
+    // $0.00005 a day: a handful of small gpt-4o-mini answers.
+    let budget = "\n[[budgets]]\nusd = \"0.00005\"\nperiod = \"day\"\n";
+    let gw = start(&emu, tenant(budget), &[]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let mut body = chat("gpt-4o-mini", "hello there, how are you");
+    body["max_tokens"] = json!(8);
+    let replies = futures_util::future::join_all(
+        (0..20).map(|_| post(url.clone(), Some(KEY_A), body.clone())),
+    )
+    .await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    for r in replies.iter().filter(|r| r.status != 200) {
+        r.assert_error(429, "budget_exhausted");
+        assert!(
+            r.error_message().contains("per day"),
+            "{}",
+            r.error_message()
+        );
+    }
+    assert!((1..20).contains(&ok), "{ok} answered");
+    // Reservations are estimates above the actual cost: what they held back may still be
+    // spent, one request at a time, until the budget refuses for good.
+    let mut more = 0;
+    loop {
+        let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+        if r.status != 200 {
+            r.assert_error(429, "budget_exhausted");
+            break;
+        }
+        more += 1;
+        assert!(more < 20, "the budget never ran out");
+    }
+    ledger_rows(&gw, (ok + more) as i64).await;
+    let total = spent(&gw).await;
+    assert!(pico(&total) <= pico("0.00005"), "spent {total} of $0.00005");
+    // The last answer's estimate no longer fits: spent + estimate > budget.
+    assert!(
+        pico(&total) > pico("0.00005") / 2,
+        "spent {total}: the budget was used"
+    );
+    post(url, Some(KEY_A), body)
+        .await
+        .assert_error(429, "budget_exhausted");
+}
+
+#[actix_web::test]
+async fn an_exhausted_budget_diverts_to_the_fallback_route_when_the_tenant_says_so() {
+    let emu = emulator();
+    let t = tenant(
+        "\n[[budgets]]\nusd = \"0.000001\"\nperiod = \"month\"\non_exhausted = \"fallback\"\n",
+    )
+    .replace(
+        "[proxies.chat]\n",
+        "[proxies.chat]\nfallback = \"mystery\"\n",
+    );
+    let gw = start(&emu, t, &[]);
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        chat("gpt-4o-mini", "hello"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-route"), "mystery");
+    assert_eq!(r.header("x-switchyard-fallback"), "true");
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "budget_exhausted");
+}

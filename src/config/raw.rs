@@ -27,6 +27,23 @@ pub struct RawTenant {
     /// The tenant's own prices (`[[prices]]`), over the built-in table.
     #[serde(default)]
     pub prices: Vec<RawPrice>,
+    /// Spending caps (`[[budgets]]`).
+    #[serde(default)]
+    pub budgets: Vec<RawBudget>,
+}
+
+/// A budget: USD (a decimal string) or tokens per day or month, for the tenant or one key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// The API key name it caps; absent for the whole tenant.
+    pub key: Option<String>,
+    pub usd: Option<String>,
+    pub tokens: Option<u64>,
+    /// `day` or `month` (UTC).
+    pub period: String,
+    /// `reject` (default: 429) or `fallback` (the proxy's fallback route).
+    pub on_exhausted: Option<String>,
 }
 
 /// Rate limits, per minute; absent means unlimited.

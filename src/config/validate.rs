@@ -5,7 +5,9 @@
 //! connection, so `switchyard validate` can run anywhere (CI without provider keys included).
 
 use super::ConfigError;
-use super::raw::{RawApiKey, RawLimits, RawPrice, RawProvider, RawProxy, RawTenant, RawTopic};
+use super::raw::{
+    RawApiKey, RawBudget, RawLimits, RawPrice, RawProvider, RawProxy, RawTenant, RawTopic,
+};
 use super::types::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -307,11 +309,81 @@ fn validate_governance(raw: &RawTenant, e: &mut Errors<'_>) -> TenantGovernance 
             );
         }
     }
+    let budgets = raw
+        .budgets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| validate_budget(&format!("budgets[{i}]"), b, &raw.api_keys, e))
+        .collect();
     TenantGovernance {
         limits: tenant_limits,
         key_limits,
+        budgets,
         prices,
     }
+}
+
+fn validate_budget(
+    path: &str,
+    b: &RawBudget,
+    keys: &[RawApiKey],
+    e: &mut Errors<'_>,
+) -> Option<Budget> {
+    let before = e.out.len();
+    if let Some(k) = &b.key
+        && !keys.iter().any(|key| &key.name == k)
+    {
+        e.push(format!("{path}.key"), format!("no API key is named {k:?}"));
+    }
+    let limit = match (&b.usd, b.tokens) {
+        (Some(usd), None) => match crate::governance::pricing::parse_rate(usd) {
+            Ok(d) => Some(BudgetLimit::Usd(d)),
+            Err(err) => {
+                e.push(format!("{path}.usd"), err);
+                None
+            }
+        },
+        (None, Some(t)) => Some(BudgetLimit::Tokens(t)),
+        (Some(_), Some(_)) => {
+            e.push(path, "give either `usd` or `tokens`, not both");
+            None
+        }
+        (None, None) => {
+            e.push(path, "missing `usd` or `tokens`");
+            None
+        }
+    };
+    let period = match b.period.as_str() {
+        "day" => Some(Period::Day),
+        "month" => Some(Period::Month),
+        other => {
+            e.push(
+                format!("{path}.period"),
+                format!("{other:?} is not a period: \"day\" or \"month\""),
+            );
+            None
+        }
+    };
+    let divert = match b.on_exhausted.as_deref() {
+        None | Some("reject") => false,
+        Some("fallback") => true,
+        Some(other) => {
+            e.push(
+                format!("{path}.on_exhausted"),
+                format!("{other:?} is not \"reject\" or \"fallback\""),
+            );
+            false
+        }
+    };
+    if e.out.len() > before {
+        return None;
+    }
+    Some(Budget {
+        key: b.key.clone(),
+        limit: limit?,
+        period: period?,
+        divert,
+    })
 }
 
 /// The valid keys with their index in `api_keys`.

@@ -8,6 +8,7 @@
 //! tap (`api::usage`), translated ones from the relay's end hook. It does not parse usage from
 //! wire formats (that is `api::usage` and the translators) nor render errors (`error`).
 
+pub mod budgets;
 pub mod ledger;
 pub mod limits;
 pub mod pricing;
@@ -63,6 +64,7 @@ pub struct Governance {
     pub limiter: limits::Limiter,
     /// `None` when the ledger is off (`--ledger off`).
     pub ledger: Option<Addr<ledger::Ledger>>,
+    pub budgets: budgets::Budgets,
 }
 
 impl std::fmt::Debug for Governance {
@@ -79,6 +81,7 @@ impl Default for Governance {
         Self {
             limiter: limits::Limiter::local(),
             ledger: None,
+            budgets: budgets::Budgets::default(),
         }
     }
 }
@@ -104,7 +107,7 @@ impl Governance {
     /// Records one finished request: prices it, counts it in the metrics and the token rate
     /// limits, and sends it to the ledger. Never waits on the store.
     pub fn record(&self, tenant: &TenantGovernance, record: UsageRecord) {
-        self.append(tenant, record, None);
+        self.append(tenant, record, None, None);
     }
 
     /// As [`Governance::record`], and returns what hears `true` once the record is committed
@@ -113,7 +116,7 @@ impl Governance {
     pub fn record_durably(&self, tenant: &TenantGovernance, record: UsageRecord) -> Option<Ack> {
         self.ledger.as_ref()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.append(tenant, record, Some(tx));
+        self.append(tenant, record, Some(tx), None);
         Some(rx)
     }
 
@@ -122,6 +125,7 @@ impl Governance {
         tenant: &TenantGovernance,
         record: UsageRecord,
         ack: Option<tokio::sync::oneshot::Sender<bool>>,
+        reservation: Option<budgets::Reservation>,
     ) {
         let price = price_for(tenant, record.provider_kind, &record.model);
         if price.is_none() {
@@ -135,6 +139,9 @@ impl Governance {
             (Some(usage), Some(price)) => Some(pricing::cost(usage, price)),
             _ => None,
         };
+        if let Some(r) = reservation {
+            r.settle(record.usage.as_ref(), cost);
+        }
         crate::telemetry::metrics::metrics().usage(
             &record.tenant,
             record.provider_kind.as_str(),
@@ -200,9 +207,70 @@ pub struct Meter {
     tenant_id: String,
     api_key: String,
     request_id: String,
+    /// The request's hold on its budgets, settled by its usage record (released when the
+    /// last clone goes without one).
+    reservation: Arc<std::sync::Mutex<Option<budgets::Reservation>>>,
 }
 
 impl Meter {
+    /// Reserves the request's estimated cost on `decision`'s route against the tenant's
+    /// budgets: its body at about four characters a token, plus its `max_tokens` (else
+    /// [`budgets::DEFAULT_MAX_TOKENS`]). Nothing to do for a tenant without budgets.
+    pub fn reserve(
+        &self,
+        decision: &crate::routing::Decision,
+        body: &[u8],
+    ) -> Result<(), budgets::Exhausted> {
+        if self.tenant.budgets.is_empty() {
+            return Ok(());
+        }
+        #[derive(serde::Deserialize)]
+        struct Max {
+            max_completion_tokens: Option<u64>,
+            max_tokens: Option<u64>,
+            max_output_tokens: Option<u64>,
+        }
+        let max = serde_json::from_slice::<Max>(body)
+            .ok()
+            .and_then(|m| {
+                m.max_completion_tokens
+                    .or(m.max_tokens)
+                    .or(m.max_output_tokens)
+            })
+            .unwrap_or(budgets::DEFAULT_MAX_TOKENS);
+        let usage = Usage {
+            input_tokens: (body.len() as u64).div_ceil(4),
+            output_tokens: max,
+            ..Usage::default()
+        };
+        let route = decision.route();
+        let price = price_for(
+            &self.tenant,
+            decision.provider.kind(),
+            route.upstream_model(),
+        );
+        let estimate = budgets::Estimate {
+            picodollars: price.map(|p| budgets::picodollars(pricing::cost(&usage, p))),
+            tokens: usage.total(),
+        };
+        let held = self.governance.budgets.reserve(
+            &self.tenant,
+            &self.tenant_id,
+            &self.api_key,
+            estimate,
+            now_ms(),
+        )?;
+        *self.reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
+        Ok(())
+    }
+
+    fn take_reservation(&self) -> Option<budgets::Reservation> {
+        self.reservation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     pub fn new(
         governance: &Governance,
         tenant: &crate::config::Tenant,
@@ -215,6 +283,7 @@ impl Meter {
             tenant_id: tenant.id.clone(),
             api_key: api_key.to_owned(),
             request_id: request_id.to_owned(),
+            reservation: Arc::default(),
         }
     }
 
@@ -256,7 +325,11 @@ impl Meter {
         estimated: bool,
     ) -> Option<Ack> {
         let record = self.usage_record(decision, endpoint, stream, usage, estimated);
-        self.governance.record_durably(&self.tenant, record)
+        self.governance.ledger.as_ref()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.governance
+            .append(&self.tenant, record, Some(tx), self.take_reservation());
+        Some(rx)
     }
 
     /// Records an answer from `decision`'s route (see [`Governance::record`]).
@@ -269,7 +342,8 @@ impl Meter {
         estimated: bool,
     ) {
         let record = self.usage_record(decision, endpoint, stream, usage, estimated);
-        self.governance.record(&self.tenant, record);
+        self.governance
+            .append(&self.tenant, record, None, self.take_reservation());
     }
 
     /// The callback a stream's usage tap calls with the final usage (durably when it asks:
@@ -282,16 +356,21 @@ impl Meter {
         stream: bool,
     ) -> crate::api::usage::OnUsage {
         let template = self.usage_record(decision, endpoint, stream, None, false);
-        let governance = self.governance.clone();
-        let tenant = self.tenant.clone();
+        let meter = self.clone();
         Box::new(move |usage, durable| {
             let record = UsageRecord { usage, ..template };
-            if durable {
-                governance.record_durably(&tenant, record)
-            } else {
-                governance.record(&tenant, record);
-                None
-            }
+            let reservation = meter.take_reservation();
+            let (tx, rx) = match (durable, &meter.governance.ledger) {
+                (true, Some(_)) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    (Some(tx), Some(rx))
+                }
+                _ => (None, None),
+            };
+            meter
+                .governance
+                .append(&meter.tenant, record, tx, reservation);
+            rx
         })
     }
 }

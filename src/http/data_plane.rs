@@ -169,6 +169,15 @@ async fn conversation(
     let first = decide(&state, proxy, &front)
         .instrument(tracing::debug_span!(names::SPAN_ROUTING))
         .await?;
+    // Budgets: the estimated cost is reserved before any upstream call; an exhausted budget
+    // refuses, or diverts to the proxy's fallback route when the tenant file says so.
+    let (first, over_budget) = match meter.reserve(&first, &front.raw) {
+        Ok(()) => (first, false),
+        Err(exhausted) => match (exhausted.budget.divert, proxy.routes.fallback) {
+            (true, Some(fallback)) => (first.on_route(fallback, &proxy.providers)?, true),
+            _ => return Err(exhausted.error()),
+        },
+    };
     tracing::debug!(key = auth.key_name, fallback = first.fallback, "routed");
     let traceparent = req
         .extensions()
@@ -188,6 +197,9 @@ async fn conversation(
         RoutingMode::Model => "unknown_model",
         RoutingMode::Semantic => "no_topic_match",
     });
+    if over_budget {
+        reason = Some("budget_exhausted");
+    }
     let mut decision = first.clone();
     let mut decoded = None;
     for (step, &route) in chain.iter().enumerate() {
