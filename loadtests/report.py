@@ -26,7 +26,16 @@ BAR_THROUGHPUT_RATIO = 0.5  # gateway req/s must be at least this share of direc
 AIM_CPU_MS_PER_REQ = 0.1  # an aim, not a bar
 NOISE_WARN_PCT = 5.0  # CPU share taken by non-benchmark processes above which a run is suspect
 
-TARGETS = ("direct", "nginx", "gateway", "baseline")
+TARGETS = ("direct", "nginx", "gateway", "baseline", "azure", "gemini", "bedrock")
+# The gateway routing the same request to each provider on the emulator (run.sh PROVIDER_TARGETS).
+PROVIDERS = ("azure", "gemini", "bedrock")
+PROVIDER_LABEL = {
+    "gateway": "OpenAI (passthrough)",
+    "azure": "Azure OpenAI (passthrough)",
+    "gemini": "Gemini (translated)",
+    "bedrock": "Bedrock (translated, SigV4)",
+}
+AIM_TRANSLATION_MS = 0.1  # translation (and signing) CPU per request above OpenAI passthrough
 MODE_LABEL = {"plain": "non-stream", "stream": "stream"}
 
 
@@ -208,6 +217,30 @@ def report(results: Path) -> int:
                 signed(gw.p50_ms - bl.p50_ms), signed(gw.p99_ms - bl.p99_ms), cpu,
             ])
         print(table(["mode", "conc", "req/s x baseline", "+p50 ms", "+p99 ms", "CPU ms/req (gateway vs baseline)"], rows))
+        print()
+
+    if any(r.target in PROVIDERS for r in runs):
+        print("Per provider: the same gateway and request, routed to each provider on the emulator")
+        rows = []
+        for mode, conc in scenarios:
+            base, d = by.get(("gateway", mode, conc)), by.get(("direct", mode, conc))
+            present = [p for p in PROVIDERS if (p, mode, conc) in by]
+            if base is None or d is None or not present:
+                continue
+            for target in ("gateway", *present):
+                r = by[(target, mode, conc)]
+                extra = "-"
+                if target != "gateway" and r.cpu_ms_per_req is not None and base.cpu_ms_per_req is not None:
+                    delta = r.cpu_ms_per_req - base.cpu_ms_per_req
+                    extra = f"{delta:+.4f} ({'ok' if delta < AIM_TRANSLATION_MS else 'OVER'}: < {AIM_TRANSLATION_MS:g})"
+                rows.append([
+                    PROVIDER_LABEL[target], MODE_LABEL.get(mode, mode), str(conc), f"{r.rps:.0f}",
+                    signed(r.p50_ms - d.p50_ms), signed(r.p99_ms - d.p99_ms),
+                    "-" if r.cpu_ms_per_req is None else f"{r.cpu_ms_per_req:.4f}", extra,
+                ])
+        print(table(["provider", "mode", "conc", "req/s", "+p50 vs direct", "+p99 vs direct",
+                     "CPU ms/req", "CPU vs OpenAI passthrough"], rows))
+        print("(direct is the emulator's OpenAI endpoint; the emulator answers every provider at about the same cost)")
         print()
 
     if "gateway_vmhwm_kb" in meta:

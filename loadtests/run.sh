@@ -47,12 +47,20 @@ LOAD_CORE=1
 BODY_PLAIN='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 BODY_STREAM='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}],"stream":true}'
 EMULATOR_KEY="sk-emulator-openai"
+AZURE_KEY="a2e0c0ffee0e0u1a70r0a2e0c0ffee00"
+GEMINI_KEY="AIzaSy-switchyard-emulator-gemini-key0"
 GATEWAY_KEY="sk-bench"
 
 # Scenarios: mode:concurrency. Targets run back to back inside each scenario, so that the three
 # numbers being compared are taken minutes apart at most.
 SCENARIOS=("plain:1" "plain:16" "plain:64" "stream:16")
 TARGETS=(direct nginx gateway)
+# The same gateway process, the same client request, routed to each other provider on the
+# emulator: Azure (passthrough on Azure's URLs), Gemini (translated). Measured at the bar's two
+# scenarios only; their CPU per request less the gateway's (OpenAI passthrough) is what
+# translation and signing cost.
+PROVIDER_TARGETS=(azure gemini)
+PROVIDER_SCENARIOS=("plain:64" "stream:16")
 
 # Noise control: other processes (a compile, a test run) on this machine skew every number.
 NOISE_PCT=5        # % of all cores taken by others above which a run counts as noisy
@@ -256,8 +264,33 @@ api_key_env = "BENCH_OPENAI_KEY"
 name = "mini"
 provider = "openai"
 model = "gpt-4o-mini"
+
+[providers.azure]
+type = "azure_openai"
+endpoint = "http://$EMU_ADDR"
+api_version = "2024-10-21"
+api_key_env = "BENCH_AZURE_KEY"
+
+[proxies.azure]
+[[proxies.azure.routes]]
+name = "mini"
+provider = "azure"
+model = "gpt-4o-mini"
+
+[providers.gemini]
+type = "gemini"
+base_url = "http://$EMU_ADDR"
+api_key_env = "BENCH_GEMINI_KEY"
+
+[proxies.gemini]
+[[proxies.gemini.routes]]
+name = "flash"
+provider = "gemini"
+model = "gpt-4o-mini"
+target_model = "gemini-2.5-flash"
 EOF
-    BENCH_OPENAI_KEY="$EMULATOR_KEY" RUST_LOG=warn taskset -c "$PROXY_CORE" \
+    BENCH_OPENAI_KEY="$EMULATOR_KEY" BENCH_AZURE_KEY="$AZURE_KEY" BENCH_GEMINI_KEY="$GEMINI_KEY" \
+        RUST_LOG=warn taskset -c "$PROXY_CORE" \
         "$bin" serve --tenants "$tenants" --listen 127.0.0.1:0 --workers 1 \
         >"$WORK/$name.log" 2>"$WORK/$name.err.log" &
     local pid=$! addr
@@ -329,14 +362,15 @@ url_of() {
         nginx) echo "http://$NGX_ADDR/v1/chat/completions" ;;
         gateway) echo "http://$GW_ADDR/bench/chat/v1/chat/completions" ;;
         baseline) echo "http://$BL_ADDR/bench/chat/v1/chat/completions" ;;
+        *) echo "http://$GW_ADDR/bench/$1/v1/chat/completions" ;;
     esac
 }
 
 key_of() {
     # nginx passes the client's Authorization through, so its clients hold the upstream key.
     case "$1" in
-        gateway | baseline) echo "$GATEWAY_KEY" ;;
-        *) echo "$EMULATOR_KEY" ;;
+        direct | nginx) echo "$EMULATOR_KEY" ;;
+        *) echo "$GATEWAY_KEY" ;;
     esac
 }
 
@@ -403,7 +437,8 @@ proxy_pid_of() {
         nginx) echo "$NGX_PID" ;;
         gateway) echo "$GW_PID" ;;
         baseline) echo "$BL_PID" ;;
-        *) echo "" ;;
+        direct) echo "" ;;
+        *) echo "$GW_PID" ;;
     esac
 }
 
@@ -549,11 +584,11 @@ main() {
         TARGETS+=(baseline)
     fi
     local target
-    for target in "${TARGETS[@]}"; do smoke_check "$target"; done
+    for target in "${TARGETS[@]}" "${PROVIDER_TARGETS[@]}"; do smoke_check "$target"; done
     local gw_rss_start
     gw_rss_start="$(vm_kb "$GW_PID" VmRSS)"
 
-    local n=$(( ${#SCENARIOS[@]} * ${#TARGETS[@]} ))
+    local n=$(( ${#SCENARIOS[@]} * ${#TARGETS[@]} + ${#PROVIDER_SCENARIOS[@]} * ${#PROVIDER_TARGETS[@]} ))
     log "running $n scenarios x (${WARMUP}s warm-up + ${DURATION}s measured): at least $(( n * (DURATION + WARMUP + 2) )) s"
     local sc mode conc
     for sc in "${SCENARIOS[@]}"; do
@@ -562,6 +597,11 @@ main() {
         for target in "${TARGETS[@]}"; do
             run_scenario "$target" "$mode" "$conc"
         done
+        if [[ " ${PROVIDER_SCENARIOS[*]} " == *" $sc "* ]]; then
+            for target in "${PROVIDER_TARGETS[@]}"; do
+                run_scenario "$target" "$mode" "$conc"
+            done
+        fi
     done
 
     # Streams paced as a model paces them (20 chunks 5 ms apart, 16 at once): the time to the

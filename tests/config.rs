@@ -503,15 +503,11 @@ fn each_provider_type_validates_into_its_own_settings_and_credentials() {
         [
             (
                 "providers.br.type",
-                "provider type \"bedrock\" is not available in this build yet (available: openai, azure_openai)"
+                "provider type \"bedrock\" is not available in this build yet (available: openai, azure_openai, gemini)"
             ),
             (
                 "providers.brkey.type",
-                "provider type \"bedrock\" is not available in this build yet (available: openai, azure_openai)"
-            ),
-            (
-                "providers.gem.type",
-                "provider type \"gemini\" is not available in this build yet (available: openai, azure_openai)"
+                "provider type \"bedrock\" is not available in this build yet (available: openai, azure_openai, gemini)"
             ),
         ]
     );

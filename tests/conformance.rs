@@ -18,7 +18,10 @@ use serde_json::{Value, json};
 
 /// The providers under test: (proxy, provider kind). Every proxy routes its one model to its
 /// provider on the emulator; `bad-<proxy>` does the same with credentials the emulator refuses.
-const PROVIDERS: &[&str] = &["openai", "azure"];
+const PROVIDERS: &[&str] = &["openai", "azure", "gemini"];
+/// The providers whose wire is not the front API (the request goes through the canonical
+/// conversation model).
+const TRANSLATED: &[&str] = &["gemini"];
 
 fn tenant() -> String {
     let mut t = format!(
@@ -48,6 +51,14 @@ api_key_env = "C_AZURE_{key_env}"
 max_retries = 1
 circuit_failures = 0
 
+[providers.{name}gemini]
+type = "gemini"
+base_url = "http://127.0.0.1:1"
+base_url_env = "C_ROOT_URL"
+api_key_env = "C_GEMINI_{key_env}"
+max_retries = 1
+circuit_failures = 0
+
 [proxies.{name}openai]
 [[proxies.{name}openai.routes]]
 name = "main"
@@ -59,6 +70,13 @@ model = "gpt-4o"
 name = "main"
 provider = "{name}azure"
 model = "gpt-4o"
+
+[proxies.{name}gemini]
+[[proxies.{name}gemini.routes]]
+name = "main"
+provider = "{name}gemini"
+model = "gpt-4o"
+target_model = "gemini-2.5-flash"
 "#
         ));
     }
@@ -74,6 +92,11 @@ fn start() -> (Running, Gateway) {
         ("C_OPENAI_BAD_KEY", "sk-wrong".to_owned()),
         ("C_AZURE_KEY", "a2e0c0ffee0e0u1a70r0a2e0c0ffee00".to_owned()),
         ("C_AZURE_BAD_KEY", "wrong-azure-key".to_owned()),
+        (
+            "C_GEMINI_KEY",
+            switchyard::emulator::DEFAULT_GEMINI_KEY.to_owned(),
+        ),
+        ("C_GEMINI_BAD_KEY", "AIza-wrong".to_owned()),
     ];
     let gw = Gateway::start(&[("a", tenant())], &env, &[]);
     (emu, gw)
@@ -624,7 +647,10 @@ async fn every_case_on_every_provider_endpoint_and_stream_mode() {
                         ..
                     }) = outcome
                     {
-                        prompt_tokens[usize::from(responses)].push((cell, input));
+                        // A translated provider sends one conversation whatever the front
+                        // endpoint: its cells count like chat's.
+                        let group = responses && !TRANSLATED.contains(provider);
+                        prompt_tokens[usize::from(group)].push((cell, input));
                     }
                     cells += 1;
                 }

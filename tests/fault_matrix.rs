@@ -137,6 +137,7 @@ fn faulty_provider(kind: &str, circuit: u32) -> String {
         "azure_openai" => format!(
             "type = \"azure_openai\"\nendpoint = \"https://example.openai.azure.com\"\napi_version = \"2025-03-01-preview\"\n{common}"
         ),
+        "gemini" => format!("type = \"gemini\"\n{common}"),
         other => panic!("no provider kind {other} in the matrix"),
     }
 }
@@ -254,7 +255,7 @@ async fn run_matrix(kind: &str) {
     for cell in CELLS {
         let upstream = stub::stub(cell.script);
         let base = match kind {
-            "azure_openai" => upstream.base.trim_end_matches("/v1").to_owned(),
+            "azure_openai" | "gemini" => upstream.base.trim_end_matches("/v1").to_owned(),
             _ => upstream.base.clone(),
         };
         let gw = Gateway::start(
@@ -312,4 +313,12 @@ async fn every_fault_through_openai() {
 #[actix_web::test]
 async fn every_fault_through_azure_openai() {
     run_matrix("azure_openai").await;
+}
+
+/// The stub answers in OpenAI's shapes; what the cells check (retries, fallbacks, timeouts,
+/// broken streams) does not depend on the body, and the Gemini adapter takes a body that is not
+/// Google's as an opaque failure.
+#[actix_web::test]
+async fn every_fault_through_gemini() {
+    run_matrix("gemini").await;
 }

@@ -163,6 +163,29 @@ async fn stream_sse_frames_usage_and_last_chunk() {
 }
 
 #[actix_web::test]
+async fn a_blocked_prompt_has_no_candidate_and_a_block_reason() {
+    let addr = start();
+    let blocked =
+        json!({"contents": [{"role": "user", "parts": [{"text": "Say hello. [gemini:blocked]"}]}]});
+    let reply = call(addr, FLASH, &blocked, &[]).await;
+    assert_eq!(reply.status, 200);
+    let got = reply.json();
+    assert_eq!(got.get("candidates"), None, "{got}");
+    assert_eq!(got["promptFeedback"]["blockReason"], "SAFETY");
+    let prompt = got["usageMetadata"]["promptTokenCount"]
+        .as_u64()
+        .expect("usage");
+    assert_eq!(got["usageMetadata"]["totalTokenCount"], prompt);
+    assert_eq!(got["modelVersion"], "gemini-2.5-flash");
+    // Streamed: the same object is the one event.
+    let reply = call(addr, FLASH_SSE, &blocked, &[]).await;
+    assert_eq!(reply.status, 200);
+    let chunks = gemini_sse(&reply);
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(chunks[0]["promptFeedback"]["blockReason"], "SAFETY");
+}
+
+#[actix_web::test]
 async fn stream_without_alt_sse_is_one_json_array() {
     let addr = start();
     let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";

@@ -734,7 +734,11 @@ fn validate_provider(name: &str, p: &RawProvider, e: &mut Errors<'_>) -> Option<
 
 /// The provider kinds this build sends requests to; the others parse and validate fully
 /// but are refused, so that a file is never accepted with a provider that cannot answer.
-const SERVED_KINDS: &[ProviderKind] = &[ProviderKind::OpenAi, ProviderKind::AzureOpenAi];
+const SERVED_KINDS: &[ProviderKind] = &[
+    ProviderKind::OpenAi,
+    ProviderKind::AzureOpenAi,
+    ProviderKind::Gemini,
+];
 
 /// Refuses every field set on `p` that belongs to another kind of provider.
 fn foreign_fields(kind: ProviderKind, p: &RawProvider, path: &str, e: &mut Errors<'_>) {

@@ -270,9 +270,11 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
     .service(route("/openai/v1/responses", Route::V1Responses));
     let retrieval = |path: &str, route: Route| {
         web::resource(path)
-            .route(web::get().to(move |req: HttpRequest, state: web::Data<State>| {
-                retrieve(req, state, route)
-            }))
+            .route(
+                web::get().to(move |req: HttpRequest, state: web::Data<State>| {
+                    retrieve(req, state, route)
+                }),
+            )
             .default_service(web::to(not_found))
     };
     cfg.service(retrieval("/openai/responses/{id}", Route::ClassicResponses))

@@ -15,7 +15,8 @@
 //! `includeThoughts`, a `thought: true` part first; `gemini-3` function calls carry a
 //! `thoughtSignature` and a `gemini-3` request whose model turn has a function call without one
 //! is refused, as Google refuses it; `cachedContent` adds [`CACHED_TOKENS`] to the prompt and
-//! reports them as `cachedContentTokenCount`.
+//! reports them as `cachedContentTokenCount`. A prompt holding `[gemini:blocked]` is blocked by
+//! the safety filter: no candidate, `promptFeedback.blockReason` SAFETY.
 
 use std::fmt::Write as _;
 use std::sync::LazyLock;
@@ -47,6 +48,8 @@ const MISSING_KEY: &str = "Method doesn't allow unregistered callers (callers wi
     established identity). Please use API Key or other form of API consumer identity to call \
     this API.";
 const BAD_KEY: &str = "API key not valid. Please pass a valid API key.";
+/// A prompt holding this marker is blocked by the (emulated) safety filter.
+const BLOCKED_MARKER: &[u8] = b"[gemini:blocked]";
 
 // ---------------------------------------------------------------------------------------------
 // The request schema: proto messages as tables, so one walker checks every field.
@@ -794,6 +797,9 @@ async fn answer(
     }
     let root = parse(&body)?;
     let plan = validate(&root, model)?;
+    if memchr::memmem::find(&body, BLOCKED_MARKER).is_some() {
+        return blocked(&plan, &fault, method);
+    }
     let reply = Reply::plan(words(&fault), plan.json, plan.tool, plan.limit);
     let response = Answer::new(&plan, &reply);
     match method {
@@ -807,6 +813,45 @@ async fn answer(
             Ok(exchange::stream(
                 builder(StatusCode::OK, content_type),
                 &fault,
+                frames,
+            ))
+        }
+    }
+}
+
+/// The answer to a prompt the safety filter blocks: no candidate, a `promptFeedback` with the
+/// block reason, the prompt's usage; for a stream, that object as its one event. (The shape
+/// follows the SDK's types; `providers.md` §11 notes the exact payload is not verified.)
+fn blocked(plan: &Plan<'_>, fault: &Active, method: Method) -> Result<HttpResponse, ApiError> {
+    let response_id = response_id();
+    let body = BlockedResponse {
+        prompt_feedback: PromptFeedback {
+            block_reason: "SAFETY",
+            safety_ratings: [SafetyRating {
+                category: "HARM_CATEGORY_DANGEROUS_CONTENT",
+                probability: "HIGH",
+                blocked: true,
+            }],
+        },
+        usage_metadata: BlockedUsage {
+            prompt_token_count: plan.prompt_tokens,
+            total_token_count: plan.prompt_tokens,
+        },
+        model_version: plan.model,
+        response_id: &response_id,
+    };
+    let json = serde_json::to_vec(&body).map_err(internal)?;
+    match method {
+        Method::Generate => Ok(exchange::whole(builder(StatusCode::OK, JSON), fault, json)),
+        Method::Stream { sse } => {
+            let mut frames = vec![frame(json, sse, true)];
+            if !sse {
+                frames.push(Bytes::from_static(b"]"));
+            }
+            let content_type = if sse { SSE } else { JSON };
+            Ok(exchange::stream(
+                builder(StatusCode::OK, content_type),
+                fault,
                 frames,
             ))
         }
@@ -1154,7 +1199,9 @@ fn check_turns(
             ("user", _, _) => Turn::User,
             _ => Turn::Model,
         };
-        stats.messages += 1;
+        // Each function response counts as a message, as each tool message does on OpenAI:
+        // Gemini must answer parallel calls in one turn where chat sends one message each.
+        stats.messages += responses.max(1);
     }
     if open_calls > 0 {
         return Err(ApiError::invalid(
@@ -1225,7 +1272,9 @@ fn check_part(
                     "Name cannot be empty.",
                 ));
             }
-            stats.add(name);
+            // Like the other providers' emulators, only the arguments and the result count
+            // toward the prompt, not the function's name: the same conversation is the same
+            // prompt on every provider (the conformance table checks it).
             if let Some(args) = get(
                 call,
                 if member == "function_call" {
@@ -1603,6 +1652,36 @@ struct UsageMetadata {
     #[serde(skip_serializing_if = "Option::is_none")]
     thoughts_token_count: Option<u64>,
     prompt_tokens_details: [ModalityCount; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BlockedResponse<'a> {
+    prompt_feedback: PromptFeedback,
+    usage_metadata: BlockedUsage,
+    model_version: &'a str,
+    response_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    block_reason: &'static str,
+    safety_ratings: [SafetyRating; 1],
+}
+
+#[derive(Serialize)]
+struct SafetyRating {
+    category: &'static str,
+    probability: &'static str,
+    blocked: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BlockedUsage {
+    prompt_token_count: u64,
+    total_token_count: u64,
 }
 
 #[derive(Serialize)]

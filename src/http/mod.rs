@@ -178,30 +178,8 @@ pub fn server(
             .route("/metrics", web::get().to(metrics))
             .service(admin::scope())
             .route("/{tenant}/usage", web::get().to(usage::tenant_usage))
-            .service(
-                web::scope("/{tenant}/{proxy}/v1")
-                    .service(
-                        web::resource("/chat/completions")
-                            .route(web::post().to(data_plane::chat_completions))
-                            .default_service(web::to(method_not_allowed("POST"))),
-                    )
-                    .service(
-                        web::resource("/responses")
-                            .route(web::post().to(data_plane::responses))
-                            .default_service(web::to(method_not_allowed("POST"))),
-                    )
-                    .service(
-                        web::resource("/responses/{id}")
-                            .route(web::get().to(data_plane::get_response))
-                            .default_service(web::to(method_not_allowed("GET"))),
-                    )
-                    .service(
-                        web::resource("/models")
-                            .route(web::get().to(data_plane::models))
-                            .default_service(web::to(method_not_allowed("GET"))),
-                    ),
-            )
-            .default_service(web::to(unknown_path));
+            // The data plane, `/{tenant}/{proxy}/v1/…`, and every unknown path.
+            .default_service(web::to(data_plane::dispatch));
         HttpService::build()
             .graceful_shutdown_signal(move || {
                 let signal = shutdown.clone();
@@ -300,7 +278,8 @@ async fn metrics() -> HttpResponse {
         .body(crate::telemetry::metrics::metrics().render())
 }
 
-async fn unknown_path(req: HttpRequest) -> HttpResponse {
+/// 404 for a path the gateway does not serve.
+fn unknown_path(req: &HttpRequest) -> HttpResponse {
     GatewayError::NotFound {
         message: format!(
             "Invalid URL ({} {})",
@@ -313,20 +292,16 @@ async fn unknown_path(req: HttpRequest) -> HttpResponse {
 }
 
 /// 405 for a known path, with the `Allow` header naming the method it takes.
-fn method_not_allowed(
-    allow: &'static str,
-) -> impl Fn(HttpRequest) -> std::future::Ready<HttpResponse> + Clone {
-    move |req: HttpRequest| {
-        let mut res = GatewayError::MethodNotAllowed {
-            message: format!(
-                "Invalid method for URL ({} {}); use {allow}.",
-                quote(req.method().as_str()),
-                quote(req.path())
-            ),
-        }
-        .error_response();
-        res.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
-        std::future::ready(res)
+fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpResponse {
+    let mut res = GatewayError::MethodNotAllowed {
+        message: format!(
+            "Invalid method for URL ({} {}); use {allow}.",
+            quote(req.method().as_str()),
+            quote(req.path())
+        ),
     }
+    .error_response();
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    res
 }

@@ -12,6 +12,7 @@
 //! name no provider. Nothing of a provider's wire types leaves its folder.
 
 pub mod azure_openai;
+pub mod gemini;
 pub mod openai;
 
 use crate::api::FrontRequest;
@@ -224,7 +225,8 @@ pub fn adapter(kind: ProviderKind) -> Option<&'static dyn Adapter> {
     match kind {
         ProviderKind::OpenAi => Some(&openai::OpenAi),
         ProviderKind::AzureOpenAi => Some(&azure_openai::AzureOpenAi),
-        ProviderKind::Gemini | ProviderKind::Bedrock => None,
+        ProviderKind::Gemini => Some(&gemini::Gemini),
+        ProviderKind::Bedrock => None,
     }
 }
 

@@ -16,9 +16,10 @@ use actix_web::HttpMessage;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::ServiceResponse;
 use bytes::{Bytes, BytesMut};
-use memchr::memmem;
+use memchr::memmem::{Finder, FinderRev};
 use opentelemetry::KeyValue;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -217,9 +218,10 @@ impl Finish {
     fn trace(&self, tokens: Option<(u64, u64)>) {
         let head = self.head.as_deref().unwrap_or_default();
         let tail = self.tail.as_deref().unwrap_or_default();
-        let model = string_after(head, b"\"model\"").or_else(|| string_after(tail, b"\"model\""));
-        let finish_reason = memmem::rfind(tail, b"\"finish_reason\"")
-            .and_then(|at| string_after(&tail[at..], b"\"finish_reason\""));
+        let model = string_after(head, &MODEL).or_else(|| string_after(tail, &MODEL));
+        let finish_reason = FINISH_REASON
+            .rfind(tail)
+            .and_then(|at| string_value(&tail[at + FINISH_REASON.needle().len()..]));
         otel::set(&self.span, || {
             let mut kv = vec![KeyValue::new(
                 names::HTTP_RESPONSE_STATUS_CODE,
@@ -368,23 +370,40 @@ impl<B: MessageBody + Unpin> MessageBody for AccessBody<B> {
     }
 }
 
+/// Searchers built once: building one per search was a visible item of the request path's
+/// CPU profile (`memmem::Searcher::new`).
+static USAGE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\""));
+static FINISH_REASON: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"\"finish_reason\""));
+static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
+static PROMPT_TOKENS: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"prompt_tokens\""));
+static INPUT_TOKENS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"input_tokens\""));
+static COMPLETION_TOKENS: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"completion_tokens\""));
+static OUTPUT_TOKENS: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"output_tokens\""));
+
 /// `(input, output)` tokens of the last `usage` object in `tail` (Chat's `prompt_tokens` and
 /// `completion_tokens`, or Responses' `input_tokens` and `output_tokens`).
 pub fn usage(tail: &[u8]) -> Option<(u64, u64)> {
-    let at = memmem::rfind(tail, b"\"usage\"")?;
+    let at = USAGE.rfind(tail)?;
     let rest = &tail[at..];
-    let input = number_after(rest, b"\"prompt_tokens\"")
-        .or_else(|| number_after(rest, b"\"input_tokens\""))?;
-    let output = number_after(rest, b"\"completion_tokens\"")
-        .or_else(|| number_after(rest, b"\"output_tokens\""))?;
+    let input = number_after(rest, &PROMPT_TOKENS).or_else(|| number_after(rest, &INPUT_TOKENS))?;
+    let output =
+        number_after(rest, &COMPLETION_TOKENS).or_else(|| number_after(rest, &OUTPUT_TOKENS))?;
     Some((input, output))
 }
 
-/// The short string value after the first `"key"` and a colon in `hay` (a model name or a
-/// finish reason: up to 128 plain characters, no escapes; anything else is not reported).
-fn string_after<'h>(hay: &'h [u8], key: &[u8]) -> Option<&'h str> {
-    let at = memmem::find(hay, key)? + key.len();
-    let rest = hay[at..].trim_ascii_start().strip_prefix(b":")?;
+/// The short string value after the first `"key"` (what `key` finds) in `hay`.
+fn string_after<'h>(hay: &'h [u8], key: &Finder<'_>) -> Option<&'h str> {
+    string_value(&hay[key.find(hay)? + key.needle().len()..])
+}
+
+/// The string after a colon at the start of `rest` (a model name or a finish reason: up to 128
+/// plain characters, no escapes; anything else is not reported).
+fn string_value(rest: &[u8]) -> Option<&str> {
+    let rest = rest.trim_ascii_start().strip_prefix(b":")?;
     let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
     let end = memchr::memchr(b'"', rest)?;
     let value = &rest[..end];
@@ -392,9 +411,9 @@ fn string_after<'h>(hay: &'h [u8], key: &[u8]) -> Option<&'h str> {
     plain.then(|| std::str::from_utf8(value).ok()).flatten()
 }
 
-/// The integer after `"key"` and a colon in `hay`.
-fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memmem::find(hay, key)? + key.len();
+/// The integer after `"key"` (what `key` finds) and a colon in `hay`.
+fn number_after(hay: &[u8], key: &Finder<'_>) -> Option<u64> {
+    let at = key.find(hay)? + key.needle().len();
     let rest = hay[at..].trim_ascii_start().strip_prefix(b":")?;
     let rest = rest.trim_ascii_start();
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -421,13 +440,11 @@ mod tests {
     fn reads_short_plain_strings_only() {
         let chunk =
             br#"{"id":"x","model": "gpt-4o-2024-08-06","choices":[{"finish_reason":"stop"}]}"#;
-        assert_eq!(string_after(chunk, b"\"model\""), Some("gpt-4o-2024-08-06"));
-        assert_eq!(string_after(chunk, b"\"finish_reason\""), Some("stop"));
-        assert_eq!(
-            string_after(br#"{"finish_reason":null}"#, b"\"finish_reason\""),
-            None
-        );
-        assert_eq!(string_after(br#"{"model":"a\"b"}"#, b"\"model\""), None);
+        let finish = Finder::new(b"\"finish_reason\"");
+        assert_eq!(string_after(chunk, &MODEL), Some("gpt-4o-2024-08-06"));
+        assert_eq!(string_after(chunk, &finish), Some("stop"));
+        assert_eq!(string_after(br#"{"finish_reason":null}"#, &finish), None);
+        assert_eq!(string_after(br#"{"model":"a\"b"}"#, &MODEL), None);
     }
 
     #[test]

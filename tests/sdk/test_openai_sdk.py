@@ -183,3 +183,96 @@ def test_azure_content_filter_is_a_bad_request_error(gateway):
             )
         assert err.value.code == "content_filter"
         assert err.value.param == "prompt"
+
+
+# Gemini behind the gateway (routes `gemini` and `gemini-pro` of acme's `assistant`), translated
+# to Gemini's native generateContent and back. The SDK sees an OpenAI endpoint whatever the
+# provider.
+
+def test_gemini_chat_streaming_and_not(gateway):
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="gemini", messages=[{"role": "user", "content": "Hello"}]
+    )
+    assert raw.headers["x-switchyard-route"] == "gemini"
+    assert raw.headers["x-switchyard-provider"] == "gemini"
+    completion = raw.parse()
+    assert completion.model == "gemini-2.5-flash"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].message.content
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    stream = client(gateway).chat.completions.create(
+        model="gemini-2.5-flash",
+        messages=[{"role": "user", "content": "Stream a sentence"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == completion.choices[0].message.content
+    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == completion.usage.completion_tokens
+
+
+def test_gemini_tool_calls_round_trip_with_the_thought_signature(gateway):
+    tools = [{
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }]
+    c = client(gateway)
+    first = c.chat.completions.create(
+        model="gemini-3-pro-preview", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=tools
+    )
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]
+    assert call.id.startswith("call_")
+    assert call.function.name == "get_weather" and "city" in call.function.arguments
+    assert call.model_extra["extra_content"]["google"]["thought_signature"]
+    # The SDK keeps the extra field when the message is sent back: Gemini 3 gets its signature.
+    second = c.chat.completions.create(
+        model="gemini-3-pro-preview",
+        tools=tools,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'},
+        ],
+    )
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content
+    assert second.usage.completion_tokens_details.reasoning_tokens > 0
+
+
+def test_gemini_responses_streaming_and_not(gateway):
+    c = client(gateway)
+    first = c.responses.create(model="gemini", input="Hello", instructions="Be brief.")
+    assert first.status == "completed"
+    assert first.model == "gemini-2.5-flash"
+    assert first.output_text
+    follow = c.responses.create(model="gemini", input="And then?", previous_response_id=first.id)
+    assert follow.previous_response_id == first.id
+    assert c.responses.retrieve(first.id).output_text == first.output_text
+    events = list(c.responses.create(model="gemini", input="Stream", stream=True))
+    assert events[0].type == "response.created"
+    assert events[-1].type == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.output_text == first.output_text
+    assert events[-1].response.usage.output_tokens > 0
+
+
+def test_gemini_errors_reach_the_sdk_as_its_exception_types(gateway):
+    with pytest.raises(openai.RateLimitError) as err:
+        client(gateway, max_retries=0).chat.completions.create(
+            model="gemini", messages=[{"role": "user", "content": "[emulator:status=429,retry_after=0] hi"}]
+        )
+    assert err.value.code == "rate_limit_exceeded"
+    stream = client(gateway).chat.completions.create(
+        model="gemini", messages=[{"role": "user", "content": "[emulator:drop=2] hi"}], stream=True
+    )
+    with pytest.raises(openai.APIError):
+        for _ in stream:
+            pass

@@ -12,6 +12,7 @@ ACME = "sk-acme-demo"
 PROVIDERS = [
     ("gpt-4o-mini", "mini", "openai"),
     ("gpt-4.1", "azure", "azure"),
+    ("gemini-2.5-flash", "gemini", "gemini"),
 ]
 
 TOOLS = [{
