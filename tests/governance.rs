@@ -772,3 +772,144 @@ async fn an_exhausted_budget_diverts_to_the_fallback_route_when_the_tenant_says_
     assert_eq!(r.header("x-switchyard-fallback"), "true");
     assert_eq!(r.header("x-switchyard-fallback-reason"), "budget_exhausted");
 }
+
+/// Per-token prices in picodollars: (input, cached input, output).
+struct Rates(u128, u128, u128);
+
+/// The cost of a client-visible usage object (chat or Responses shape) at `rates`.
+fn cost_of(u: &Value, r: &Rates) -> (u64, u64, String) {
+    let input = u["prompt_tokens"]
+        .as_u64()
+        .or(u["input_tokens"].as_u64())
+        .expect("input");
+    let output = u["completion_tokens"]
+        .as_u64()
+        .or(u["output_tokens"].as_u64())
+        .expect("output");
+    let cached = u["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .or(u["input_tokens_details"]["cached_tokens"].as_u64())
+        .unwrap_or(0);
+    let pico =
+        u128::from(input - cached) * r.0 + u128::from(cached) * r.1 + u128::from(output) * r.2;
+    (input, output, usd(pico))
+}
+
+#[actix_web::test]
+async fn recorded_cost_is_exact_on_azure_and_gemini_for_every_endpoint_and_stream_mode() {
+    let emu = emulator();
+    let t = format!(
+        r#"
+[[api_keys]]
+name = "demo"
+sha256 = "{KEY_A_SHA}"
+
+[providers.azure]
+type = "azure_openai"
+endpoint = "http://127.0.0.1:1"
+base_url_env = "G_ROOT_URL"
+api_version = "2025-03-01-preview"
+api_key_env = "G_AZURE_KEY"
+
+[providers.gemini]
+type = "gemini"
+base_url = "http://127.0.0.1:1"
+base_url_env = "G_ROOT_URL"
+api_key_env = "G_GEMINI_KEY"
+
+[proxies.az]
+[[proxies.az.routes]]
+name = "main"
+provider = "azure"
+model = "gpt-4o"
+
+[proxies.gm]
+[[proxies.gm.routes]]
+name = "main"
+provider = "gemini"
+model = "flash"
+target_model = "gemini-2.5-flash"
+"#
+    );
+    let gw = Gateway::start(
+        &[("a", t)],
+        &[
+            ("G_ROOT_URL", emu.base.clone()),
+            ("G_AZURE_KEY", "a2e0c0ffee0e0u1a70r0a2e0c0ffee00".to_owned()),
+            (
+                "G_GEMINI_KEY",
+                switchyard::emulator::DEFAULT_GEMINI_KEY.to_owned(),
+            ),
+        ],
+        &[],
+    );
+    let cases = [
+        ("az", "gpt-4o", Rates(2_500_000, 1_250_000, 10_000_000)),
+        ("gm", "flash", Rates(300_000, 30_000, 2_500_000)),
+    ];
+    let mut expected = Vec::new();
+    for (proxy, model, rates) in &cases {
+        for (endpoint, stream) in [
+            ("chat/completions", false),
+            ("chat/completions", true),
+            ("responses", false),
+            ("responses", true),
+        ] {
+            let what = format!("{proxy} {endpoint} stream={stream}");
+            let prompt = "Name three rivers and one fact about each";
+            let mut body = if endpoint == "responses" {
+                json!({"model": model, "input": prompt})
+            } else {
+                chat(model, prompt)
+            };
+            if stream {
+                body["stream"] = json!(true);
+                if endpoint == "chat/completions" {
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+            }
+            let r = post(
+                gw.url(&format!("/a/{proxy}/v1/{endpoint}")),
+                Some(KEY_A),
+                body,
+            )
+            .await;
+            assert_eq!(r.status, 200, "{what}: {}", r.text());
+            let usage = if !stream {
+                r.json()["usage"].clone()
+            } else {
+                sse_data(&r.text())
+                    .iter()
+                    .filter(|d| *d != "[DONE]")
+                    .map(|d| serde_json::from_str::<Value>(d).expect("event"))
+                    .find_map(|e| {
+                        if e["usage"].is_object() {
+                            Some(e["usage"].clone())
+                        } else if e["type"] == "response.completed" {
+                            Some(e["response"]["usage"].clone())
+                        } else {
+                            None
+                        }
+                    })
+                    .unwrap_or_else(|| panic!("{what}: no usage in {}", r.text()))
+            };
+            let (input, output, cost) = cost_of(&usage, rates);
+            assert!(input > 0 && output > 0, "{what}: {usage}");
+            expected.push((
+                r.header("x-request-id").to_owned(),
+                input,
+                output,
+                cost,
+                what,
+            ));
+        }
+    }
+    let rows = ledger_rows(&gw, expected.len() as i64).await;
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for (id, input, output, cost, what) in &expected {
+        let row = row_of(&rows, id);
+        assert_eq!(row["input_tokens"], *input, "{what}: {row}");
+        assert_eq!(row["output_tokens"], *output, "{what}: {row}");
+        assert_eq!(row["cost_usd"], *cost, "{what}: {row}");
+    }
+}

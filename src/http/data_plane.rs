@@ -301,7 +301,11 @@ async fn attempt(
         let request = providers::prepare(outgoing, decision, traceparent)?;
         let answer = send(req, decision, request, provider, span).await?;
         return Ok(answer.and_then(|upstream| {
-            translated(translator, decision, upstream, decoded, tenant, state)
+            let stream = matches!(upstream.body, UpstreamBody::Stream(_));
+            let on_usage = meter.on_usage(decision, endpoint, stream);
+            translated(
+                translator, decision, upstream, decoded, tenant, state, on_usage,
+            )
         }));
     }
     // Responses ids are scoped to the tenant on the provider account (api::response_ids).
@@ -441,10 +445,12 @@ fn translated(
     decoded: &Decoded,
     tenant: &str,
     state: &AppState,
+    on_usage: usage::OnUsage,
 ) -> Result<HttpResponse, GatewayError> {
     let route = decision.route();
     let model = route.upstream_model();
     let on_end = ending_hook(decoded, route.name.clone(), model, tenant, state);
+    let on_end = metered(on_end, on_usage);
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
         res.insert_header(("x-upstream-request-id", id));
@@ -530,6 +536,14 @@ fn ending_hook(
                 route,
             },
         );
+    })
+}
+
+/// `on_end`, after recording the answer's usage (`governance`).
+fn metered(on_end: OnEnd, on_usage: usage::OnUsage) -> OnEnd {
+    Box::new(move |reply: &Reply, ending: Ending| {
+        on_usage(reply.usage, false);
+        on_end(reply, ending);
     })
 }
 
