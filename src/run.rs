@@ -264,14 +264,17 @@ async fn start_governance(
 ) -> Result<crate::governance::Governance, String> {
     use crate::governance::{Governance, ledger::Ledger, limits::Limiter};
     let ledger = Ledger::start(ledger.parse()?).await?;
-    let limiter = match redis {
-        Some(url) => Limiter::redis(url).await?,
-        None => Limiter::local(),
+    let (limiter, budgets) = match redis {
+        Some(url) => (
+            Limiter::redis(url).await?,
+            crate::governance::budgets::Budgets::redis(url).await?,
+        ),
+        None => (Limiter::local(), Default::default()),
     };
     Ok(Governance {
         limiter,
         ledger,
-        budgets: Default::default(),
+        budgets,
     })
 }
 

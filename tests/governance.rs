@@ -913,3 +913,71 @@ target_model = "gemini-2.5-flash"
         assert_eq!(row["cost_usd"], *cost, "{what}: {row}");
     }
 }
+
+#[actix_web::test]
+async fn two_gateways_sharing_redis_never_spend_past_one_budget() {
+    let Some(redis) = redis_server() else {
+        eprintln!(
+            "\n!!!! SKIPPED two_gateways_sharing_redis_never_spend_past_one_budget: no redis-server !!!!\n"
+        );
+        return;
+    };
+    let emu = emulator();
+    let t = tenant("\n[[budgets]]\nusd = \"0.00005\"\nperiod = \"day\"\n");
+    let gws = [
+        start(&emu, t.clone(), &["--redis", &redis.url]),
+        start(&emu, t, &["--redis", &redis.url]),
+    ];
+    let mut body = chat("gpt-4o-mini", "hello there, how are you");
+    body["max_tokens"] = json!(8);
+    let wave = (0..30).map(|n| {
+        post(
+            gws[n % 2].url("/a/chat/v1/chat/completions"),
+            Some(KEY_A),
+            body.clone(),
+        )
+    });
+    let replies = futures_util::future::join_all(wave).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    for r in replies.iter().filter(|r| r.status != 200) {
+        r.assert_error(429, "budget_exhausted");
+    }
+    assert!((1..30).contains(&ok), "{ok} answered");
+    // Then one at a time, alternating, until the shared budget refuses on both.
+    let mut answered = [0i64; 2];
+    for r in replies.iter().enumerate().filter(|(_, r)| r.status == 200) {
+        answered[r.0 % 2] += 1;
+    }
+    let mut refused = [false; 2];
+    for n in 0..40 {
+        let i = n % 2;
+        let r = post(
+            gws[i].url("/a/chat/v1/chat/completions"),
+            Some(KEY_A),
+            body.clone(),
+        )
+        .await;
+        if r.status == 200 {
+            answered[i] += 1;
+            refused[i] = false;
+        } else {
+            r.assert_error(429, "budget_exhausted");
+            refused[i] = true;
+        }
+        if refused == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(refused, [true, true], "the budget never ran out");
+    let mut total = 0;
+    for (gw, n) in gws.iter().zip(answered) {
+        ledger_rows(gw, n).await;
+        total += pico(&spent(gw).await);
+    }
+    assert!(total <= pico("0.00005"), "spent {} of $0.00005", usd(total));
+    assert!(
+        total > pico("0.00005") / 2,
+        "spent {}: the budget was used",
+        usd(total)
+    );
+}

@@ -7,9 +7,11 @@
 //! refused when spent + reserved + the estimate would pass a budget. When its usage is
 //! recorded the reservation is settled (replaced by the actual cost); dropped unsettled (an
 //! error, a cancelled call) it is released. So concurrent requests overshoot a budget by at
-//! most the reservations in flight. Counters live in process, per period (the UTC day or
-//! month), so a budget starts again at each period; they are not yet shared by replicas nor
-//! seeded from the ledger at start (see docs/governance.md).
+//! most the reservations in flight. Counters are per period (the UTC day or month), so a
+//! budget starts again at each period. They live in process by default (not yet seeded from
+//! the ledger at start: a restart forgets the period's spend) or, with `--redis`, in Redis,
+//! shared by replicas, where reserving (check every budget, then hold) and settling are each
+//! one Lua script.
 
 use crate::api::canonical::Usage;
 use crate::config::{Budget, BudgetLimit, Period, TenantGovernance};
@@ -21,12 +23,97 @@ use std::sync::{Arc, Mutex};
 /// Output tokens assumed for a request that sets no `max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
-/// Spent and reserved amounts per budget and period (picodollars or tokens).
-#[derive(Clone, Debug, Default)]
-pub struct Budgets(Arc<Mutex<HashMap<String, Counter>>>);
+/// Spent and reserved amounts per budget and period (picodollars or tokens): in process, or
+/// in Redis.
+#[derive(Clone)]
+pub enum Budgets {
+    Local(Arc<Mutex<HashMap<String, Counter>>>),
+    Redis(redis::aio::ConnectionManager),
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets::Local(Arc::default())
+    }
+}
+
+impl std::fmt::Debug for Budgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Budgets::Local(_) => "Budgets::Local",
+            Budgets::Redis(_) => "Budgets::Redis",
+        })
+    }
+}
+
+/// How long a period's Redis counters outlive it (then they expire).
+const REDIS_TTL_MS: u64 = 40 * 86_400_000;
+
+/// Checks every budget, then holds: KEYS spent/reserved pairs, ARGV the TTL then a
+/// ceiling/amount pair per budget. Returns 0, or the 1-based index of the budget passed.
+const RESERVE: &str = r"
+local n = #KEYS / 2
+for i = 1, n do
+  local spent = tonumber(redis.call('GET', KEYS[2*i-1]) or '0')
+  local reserved = tonumber(redis.call('GET', KEYS[2*i]) or '0')
+  if spent + reserved + tonumber(ARGV[2*i+1]) > tonumber(ARGV[2*i]) then return i end
+end
+for i = 1, n do
+  redis.call('INCRBY', KEYS[2*i], ARGV[2*i+1])
+  redis.call('PEXPIRE', KEYS[2*i], ARGV[1])
+end
+return 0
+";
+
+/// Settles or releases: KEYS spent/reserved pairs, ARGV the TTL then a reserved/actual pair
+/// per budget.
+const SETTLE: &str = r"
+for i = 1, #KEYS / 2 do
+  redis.call('DECRBY', KEYS[2*i], ARGV[2*i])
+  if tonumber(ARGV[2*i+1]) ~= 0 then
+    redis.call('INCRBY', KEYS[2*i-1], ARGV[2*i+1])
+    redis.call('PEXPIRE', KEYS[2*i-1], ARGV[1])
+  end
+end
+return 0
+";
+
+static RESERVE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RESERVE));
+static SETTLE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SETTLE));
+
+fn redis_keys(name: &str) -> [String; 2] {
+    [
+        format!("switchyard:budget:{name}:spent"),
+        format!("switchyard:budget:{name}:reserved"),
+    ]
+}
+
+/// Runs SETTLE for `held` with `actual` amounts, in the background (a settle never holds up
+/// an answer; a failure is logged and the reservation expires with its period).
+fn settle_in_redis(conn: &redis::aio::ConnectionManager, held: Vec<(String, i128, i128)>) {
+    let mut conn = conn.clone();
+    actix::spawn(async move {
+        let mut call = SETTLE_SCRIPT.prepare_invoke();
+        call.arg(REDIS_TTL_MS);
+        for (name, reserved, actual) in &held {
+            let [spent_key, reserved_key] = redis_keys(name);
+            call.key(spent_key).key(reserved_key);
+            call.arg(clamp(*reserved)).arg(clamp(*actual));
+        }
+        if let Err(err) = call.invoke_async::<i64>(&mut conn).await {
+            tracing::warn!(%err, "could not settle a budget reservation in redis");
+        }
+    });
+}
+
+fn clamp(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
 
 #[derive(Clone, Copy, Debug, Default)]
-struct Counter {
+pub struct Counter {
     spent: i128,
     reserved: i128,
 }
@@ -90,9 +177,76 @@ fn month_of_day(z: i64) -> i64 {
 }
 
 impl Budgets {
+    /// Counters in the Redis at `url`.
+    pub async fn redis(url: &str) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
+        let manager = client
+            .get_connection_manager()
+            .await
+            .map_err(|e| format!("redis {url}: {e}"))?;
+        Ok(Budgets::Redis(manager))
+    }
+
     /// Reserves `estimate` against every budget of `tenant` that applies to `key`, or refuses
     /// with the budget that would be passed (and whether it diverts to the fallback route).
-    pub fn reserve(
+    pub async fn reserve(
+        &self,
+        governance: &TenantGovernance,
+        tenant: &str,
+        key: &str,
+        estimate: Estimate,
+        now_ms: i64,
+    ) -> Result<Reservation, Exhausted> {
+        let Budgets::Redis(conn) = self else {
+            return self.reserve_local(governance, tenant, key, estimate, now_ms);
+        };
+        let applying: Vec<&Budget> = governance
+            .budgets
+            .iter()
+            .filter(|b| b.key.as_deref().is_none_or(|k| k == key))
+            .collect();
+        let mut held = Vec::with_capacity(applying.len());
+        let mut call = RESERVE_SCRIPT.prepare_invoke();
+        call.arg(REDIS_TTL_MS);
+        for b in &applying {
+            let name = counter_name(tenant, b, now_ms);
+            let want = amount(&b.limit, estimate.picodollars, estimate.tokens);
+            let [spent_key, reserved_key] = redis_keys(&name);
+            call.key(spent_key).key(reserved_key);
+            call.arg(clamp(ceiling(&b.limit))).arg(clamp(want));
+            held.push((name, b.limit.clone(), want));
+        }
+        if applying.is_empty() {
+            return Ok(Reservation {
+                budgets: self.clone(),
+                held,
+            });
+        }
+        match call.invoke_async::<i64>(&mut conn.clone()).await {
+            Ok(0) => Ok(Reservation {
+                budgets: self.clone(),
+                held,
+            }),
+            Ok(i) => {
+                let b = applying[usize::try_from(i - 1).unwrap_or(0).min(applying.len() - 1)];
+                Err(Exhausted {
+                    budget: b.clone(),
+                    spent: 0,
+                })
+            }
+            Err(err) => {
+                // Fail open: a budget store that is down must not stop all traffic; the
+                // ledger still records the spend.
+                tracing::warn!(%err, "budget store unavailable: request not reserved");
+                Ok(Reservation {
+                    budgets: self.clone(),
+                    held: Vec::new(),
+                })
+            }
+        }
+    }
+
+    fn reserve_local(
         &self,
         governance: &TenantGovernance,
         tenant: &str,
@@ -112,7 +266,13 @@ impl Budgets {
                 held,
             });
         }
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Budgets::Local(map) = self else {
+            return Err(Exhausted {
+                budget: applying[0].clone(),
+                spent: 0,
+            });
+        };
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
         for b in &applying {
             let name = counter_name(tenant, b, now_ms);
             let c = map.get(&name).copied().unwrap_or_default();
@@ -138,7 +298,10 @@ impl Budgets {
 
     /// What `tenant`'s budget `budget` has spent in the current period (picodollars or tokens).
     pub fn spent(&self, tenant: &str, budget: &Budget, now_ms: i64) -> i128 {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Budgets::Local(map) = self else {
+            return 0;
+        };
+        let map = map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&counter_name(tenant, budget, now_ms))
             .map_or(0, |c| c.spent)
     }
@@ -160,7 +323,18 @@ impl Reservation {
         }
         let tokens = usage.map_or(0, Usage::total);
         let pusd = cost.map(picodollars);
-        let mut map = self.budgets.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = match &self.budgets {
+            Budgets::Local(map) => map,
+            Budgets::Redis(conn) => {
+                let held = held
+                    .into_iter()
+                    .map(|(name, limit, reserved)| (name, reserved, amount(&limit, pusd, tokens)))
+                    .collect();
+                settle_in_redis(conn, held);
+                return;
+            }
+        };
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
         for (name, limit, reserved) in held {
             let c = map.entry(name).or_default();
             c.reserved -= reserved;
@@ -174,7 +348,15 @@ impl Drop for Reservation {
         if self.held.is_empty() {
             return;
         }
-        let mut map = self.budgets.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = match &self.budgets {
+            Budgets::Local(map) => map,
+            Budgets::Redis(conn) => {
+                let held = self.held.drain(..).map(|(n, _, r)| (n, r, 0)).collect();
+                settle_in_redis(conn, held);
+                return;
+            }
+        };
+        let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
         for (name, _, reserved) in self.held.drain(..) {
             if let Some(c) = map.get_mut(&name) {
                 c.reserved -= reserved;
@@ -246,27 +428,32 @@ mod tests {
         let b = Budgets::default();
         // $0.000003 = 3,000,000 picodollars.
         let t = tenant(vec![usd("0.000003", None)]);
-        let first = b.reserve(&t, "t", "k", est(2_000_000), 0).expect("fits");
+        let first = b
+            .reserve_local(&t, "t", "k", est(2_000_000), 0)
+            .expect("fits");
         assert!(
-            b.reserve(&t, "t", "k", est(2_000_000), 0).is_err(),
+            b.reserve_local(&t, "t", "k", est(2_000_000), 0).is_err(),
             "2 + 2 > 3"
         );
         drop(first);
         let again = b
-            .reserve(&t, "t", "k", est(2_000_000), 0)
+            .reserve_local(&t, "t", "k", est(2_000_000), 0)
             .expect("released");
         again.settle(None, Some(Decimal::from_str("0.0000025").expect("d")));
         assert_eq!(b.spent("t", &t.budgets[0], 0), 2_500_000);
         assert!(
-            b.reserve(&t, "t", "k", est(600_000), 0).is_err(),
+            b.reserve_local(&t, "t", "k", est(600_000), 0).is_err(),
             "2.5 + 0.6 > 3"
         );
         assert!(
-            b.reserve(&t, "t", "k", est(500_000), 0).is_ok(),
+            b.reserve_local(&t, "t", "k", est(500_000), 0).is_ok(),
             "2.5 + 0.5 = 3"
         );
         // The next day starts again.
-        assert!(b.reserve(&t, "t", "k", est(2_000_000), 86_400_000).is_ok());
+        assert!(
+            b.reserve_local(&t, "t", "k", est(2_000_000), 86_400_000)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -274,14 +461,14 @@ mod tests {
         let b = Budgets::default();
         let t = tenant(vec![usd("0.000001", Some("ci"))]);
         let e = b
-            .reserve(&t, "t", "ci", est(2_000_000), 0)
+            .reserve_local(&t, "t", "ci", est(2_000_000), 0)
             .expect_err("over");
         assert!(
             e.error().to_string().contains("API key 'ci'"),
             "{}",
             e.error()
         );
-        assert!(b.reserve(&t, "t", "demo", est(2_000_000), 0).is_ok());
+        assert!(b.reserve_local(&t, "t", "demo", est(2_000_000), 0).is_ok());
     }
 
     #[test]

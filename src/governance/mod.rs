@@ -216,7 +216,7 @@ impl Meter {
     /// Reserves the request's estimated cost on `decision`'s route against the tenant's
     /// budgets: its body at about four characters a token, plus its `max_tokens` (else
     /// [`budgets::DEFAULT_MAX_TOKENS`]). Nothing to do for a tenant without budgets.
-    pub fn reserve(
+    pub async fn reserve(
         &self,
         decision: &crate::routing::Decision,
         body: &[u8],
@@ -253,13 +253,17 @@ impl Meter {
             picodollars: price.map(|p| budgets::picodollars(pricing::cost(&usage, p))),
             tokens: usage.total(),
         };
-        let held = self.governance.budgets.reserve(
-            &self.tenant,
-            &self.tenant_id,
-            &self.api_key,
-            estimate,
-            now_ms(),
-        )?;
+        let held = self
+            .governance
+            .budgets
+            .reserve(
+                &self.tenant,
+                &self.tenant_id,
+                &self.api_key,
+                estimate,
+                now_ms(),
+            )
+            .await?;
         *self.reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
         Ok(())
     }

@@ -192,7 +192,7 @@ async fn conversation(
         .await?;
     // Budgets: the estimated cost is reserved before any upstream call; an exhausted budget
     // refuses, or diverts to the proxy's fallback route when the tenant file says so.
-    let (first, over_budget) = match meter.reserve(&first, &front.raw) {
+    let (first, over_budget) = match meter.reserve(&first, &front.raw).await {
         Ok(()) => (first, false),
         Err(exhausted) => match (exhausted.budget.divert, proxy.routes.fallback) {
             (true, Some(fallback)) => (first.on_route(fallback, &proxy.providers)?, true),
