@@ -981,3 +981,30 @@ async fn two_gateways_sharing_redis_never_spend_past_one_budget() {
         usd(total)
     );
 }
+
+#[actix_web::test]
+async fn a_restarted_gateway_remembers_the_periods_spend_from_its_ledger() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let t = tenant("\n[[budgets]]\nusd = \"0.00003\"\nperiod = \"month\"\n");
+    let mut body = chat("gpt-4o-mini", "hello there, how are you");
+    body["max_tokens"] = json!(8);
+    let gw = start(&emu, t.clone(), &["--ledger", &ledger]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let mut answered = 0;
+    loop {
+        let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+        if r.status != 200 {
+            r.assert_error(429, "budget_exhausted");
+            break;
+        }
+        answered += 1;
+        assert!(answered < 20, "the budget never ran out");
+    }
+    assert!(answered >= 1);
+    drop(gw);
+    let gw = start(&emu, t, &["--ledger", &ledger]);
+    let r = post(gw.url("/a/chat/v1/chat/completions"), Some(KEY_A), body).await;
+    r.assert_error(429, "budget_exhausted");
+}

@@ -8,8 +8,8 @@
 //! recorded the reservation is settled (replaced by the actual cost); dropped unsettled (an
 //! error, a cancelled call) it is released. So concurrent requests overshoot a budget by at
 //! most the reservations in flight. Counters are per period (the UTC day or month), so a
-//! budget starts again at each period. They live in process by default (not yet seeded from
-//! the ledger at start: a restart forgets the period's spend) or, with `--redis`, in Redis,
+//! budget starts again at each period. They live in process by default (each seeded from the
+//! ledger's record of the period when first used, by `Meter::reserve`) or, with `--redis`, in Redis,
 //! shared by replicas, where reserving (check every budget, then hold) and settling are each
 //! one Lua script.
 
@@ -148,7 +148,7 @@ fn ceiling(limit: &BudgetLimit) -> i128 {
 }
 
 /// The counter of `budget` for `tenant` in the current period.
-fn counter_name(tenant: &str, budget: &Budget, now_ms: i64) -> String {
+pub(super) fn counter_name(tenant: &str, budget: &Budget, now_ms: i64) -> String {
     let day = now_ms.div_euclid(86_400_000);
     let period = match budget.period {
         Period::Day => format!("d{day}"),
@@ -161,6 +161,29 @@ fn counter_name(tenant: &str, budget: &Budget, now_ms: i64) -> String {
     };
     let key = budget.key.as_deref().unwrap_or("*");
     format!("{tenant}\u{1f}{key}\u{1f}{unit}\u{1f}{period}")
+}
+
+/// Unix milliseconds when the period holding `now_ms` began.
+pub(super) fn period_start(period: Period, now_ms: i64) -> i64 {
+    let day = now_ms.div_euclid(86_400_000);
+    let first = match period {
+        Period::Day => day,
+        Period::Month => {
+            let ym = month_of_day(day);
+            days_from_civil(ym.div_euclid(12), ym.rem_euclid(12) + 1)
+        }
+    };
+    first * 86_400_000
+}
+
+/// Days since 1970-01-01 of the first of month `m` (1-12) of year `y` (Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// `year * 12 + month - 1` of a day number since 1970-01-01 (Hinnant's civil-from-days).
@@ -294,6 +317,27 @@ impl Budgets {
             budgets: self.clone(),
             held,
         })
+    }
+
+    /// Whether the in-process counter `name` has yet to be seeded from the ledger.
+    pub(super) fn unseeded(&self, name: &str) -> bool {
+        match self {
+            Budgets::Local(map) => !map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name),
+            Budgets::Redis(_) => false,
+        }
+    }
+
+    /// Starts the in-process counter `name` at `spent`, unless it started already.
+    pub(super) fn seed(&self, name: String, spent: i128) {
+        if let Budgets::Local(map) = self {
+            map.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(name)
+                .or_insert(Counter { spent, reserved: 0 });
+        }
     }
 
     /// What `tenant`'s budget `budget` has spent in the current period (picodollars or tokens).
@@ -473,6 +517,14 @@ mod tests {
 
     #[test]
     fn months_and_picodollars() {
+        // 2026-11-30T21:00Z: the day and month began at 2026-11-30 and 2026-11-01.
+        let now = 1_796_072_400_000;
+        assert_eq!(period_start(Period::Day, now), 1_795_996_800_000);
+        assert_eq!(period_start(Period::Month, now), 1_793_491_200_000);
+        assert_eq!(
+            period_start(Period::Month, 1_795_996_800_000 - 30 * 86_400_000 - 1),
+            1_790_812_800_000
+        );
         assert_eq!(month_of_day(0), 1970 * 12);
         assert_eq!(month_of_day(31), 1970 * 12 + 1);
         assert_eq!(

@@ -253,6 +253,7 @@ impl Meter {
             picodollars: price.map(|p| budgets::picodollars(pricing::cost(&usage, p))),
             tokens: usage.total(),
         };
+        self.seed_budgets().await;
         let held = self
             .governance
             .budgets
@@ -266,6 +267,55 @@ impl Meter {
             .await?;
         *self.reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
         Ok(())
+    }
+
+    /// Starts the in-process counters of this request's budgets from the ledger's record of
+    /// the period so far, the first time each is used (so a restart remembers the spend).
+    async fn seed_budgets(&self) {
+        let Some(ledger) = &self.governance.ledger else {
+            return;
+        };
+        let now = now_ms();
+        for b in &self.tenant.budgets {
+            if b.key.as_deref().is_some_and(|k| k != self.api_key) {
+                continue;
+            }
+            let name = budgets::counter_name(&self.tenant_id, b, now);
+            if !self.governance.budgets.unseeded(&name) {
+                continue;
+            }
+            let query = ledger::UsageQuery {
+                tenant: self.tenant_id.clone(),
+                from_ms: budgets::period_start(b.period, now),
+                to_ms: now.saturating_add(1),
+                group_by: if b.key.is_some() {
+                    ledger::GroupBy::Key
+                } else {
+                    ledger::GroupBy::Total
+                },
+            };
+            let rows = match ledger.send(query).await {
+                Ok(Ok(rows)) => rows,
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "budget not seeded from the ledger; it starts at zero");
+                    Vec::new()
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "budget not seeded from the ledger; it starts at zero");
+                    Vec::new()
+                }
+            };
+            let row = rows
+                .iter()
+                .find(|r| b.key.is_none() || r.group.as_deref() == b.key.as_deref());
+            let spent = row.map_or(0, |r| match b.limit {
+                crate::config::BudgetLimit::Usd(_) => budgets::picodollars(r.cost),
+                crate::config::BudgetLimit::Tokens(_) => {
+                    i128::from(r.input_tokens) + i128::from(r.output_tokens)
+                }
+            });
+            self.governance.budgets.seed(name, spent);
+        }
     }
 
     fn take_reservation(&self) -> Option<budgets::Reservation> {
