@@ -1008,3 +1008,40 @@ async fn a_restarted_gateway_remembers_the_periods_spend_from_its_ledger() {
     let r = post(gw.url("/a/chat/v1/chat/completions"), Some(KEY_A), body).await;
     r.assert_error(429, "budget_exhausted");
 }
+
+#[actix_web::test]
+async fn a_stream_the_client_abandons_is_billed_at_an_estimate_flagged_as_such() {
+    use futures_util::StreamExt;
+    let emu = emulator();
+    let gw = start(&emu, tenant(""), &[]);
+    let mut body = chat(
+        "gpt-4o-mini",
+        "tell me a long story [emulator:chunk_ms=100,tokens=60]",
+    );
+    body["stream"] = json!(true);
+    let text = body.to_string();
+    let mut res = client()
+        .post(gw.url("/a/chat/v1/chat/completions"))
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("authorization", format!("Bearer {KEY_A}")))
+        .send_body(text.clone())
+        .await
+        .expect("response");
+    assert_eq!(res.status(), 200);
+    // Read a few events, then go away.
+    let mut seen = 0;
+    while seen < 3 {
+        let chunk = res.next().await.expect("a chunk").expect("bytes");
+        seen += chunk.windows(6).filter(|w| w == b"data: ").count();
+    }
+    drop(res);
+    let rows = ledger_rows(&gw, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["estimated_requests"], 1, "{row}");
+    let input = (text.len() as u64).div_ceil(4);
+    assert_eq!(row["input_tokens"], input, "{row}");
+    let output = row["output_tokens"].as_u64().expect("output");
+    assert!((1..60).contains(&output), "{row}");
+    assert_eq!(row["cost_usd"], expected_cost(input, output), "{row}");
+}

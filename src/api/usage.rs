@@ -193,6 +193,8 @@ pub struct StreamUsage {
     /// The gateway asked for usage on the client's behalf: hide it.
     hide: bool,
     usage: Option<Usage>,
+    /// Delta events seen (about one output token each), for an estimate.
+    deltas: u64,
 }
 
 impl StreamUsage {
@@ -201,6 +203,7 @@ impl StreamUsage {
             endpoint,
             hide,
             usage: None,
+            deltas: 0,
         }
     }
 
@@ -211,6 +214,9 @@ impl StreamUsage {
 
     /// Reads a run of whole SSE events; returns what the client should get.
     pub fn events(&mut self, events: Bytes) -> Bytes {
+        if self.usage.is_none() {
+            self.deltas += memmem::find_iter(&events, b"\"delta\"").count() as u64;
+        }
         if memmem::find(&events, b"\"usage\"").is_none() {
             return events;
         }
@@ -352,10 +358,20 @@ fn without_null_usage(event: &[u8], at: usize) -> Vec<u8> {
 /// Hears `true` once a usage record is committed to the ledger.
 pub type Ack = tokio::sync::oneshot::Receiver<bool>;
 
-/// Called once with the stream's usage: as soon as the final report passed, with `true` to
-/// ask for an [`Ack`] of its commit; or, when the stream ends without one (broken, abandoned),
-/// with what was seen and `false`.
-pub type OnUsage = Box<dyn FnOnce(Option<Usage>, bool) -> Option<Ack> + Send>;
+/// What a usage tap reports, once per answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub usage: Option<Usage>,
+    /// The usage is the gateway's estimate: the stream ended (broken, or abandoned by the
+    /// client) before the provider's report.
+    pub estimated: bool,
+    /// Wants an [`Ack`] of the commit: the relay holds the stream's last events until then.
+    pub durable: bool,
+}
+
+/// Called once with the answer's usage: as soon as the final report passed (durably), or,
+/// when the stream ends without one, with an estimate.
+pub type OnUsage = Box<dyn FnOnce(Report) -> Option<Ack> + Send>;
 
 /// A [`StreamUsage`] with what to do with the usage: reported durably the moment the final
 /// report passes (the relay then holds those events until [`UsageTap::take_ack`]'s commit, so
@@ -364,6 +380,8 @@ pub struct UsageTap {
     reader: StreamUsage,
     on_end: Option<OnUsage>,
     ack: Option<Ack>,
+    /// The request's input tokens, estimated (for a stream that ends without a report).
+    input_estimate: u64,
 }
 
 impl std::fmt::Debug for UsageTap {
@@ -375,11 +393,15 @@ impl std::fmt::Debug for UsageTap {
 }
 
 impl UsageTap {
-    pub fn new(endpoint: Endpoint, hide: bool, on_end: OnUsage) -> Self {
+    /// `input_estimate`: the request's input tokens, estimated, in case the stream ends
+    /// before the provider's report (its output is then estimated at one token per delta
+    /// event, which is how OpenAI streams).
+    pub fn new(endpoint: Endpoint, hide: bool, input_estimate: u64, on_end: OnUsage) -> Self {
         Self {
             reader: StreamUsage::new(endpoint, hide),
             on_end: Some(on_end),
             ack: None,
+            input_estimate,
         }
     }
 
@@ -390,7 +412,11 @@ impl UsageTap {
         if let Some(usage) = self.reader.usage()
             && let Some(on_end) = self.on_end.take()
         {
-            self.ack = on_end(Some(usage), true);
+            self.ack = on_end(Report {
+                usage: Some(usage),
+                estimated: false,
+                durable: true,
+            });
         }
         out
     }
@@ -404,7 +430,16 @@ impl UsageTap {
 impl Drop for UsageTap {
     fn drop(&mut self) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(self.reader.usage(), false);
+            let estimate = Usage {
+                input_tokens: self.input_estimate,
+                output_tokens: self.reader.deltas,
+                ..Usage::default()
+            };
+            on_end(Report {
+                usage: Some(self.reader.usage().unwrap_or(estimate)),
+                estimated: self.reader.usage().is_none(),
+                durable: false,
+            });
         }
     }
 }
@@ -529,16 +564,27 @@ mod tests {
     #[test]
     fn the_tap_reports_once_when_dropped_even_without_usage() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let tap = UsageTap::new(
+        let mut tap = UsageTap::new(
             Endpoint::ChatCompletions,
             true,
-            Box::new(move |u, durable| {
-                tx.send((u, durable)).expect("send");
+            11,
+            Box::new(move |r| {
+                tx.send(r).expect("send");
                 None
             }),
         );
+        // Two content deltas passed, then the client went away.
+        tap.events(Bytes::from_static(chat_stream()[0].as_bytes()));
+        tap.events(Bytes::from_static(chat_stream()[0].as_bytes()));
         drop(tap);
-        assert_eq!(rx.recv().expect("reported"), (None, false));
+        let report = rx.recv().expect("reported");
+        assert_eq!(
+            (report.estimated, report.durable),
+            (true, false),
+            "{report:?}"
+        );
+        let usage = report.usage.expect("estimated");
+        assert_eq!((usage.input_tokens, usage.output_tokens), (11, 2));
         assert!(rx.try_recv().is_err());
     }
 
@@ -548,8 +594,10 @@ mod tests {
         let mut tap = UsageTap::new(
             Endpoint::ChatCompletions,
             false,
-            Box::new(move |u: Option<Usage>, durable| {
-                tx.send((u.map(|u| u.total()), durable)).expect("send");
+            0,
+            Box::new(move |r: Report| {
+                tx.send((r.usage.map(|u| u.total()), r.durable))
+                    .expect("send");
                 let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
                 let _ = ack_tx.send(true);
                 Some(ack_rx)

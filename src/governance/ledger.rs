@@ -161,6 +161,8 @@ pub struct UsageRow {
     pub cost: Decimal,
     /// Requests whose cost is unknown (no price, or no usage reported).
     pub unpriced_requests: i64,
+    /// Requests whose usage is the gateway's estimate (a stream cut before its report).
+    pub estimated_requests: i64,
 }
 
 impl Store {
@@ -256,7 +258,8 @@ impl Store {
                 CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT),
                 CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT),
                 CAST(COALESCE(SUM(cost_pusd), 0) AS BIGINT),
-                CAST(SUM(CASE WHEN cost_pusd IS NULL THEN 1 ELSE 0 END) AS BIGINT)
+                CAST(SUM(CASE WHEN cost_pusd IS NULL THEN 1 ELSE 0 END) AS BIGINT),
+                CAST(SUM(estimated) AS BIGINT)
              FROM usage_ledger WHERE tenant = $1 AND at_ms >= $2 AND at_ms < $3
              GROUP BY 1 ORDER BY 1"
         );
@@ -280,6 +283,7 @@ impl Store {
                     cost: Decimal::from_i128_with_scale(i128::from(row.try_get::<i64, _>(7)?), 12)
                         .normalize(),
                     unpriced_requests: row.try_get(8)?,
+                    estimated_requests: row.try_get(9)?,
                 });
             }
             out

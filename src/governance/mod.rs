@@ -411,10 +411,14 @@ impl Meter {
     ) -> crate::api::usage::OnUsage {
         let template = self.usage_record(decision, endpoint, stream, None, false);
         let meter = self.clone();
-        Box::new(move |usage, durable| {
-            let record = UsageRecord { usage, ..template };
+        Box::new(move |report: crate::api::usage::Report| {
+            let record = UsageRecord {
+                usage: report.usage,
+                estimated: report.estimated,
+                ..template
+            };
             let reservation = meter.take_reservation();
-            let (tx, rx) = match (durable, &meter.governance.ledger) {
+            let (tx, rx) = match (report.durable, &meter.governance.ledger) {
                 (true, Some(_)) => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     (Some(tx), Some(rx))

@@ -341,7 +341,7 @@ async fn attempt(
         }
     }
     let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
-    let tap = (meter, hide_usage);
+    let tap = (meter, hide_usage, (front.raw.len() as u64).div_ceil(4));
     Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter, tap)))
 }
 
@@ -542,7 +542,11 @@ fn ending_hook(
 /// `on_end`, after recording the answer's usage (`governance`).
 fn metered(on_end: OnEnd, on_usage: usage::OnUsage) -> OnEnd {
     Box::new(move |reply: &Reply, ending: Ending| {
-        on_usage(reply.usage, false);
+        on_usage(usage::Report {
+            usage: reply.usage,
+            estimated: false,
+            durable: false,
+        });
         on_end(reply, ending);
     })
 }
@@ -604,7 +608,7 @@ fn relay(
     decision: &Decision,
     upstream: UpstreamResponse,
     ids: Option<IdRewriter>,
-    (meter, hide_usage): (&Meter, bool),
+    (meter, hide_usage, input_estimate): (&Meter, bool, u64),
 ) -> HttpResponse {
     let UpstreamBody::Stream(rx) = upstream.body else {
         return relay_whole(upstream, ids);
@@ -612,6 +616,7 @@ fn relay(
     let tap = UsageTap::new(
         endpoint,
         hide_usage,
+        input_estimate,
         meter.on_usage(decision, endpoint, true),
     );
     let mut res = HttpResponse::build(upstream.status);

@@ -117,6 +117,7 @@ fn row_json(r: &UsageRow, group_by: GroupBy) -> serde_json::Value {
         "reasoning_tokens": r.reasoning_tokens,
         "cost_usd": r.cost.to_string(),
         "unpriced_requests": r.unpriced_requests,
+        "estimated_requests": r.estimated_requests,
     })
 }
 
