@@ -13,6 +13,12 @@ targets=(
     "api::stream::tests::any_split_relays_the_same_events_and_garbage_never_panics"
     "providers::openai::tests::first_event_errors_are_found_in_every_shape_and_garbage_never_panics"
     "error::tests::account_ids_are_redacted_and_nothing_else_changes"
+    "api::codec::tests::mutated_bodies_never_panic_in_either_codec"
+    "providers::gemini::stream::tests::random_splits_give_the_same_events"
+    "providers::gemini::stream::tests::error_events_truncation_and_garbage_are_errors"
+    "providers::gemini::tests::project_numbers_are_redacted_from_google_messages"
+    "providers::bedrock::tests::the_stream_decodes_the_same_however_it_is_split"
+    "providers::bedrock::tests::exceptions_truncation_and_garbage_are_errors"
 )
 cargo test --release --locked --lib --no-run
 failed=0

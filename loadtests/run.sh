@@ -56,10 +56,11 @@ GATEWAY_KEY="sk-bench"
 SCENARIOS=("plain:1" "plain:16" "plain:64" "stream:16")
 TARGETS=(direct nginx gateway)
 # The same gateway process, the same client request, routed to each other provider on the
-# emulator: Azure (passthrough on Azure's URLs), Gemini (translated). Measured at the bar's two
+# emulator: Azure (passthrough on Azure's URLs), Gemini (translated), Bedrock (translated and
+# SigV4-signed; the emulator verifies every signature). Measured at the bar's two
 # scenarios only; their CPU per request less the gateway's (OpenAI passthrough) is what
 # translation and signing cost.
-PROVIDER_TARGETS=(azure gemini)
+PROVIDER_TARGETS=(azure gemini bedrock)
 PROVIDER_SCENARIOS=("plain:64" "stream:16")
 
 # Noise control: other processes (a compile, a test run) on this machine skew every number.
@@ -288,8 +289,23 @@ name = "flash"
 provider = "gemini"
 model = "gpt-4o-mini"
 target_model = "gemini-2.5-flash"
+
+[providers.bedrock]
+type = "bedrock"
+region = "us-east-1"
+endpoint = "http://$EMU_ADDR"
+access_key_id_env = "BENCH_AWS_KEY_ID"
+secret_access_key_env = "BENCH_AWS_SECRET"
+
+[proxies.bedrock]
+[[proxies.bedrock.routes]]
+name = "claude"
+provider = "bedrock"
+model = "gpt-4o-mini"
+target_model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 EOF
     BENCH_OPENAI_KEY="$EMULATOR_KEY" BENCH_AZURE_KEY="$AZURE_KEY" BENCH_GEMINI_KEY="$GEMINI_KEY" \
+        BENCH_AWS_KEY_ID="AKIAEMULATORBEDROCK0" BENCH_AWS_SECRET="emulator/Bedrock/SecretAccessKey/000000000" \
         RUST_LOG=warn taskset -c "$PROXY_CORE" \
         "$bin" serve --tenants "$tenants" --listen 127.0.0.1:0 --workers 1 \
         >"$WORK/$name.log" 2>"$WORK/$name.err.log" &

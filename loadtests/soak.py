@@ -13,6 +13,9 @@ otherwise) on loopback, then sends requests at a fixed rate, each drawn from a m
     fault-429    upstream 429 with retry-after 0              -> 429
     fault-drop   stream the upstream drops after 3 chunks     -> 200 ending in an error event
     bad-json     a body that is not JSON                      -> 400
+    gemini       chat, streaming, translated to Gemini        -> 200 ending in [DONE]
+    bedrock      Responses, non-streaming, translated to Bedrock (SigV4) and stored
+                                                              -> 200 response object
 
 Every request's outcome is checked against its kind; anything else counts as an error. Every
 `--sample` seconds the gateway's RSS, open file descriptors and established connections to
@@ -37,11 +40,15 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 EMULATOR_KEY = "sk-emulator-openai"
+GEMINI_KEY = "AIzaSy-switchyard-emulator-gemini-key0"
+AWS_KEY_ID = "AKIAEMULATORBEDROCK0"
+AWS_SECRET = "emulator/Bedrock/SecretAccessKey/000000000"
 KEY = "sk-soak"
 
 MIX = [  # (kind, weight)
     ("plain", 40), ("stream", 20), ("responses", 10), ("hangup", 8), ("slow-hangup", 2),
     ("fault-503", 5), ("fault-429", 5), ("fault-drop", 5), ("bad-json", 5),
+    ("gemini", 5), ("bedrock", 5),
 ]
 
 
@@ -73,6 +80,10 @@ def request_for(kind):
         "fault-429": lambda: chat("[emulator:status=429,retry_after=0] Hello"),
         "fault-drop": lambda: chat("[emulator:drop=3] Hello", True),
         "bad-json": lambda: ("/soak/chat/v1/chat/completions", "{not json"),
+        "gemini": lambda: ("/soak/gemini/v1/chat/completions", json.dumps(
+            {"model": "gemini-2.5-flash", "stream": True, "messages": [{"role": "user", "content": "Hello"}]})),
+        "bedrock": lambda: ("/soak/claude/v1/responses",
+                            json.dumps({"model": "claude", "input": "Hello"})),
     }[kind]()
 
 
@@ -86,6 +97,8 @@ def expected(kind, status, body):
         "fault-429": status == 429,
         "fault-drop": status == 200 and "upstream_stream_interrupted" in text and "[DONE]" not in text,
         "bad-json": status == 400 and "invalid_json" in text,
+        "gemini": status == 200 and text.rstrip().endswith("data: [DONE]"),
+        "bedrock": status == 200 and '"object":"response"' in text and '"status":"completed"' in text,
     }[kind]
 
 
@@ -213,9 +226,37 @@ circuit_failures = 0
 name = "mini"
 provider = "openai"
 model = "gpt-4o-mini"
+[providers.gemini]
+type = "gemini"
+base_url = "http://{emu_addr}"
+api_key_env = "SOAK_GEMINI_KEY"
+max_retries = 1
+[proxies.gemini]
+[[proxies.gemini.routes]]
+name = "flash"
+provider = "gemini"
+model = "gemini-2.5-flash"
+[providers.bedrock]
+type = "bedrock"
+region = "us-east-1"
+endpoint = "http://{emu_addr}"
+access_key_id_env = "SOAK_AWS_KEY_ID"
+secret_access_key_env = "SOAK_AWS_SECRET"
+max_retries = 1
+[proxies.claude]
+[[proxies.claude.routes]]
+name = "claude"
+provider = "bedrock"
+model = "claude"
+target_model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 """)
-    gw, gw_addr = spawn([a.bin, "serve", "--tenants", tenants, "--listen", "127.0.0.1:0", "--workers", "1"],
-                        {"SOAK_OPENAI_KEY": EMULATOR_KEY}, "switchyard listening on ")
+    # A small response store, so it fills up during the warm-up and the soak shows it stays
+    # within its bound (Bedrock's Responses answers are stored).
+    gw, gw_addr = spawn([a.bin, "serve", "--tenants", tenants, "--listen", "127.0.0.1:0", "--workers", "1",
+                         "--response-store-mib", "2"],
+                        {"SOAK_OPENAI_KEY": EMULATOR_KEY, "SOAK_GEMINI_KEY": GEMINI_KEY,
+                         "SOAK_AWS_KEY_ID": AWS_KEY_ID, "SOAK_AWS_SECRET": AWS_SECRET},
+                        "switchyard listening on ")
     try:
         counts, samples = asyncio.run(soak(gw_addr, gw.pid, int(emu_addr.rsplit(":", 1)[1]),
                                            a.duration, a.rate, a.sample, warmup))

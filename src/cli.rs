@@ -252,7 +252,8 @@ pub struct EmulateArgs {
     /// The only Gemini key the emulator accepts.
     #[arg(long, default_value = crate::emulator::DEFAULT_GEMINI_KEY, env = "SWITCHYARD_EMULATOR_GEMINI_KEY")]
     pub gemini_key: String,
-    /// The region Bedrock SigV4 signatures must be scoped to.
+    /// The region Bedrock SigV4 signatures must be scoped to (`*`: any region, each
+    /// signature verified with its own scope's region).
     #[arg(long, default_value = crate::emulator::DEFAULT_BEDROCK_REGION, env = "SWITCHYARD_EMULATOR_BEDROCK_REGION")]
     pub bedrock_region: String,
     /// HTTP worker threads (0: one per available core).

@@ -166,6 +166,8 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             let addr = local_addr(&l);
             let config = EmulatorConfig {
                 workers: 1,
+                // Tenants keep their own Bedrock regions: the emulator stands in for them all.
+                bedrock_region: emulator::ANY_BEDROCK_REGION.to_owned(),
                 ..EmulatorConfig::default()
             };
             actix_web::rt::spawn(emulator::server(config, l)?);

@@ -252,6 +252,33 @@ async fn converse_has_the_real_shape() {
     );
 }
 
+/// `outputConfig.textFormat` (structured output): the schema travels as a JSON string; the
+/// answer is then a JSON object. A schema given as an object is refused as AWS's parser does.
+#[actix_web::test]
+async fn structured_output_takes_the_schema_as_a_string() {
+    let addr = start();
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string"}}});
+    let mut asked = body();
+    asked["outputConfig"] = json!({"textFormat": {"type": "json_schema", "structure": {
+        "jsonSchema": {"schema": schema.to_string(), "name": "answer"}}}});
+    let got = signed(addr, &converse_path(), &asked, &[]).await.json();
+    let text = got["output"]["message"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or("");
+    let answer: Value = serde_json::from_str(text).expect("a JSON answer");
+    assert_eq!(answer, json!({"answer": DEFAULT_TEXT}));
+
+    let mut object = asked.clone();
+    object["outputConfig"]["textFormat"]["structure"]["jsonSchema"]["schema"] = schema;
+    let reply = signed(addr, &converse_path(), &object, &[]).await;
+    let message = aws_error(&reply, 400, "SerializationException");
+    assert!(message.starts_with("Expected a string at"), "{message}");
+    let mut kind = asked;
+    kind["outputConfig"]["textFormat"]["type"] = json!("json_object");
+    let reply = signed(addr, &converse_path(), &kind, &[]).await;
+    aws_error(&reply, 400, "ValidationException");
+}
+
 #[actix_web::test]
 async fn converse_stream_frames_in_order() {
     let addr = start();
@@ -502,6 +529,47 @@ async fn sigv4_is_verified() {
 // ---------------------------------------------------------------------------------------------
 // Validation.
 // ---------------------------------------------------------------------------------------------
+
+/// With `bedrock_region = "*"` (what `serve --emulator` runs), a signature scoped to any
+/// region is verified with that region: a good one passes, a wrong secret still fails.
+#[actix_web::test]
+async fn any_region_mode_verifies_with_the_scope_region() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let addr = listener.local_addr().expect("local address");
+    let config = switchyard::emulator::EmulatorConfig {
+        workers: 1,
+        bedrock_region: switchyard::emulator::ANY_BEDROCK_REGION.to_owned(),
+        ..Default::default()
+    };
+    actix_web::rt::spawn(switchyard::emulator::server(config, listener).expect("emulator starts"));
+    let path = converse_path();
+    let bytes = serde_json::to_vec(&body()).expect("JSON");
+    for region in ["eu-west-3", "ap-southeast-2", DEFAULT_BEDROCK_REGION] {
+        let signer = Signer {
+            region,
+            ..Signer::default()
+        };
+        let headers = signer.headers(addr, &path, &bytes);
+        let reply = send_raw(addr, &path, bytes.clone(), &headers).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{region}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let wrong = Signer {
+        region: "eu-west-3",
+        secret: "not-the-secret",
+        ..Signer::default()
+    };
+    let headers = wrong.headers(addr, &path, &bytes);
+    let reply = send_raw(addr, &path, bytes.clone(), &headers).await;
+    assert_eq!(
+        aws_error(&reply, 403, "InvalidSignatureException"),
+        MISMATCH
+    );
+}
 
 #[actix_web::test]
 async fn refuses_what_bedrock_refuses() {

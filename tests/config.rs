@@ -427,8 +427,7 @@ fn an_empty_tenants_directory_fails_validate_and_serve_warns() {
     );
 }
 
-/// Each provider type becomes its own settings and credentials, with its defaults; Gemini and
-/// Bedrock tables that are right in every field are refused only for their type.
+/// Each provider type becomes its own settings and credentials, with its defaults.
 #[test]
 fn each_provider_type_validates_into_its_own_settings_and_credentials() {
     use config::{AzureApi, CredentialSource, ProviderSettings};
@@ -487,27 +486,57 @@ fn each_provider_type_validates_into_its_own_settings_and_credentials() {
         ]
     );
 
+    // Gemini and Bedrock are served too: Gemini's base URL and API version default, a
+    // Bedrock region names the default endpoint, and either Bedrock credential form.
     let later = format!(
         "{head}[providers.gem]\ntype = \"gemini\"\napi_key_env = \"G\"\n\n\
          [providers.br]\ntype = \"bedrock\"\nregion = \"eu-west-1\"\naccess_key_id_env = \"A\"\nsecret_access_key_env = \"S\"\nsession_token_env = \"T\"\n\n\
          [providers.brkey]\ntype = \"bedrock\"\nregion = \"us-east-1\"\napi_key_env = \"B\"\nendpoint = \"https://vpce.example\"\n"
     );
     fs::write(dir.path().join("t.toml"), later).expect("write");
-    let errors = config::load_dir(dir.path()).expect_err("not served yet");
-    let shown: Vec<(&str, &str)> = errors
+    let specs = config::load_dir(dir.path()).expect("valid");
+    let providers: Vec<_> = specs[0]
+        .providers
         .iter()
-        .map(|e| (e.path.as_str(), e.reason.as_str()))
+        .map(|p| {
+            (
+                p.name.as_str(),
+                p.settings.clone(),
+                p.base_url.as_str(),
+                p.credentials.clone(),
+            )
+        })
         .collect();
     assert_eq!(
-        shown,
+        providers,
         [
             (
-                "providers.br.type",
-                "provider type \"bedrock\" is not available in this build yet (available: openai, azure_openai, gemini)"
+                "br",
+                ProviderSettings::Bedrock {
+                    region: "eu-west-1".into()
+                },
+                "https://bedrock-runtime.eu-west-1.amazonaws.com",
+                CredentialSource::Aws {
+                    access_key_id_env: "A".into(),
+                    secret_access_key_env: "S".into(),
+                    session_token_env: Some("T".into())
+                }
             ),
             (
-                "providers.brkey.type",
-                "provider type \"bedrock\" is not available in this build yet (available: openai, azure_openai, gemini)"
+                "brkey",
+                ProviderSettings::Bedrock {
+                    region: "us-east-1".into()
+                },
+                "https://vpce.example",
+                CredentialSource::ApiKey { env: "B".into() }
+            ),
+            (
+                "gem",
+                ProviderSettings::Gemini {
+                    api_version: "v1beta".into()
+                },
+                "https://generativelanguage.googleapis.com",
+                CredentialSource::ApiKey { env: "G".into() }
             ),
         ]
     );

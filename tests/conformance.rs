@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 
 /// The providers under test: (proxy, provider kind). Every proxy routes its one model to its
 /// provider on the emulator; `bad-<proxy>` does the same with credentials the emulator refuses.
-const PROVIDERS: &[&str] = &["openai", "azure", "gemini"];
+const PROVIDERS: &[&str] = &["openai", "azure", "gemini", "bedrock"];
 /// The providers whose wire is not the front API (the request goes through the canonical
 /// conversation model).
-const TRANSLATED: &[&str] = &["gemini"];
+const TRANSLATED: &[&str] = &["gemini", "bedrock"];
 
 fn tenant() -> String {
     let mut t = format!(
@@ -58,6 +58,23 @@ base_url_env = "C_ROOT_URL"
 api_key_env = "C_GEMINI_{key_env}"
 max_retries = 1
 circuit_failures = 0
+
+[providers.{name}bedrock]
+type = "bedrock"
+region = "us-east-1"
+endpoint = "http://127.0.0.1:1"
+base_url_env = "C_ROOT_URL"
+access_key_id_env = "C_AWS_ID"
+secret_access_key_env = "C_AWS_{key_env}"
+max_retries = 1
+circuit_failures = 0
+
+[proxies.{name}bedrock]
+[[proxies.{name}bedrock.routes]]
+name = "main"
+provider = "{name}bedrock"
+model = "gpt-4o"
+target_model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 
 [proxies.{name}openai]
 [[proxies.{name}openai.routes]]
@@ -97,6 +114,15 @@ fn start() -> (Running, Gateway) {
             switchyard::emulator::DEFAULT_GEMINI_KEY.to_owned(),
         ),
         ("C_GEMINI_BAD_KEY", "AIza-wrong".to_owned()),
+        (
+            "C_AWS_ID",
+            switchyard::emulator::DEFAULT_BEDROCK_ACCESS_KEY_ID.to_owned(),
+        ),
+        (
+            "C_AWS_KEY",
+            switchyard::emulator::DEFAULT_BEDROCK_SECRET_ACCESS_KEY.to_owned(),
+        ),
+        ("C_AWS_BAD_KEY", "wrong/aws/secret".to_owned()),
     ];
     let gw = Gateway::start(&[("a", tenant())], &env, &[]);
     (emu, gw)

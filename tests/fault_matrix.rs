@@ -1,5 +1,5 @@
 //! The fault matrix: every upstream fault, through every provider kind the gateway serves,
-//! generated from one list.
+//! generated from one list (Bedrock's stream faults in its eventstream framing).
 //!
 //! Each cell starts a scripted upstream ([`stub`], which counts requests exactly) as the
 //! provider of route `big` (`max_retries = 1`, 1 s timeouts), with route `backup` on the
@@ -138,6 +138,8 @@ fn faulty_provider(kind: &str, circuit: u32) -> String {
             "type = \"azure_openai\"\nendpoint = \"https://example.openai.azure.com\"\napi_version = \"2025-03-01-preview\"\n{common}"
         ),
         "gemini" => format!("type = \"gemini\"\n{common}"),
+        // A Bedrock API key (Bearer): the stub checks no signature.
+        "bedrock" => format!("type = \"bedrock\"\nregion = \"us-east-1\"\n{common}"),
         other => panic!("no provider kind {other} in the matrix"),
     }
 }
@@ -253,9 +255,15 @@ async fn run_matrix(kind: &str) {
     let emu = emulator();
     let mut failures = Vec::new();
     for cell in CELLS {
-        let upstream = stub::stub(cell.script);
+        let script = match kind {
+            "bedrock" => eventstream::script(cell.fault).unwrap_or(cell.script),
+            _ => cell.script,
+        };
+        let upstream = stub::stub(script);
         let base = match kind {
-            "azure_openai" | "gemini" => upstream.base.trim_end_matches("/v1").to_owned(),
+            "azure_openai" | "gemini" | "bedrock" => {
+                upstream.base.trim_end_matches("/v1").to_owned()
+            }
             _ => upstream.base.clone(),
         };
         let gw = Gateway::start(
@@ -321,4 +329,115 @@ async fn every_fault_through_azure_openai() {
 #[actix_web::test]
 async fn every_fault_through_gemini() {
     run_matrix("gemini").await;
+}
+
+/// Bedrock streams are eventstream frames, not SSE: its stream cells run these scripts (the
+/// same faults in ConverseStream's framing); the others (statuses, timeouts, broken bodies) do
+/// not depend on the framing and run as they are.
+#[actix_web::test]
+async fn every_fault_through_bedrock() {
+    run_matrix("bedrock").await;
+}
+
+mod eventstream {
+    use super::Script;
+    use aws_smithy_eventstream::frame::write_message_to;
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// The eventstream script for a stream cell's fault, by the cell's name.
+    pub fn script(fault: &str) -> Option<Script> {
+        Some(match fault {
+            "slow first byte" => silent,
+            "error event before content" => error_first,
+            "mid-stream error" => error_after_first,
+            "dropped mid-stream" => drop_after_first,
+            _ => return None,
+        })
+    }
+
+    fn frame(kind: (&'static str, &'static str), payload: &str) -> Vec<u8> {
+        let message_type = if kind.0 == ":exception-type" {
+            "exception"
+        } else {
+            "event"
+        };
+        let headers = vec![
+            Header::new(kind.0, HeaderValue::String(kind.1.into())),
+            Header::new(
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ),
+            Header::new(":message-type", HeaderValue::String(message_type.into())),
+        ];
+        let mut out = Vec::new();
+        write_message_to(
+            &Message::new_from_parts(headers, payload.as_bytes().to_vec()),
+            &mut out,
+        )
+        .expect("frame");
+        out
+    }
+
+    fn head(conn: &mut TcpStream) {
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/vnd.amazon.eventstream\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+    }
+
+    fn chunk(conn: &mut TcpStream, bytes: &[u8]) {
+        let _ = conn.write_all(format!("{:x}\r\n", bytes.len()).as_bytes());
+        let _ = conn.write_all(bytes);
+        let _ = conn.write_all(b"\r\n");
+    }
+
+    /// `messageStart` and one text delta.
+    fn start_and_first(conn: &mut TcpStream) {
+        head(conn);
+        let mut bytes = frame((":event-type", "messageStart"), r#"{"role":"assistant"}"#);
+        bytes.extend(frame(
+            (":event-type", "contentBlockDelta"),
+            r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#,
+        ));
+        chunk(conn, &bytes);
+    }
+
+    fn exception() -> Vec<u8> {
+        frame(
+            (":exception-type", "modelStreamErrorException"),
+            r#"{"message":"The model had an error."}"#,
+        )
+    }
+
+    /// A 200 stream that sends nothing for 3 s, then ends.
+    fn silent(conn: &mut TcpStream) {
+        head(conn);
+        std::thread::sleep(Duration::from_secs(3));
+        let _ = conn.write_all(b"0\r\n\r\n");
+    }
+
+    /// `messageStart`, then an exception before any content.
+    fn error_first(conn: &mut TcpStream) {
+        head(conn);
+        let mut bytes = frame((":event-type", "messageStart"), r#"{"role":"assistant"}"#);
+        bytes.extend(exception());
+        chunk(conn, &bytes);
+        let _ = conn.write_all(b"0\r\n\r\n");
+    }
+
+    /// One content frame, then an exception frame, then the end.
+    fn error_after_first(conn: &mut TcpStream) {
+        start_and_first(conn);
+        chunk(conn, &exception());
+        let _ = conn.write_all(b"0\r\n\r\n");
+    }
+
+    /// One content frame, then the connection drops.
+    fn drop_after_first(conn: &mut TcpStream) {
+        start_and_first(conn);
+        std::thread::sleep(Duration::from_millis(50));
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+    }
 }

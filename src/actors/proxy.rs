@@ -278,6 +278,21 @@ fn same_semantics(a: &Proxy, b: &Proxy) -> bool {
     a.routing == b.routing && key(a) == key(b)
 }
 
+/// Tests only: makes the actor panic inside a handler, as a bug would.
+#[cfg(test)]
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub(crate) struct Crash;
+
+#[cfg(test)]
+impl Handler<Crash> for ProxyActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Crash, _ctx: &mut Self::Context) {
+        panic!("a bug in proxy {}", self.proxy.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -281,4 +281,42 @@ mod tests {
             "same actor, updated in place"
         );
     }
+
+    #[actix_web::test]
+    async fn a_panicking_proxy_actor_is_restarted_and_the_others_never_notice() {
+        let directory = DirectoryHandle::default();
+        let sup = Supervisor::new(directory.clone()).start();
+        assert_eq!(sup.send(ApplySnapshot(snapshot(2))).await.ok(), Some(Ok(2)));
+        let decide = || Decide {
+            model: Some("m".into()),
+            text: None,
+        };
+        let dir = directory.current();
+        let (p0, p1) = (
+            dir.tenants["t"].proxies["p0"].addr.clone(),
+            dir.tenants["t"].proxies["p1"].addr.clone(),
+        );
+        // The message in hand gets no answer (the data plane turns that into a 503 and
+        // reports the proxy to the supervisor)…
+        assert!(p0.send(super::super::proxy::Crash).await.is_err());
+        assert!(!p0.connected(), "the panic stopped p0");
+        assert!(p0.send(decide()).await.is_err());
+        // …the other proxy never noticed…
+        assert!(matches!(p1.send(decide()).await, Ok(Ok(_))));
+        // …and once reported, p0 is a new actor, published in the directory, answering.
+        sup.send(RestartProxy {
+            tenant: "t".into(),
+            proxy: "p0".into(),
+        })
+        .await
+        .expect("supervisor mailbox");
+        let restarted = directory.current().tenants["t"].proxies["p0"].addr.clone();
+        assert!(restarted != p0, "a new actor");
+        assert!(matches!(restarted.send(decide()).await, Ok(Ok(_))));
+        assert_eq!(
+            directory.current().tenants["t"].proxies["p1"].addr,
+            p1,
+            "p1 was left alone"
+        );
+    }
 }

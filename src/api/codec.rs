@@ -244,3 +244,91 @@ pub fn sse_event(out: &mut BytesMut, name: &str, data: &Value) {
     out.put_slice(b"\n");
     sse_data(out, data);
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::api::canonical::{FinishReason, Part, Reply, ToolCall, Usage, events_of};
+    use crate::api::{chat, responses};
+    use bytes::BytesMut;
+
+    /// Mutated chat and Responses bodies: decoding never panics, and whatever decodes encodes
+    /// a reply (whole and streamed) into JSON that parses.
+    #[test]
+    fn mutated_bodies_never_panic_in_either_codec() {
+        let seeds: [&[u8]; 2] = [
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"max_tokens":5,"stop":["x"],"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"h\u00e9"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AA=="}}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"r"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"tool_choice":{"type":"function","function":{"name":"f"}},"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{}}}}"#,
+            br#"{"model":"m","instructions":"i","input":[{"role":"user","content":[{"type":"input_text","text":"q"}]},{"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c1","output":"o"}],"tools":[{"type":"function","name":"f","parameters":{}}],"text":{"format":{"type":"json_object"}},"max_output_tokens":16,"store":false}"#,
+        ];
+        let reply = Reply {
+            parts: vec![
+                Part::text("a\u{e9}"),
+                Part::ToolCall(ToolCall {
+                    id: "c".into(),
+                    name: "f".into(),
+                    arguments: "{}".into(),
+                    signature: Some("s".into()),
+                }),
+            ],
+            finish: FinishReason::ToolCalls,
+            usage: Some(Usage::default()),
+            ..Reply::default()
+        };
+        let mut fuzz = crate::fuzz::Budget::new("front codecs", 5_000);
+        let alphabet: &[u8] = b"{}[]\",:0123456789ntrufalse \\";
+        let (mut chats, mut responses_ok) = (0, 0);
+        while fuzz.more() {
+            let rng = &mut fuzz.rng;
+            let which = rng.usize(..2);
+            let mut body = seeds[which].to_vec();
+            for _ in 0..rng.usize(1..4) {
+                let at = rng.usize(..body.len());
+                match rng.u8(..3) {
+                    0 => body[at] = alphabet[rng.usize(..alphabet.len())],
+                    1 => body.insert(at, alphabet[rng.usize(..alphabet.len())]),
+                    _ => {
+                        body.remove(at);
+                    }
+                }
+            }
+            let mut out = BytesMut::new();
+            if which == 0 {
+                if let Ok((_, options)) = chat::decode(&body) {
+                    chats += 1;
+                    let stamp = chat::Stamp::new("m");
+                    let whole: serde_json::Value =
+                        serde_json::from_slice(&chat::encode(&reply, &stamp)).expect("json");
+                    assert_eq!(whole["object"], "chat.completion");
+                    let mut enc = chat::ChatStream::new(stamp, options);
+                    for e in events_of(&reply) {
+                        super::FrontEncoder::push(&mut enc, &e, &mut out);
+                    }
+                    super::FrontEncoder::finish(&mut enc, &mut out);
+                }
+            } else if let Ok((_, options)) = responses::decode(&body, None, &[]) {
+                responses_ok += 1;
+                assert_eq!(
+                    responses::encode(&reply, &options, "m")["object"],
+                    "response"
+                );
+                let mut enc = responses::ResponsesStream::new(options, "m");
+                for e in events_of(&reply) {
+                    super::FrontEncoder::push(&mut enc, &e, &mut out);
+                }
+                super::FrontEncoder::finish(&mut enc, &mut out);
+            }
+            for line in out[..].split(|b| *b == b'\n') {
+                if let Some(data) = line
+                    .strip_prefix(b"data: ".as_slice())
+                    .filter(|d| d.starts_with(b"{"))
+                {
+                    serde_json::from_slice::<serde_json::Value>(data).expect("event json");
+                }
+            }
+        }
+        eprintln!("{} rounds", fuzz.rounds_done());
+        assert!(
+            chats > 0 && responses_ok > 0,
+            "some mutants must decode: {chats} {responses_ok}"
+        );
+    }
+}

@@ -738,6 +738,7 @@ const SERVED_KINDS: &[ProviderKind] = &[
     ProviderKind::OpenAi,
     ProviderKind::AzureOpenAi,
     ProviderKind::Gemini,
+    ProviderKind::Bedrock,
 ];
 
 /// Refuses every field set on `p` that belongs to another kind of provider.

@@ -49,6 +49,9 @@ pub const DEFAULT_BEDROCK_SECRET_ACCESS_KEY: &str = "emulator/Bedrock/SecretAcce
 pub const DEFAULT_BEDROCK_SESSION_TOKEN: &str = "emulator-bedrock-session-token";
 /// The region SigV4 signatures must be scoped to.
 pub const DEFAULT_BEDROCK_REGION: &str = "us-east-1";
+/// A `bedrock_region` that stands in for every region: a signature scoped to any region is
+/// verified with that region (what `serve --emulator` uses, since tenants name their own).
+pub const ANY_BEDROCK_REGION: &str = "*";
 /// The Bedrock API key (`Authorization: Bearer`, as `AWS_BEARER_TOKEN_BEDROCK`) accepted
 /// instead of SigV4. Real ones start with `ABSK`.
 pub const DEFAULT_BEDROCK_API_KEY: &str = "ABSKemulator-bedrock-api-key";
@@ -64,7 +67,7 @@ pub struct EmulatorConfig {
     pub azure_api_key: String,
     pub azure_entra_token: String,
     /// The credentials, session token and region SigV4 signatures on the Bedrock routes are
-    /// verified against.
+    /// verified against ([`ANY_BEDROCK_REGION`] for any region).
     pub bedrock_access_key_id: String,
     pub bedrock_secret_access_key: String,
     pub bedrock_session_token: String,

@@ -12,6 +12,7 @@
 //! name no provider. Nothing of a provider's wire types leaves its folder.
 
 pub mod azure_openai;
+pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 
@@ -226,7 +227,7 @@ pub fn adapter(kind: ProviderKind) -> Option<&'static dyn Adapter> {
         ProviderKind::OpenAi => Some(&openai::OpenAi),
         ProviderKind::AzureOpenAi => Some(&azure_openai::AzureOpenAi),
         ProviderKind::Gemini => Some(&gemini::Gemini),
-        ProviderKind::Bedrock => None,
+        ProviderKind::Bedrock => Some(&bedrock::Bedrock),
     }
 }
 

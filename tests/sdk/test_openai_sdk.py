@@ -276,3 +276,107 @@ def test_gemini_errors_reach_the_sdk_as_its_exception_types(gateway):
     with pytest.raises(openai.APIError):
         for _ in stream:
             pass
+
+
+# Claude on Amazon Bedrock behind the gateway (route `claude` of acme's `assistant`, Converse
+# translated from and to the OpenAI API; the emulator verifies the gateway's SigV4).
+
+CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+WEATHER = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}]
+
+
+def test_bedrock_chat_streaming_and_not(gateway):
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="claude", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    )
+    assert raw.headers["x-switchyard-route"] == "claude"
+    assert raw.headers["x-switchyard-provider"] == "bedrock"
+    completion = raw.parse()
+    assert completion.model == CLAUDE
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].message.content
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    chunks = list(client(gateway).chat.completions.create(
+        model="claude",
+        messages=[{"role": "user", "content": "Stream a sentence"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    ))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_bedrock_tool_calls_round_trip_streaming_and_not(gateway):
+    c = client(gateway)
+    first = c.chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=WEATHER,
+        tool_choice="required",
+    )
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]
+    assert call.id.startswith("tooluse_") and call.function.name == "get_weather"
+    assert "city" in call.function.arguments
+    second = c.chat.completions.create(
+        model="claude",
+        tools=WEATHER,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'},
+        ],
+    )
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content
+    chunks = list(c.chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=WEATHER,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True,
+    ))
+    deltas = [tc for ch in chunks if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])]
+    assert deltas[0].id.startswith("tooluse_") and deltas[0].function.name == "get_weather"
+    assert "city" in "".join(d.function.arguments or "" for d in deltas)
+
+
+def test_bedrock_responses_with_previous_response_id_and_stream(gateway):
+    c = client(gateway)
+    first = c.responses.create(model="claude", input="Hello", instructions="Be brief.")
+    assert first.status == "completed"
+    assert first.model == CLAUDE
+    assert first.output_text
+    follow = c.responses.create(model="claude", input="And then?", previous_response_id=first.id)
+    assert follow.previous_response_id == first.id
+    assert follow.output_text
+    events = list(c.responses.create(model="claude", input="Stream please", stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.usage.output_tokens > 0
+
+
+def test_bedrock_errors_reach_the_sdk_as_its_exception_types(gateway):
+    with pytest.raises(openai.RateLimitError) as err:
+        client(gateway, max_retries=0).chat.completions.create(
+            model="claude", messages=[{"role": "user", "content": "[emulator:status=429] hi"}]
+        )
+    assert err.value.code == "ThrottlingException"
+    with pytest.raises(openai.BadRequestError) as err:
+        client(gateway, max_retries=0).chat.completions.create(
+            model="claude", messages=[{"role": "user", "content": "hi"}], temperature=1.5
+        )
+    assert err.value.code == "ValidationException"
+    stream = client(gateway).chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "[emulator:midstream_error=2] hi"}], stream=True
+    )
+    with pytest.raises(openai.APIError) as err:
+        for _ in stream:
+            pass
+    assert "modelStreamErrorException" in str(err.value)

@@ -13,6 +13,7 @@ PROVIDERS = [
     ("gpt-4o-mini", "mini", "openai"),
     ("gpt-4.1", "azure", "azure"),
     ("gemini-2.5-flash", "gemini", "gemini"),
+    ("claude", "claude", "bedrock"),
 ]
 
 TOOLS = [{

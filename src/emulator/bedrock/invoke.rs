@@ -135,6 +135,8 @@ pub(super) fn validate(root: &Map<String, Value>) -> Result<Plan<'_>, ApiError> 
     })?;
     Ok(Plan {
         limit: max_tokens,
+        // The Anthropic body's structured output is not emulated.
+        json: false,
         tool,
         input_tokens: stats.prompt_tokens(),
         cache_read: 0,

@@ -369,7 +369,7 @@ async fn answer(
         return Ok(exchange::whole(builder, &fault, json));
     }
     let plan = validate(&root)?;
-    let reply = Reply::plan(words(&fault), false, plan.tool, plan.limit);
+    let reply = Reply::plan(words(&fault), plan.json, plan.tool, plan.limit);
     let answer = Answer::new(&plan, &reply);
     if operation == Operation::ConverseStream {
         let frames = answer.frames(&fault, started)?;
@@ -394,6 +394,8 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// A validated Converse request, reduced to what the answer needs.
 struct Plan<'a> {
     limit: Option<u64>,
+    /// `outputConfig.textFormat` asked for JSON (a schema).
+    json: bool,
     tool: Option<FnTool<'a>>,
     input_tokens: u64,
     cache_read: u64,
@@ -467,6 +469,7 @@ fn validate(root: &Map<String, Value>) -> Result<Plan<'_>, ApiError> {
     let (last_is_user, points) = check_messages(messages, has_tool_config, &mut stats)?;
     cache_points += points;
     let limit = check_inference(root.get("inferenceConfig"))?;
+    let json = check_output_config(root.get("outputConfig"))?;
     let (declared, choice) = tools;
     let tool = pick_tool(&declared, choice, last_is_user).map_err(|name| {
         ApiError::invalid(format!(
@@ -475,6 +478,7 @@ fn validate(root: &Map<String, Value>) -> Result<Plan<'_>, ApiError> {
     })?;
     Ok(Plan {
         limit,
+        json,
         tool,
         input_tokens: stats.prompt_tokens(),
         cache_read: if cache_points > 0 { CACHED_TOKENS } else { 0 },
@@ -593,7 +597,7 @@ fn check_messages(
                     only(tool_use, &["toolUseId", "name", "input"])?;
                     let id = tool_use.get("toolUseId").and_then(Value::as_str);
                     let name = tool_use.get("name").and_then(Value::as_str);
-                    let (Some(id), Some(name)) = (id, name) else {
+                    let (Some(id), Some(_)) = (id, name) else {
                         return Err(ApiError::constraint(
                             "null",
                             &format!("{at}.toolUse.toolUseId"),
@@ -606,7 +610,8 @@ fn check_messages(
                              content.{j})."
                         )));
                     }
-                    stats.add(name);
+                    // The arguments count, not the name: as the OpenAI emulator counts a
+                    // tool call, so one conversation is one prompt size on every provider.
                     stats.add(
                         &tool_use
                             .get("input")
@@ -673,7 +678,12 @@ fn check_messages(
         open = uses;
         previous_role = role;
         last_is_user = role == "user" && !only_results;
-        stats.messages += 1;
+        // Each tool result counts as a message of its own, as OpenAI's `tool` messages do, so
+        // one conversation is one prompt size on every provider (Converse coalesces them).
+        stats.messages += results.len();
+        if !only_results || results.is_empty() {
+            stats.messages += 1;
+        }
     }
     Ok((last_is_user, cache_points))
 }
@@ -751,6 +761,58 @@ fn check_inference(config: Option<&Value>) -> Result<Option<u64>, ApiError> {
                 "Member must have value greater than or equal to 1",
             )),
         },
+    }
+}
+
+/// `outputConfig`: `{textFormat: {type: "json_schema", structure: {jsonSchema: {schema, name?,
+/// description?}}}, effort?}` (`OutputConfig`, `OutputFormat`, `JsonSchemaDefinition`), where
+/// `schema` is a JSON Schema *as a string*. Returns whether a JSON answer was asked for.
+fn check_output_config(config: Option<&Value>) -> Result<bool, ApiError> {
+    let Some(config) = config.filter(|c| !c.is_null()) else {
+        return Ok(false);
+    };
+    let config = object(config, "outputConfig")?;
+    only(config, &["textFormat", "effort"])?;
+    let Some(format) = config.get("textFormat").filter(|f| !f.is_null()) else {
+        return Ok(false);
+    };
+    let format = object(format, "outputConfig.textFormat")?;
+    only(format, &["type", "structure"])?;
+    let kind = format.get("type").and_then(Value::as_str).unwrap_or("null");
+    if kind != "json_schema" {
+        return Err(ApiError::constraint(
+            &format!("'{kind}'"),
+            "outputConfig.textFormat.type",
+            "Member must satisfy enum value set: [json_schema]",
+        ));
+    }
+    let structure = object(
+        format.get("structure").unwrap_or(&Value::Null),
+        "outputConfig.textFormat.structure",
+    )?;
+    only(structure, &["jsonSchema"])?;
+    let definition = object(
+        structure.get("jsonSchema").unwrap_or(&Value::Null),
+        "outputConfig.textFormat.structure.jsonSchema",
+    )?;
+    only(definition, &["schema", "name", "description"])?;
+    let Some(Value::String(schema)) = definition.get("schema") else {
+        return Err(ApiError::new(
+            400,
+            "SerializationException",
+            format!(
+                "Expected a string at 'outputConfig.textFormat.structure.jsonSchema.schema', \
+                 found {}.",
+                definition.get("schema").unwrap_or(&Value::Null)
+            ),
+        ));
+    };
+    match serde_json::from_str::<Value>(schema) {
+        Ok(Value::Object(_)) => Ok(true),
+        _ => Err(ApiError::invalid(
+            "The JSON schema in outputConfig.textFormat.structure.jsonSchema.schema is not a \
+             JSON object.",
+        )),
     }
 }
 

@@ -1,6 +1,6 @@
 //! SigV4 verification for the Bedrock routes: parses the `Authorization: AWS4-HMAC-SHA256 …`
 //! header, checks the credential scope (the known access key, the configured region, service
-//! `bedrock`), the clock skew AWS allows (5 minutes) and the session token, then re-signs the
+//! `bedrock`; any region when configured with [`super::super::ANY_BEDROCK_REGION`]), the clock skew AWS allows (5 minutes) and the session token, then re-signs the
 //! request exactly as received (method, raw path and query, the headers it says it signed, the
 //! body) with `aws-sigv4` and the known secret, and compares signatures. Re-signing with the
 //! same crate a gateway is expected to use is deliberate: the emulator then accepts precisely
@@ -119,12 +119,19 @@ pub(super) fn verify(
             "Credential should be scoped to correct service: '{SERVICE}'. "
         )));
     }
-    if auth.region != keys.region {
+    // AWS checks the scope's region against the regional endpoint called. Standing in for
+    // every region (`serve --emulator`, where tenants name their own), the emulator takes the
+    // scope's region as the endpoint's and still verifies the signature with it.
+    let region = if keys.region == super::super::ANY_BEDROCK_REGION {
+        auth.region
+    } else if auth.region != keys.region {
         return Err(Refusal::Invalid(format!(
             "Credential should be scoped to a valid region. This region is {}, not '{}'.",
             keys.region, auth.region
         )));
-    }
+    } else {
+        keys.region.as_str()
+    };
     let amz_date = header("x-amz-date").ok_or_else(|| {
         Refusal::Incomplete(
             "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' \
@@ -202,7 +209,7 @@ pub(super) fn verify(
     settings.excluded_headers = None;
     let params = v4::SigningParams::builder()
         .identity(&identity)
-        .region(&keys.region)
+        .region(region)
         .name(SERVICE)
         .time(signed_at)
         .settings(settings)
