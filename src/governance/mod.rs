@@ -168,6 +168,19 @@ impl Governance {
     }
 }
 
+/// Whether the gateway may add `stream_options.include_usage` to a chat stream for this
+/// provider: OpenAI always; Azure OpenAI on the v1 API and on api-versions from 2024-09-01 on
+/// (older ones refuse the field, so their streams are billed at an estimate instead).
+pub fn can_ask_for_stream_usage(settings: &crate::config::ProviderSettings) -> bool {
+    use crate::config::{AzureApi, ProviderSettings};
+    match settings {
+        ProviderSettings::AzureOpenAi {
+            api: AzureApi::Deployments { api_version },
+        } => api_version.get(..10).is_some_and(|d| d >= "2024-09-01"),
+        _ => true,
+    }
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -195,8 +208,28 @@ pub async fn committed(ack: Ack) {
     }
 }
 
-/// Shared so the translated path and the usage tap hold it cheaply.
-pub type SharedGovernance = Arc<Governance>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AzureApi, ProviderSettings};
+
+    #[test]
+    fn old_azure_api_versions_are_not_sent_stream_options() {
+        let azure = |v: &str| ProviderSettings::AzureOpenAi {
+            api: AzureApi::Deployments {
+                api_version: v.to_owned(),
+            },
+        };
+        assert!(!can_ask_for_stream_usage(&azure("2024-06-01")));
+        assert!(!can_ask_for_stream_usage(&azure("2024-08-01-preview")));
+        assert!(can_ask_for_stream_usage(&azure("2024-09-01-preview")));
+        assert!(can_ask_for_stream_usage(&azure("2025-03-01-preview")));
+        assert!(can_ask_for_stream_usage(&ProviderSettings::AzureOpenAi {
+            api: AzureApi::V1
+        }));
+    }
+}
 
 /// One request's identity for its usage records, built once in the handler after
 /// authentication: the request path's one way into the ledger.

@@ -325,7 +325,8 @@ async fn attempt(
     };
     let mut request = providers::prepare(outgoing, decision, traceparent)?;
     // Streams must report usage; what the gateway asked for on the client's behalf is hidden.
-    let hide_usage = usage::ask_for_usage(endpoint, front.stream, &mut request.body);
+    let hide_usage = crate::governance::can_ask_for_stream_usage(&decision.provider.settings)
+        && usage::ask_for_usage(endpoint, front.stream, &mut request.body);
     let answer = send(req, decision, request, provider, span).await?;
     // A whole answer's usage is committed to the ledger before the answer goes out.
     if let Ok(UpstreamResponse {
