@@ -178,6 +178,7 @@ async fn cold_start(embedder: Arc<Embedder>, disk: Option<&std::path::Path>) -> 
         keys: vec![],
         providers: vec![provider()].into(),
         proxies,
+        governance: Default::default(),
     };
     let snapshot = Arc::new(Snapshot {
         tenants: BTreeMap::from([("bench".into(), Arc::new(tenant))]),

@@ -177,6 +177,18 @@ pub struct ServeArgs {
     /// How long a stored response stays available to `previous_response_id` and `GET`, in seconds.
     #[arg(long, default_value_t = 24 * 3600, env = "SWITCHYARD_RESPONSE_STORE_TTL_SECS")]
     pub response_store_ttl_secs: u64,
+    /// Where the usage ledger is kept: `sqlite://PATH` (embedded, the default), `postgres://…`
+    /// (shared by replicas) or `off`.
+    #[arg(
+        long,
+        default_value = "sqlite://switchyard-ledger.db",
+        env = "SWITCHYARD_LEDGER"
+    )]
+    pub ledger: String,
+    /// Redis for rate-limit counters shared by replicas (`redis://127.0.0.1:6379/`); counters
+    /// are kept in process when not given.
+    #[arg(long, env = "SWITCHYARD_REDIS")]
+    pub redis: Option<String>,
     /// Open connections allowed from one client address (0: no limit). Behind a load balancer
     /// every client shares its address: raise or disable this there.
     #[arg(long, default_value_t = crate::http::DEFAULT_MAX_CONNECTIONS_PER_CLIENT, env = "SWITCHYARD_MAX_CONNECTIONS_PER_CLIENT")]

@@ -63,6 +63,12 @@ pub enum GatewayError {
     /// 429: this client address holds too many connections already.
     #[error("too many connections from one client address (limit {limit})")]
     TooManyConnections { limit: usize },
+    /// 429: a tenant's or API key's rate limit (`governance::limits`).
+    #[error("{} rate limit of the {} exceeded", .0.kind.as_str(), .0.scope.as_str())]
+    RateLimited(Box<RateLimitExceeded>),
+    /// 429: a budget is spent (`governance`).
+    #[error("{message}")]
+    BudgetExhausted { message: String },
     /// 501: a configured feature this build does not serve yet.
     #[error("{message}")]
     NotImplemented { message: String },
@@ -146,6 +152,8 @@ impl GatewayError {
             | Self::PayloadTooLarge { .. }
             | Self::UnsupportedEncoding { .. }
             | Self::TooManyConnections { .. }
+            | Self::RateLimited(_)
+            | Self::BudgetExhausted { .. }
             | Self::ClientClosed => ErrorSource::Client,
             Self::Upstream(_)
             | Self::UpstreamCredentials { .. }
@@ -256,6 +264,24 @@ impl GatewayError {
                 "rate_limit_error",
                 None,
                 Some("too_many_connections"),
+            ),
+            Self::RateLimited(r) => (
+                format!(
+                    "Rate limit reached: this {} may send {} {} per minute. Retry in {} s.",
+                    r.scope.as_str(),
+                    r.limit,
+                    r.kind.as_str(),
+                    r.retry_after_secs()
+                ),
+                "rate_limit_error",
+                None,
+                Some("rate_limit_exceeded"),
+            ),
+            Self::BudgetExhausted { message } => (
+                message.clone(),
+                "insufficient_quota",
+                None,
+                Some("budget_exhausted"),
             ),
             Self::NotImplemented { message } => (message.clone(), "server_error", None, Some("not_implemented")),
             Self::Upstream(u) => {
@@ -407,6 +433,7 @@ impl ResponseError for GatewayError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::BudgetExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             Self::Upstream(u) => u.status,
             Self::UpstreamCredentials { .. }
@@ -464,6 +491,16 @@ impl ResponseError for GatewayError {
             Self::CircuitOpen { retry_in, .. } => {
                 res.insert_header((header::RETRY_AFTER, retry_in.as_secs().max(1).to_string()));
             }
+            Self::RateLimited(r) => {
+                let kind = r.kind.as_str();
+                res.insert_header((header::RETRY_AFTER, r.retry_after_secs().to_string()));
+                res.insert_header((format!("x-ratelimit-limit-{kind}"), r.limit.to_string()));
+                res.insert_header((format!("x-ratelimit-remaining-{kind}"), "0"));
+                res.insert_header((
+                    format!("x-ratelimit-reset-{kind}"),
+                    format!("{}s", r.retry_after_secs()),
+                ));
+            }
             _ => {}
         }
         if matches!(
@@ -476,6 +513,38 @@ impl ResponseError for GatewayError {
             res.force_close();
         }
         res.body(json!({ "error": self.openai_error() }).to_string())
+    }
+}
+
+/// What a refused request hit, for the 429's message and `x-ratelimit-*` headers.
+#[derive(Debug)]
+pub struct RateLimitExceeded {
+    pub scope: crate::governance::limits::Scope,
+    pub kind: crate::governance::limits::Kind,
+    /// The limit that refused it, per minute.
+    pub limit: u64,
+    /// Until the window that refused it ends.
+    pub reset: std::time::Duration,
+}
+
+impl RateLimitExceeded {
+    pub fn new(
+        scope: crate::governance::limits::Scope,
+        kind: crate::governance::limits::Kind,
+        limit: u64,
+        reset: std::time::Duration,
+    ) -> Self {
+        Self {
+            scope,
+            kind,
+            limit,
+            reset,
+        }
+    }
+
+    /// Whole seconds until the window ends, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.reset.as_millis().div_ceil(1000).max(1) as u64
     }
 }
 

@@ -16,6 +16,7 @@ pub mod emulator;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+pub mod governance;
 pub mod http;
 pub mod providers;
 pub mod routing;

@@ -213,6 +213,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
         };
+        let governance = start_governance(&args.ledger, args.redis.as_deref())
+            .await
+            .map_err(std::io::Error::other)?;
         let ready = Arc::new(AtomicBool::new(true));
         let draining = Arc::new(AtomicBool::new(false));
         let state = AppState {
@@ -232,6 +235,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             reloader: Some(reloader),
             admin_token: AdminToken::from_env(),
             indexes,
+            governance,
             responses: Arc::new(MemoryStore::new(
                 args.response_store_mib.saturating_mul(1 << 20),
                 std::time::Duration::from_secs(args.response_store_ttl_secs),
@@ -253,6 +257,27 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The ledger (on its own arbiter) and the rate limiter, from `--ledger` and `--redis`.
+async fn start_governance(
+    ledger: &str,
+    redis: Option<&str>,
+) -> Result<crate::governance::Governance, String> {
+    use crate::governance::{Governance, ledger::Ledger, limits::Limiter};
+    let ledger = Ledger::start(ledger.parse()?).await?;
+    let (limiter, budgets) = match redis {
+        Some(url) => (
+            Limiter::redis(url).await?,
+            crate::governance::budgets::Budgets::redis(url).await?,
+        ),
+        None => (Limiter::local(), Default::default()),
+    };
+    Ok(Governance {
+        limiter,
+        ledger,
+        budgets,
+    })
 }
 
 /// Waits for SIGTERM or SIGINT, then drains: `/readyz` 503 at once, the listener closed after

@@ -220,6 +220,7 @@ mod tests {
             keys: vec![],
             providers: vec![provider].into(),
             proxies,
+            governance: Default::default(),
         };
         Arc::new(Snapshot {
             tenants: BTreeMap::from([("t".into(), Arc::new(tenant))]),

@@ -13,6 +13,7 @@ pub mod response_ids;
 pub mod response_store;
 pub mod responses;
 pub mod stream;
+pub mod usage;
 
 use crate::error::{GatewayError, quote};
 use bytes::{Bytes, BytesMut};

@@ -40,9 +40,47 @@ pub struct RelayStream {
     ids: Option<IdRewriter>,
     /// The request's span: the relay runs after the handler returned, outside it.
     span: tracing::Span,
+    /// Reads the stream's usage (and hides what the client did not ask for); reports it when
+    /// the relay is dropped.
+    usage: Option<super::usage::UsageTap>,
+    /// Events held until the ledger commits the usage they carry (`api::usage`).
+    held: Option<Held>,
+}
+
+/// Events waiting for their usage record's commit, at most until `deadline`.
+struct Held {
+    events: Bytes,
+    ack: super::usage::Ack,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Held {
+    /// The events, once committed, failed or late; logs the last two.
+    fn poll_release(&mut self, cx: &mut Context<'_>, span: &tracing::Span) -> Poll<Bytes> {
+        use std::future::Future;
+        let outcome = match Pin::new(&mut self.ack).poll(cx) {
+            Poll::Ready(Ok(true)) => None,
+            Poll::Ready(_) => Some("ledger write failed: the stream ends unrecorded"),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => Some("ledger commit is late: the stream ends before it"),
+            },
+        };
+        if let Some(why) = outcome {
+            let _entered = span.enter();
+            tracing::warn!("{why}");
+        }
+        Poll::Ready(std::mem::take(&mut self.events))
+    }
 }
 
 impl RelayStream {
+    /// Relays through `tap` (`api::usage`).
+    pub fn with_usage_tap(mut self, tap: super::usage::UsageTap) -> Self {
+        self.usage = Some(tap);
+        self
+    }
+
     pub fn new(
         rx: mpsc::Receiver<UpstreamChunk>,
         endpoint: Endpoint,
@@ -60,7 +98,18 @@ impl RelayStream {
             finished: false,
             closed: false,
             ids,
+            usage: None,
+            held: None,
         }
+    }
+
+    /// Holds `events` until `ack` says their usage is committed (at most `governance::ACK_WAIT`).
+    fn hold(&mut self, events: Bytes, ack: super::usage::Ack) {
+        self.held = Some(Held {
+            events,
+            ack,
+            deadline: Box::pin(tokio::time::sleep(crate::governance::ACK_WAIT)),
+        });
     }
 
     /// Notes what a run of complete events says: how many, and whether one was terminal.
@@ -107,10 +156,19 @@ impl RelayStream {
             let mut out = tail;
             out.extend_from_slice(b"\n\n");
             let out = out.freeze();
-            return Some(match &mut self.ids {
+            let mut out = match &mut self.ids {
                 Some(ids) => ids.events(out),
                 None => out,
-            });
+            };
+            if let Some(tap) = &mut self.usage {
+                out = tap.events(out);
+                if let Some(ack) = tap.take_ack() {
+                    // Released by `poll_next` once committed.
+                    self.hold(out, ack);
+                    return None;
+                }
+            }
+            return Some(out);
         }
         let why = failure.unwrap_or_else(|| "the connection closed before the final event".into());
         let _entered = self.span.enter();
@@ -178,6 +236,15 @@ impl Stream for RelayStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if let Some(held) = &mut this.held {
+                let Poll::Ready(events) = held.poll_release(cx, &this.span) else {
+                    return Poll::Pending;
+                };
+                this.held = None;
+                if !events.is_empty() {
+                    return Poll::Ready(Some(Ok(events)));
+                }
+            }
             if this.closed {
                 return Poll::Ready(None);
             }
@@ -206,11 +273,31 @@ impl Stream for RelayStream {
                         if let Some(ids) = &mut this.ids {
                             events = ids.events(events);
                         }
+                        if let Some(tap) = &mut this.usage {
+                            events = tap.events(events);
+                            if let Some(ack) = tap.take_ack() {
+                                this.hold(events, ack);
+                                continue;
+                            }
+                            if events.is_empty() {
+                                continue;
+                            }
+                        }
                         return Poll::Ready(Some(Ok(events)));
                     }
                 }
-                Poll::Ready(Some(Err(why))) => return Poll::Ready(this.finish(Some(why)).map(Ok)),
-                Poll::Ready(None) => return Poll::Ready(this.finish(None).map(Ok)),
+                Poll::Ready(Some(Err(why))) => {
+                    let tail = this.finish(Some(why));
+                    if this.held.is_none() {
+                        return Poll::Ready(tail.map(Ok));
+                    }
+                }
+                Poll::Ready(None) => {
+                    let tail = this.finish(None);
+                    if this.held.is_none() {
+                        return Poll::Ready(tail.map(Ok));
+                    }
+                }
             }
         }
     }

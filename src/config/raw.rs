@@ -22,6 +22,49 @@ pub struct RawTenant {
     /// LLM proxies by id (`[proxies.<id>]`); each is one OpenAI-compatible endpoint.
     #[serde(default)]
     pub proxies: BTreeMap<String, RawProxy>,
+    /// Rate limits for the whole tenant (`[limits]`).
+    pub limits: Option<RawLimits>,
+    /// The tenant's own prices (`[[prices]]`), over the built-in table.
+    #[serde(default)]
+    pub prices: Vec<RawPrice>,
+    /// Spending caps (`[[budgets]]`).
+    #[serde(default)]
+    pub budgets: Vec<RawBudget>,
+}
+
+/// A budget: USD (a decimal string) or tokens per day or month, for the tenant or one key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// The API key name it caps; absent for the whole tenant.
+    pub key: Option<String>,
+    pub usd: Option<String>,
+    pub tokens: Option<u64>,
+    /// `day` or `month` (UTC).
+    pub period: String,
+    /// `reject` (default: 429) or `fallback` (the proxy's fallback route).
+    pub on_exhausted: Option<String>,
+}
+
+/// Rate limits, per minute; absent means unlimited.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// A tenant's price for one provider type and model, USD per 1M tokens as decimal strings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// `openai`, `azure_openai`, `gemini` or `bedrock`.
+    pub provider: String,
+    pub model: String,
+    pub input: String,
+    pub cached_input: Option<String>,
+    pub cache_write: Option<String>,
+    pub output: String,
 }
 
 /// A tenant API key: a reference to an environment variable or a SHA-256 hash, never a literal.
@@ -36,6 +79,9 @@ pub struct RawApiKey {
     pub env: Option<String>,
     /// Accepted by the parser only to refuse it with a clear reason: literals are not allowed.
     pub key: Option<toml::Value>,
+    /// This key's own rate limits (on top of the tenant's).
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// An upstream provider endpoint and its credentials.

@@ -19,6 +19,8 @@ pub struct Tenant {
     /// Shared as one slice by every proxy of the tenant.
     pub providers: Arc<[Arc<Provider>]>,
     pub proxies: BTreeMap<String, Arc<Proxy>>,
+    /// Rate limits and price overrides.
+    pub governance: Arc<super::TenantGovernance>,
 }
 
 /// The whole tenant set at one moment.
@@ -194,6 +196,7 @@ pub fn build(
                 keys,
                 providers: providers.into(),
                 proxies,
+                governance: spec.governance,
             }),
         );
     }

@@ -53,7 +53,7 @@ pub enum RoutingText {
 }
 
 /// The upstream wire protocol of a provider.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProviderKind {
     OpenAi,
     AzureOpenAi,
@@ -324,6 +324,57 @@ pub struct TenantSpec {
     pub keys: Vec<(String, KeySource)>,
     pub providers: Vec<ProviderSpec>,
     pub proxies: Vec<Arc<Proxy>>,
+    pub governance: Arc<TenantGovernance>,
+}
+
+/// Requests and tokens per minute; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_unlimited(&self) -> bool {
+        self.requests_per_minute.is_none() && self.tokens_per_minute.is_none()
+    }
+}
+
+/// A budget as validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// The API key it caps; `None` for the whole tenant.
+    pub key: Option<String>,
+    pub limit: BudgetLimit,
+    pub period: Period,
+    /// Exhausted: divert to the proxy's fallback route instead of refusing.
+    pub divert: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BudgetLimit {
+    Usd(rust_decimal::Decimal),
+    Tokens(u64),
+}
+
+/// A budget's period, in UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Month,
+}
+
+/// A tenant's governance settings: rate limits and its own prices.
+#[derive(Clone, Debug, Default)]
+pub struct TenantGovernance {
+    pub limits: Limits,
+    /// Per key name; only keys with a limit are here.
+    pub key_limits: std::collections::HashMap<String, Limits>,
+    /// Spending caps, checked with reservations (`governance::budgets`).
+    pub budgets: Vec<Budget>,
+    /// (provider type, model) → price, over the built-in table.
+    pub prices:
+        std::collections::HashMap<(ProviderKind, String), crate::governance::pricing::Price>,
 }
 
 /// A provider ready to call: base URL chosen, key read.

@@ -5,7 +5,9 @@
 //! connection, so `switchyard validate` can run anywhere (CI without provider keys included).
 
 use super::ConfigError;
-use super::raw::{RawApiKey, RawProvider, RawProxy, RawTenant, RawTopic};
+use super::raw::{
+    RawApiKey, RawBudget, RawLimits, RawPrice, RawProvider, RawProxy, RawTenant, RawTopic,
+};
 use super::types::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -176,6 +178,8 @@ fn validate_tenant(
         .map(|(_, name, source)| (name, source))
         .collect();
 
+    let governance = validate_governance(&raw, &mut e);
+
     let mut providers = Vec::new();
     let mut provider_index = BTreeMap::new();
     for (name, p) in &raw.providers {
@@ -208,6 +212,177 @@ fn validate_tenant(
         keys,
         providers,
         proxies,
+        governance: Arc::new(governance),
+    })
+}
+
+/// Rate limits (tenant and per key) and the tenant's prices.
+fn validate_governance(raw: &RawTenant, e: &mut Errors<'_>) -> TenantGovernance {
+    let limits = |path: &str, rpm: Option<u64>, tpm: Option<u64>, e: &mut Errors<'_>| {
+        for (field, v) in [("requests_per_minute", rpm), ("tokens_per_minute", tpm)] {
+            if v == Some(0) {
+                e.push(
+                    format!("{path}{field}"),
+                    "must be at least 1 (leave it out for no limit)",
+                );
+            }
+        }
+        Limits {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+        }
+    };
+    let RawLimits {
+        requests_per_minute,
+        tokens_per_minute,
+    } = raw
+        .limits
+        .as_ref()
+        .map_or(RawLimits::default(), |l| RawLimits {
+            requests_per_minute: l.requests_per_minute,
+            tokens_per_minute: l.tokens_per_minute,
+        });
+    let tenant_limits = limits("limits.", requests_per_minute, tokens_per_minute, e);
+    let mut key_limits = std::collections::HashMap::new();
+    for (i, k) in raw.api_keys.iter().enumerate() {
+        let l = limits(
+            &format!("api_keys[{i}]."),
+            k.requests_per_minute,
+            k.tokens_per_minute,
+            e,
+        );
+        if !l.is_unlimited() {
+            key_limits.insert(k.name.clone(), l);
+        }
+    }
+    let mut prices = std::collections::HashMap::new();
+    for (i, p) in raw.prices.iter().enumerate() {
+        let path = format!("prices[{i}]");
+        let RawPrice {
+            provider,
+            model,
+            input,
+            cached_input,
+            cache_write,
+            output,
+        } = p;
+        let kind = crate::governance::pricing::provider_kind(provider);
+        if kind.is_none() {
+            e.push(
+                format!("{path}.provider"),
+                format!(
+                    "unknown provider type {provider:?}; one of openai, azure_openai, gemini, bedrock"
+                ),
+            );
+        }
+        if model.trim().is_empty() {
+            e.push(format!("{path}.model"), "must not be empty");
+        }
+        let rates = [
+            ("input", Some(input)),
+            ("cached_input", cached_input.as_ref()),
+            ("cache_write", cache_write.as_ref()),
+            ("output", Some(output)),
+        ];
+        let mut ok = true;
+        for (field, v) in rates {
+            if let Some(Err(err)) = v.map(|v| crate::governance::pricing::parse_rate(v)) {
+                e.push(format!("{path}.{field}"), err);
+                ok = false;
+            }
+        }
+        let (Some(kind), true) = (kind, ok) else {
+            continue;
+        };
+        let price = crate::governance::pricing::price_of(
+            input,
+            cached_input.as_deref(),
+            cache_write.as_deref(),
+            output,
+        );
+        if let Ok(price) = price
+            && prices.insert((kind, model.clone()), price).is_some()
+        {
+            e.push(
+                path,
+                format!("a second price for {provider} {model:?}; give each model one price"),
+            );
+        }
+    }
+    let budgets = raw
+        .budgets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, b)| validate_budget(&format!("budgets[{i}]"), b, &raw.api_keys, e))
+        .collect();
+    TenantGovernance {
+        limits: tenant_limits,
+        key_limits,
+        budgets,
+        prices,
+    }
+}
+
+fn validate_budget(
+    path: &str,
+    b: &RawBudget,
+    keys: &[RawApiKey],
+    e: &mut Errors<'_>,
+) -> Option<Budget> {
+    let before = e.out.len();
+    if let Some(k) = &b.key
+        && !keys.iter().any(|key| &key.name == k)
+    {
+        e.push(format!("{path}.key"), format!("no API key is named {k:?}"));
+    }
+    let limit = match (&b.usd, b.tokens) {
+        (Some(usd), None) => match crate::governance::pricing::parse_rate(usd) {
+            Ok(d) => Some(BudgetLimit::Usd(d)),
+            Err(err) => {
+                e.push(format!("{path}.usd"), err);
+                None
+            }
+        },
+        (None, Some(t)) => Some(BudgetLimit::Tokens(t)),
+        (Some(_), Some(_)) => {
+            e.push(path, "give either `usd` or `tokens`, not both");
+            None
+        }
+        (None, None) => {
+            e.push(path, "missing `usd` or `tokens`");
+            None
+        }
+    };
+    let period = match b.period.as_str() {
+        "day" => Some(Period::Day),
+        "month" => Some(Period::Month),
+        other => {
+            e.push(
+                format!("{path}.period"),
+                format!("{other:?} is not a period: \"day\" or \"month\""),
+            );
+            None
+        }
+    };
+    let divert = match b.on_exhausted.as_deref() {
+        None | Some("reject") => false,
+        Some("fallback") => true,
+        Some(other) => {
+            e.push(
+                format!("{path}.on_exhausted"),
+                format!("{other:?} is not \"reject\" or \"fallback\""),
+            );
+            false
+        }
+    };
+    if e.out.len() > before {
+        return None;
+    }
+    Some(Budget {
+        key: b.key.clone(),
+        limit: limit?,
+        period: period?,
+        divert,
     })
 }
 

@@ -64,9 +64,13 @@ pub fn scope() -> actix_web::Scope {
             "/tenants/{tenant}/proxies/{proxy}/explain",
             web::post().to(explain),
         )
+        .route(
+            "/tenants/{tenant}/usage",
+            web::get().to(super::usage::admin_usage),
+        )
 }
 
-fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), GatewayError> {
+pub(super) fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), GatewayError> {
     let Some(token) = &state.admin_token else {
         return Err(GatewayError::NotFound {
             message: format!("The admin API is off; set {ADMIN_TOKEN_ENV} to turn it on."),

@@ -15,9 +15,11 @@ use crate::api::codec::FrontEncoder;
 use crate::api::response_ids::{IdRewriter, IdScope};
 use crate::api::response_store::StoredResponse;
 use crate::api::stream::{Ending, OnEnd, RelayStream, TranslatedStream};
+use crate::api::usage::{self, UsageTap};
 use crate::api::{Endpoint, FrontRequest, chat, responses};
 use crate::config::{Provider, RoutingMode};
 use crate::error::{GatewayError, quote};
+use crate::governance::Meter;
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
 use crate::routing::{self, Decision, semantic};
 use crate::telemetry::context::RequestContext;
@@ -170,11 +172,33 @@ async fn conversation(
     let proxy = find_proxy(auth.entry, &proxy_id)?;
     span.record("proxy", tracing::field::display(&proxy_id));
     access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
+    // Governance: rate limits before any work, and the request's identity for its usage record.
+    let governance = &auth.entry.tenant.governance;
+    state
+        .governance
+        .limiter
+        .check(governance, &tenant, auth.key_name)
+        .await?;
+    let meter = Meter::new(
+        &state.governance,
+        &auth.entry.tenant,
+        auth.key_name,
+        &request_id(&req),
+    );
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
     let first = decide(&state, proxy, &front)
         .instrument(tracing::debug_span!(names::SPAN_ROUTING))
         .await?;
+    // Budgets: the estimated cost is reserved before any upstream call; an exhausted budget
+    // refuses, or diverts to the proxy's fallback route when the tenant file says so.
+    let (first, over_budget) = match meter.reserve(&first, &front.raw).await {
+        Ok(()) => (first, false),
+        Err(exhausted) => match (exhausted.budget.divert, proxy.routes.fallback) {
+            (true, Some(fallback)) => (first.on_route(fallback, &proxy.providers)?, true),
+            _ => return Err(exhausted.error()),
+        },
+    };
     tracing::debug!(key = auth.key_name, fallback = first.fallback, "routed");
     let traceparent = req
         .extensions()
@@ -194,6 +218,9 @@ async fn conversation(
         RoutingMode::Model => "unknown_model",
         RoutingMode::Semantic => "no_topic_match",
     });
+    if over_budget {
+        reason = Some("budget_exhausted");
+    }
     let mut decision = first.clone();
     let mut decoded = None;
     for (step, &route) in chain.iter().enumerate() {
@@ -220,6 +247,7 @@ async fn conversation(
             &provider,
             &span,
             &mut decoded,
+            &meter,
         )
         .await?;
         let err = match answer {
@@ -260,6 +288,7 @@ async fn attempt(
     provider: &Addr<ProviderActor>,
     span: &tracing::Span,
     decoded: &mut Option<Decoded>,
+    meter: &Meter,
 ) -> Result<Result<HttpResponse, GatewayError>, GatewayError> {
     let endpoint = front.endpoint;
     let translator = providers::adapter(decision.provider.kind()).and_then(|a| a.translator());
@@ -272,7 +301,11 @@ async fn attempt(
         let request = providers::prepare(outgoing, decision, traceparent)?;
         let answer = send(req, decision, request, provider, span).await?;
         return Ok(answer.and_then(|upstream| {
-            translated(translator, decision, upstream, decoded, tenant, state)
+            let stream = matches!(upstream.body, UpstreamBody::Stream(_));
+            let on_usage = meter.on_usage(decision, endpoint, stream);
+            translated(
+                translator, decision, upstream, decoded, tenant, state, on_usage,
+            )
         }));
     }
     // Responses ids are scoped to the tenant on the provider account (api::response_ids).
@@ -290,10 +323,27 @@ async fn attempt(
         front,
         previous_response_id: previous.as_ref().map(|p| p.1),
     };
-    let request = providers::prepare(outgoing, decision, traceparent)?;
+    let mut request = providers::prepare(outgoing, decision, traceparent)?;
+    // Streams must report usage; what the gateway asked for on the client's behalf is hidden.
+    let hide_usage = crate::governance::can_ask_for_stream_usage(&decision.provider.settings)
+        && usage::ask_for_usage(endpoint, front.stream, &mut request.body);
     let answer = send(req, decision, request, provider, span).await?;
+    // A whole answer's usage is committed to the ledger before the answer goes out.
+    if let Ok(UpstreamResponse {
+        status,
+        body: UpstreamBody::Full(body),
+        ..
+    }) = &answer
+        && status.is_success()
+    {
+        let usage = usage::from_body(endpoint, body);
+        if let Some(ack) = meter.record_durably(decision, endpoint, false, usage, false) {
+            crate::governance::committed(ack).await;
+        }
+    }
     let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
-    Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter)))
+    let tap = (meter, hide_usage, (front.raw.len() as u64).div_ceil(4));
+    Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter, tap)))
 }
 
 /// Hands a prepared call to this worker's provider actor, with the route's time limits, and
@@ -396,10 +446,12 @@ fn translated(
     decoded: &Decoded,
     tenant: &str,
     state: &AppState,
+    on_usage: usage::OnUsage,
 ) -> Result<HttpResponse, GatewayError> {
     let route = decision.route();
     let model = route.upstream_model();
     let on_end = ending_hook(decoded, route.name.clone(), model, tenant, state);
+    let on_end = metered(on_end, on_usage);
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
         res.insert_header(("x-upstream-request-id", id));
@@ -493,6 +545,18 @@ fn ending_hook(
     })
 }
 
+/// `on_end`, after recording the answer's usage (`governance`).
+fn metered(on_end: OnEnd, on_usage: usage::OnUsage) -> OnEnd {
+    Box::new(move |reply: &Reply, ending: Ending| {
+        on_usage(usage::Report {
+            usage: reply.usage,
+            estimated: false,
+            durable: false,
+        });
+        on_end(reply, ending);
+    })
+}
+
 fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHandle, GatewayError> {
     entry
         .proxies
@@ -543,15 +607,24 @@ async fn decide(
 }
 
 /// The client's response: the upstream status and body, streamed event by event when it streams.
+/// A stream's usage goes to `meter` through the usage tap (a whole answer's was recorded
+/// before).
 fn relay(
     endpoint: Endpoint,
     decision: &Decision,
     upstream: UpstreamResponse,
     ids: Option<IdRewriter>,
+    (meter, hide_usage, input_estimate): (&Meter, bool, u64),
 ) -> HttpResponse {
     let UpstreamBody::Stream(rx) = upstream.body else {
         return relay_whole(upstream, ids);
     };
+    let tap = UsageTap::new(
+        endpoint,
+        hide_usage,
+        input_estimate,
+        meter.on_usage(decision, endpoint, true),
+    );
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
         res.insert_header(("x-upstream-request-id", id));
@@ -559,13 +632,24 @@ fn relay(
     res.insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("x-accel-buffering", "no"))
-        .streaming(RelayStream::new(
-            rx,
-            endpoint,
-            decision.provider.name.clone(),
-            ids,
-            stream_span(),
-        ))
+        .streaming(
+            RelayStream::new(
+                rx,
+                endpoint,
+                decision.provider.name.clone(),
+                ids,
+                stream_span(),
+            )
+            .with_usage_tap(tap),
+        )
+}
+
+/// The gateway's id of this request (`x-request-id`).
+fn request_id(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<RequestContext>()
+        .map(|c| String::from_utf8_lossy(c.request_id.as_bytes()).into_owned())
+        .unwrap_or_default()
 }
 
 /// A whole upstream answer relayed as it came, its Responses ids rewritten when scoped.

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod data_plane;
+pub mod usage;
 
 use crate::actors::directory::DirectoryHandle;
 use crate::actors::provider::ProviderActor;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub reloader: Option<Arc<crate::config::watcher::Reloader>>,
     /// The admin API's token; `None` turns the admin API off.
     pub admin_token: Option<admin::AdminToken>,
+    /// Rate limits and the ledger.
+    pub governance: crate::governance::Governance,
     /// Semantic indexes still building: not ready until none is.
     pub indexes: crate::actors::embedder::Readiness,
     /// Responses answered by translated providers, for `previous_response_id` and `GET`.
@@ -174,6 +177,7 @@ pub fn server(
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .service(admin::scope())
+            .route("/{tenant}/usage", web::get().to(usage::tenant_usage))
             // The data plane, `/{tenant}/{proxy}/v1/…`, and every unknown path.
             .default_service(web::to(data_plane::dispatch));
         HttpService::build()

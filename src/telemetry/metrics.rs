@@ -153,6 +153,21 @@ struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UsageLabels {
+    tenant: String,
+    provider: &'static str,
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    tenant: String,
+    provider: &'static str,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     provider: String,
     /// The HTTP status, or 0 when no response arrived.
@@ -179,6 +194,9 @@ pub struct Metrics {
     upstream_attempts: Family<UpstreamLabels, Counter>,
     upstream_duration: HistogramFamily<UpstreamLabels>,
     tokens: Family<TokenLabels, Counter>,
+    usage_tokens: Family<UsageLabels, Counter>,
+    cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    unpriced: Family<CostLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     generation: Gauge,
     last_reload_success: Gauge,
@@ -241,6 +259,24 @@ impl Metrics {
             "Tokens in the providers' usage reports",
             tokens.clone(),
         );
+        let usage_tokens = Family::default();
+        registry.register(
+            names::USAGE_TOKENS,
+            "Tokens billed, by tenant, provider type, model and kind",
+            usage_tokens.clone(),
+        );
+        let cost = Family::default();
+        registry.register(
+            names::COST_USD,
+            "Cost in USD of the requests with a known price (the ledger holds the exact figures)",
+            cost.clone(),
+        );
+        let unpriced = Family::default();
+        registry.register(
+            names::UNPRICED_REQUESTS,
+            "Requests whose model has no price: their cost is recorded as unknown",
+            unpriced.clone(),
+        );
         let reloads = Family::default();
         registry.register(
             names::CONFIG_RELOADS,
@@ -288,11 +324,63 @@ impl Metrics {
             upstream_attempts,
             upstream_duration,
             tokens,
+            usage_tokens,
+            cost,
+            unpriced,
             reloads,
             generation,
             last_reload_success,
             applied_at,
             draining,
+        }
+    }
+
+    /// A request's billed usage and cost (`governance::Governance::record`).
+    pub fn usage(
+        &self,
+        tenant: &str,
+        provider: &'static str,
+        model: &str,
+        usage: Option<&crate::api::canonical::Usage>,
+        cost: Option<rust_decimal::Decimal>,
+        priced: bool,
+    ) {
+        let labels = CostLabels {
+            tenant: tenant.to_owned(),
+            provider,
+            model: model.to_owned(),
+        };
+        if !priced {
+            self.unpriced.get_or_create(&labels).inc();
+        }
+        if let Some(c) = cost.and_then(|c| rust_decimal::prelude::ToPrimitive::to_f64(&c)) {
+            self.cost.get_or_create(&labels).inc_by(c);
+        }
+        let Some(u) = usage else {
+            return;
+        };
+        let CostLabels {
+            tenant,
+            provider,
+            model,
+        } = labels;
+        for (kind, n) in [
+            ("input", u.input_tokens),
+            ("cached_input", u.cached_input_tokens),
+            ("cache_write", u.cache_write_tokens),
+            ("output", u.output_tokens),
+            ("reasoning", u.reasoning_tokens),
+        ] {
+            if n > 0 {
+                self.usage_tokens
+                    .get_or_create(&UsageLabels {
+                        tenant: tenant.clone(),
+                        provider,
+                        model: model.clone(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
         }
     }
 

@@ -20,6 +20,13 @@ pub const UPSTREAM_ATTEMPTS: &str = "switchyard_upstream_attempts";
 pub const UPSTREAM_DURATION: &str = "switchyard_upstream_duration_seconds";
 /// Tokens reported by the provider's `usage`, by tenant, proxy, route and kind.
 pub const TOKENS: &str = "switchyard_tokens";
+/// Governance: tokens billed, per tenant, provider type, model and kind.
+pub const USAGE_TOKENS: &str = "switchyard_usage_tokens";
+/// Governance: cost in USD per tenant, provider type and model (the ledger is exact; this is
+/// for dashboards).
+pub const COST_USD: &str = "switchyard_cost_usd";
+/// Governance: requests whose model has no price (cost recorded as unknown).
+pub const UNPRICED_REQUESTS: &str = "switchyard_unpriced_requests";
 /// Reload attempts, by result (`applied`, `invalid`, `refused`).
 pub const CONFIG_RELOADS: &str = "switchyard_config_reloads";
 /// The generation of the configuration in force (1 at start, +1 per applied reload).

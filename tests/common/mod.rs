@@ -150,6 +150,14 @@ impl Gateway {
             switchyard::embedding::test_model_dir(),
         );
         cmd.env("SWITCHYARD_CACHE_DIR", dir.path().join("cache"));
+        // Each gateway keeps its usage ledger in its own directory (a test may pass --ledger),
+        // below the tenants directory, which is watched without its subdirectories.
+        let ledger = dir.path().join("ledger");
+        std::fs::create_dir_all(&ledger).expect("ledger dir");
+        cmd.env(
+            "SWITCHYARD_LEDGER",
+            format!("sqlite://{}", ledger.join("ledger.db").display()),
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }

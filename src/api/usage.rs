@@ -1,0 +1,618 @@
+//! The usage tap for passthrough answers (OpenAI, Azure OpenAI): reads the provider's final
+//! usage report into [`Usage`], and makes sure streams carry one.
+//!
+//! Owns the readers of usage in a Chat Completions body, a Responses body, a chat stream (the
+//! `choices: []` chunk that `stream_options.include_usage` adds) and a Responses stream
+//! (`response.completed`'s `response.usage`, or `.incomplete`/`.failed`), the request rewrite
+//! that asks for the chat stream's usage when the client did not ([`ask_for_usage`]), and
+//! hiding what that adds from such a client (the usage chunk, and the `"usage":null` on every
+//! other chunk). Streams are read as they pass, event batch by event batch, with nothing kept
+//! beyond the usage: a batch without `"usage"` in it is passed on untouched after one
+//! substring search. It does not price usage or record it: the [`UsageTap`]'s callback hands
+//! it on (to `governance`).
+
+use super::Endpoint;
+use super::canonical::Usage;
+use bytes::{Bytes, BytesMut};
+use memchr::memmem;
+use serde::Deserialize;
+
+/// Chat Completions' usage object.
+#[derive(Debug, Default, Deserialize)]
+struct ChatUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+/// Responses' usage object.
+#[derive(Debug, Default, Deserialize)]
+struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    input_tokens_details: Option<InputDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct InputDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
+}
+
+impl From<ChatUsage> for Usage {
+    fn from(u: ChatUsage) -> Self {
+        Usage {
+            input_tokens: u.prompt_tokens,
+            cached_input_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            cache_write_tokens: 0,
+            output_tokens: u.completion_tokens,
+            reasoning_tokens: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+impl From<ResponsesUsage> for Usage {
+    fn from(u: ResponsesUsage) -> Self {
+        let details = u.input_tokens_details.unwrap_or_default();
+        Usage {
+            input_tokens: u.input_tokens,
+            cached_input_tokens: details.cached_tokens.unwrap_or(0),
+            cache_write_tokens: details.cache_write_tokens.unwrap_or(0),
+            output_tokens: u.output_tokens,
+            reasoning_tokens: u
+                .output_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WithChatUsage {
+    usage: Option<ChatUsage>,
+}
+
+#[derive(Deserialize)]
+struct WithResponsesUsage {
+    usage: Option<ResponsesUsage>,
+}
+
+/// A Responses stream event that carries the whole response.
+#[derive(Deserialize)]
+struct ResponseEvent {
+    response: Option<WithResponsesUsage>,
+}
+
+/// The usage in a whole (non-streamed) answer body of `endpoint`.
+pub fn from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
+    match endpoint {
+        Endpoint::ChatCompletions => serde_json::from_slice::<WithChatUsage>(body)
+            .ok()?
+            .usage
+            .map(Usage::from),
+        Endpoint::Responses => serde_json::from_slice::<WithResponsesUsage>(body)
+            .ok()?
+            .usage
+            .map(Usage::from),
+    }
+}
+
+/// For a streamed chat request: makes sure the upstream reports usage, adding
+/// `"stream_options":{"include_usage":true}` to `body` when the client did not ask for it.
+/// Returns true when it was added, so the client must not see what it brings.
+pub fn ask_for_usage(endpoint: Endpoint, stream: bool, body: &mut Bytes) -> bool {
+    if endpoint != Endpoint::ChatCompletions || !stream {
+        return false;
+    }
+    #[derive(Deserialize)]
+    struct Options {
+        include_usage: Option<bool>,
+    }
+    #[derive(Deserialize)]
+    struct Peek {
+        stream_options: Option<serde_json::Map<String, serde_json::Value>>,
+    }
+    // The common case (no stream_options at all) is a splice after the opening brace.
+    if memmem::find(body, b"\"stream_options\"").is_none() {
+        let Some(open) = body.iter().position(|b| *b == b'{') else {
+            return false;
+        };
+        let mut out = BytesMut::with_capacity(body.len() + 48);
+        out.extend_from_slice(&body[..=open]);
+        out.extend_from_slice(b"\"stream_options\":{\"include_usage\":true},");
+        out.extend_from_slice(&body[open + 1..]);
+        *body = out.freeze();
+        return true;
+    }
+    let Ok(peek) = serde_json::from_slice::<Peek>(body) else {
+        return false;
+    };
+    let options = peek.stream_options.unwrap_or_default();
+    let asked = serde_json::from_value::<Options>(serde_json::Value::Object(options))
+        .ok()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    if asked {
+        return false;
+    }
+    // Rare: the client sent stream_options without include_usage. Re-encode once.
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    let Some(options) = value
+        .get_mut("stream_options")
+        .and_then(|o| o.as_object_mut())
+    else {
+        return false;
+    };
+    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+    match serde_json::to_vec(&value) {
+        Ok(v) => {
+            *body = v.into();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Reads the usage out of a passthrough stream as it passes, and hides the usage the client
+/// did not ask for.
+#[derive(Debug)]
+pub struct StreamUsage {
+    endpoint: Endpoint,
+    /// The gateway asked for usage on the client's behalf: hide it.
+    hide: bool,
+    usage: Option<Usage>,
+    /// Delta events seen (about one output token each), for an estimate.
+    deltas: u64,
+}
+
+impl StreamUsage {
+    pub fn new(endpoint: Endpoint, hide: bool) -> Self {
+        Self {
+            endpoint,
+            hide,
+            usage: None,
+            deltas: 0,
+        }
+    }
+
+    /// The usage the stream reported so far (the final report, once it came).
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Reads a run of whole SSE events; returns what the client should get.
+    pub fn events(&mut self, events: Bytes) -> Bytes {
+        if self.usage.is_none() {
+            self.deltas += memmem::find_iter(&events, b"\"delta\"").count() as u64;
+        }
+        if memmem::find(&events, b"\"usage\"").is_none() {
+            return events;
+        }
+        let mut out: Option<BytesMut> = None;
+        let mut start = 0;
+        while start < events.len() {
+            let end = next_boundary(&events[start..]).map_or(events.len(), |e| start + e);
+            let event = &events[start..end];
+            let kept = self.event(event);
+            match (&mut out, kept) {
+                (None, Kept::Same) => {}
+                (None, other) => {
+                    let mut o = BytesMut::with_capacity(events.len());
+                    o.extend_from_slice(&events[..start]);
+                    if let Kept::Rewritten(r) = other {
+                        o.extend_from_slice(&r);
+                    }
+                    out = Some(o);
+                }
+                (Some(o), Kept::Same) => o.extend_from_slice(event),
+                (Some(o), Kept::Rewritten(r)) => o.extend_from_slice(&r),
+                (Some(_), Kept::Dropped) => {}
+            }
+            start = end;
+        }
+        match out {
+            Some(o) => o.freeze(),
+            None => events,
+        }
+    }
+
+    fn event(&mut self, event: &[u8]) -> Kept {
+        let Some(at) = memmem::find(event, b"\"usage\"") else {
+            return Kept::Same;
+        };
+        match self.endpoint {
+            Endpoint::ChatCompletions => {
+                let value = skip_ws(&event[at + 7..]);
+                let Some(value) = value.strip_prefix(b":") else {
+                    return Kept::Same;
+                };
+                let value = skip_ws(value);
+                if value.starts_with(b"null") {
+                    return if self.hide {
+                        Kept::Rewritten(without_null_usage(event, at))
+                    } else {
+                        Kept::Same
+                    };
+                }
+                if let Some(u) = data_of(event)
+                    .and_then(|d| serde_json::from_slice::<WithChatUsage>(d).ok())
+                    .and_then(|w| w.usage)
+                {
+                    self.usage = Some(u.into());
+                    let no_choices = memmem::find(event, b"\"choices\":[]").is_some();
+                    if self.hide && no_choices {
+                        return Kept::Dropped;
+                    }
+                }
+                Kept::Same
+            }
+            Endpoint::Responses => {
+                let terminal = [
+                    &b"\"response.completed\""[..],
+                    b"\"response.incomplete\"",
+                    b"\"response.failed\"",
+                ]
+                .iter()
+                .any(|m| memmem::find(event, m).is_some());
+                if terminal
+                    && let Some(u) = data_of(event)
+                        .and_then(|d| serde_json::from_slice::<ResponseEvent>(d).ok())
+                        .and_then(|e| e.response)
+                        .and_then(|r| r.usage)
+                {
+                    self.usage = Some(u.into());
+                }
+                Kept::Same
+            }
+        }
+    }
+}
+
+enum Kept {
+    Same,
+    Rewritten(Vec<u8>),
+    Dropped,
+}
+
+fn skip_ws(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+/// End (blank line included) of the first event in `buf`.
+fn next_boundary(buf: &[u8]) -> Option<usize> {
+    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
+    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The `data:` payload of a one-line-data event.
+fn data_of(event: &[u8]) -> Option<&[u8]> {
+    let at = memmem::find(event, b"data:")?;
+    let rest = &event[at + 5..];
+    let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+    Some(skip_ws(&rest[..end]))
+}
+
+/// `event` without its `,"usage":null` (the key at `at`, already known to hold `null`), the
+/// comma before it (or, when it is the first member, the one after it) included.
+fn without_null_usage(event: &[u8], at: usize) -> Vec<u8> {
+    let ws = |b: &[u8]| b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    let mut end = at + b"\"usage\"".len();
+    end += ws(&event[end..]) + 1; // the colon
+    end += ws(&event[end..]) + 4; // null
+    let mut from = at;
+    while from > 0 && event[from - 1].is_ascii_whitespace() {
+        from -= 1;
+    }
+    if from > 0 && event[from - 1] == b',' {
+        from -= 1;
+    } else {
+        let after = end + ws(&event[end..]);
+        if event.get(after) == Some(&b',') {
+            end = after + 1;
+        }
+        from = at;
+    }
+    let mut out = Vec::with_capacity(event.len());
+    out.extend_from_slice(&event[..from]);
+    out.extend_from_slice(&event[end..]);
+    out
+}
+
+/// Hears `true` once a usage record is committed to the ledger.
+pub type Ack = tokio::sync::oneshot::Receiver<bool>;
+
+/// What a usage tap reports, once per answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub usage: Option<Usage>,
+    /// The usage is the gateway's estimate: the stream ended (broken, or abandoned by the
+    /// client) before the provider's report.
+    pub estimated: bool,
+    /// Wants an [`Ack`] of the commit: the relay holds the stream's last events until then.
+    pub durable: bool,
+}
+
+/// Called once with the answer's usage: as soon as the final report passed (durably), or,
+/// when the stream ends without one, with an estimate.
+pub type OnUsage = Box<dyn FnOnce(Report) -> Option<Ack> + Send>;
+
+/// A [`StreamUsage`] with what to do with the usage: reported durably the moment the final
+/// report passes (the relay then holds those events until [`UsageTap::take_ack`]'s commit, so
+/// the client's last byte follows the ledger write), else when the stream is dropped.
+pub struct UsageTap {
+    reader: StreamUsage,
+    on_end: Option<OnUsage>,
+    ack: Option<Ack>,
+    /// The request's input tokens, estimated (for a stream that ends without a report).
+    input_estimate: u64,
+}
+
+impl std::fmt::Debug for UsageTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageTap")
+            .field("reader", &self.reader)
+            .finish()
+    }
+}
+
+impl UsageTap {
+    /// `input_estimate`: the request's input tokens, estimated, in case the stream ends
+    /// before the provider's report (its output is then estimated at one token per delta
+    /// event, which is how OpenAI streams).
+    pub fn new(endpoint: Endpoint, hide: bool, input_estimate: u64, on_end: OnUsage) -> Self {
+        Self {
+            reader: StreamUsage::new(endpoint, hide),
+            on_end: Some(on_end),
+            ack: None,
+            input_estimate,
+        }
+    }
+
+    /// Reads (and filters) a run of whole events; reports the usage once its final report
+    /// is among them.
+    pub fn events(&mut self, events: Bytes) -> Bytes {
+        let out = self.reader.events(events);
+        if let Some(usage) = self.reader.usage()
+            && let Some(on_end) = self.on_end.take()
+        {
+            self.ack = on_end(Report {
+                usage: Some(usage),
+                estimated: false,
+                durable: true,
+            });
+        }
+        out
+    }
+
+    /// The commit the relay must await before passing on the events just read, once.
+    pub fn take_ack(&mut self) -> Option<Ack> {
+        self.ack.take()
+    }
+}
+
+impl Drop for UsageTap {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            let estimate = Usage {
+                input_tokens: self.input_estimate,
+                output_tokens: self.reader.deltas,
+                ..Usage::default()
+            };
+            on_end(Report {
+                usage: Some(self.reader.usage().unwrap_or(estimate)),
+                estimated: self.reader.usage().is_none(),
+                durable: false,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT_BODY: &str = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"the \"usage\": 1"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":4,"audio_tokens":0}}}"#;
+
+    #[test]
+    fn reads_usage_from_whole_bodies() {
+        let u = from_body(Endpoint::ChatCompletions, CHAT_BODY.as_bytes()).expect("usage");
+        assert_eq!(
+            u,
+            Usage {
+                input_tokens: 19,
+                cached_input_tokens: 3,
+                cache_write_tokens: 0,
+                output_tokens: 10,
+                reasoning_tokens: 4
+            }
+        );
+        let r = r#"{"id":"resp_1","object":"response","output":[],"usage":{"input_tokens":12,"input_tokens_details":{"cached_tokens":2,"cache_write_tokens":5},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":19}}"#;
+        let u = from_body(Endpoint::Responses, r.as_bytes()).expect("usage");
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_input_tokens,
+                u.cache_write_tokens,
+                u.output_tokens,
+                u.reasoning_tokens
+            ),
+            (12, 2, 5, 7, 1)
+        );
+        assert_eq!(from_body(Endpoint::Responses, b"{\"usage\":null}"), None);
+        assert_eq!(from_body(Endpoint::Responses, b"not json"), None);
+    }
+
+    #[test]
+    fn asks_for_usage_only_on_chat_streams_that_did_not() {
+        let mut body = Bytes::from_static(br#"{"model":"m","stream":true,"messages":[]}"#);
+        assert!(ask_for_usage(Endpoint::ChatCompletions, true, &mut body));
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+
+        let mut asked =
+            Bytes::from_static(br#"{"stream":true,"stream_options":{"include_usage":true}}"#);
+        let before = asked.clone();
+        assert!(!ask_for_usage(Endpoint::ChatCompletions, true, &mut asked));
+        assert_eq!(asked, before);
+
+        let mut other = Bytes::from_static(
+            br#"{"stream":true,"stream_options":{"include_obfuscation":false}}"#,
+        );
+        assert!(ask_for_usage(Endpoint::ChatCompletions, true, &mut other));
+        let v: serde_json::Value = serde_json::from_slice(&other).expect("json");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["stream_options"]["include_obfuscation"], false);
+
+        let mut plain = Bytes::from_static(b"{\"stream\":false}");
+        assert!(!ask_for_usage(Endpoint::ChatCompletions, false, &mut plain));
+        assert!(!ask_for_usage(Endpoint::Responses, true, &mut plain));
+    }
+
+    fn chat_stream() -> Vec<&'static str> {
+        vec![
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n",
+            "data: {\"usage\":null,\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+            "data: [DONE]\n\n",
+        ]
+    }
+
+    #[test]
+    fn a_hidden_chat_usage_chunk_is_read_and_removed_with_every_usage_null() {
+        let mut tap = StreamUsage::new(Endpoint::ChatCompletions, true);
+        let out: Vec<u8> = chat_stream()
+            .into_iter()
+            .flat_map(|e| tap.events(Bytes::from_static(e.as_bytes())).to_vec())
+            .collect();
+        let out = String::from_utf8(out).expect("utf8");
+        assert_eq!(
+            out,
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n\
+             data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+             data: [DONE]\n\n"
+        );
+        let u = tap.usage().expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens), (5, 2));
+    }
+
+    #[test]
+    fn an_asked_for_usage_chunk_passes_untouched_in_one_batch_or_many() {
+        let all: String = chat_stream().concat();
+        let mut tap = StreamUsage::new(Endpoint::ChatCompletions, false);
+        let out = tap.events(Bytes::from(all.clone()));
+        assert_eq!(out, all.as_bytes());
+        assert_eq!(tap.usage().map(|u| u.total()), Some(7));
+
+        // Hidden, in one batch: the same as event by event.
+        let mut hidden = StreamUsage::new(Endpoint::ChatCompletions, true);
+        let out = hidden.events(Bytes::from(all));
+        assert!(!String::from_utf8_lossy(&out).contains("usage"));
+        assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
+        assert_eq!(hidden.usage().map(|u| u.total()), Some(7));
+    }
+
+    #[test]
+    fn reads_the_responses_streams_final_usage() {
+        let events = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"usage\":null}}\n\n\
+            event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"\\\"usage\\\"\"}\n\n\
+            event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"usage\":{\"input_tokens\":9,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":3,\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":12}}}\n\n";
+        let mut tap = StreamUsage::new(Endpoint::Responses, false);
+        let out = tap.events(Bytes::from_static(events.as_bytes()));
+        assert_eq!(out, events.as_bytes());
+        let u = tap.usage().expect("usage");
+        assert_eq!((u.input_tokens, u.output_tokens), (9, 3));
+    }
+
+    #[test]
+    fn the_tap_reports_once_when_dropped_even_without_usage() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut tap = UsageTap::new(
+            Endpoint::ChatCompletions,
+            true,
+            11,
+            Box::new(move |r| {
+                tx.send(r).expect("send");
+                None
+            }),
+        );
+        // Two content deltas passed, then the client went away.
+        tap.events(Bytes::from_static(chat_stream()[0].as_bytes()));
+        tap.events(Bytes::from_static(chat_stream()[0].as_bytes()));
+        drop(tap);
+        let report = rx.recv().expect("reported");
+        assert_eq!(
+            (report.estimated, report.durable),
+            (true, false),
+            "{report:?}"
+        );
+        let usage = report.usage.expect("estimated");
+        assert_eq!((usage.input_tokens, usage.output_tokens), (11, 2));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_tap_reports_durably_as_soon_as_the_final_usage_passes_and_only_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut tap = UsageTap::new(
+            Endpoint::ChatCompletions,
+            false,
+            0,
+            Box::new(move |r: Report| {
+                tx.send((r.usage.map(|u| u.total()), r.durable))
+                    .expect("send");
+                let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
+                let _ = ack_tx.send(true);
+                Some(ack_rx)
+            }),
+        );
+        let events = chat_stream();
+        tap.events(Bytes::from_static(events[0].as_bytes()));
+        assert!(tap.take_ack().is_none());
+        assert!(rx.try_recv().is_err(), "nothing reported before the usage");
+        tap.events(Bytes::from_static(events[2].as_bytes()));
+        assert_eq!(rx.try_recv().expect("reported"), (Some(7), true));
+        assert!(tap.take_ack().is_some());
+        assert!(tap.take_ack().is_none());
+        tap.events(Bytes::from_static(events[3].as_bytes()));
+        drop(tap);
+        assert!(rx.try_recv().is_err(), "reported once");
+    }
+}

@@ -1,0 +1,1047 @@
+//! Governance end to end: exact cost in the ledger for every endpoint × stream mode on
+//! OpenAI, one ledger row per request (retries included), rate limits with their exact
+//! headers, Redis-shared limits across two gateways, and the ledger on PostgreSQL and across a
+//! restart. The real binary against the emulator; Redis and PostgreSQL are real servers on
+//! loopback (`scripts/test` installs and starts them).
+
+mod common;
+
+use common::http::*;
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// gpt-4o-mini's built-in price, in picodollars per token: $0.15 and $0.60 per 1M.
+const MINI_INPUT_PUSD: u128 = 150_000;
+const MINI_OUTPUT_PUSD: u128 = 600_000;
+
+/// A tenant with one proxy on the emulator's OpenAI, its route `mini` on gpt-4o-mini and
+/// `mystery` on a model without a price; `extra` is appended (limits, keys).
+fn tenant(extra: &str) -> String {
+    format!(
+        r#"
+[[api_keys]]
+name = "demo"
+sha256 = "{KEY_A_SHA}"
+{extra}
+
+[providers.openai]
+type = "openai"
+api_key_env = "A_OPENAI_KEY"
+base_url = "http://127.0.0.1:1/v1"
+base_url_env = "A_OPENAI_BASE_URL"
+max_retries = 2
+
+[proxies.chat]
+[[proxies.chat.routes]]
+name = "mini"
+provider = "openai"
+model = "gpt-4o-mini"
+[[proxies.chat.routes]]
+name = "mystery"
+provider = "openai"
+model = "mystery-model"
+"#
+    )
+}
+
+fn start(emulator: &Running, tenant: String, extra: &[&str]) -> Gateway {
+    Gateway::start(
+        &[("a", tenant)],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emulator.base)),
+        ],
+        extra,
+    )
+}
+
+/// Picodollars as the ledger prints dollars: exact, no trailing zeros.
+fn usd(pico: u128) -> String {
+    let whole = pico / 1_000_000_000_000;
+    let frac = format!("{:012}", pico % 1_000_000_000_000);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        whole.to_string()
+    } else {
+        format!("{whole}.{frac}")
+    }
+}
+
+async fn get(url: String, key: &str) -> Reply {
+    send(
+        client()
+            .get(url)
+            .insert_header(("authorization", format!("Bearer {key}"))),
+        None,
+    )
+    .await
+}
+
+/// The ledger's rows of tenant `a` by request id, once `want` requests are in (the ledger
+/// writes behind the answer), then once more after a pause to see that no more arrive.
+async fn ledger_rows(gw: &Gateway, want: i64) -> Vec<Value> {
+    let url = gw.url("/a/usage?group_by=request");
+    let mut last = Vec::new();
+    for _ in 0..100 {
+        let r = get(url.clone(), KEY_A).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        last = r.json()["data"].as_array().cloned().unwrap_or_default();
+        let n: i64 = last
+            .iter()
+            .map(|row| row["requests"].as_i64().unwrap_or(0))
+            .sum();
+        if n >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get(url, KEY_A).await;
+    let now = r.json()["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        now, last,
+        "rows changed after the expected count was reached"
+    );
+    now
+}
+
+fn row_of<'r>(rows: &'r [Value], request_id: &str) -> &'r Value {
+    let matching: Vec<_> = rows.iter().filter(|r| r["group"] == request_id).collect();
+    assert_eq!(matching.len(), 1, "request {request_id} in {rows:?}");
+    assert_eq!(
+        matching[0]["requests"], 1,
+        "request {request_id} recorded once"
+    );
+    matching[0]
+}
+
+fn expected_cost(input: u64, output: u64) -> String {
+    usd(u128::from(input) * MINI_INPUT_PUSD + u128::from(output) * MINI_OUTPUT_PUSD)
+}
+
+#[actix_web::test]
+async fn recorded_cost_is_exact_for_chat_and_responses_streamed_and_not() {
+    let emu = emulator();
+    let gw = start(&emu, tenant(""), &[]);
+    let chat_url = gw.url("/a/chat/v1/chat/completions");
+    let responses_url = gw.url("/a/chat/v1/responses");
+    let prompt = "Count the primes below thirty and explain the method briefly";
+    let mut expected = Vec::new();
+
+    // Chat, whole.
+    let r = post(chat_url.clone(), Some(KEY_A), chat("gpt-4o-mini", prompt)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let u = &r.json()["usage"];
+    let (i, o) = (
+        u["prompt_tokens"].as_u64().expect("in"),
+        u["completion_tokens"].as_u64().expect("out"),
+    );
+    assert!(i > 0 && o > 0);
+    expected.push((r.header("x-request-id").to_owned(), i, o, "chat"));
+
+    // Chat stream with include_usage: the client sees the usage chunk exactly once.
+    let mut body = chat("gpt-4o-mini", prompt);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let r = post(chat_url.clone(), Some(KEY_A), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let usage_chunks: Vec<Value> = sse_data(&r.text())
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).expect("chunk"))
+        .filter(|c| c["usage"].is_object())
+        .collect();
+    assert_eq!(usage_chunks.len(), 1, "{}", r.text());
+    let u = &usage_chunks[0]["usage"];
+    assert_eq!(
+        (u["prompt_tokens"].as_u64(), u["completion_tokens"].as_u64()),
+        (Some(i), Some(o))
+    );
+    expected.push((
+        r.header("x-request-id").to_owned(),
+        i,
+        o,
+        "chat stream, asked",
+    ));
+
+    // Chat stream without include_usage: billed all the same, and the client sees no usage.
+    let mut body = chat("gpt-4o-mini", prompt);
+    body["stream"] = json!(true);
+    let r = post(chat_url.clone(), Some(KEY_A), body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("usage"), "{}", r.text());
+    assert!(r.text().ends_with("data: [DONE]\n\n"), "{}", r.text());
+    expected.push((
+        r.header("x-request-id").to_owned(),
+        i,
+        o,
+        "chat stream, not asked",
+    ));
+
+    // Responses, whole and streamed.
+    let body = json!({"model": "gpt-4o-mini", "input": prompt});
+    let r = post(responses_url.clone(), Some(KEY_A), body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let u = &r.json()["usage"];
+    let (ri, ro) = (
+        u["input_tokens"].as_u64().expect("in"),
+        u["output_tokens"].as_u64().expect("out"),
+    );
+    expected.push((r.header("x-request-id").to_owned(), ri, ro, "responses"));
+    let mut sbody = body;
+    sbody["stream"] = json!(true);
+    let r = post(responses_url, Some(KEY_A), sbody).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let completed = sse_data(&r.text())
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).expect("event"))
+        .find(|e| e["type"] == "response.completed")
+        .expect("completed");
+    let u = &completed["response"]["usage"];
+    let (si, so) = (
+        u["input_tokens"].as_u64().expect("in"),
+        u["output_tokens"].as_u64().expect("out"),
+    );
+    expected.push((
+        r.header("x-request-id").to_owned(),
+        si,
+        so,
+        "responses stream",
+    ));
+
+    let rows = ledger_rows(&gw, expected.len() as i64).await;
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for (id, input, output, what) in &expected {
+        let row = row_of(&rows, id);
+        assert_eq!(row["input_tokens"], *input, "{what}: {row}");
+        assert_eq!(row["output_tokens"], *output, "{what}: {row}");
+        assert_eq!(
+            row["cost_usd"],
+            expected_cost(*input, *output),
+            "{what}: {row}"
+        );
+        assert_eq!(row["unpriced_requests"], 0, "{what}");
+    }
+
+    // The totals, grouped by model and by key, add up to the same exact figure.
+    let total: u128 = expected
+        .iter()
+        .map(|(_, i, o, _)| u128::from(*i) * MINI_INPUT_PUSD + u128::from(*o) * MINI_OUTPUT_PUSD)
+        .sum();
+    for group_by in ["model", "key"] {
+        let r = get(gw.url(&format!("/a/usage?group_by={group_by}")), KEY_A).await;
+        let data = r.json()["data"].clone();
+        assert_eq!(data.as_array().map(Vec::len), Some(1), "{data}");
+        assert_eq!(data[0]["requests"], 5);
+        assert_eq!(data[0]["cost_usd"], usd(total), "{data}");
+    }
+    let by_model = get(gw.url("/a/usage?group_by=model"), KEY_A).await.json();
+    assert_eq!(by_model["data"][0]["group"], "gpt-4o-mini");
+
+    // Prometheus: tokens and cost per tenant, provider and model.
+    let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+    let input_sum: u64 = expected.iter().map(|e| e.1).sum();
+    let line = format!(
+        "switchyard_usage_tokens_total{{tenant=\"a\",provider=\"openai\",model=\"gpt-4o-mini\",kind=\"input\"}} {input_sum}"
+    );
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    assert!(metrics.contains(
+        "switchyard_cost_usd_total{tenant=\"a\",provider=\"openai\",model=\"gpt-4o-mini\"}"
+    ));
+}
+
+#[actix_web::test]
+async fn a_request_retried_after_a_429_is_one_ledger_row_and_an_unpriced_model_is_unknown_not_zero()
+{
+    let emu = emulator();
+    let gw = start(&emu, tenant(""), &[]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let r = post(
+        url.clone(),
+        Some(KEY_A),
+        chat(
+            "gpt-4o-mini",
+            "retry me [emulator:status=429,retry_after=1,times=1,key=gov-retry]",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let retried = r.header("x-request-id").to_owned();
+    let u = r.json()["usage"].clone();
+
+    let r = post(
+        url,
+        Some(KEY_A),
+        chat("mystery-model", "what does this cost"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let unpriced = r.header("x-request-id").to_owned();
+
+    let rows = ledger_rows(&gw, 2).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let row = row_of(&rows, &retried);
+    assert_eq!(
+        row["cost_usd"],
+        expected_cost(
+            u["prompt_tokens"].as_u64().expect("in"),
+            u["completion_tokens"].as_u64().expect("out")
+        )
+    );
+    let row = row_of(&rows, &unpriced);
+    assert_eq!(row["unpriced_requests"], 1, "{row}");
+    assert!(
+        row["input_tokens"].as_i64() > Some(0),
+        "tokens are still recorded: {row}"
+    );
+    let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+    assert!(
+        metrics.contains("switchyard_unpriced_requests_total{tenant=\"a\",provider=\"openai\",model=\"mystery-model\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// The 429 of a rate limit: status, code and the exact headers.
+fn assert_limited(r: &Reply, kind: &str, limit: u64) {
+    r.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(
+        r.header(&format!("x-ratelimit-limit-{kind}")),
+        limit.to_string()
+    );
+    assert_eq!(r.header(&format!("x-ratelimit-remaining-{kind}")), "0");
+    let retry: u64 = r
+        .header("retry-after")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        r.header(&format!("x-ratelimit-reset-{kind}")),
+        format!("{retry}s")
+    );
+}
+
+#[actix_web::test]
+async fn rate_limits_refuse_after_exactly_n_requests_per_tenant_and_per_key() {
+    let emu = emulator();
+    // Tenant: 4 requests a minute. Key "ci": 1 of them.
+    let extra = r#"requests_per_minute = 10
+
+[[api_keys]]
+name = "ci"
+sha256 = "8b5cf16c431885b0d17194621b6133a52ac1bbae47f2e68691100f271f2d0ea1"
+requests_per_minute = 1
+
+[limits]
+requests_per_minute = 4
+"#;
+    let gw = start(&emu, tenant(extra), &[]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let body = chat("gpt-4o-mini", "hello");
+    // The ci key (sk-acme-ci): one, then refused by its own limit.
+    let r = post(url.clone(), Some("sk-acme-ci"), body.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post(url.clone(), Some("sk-acme-ci"), body.clone()).await;
+    assert_limited(&r, "requests", 1);
+    assert!(
+        r.error_message().contains("api key"),
+        "{}",
+        r.error_message()
+    );
+    // The demo key: three more reach the tenant's 4 (the refused one did not count).
+    for n in 0..3 {
+        let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+    }
+    let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+    assert_limited(&r, "requests", 4);
+    assert!(
+        r.error_message().contains("tenant"),
+        "{}",
+        r.error_message()
+    );
+    // Refused requests are not billed: the ledger has exactly the four answered.
+    let rows = ledger_rows(&gw, 4).await;
+    assert_eq!(rows.len(), 4, "{rows:?}");
+}
+
+#[actix_web::test]
+async fn a_token_limit_refuses_once_the_window_holds_that_many_tokens() {
+    let emu = emulator();
+    let gw = start(&emu, tenant("\n[limits]\ntokens_per_minute = 5\n"), &[]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let r = post(url.clone(), Some(KEY_A), chat("gpt-4o-mini", "hello there")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["usage"]["total_tokens"].as_u64() >= Some(5));
+    let r = post(url, Some(KEY_A), chat("gpt-4o-mini", "again")).await;
+    assert_limited(&r, "tokens", 5);
+}
+
+/// A `redis-server` on a free loopback port, stopped when dropped.
+struct Redis {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_server() -> Option<Redis> {
+    let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = std::process::Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let redis = Redis {
+        child,
+        url: format!("redis://127.0.0.1:{port}/"),
+        _dir: dir,
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(redis);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("redis-server did not listen on {port}");
+}
+
+#[actix_web::test]
+async fn redis_limits_are_shared_by_two_gateways() {
+    let Some(redis) = redis_server() else {
+        eprintln!(
+            "\n!!!! SKIPPED redis_limits_are_shared_by_two_gateways: no redis-server (scripts/test installs it) !!!!\n"
+        );
+        return;
+    };
+    let emu = emulator();
+    let t = tenant("\n[limits]\nrequests_per_minute = 5\n");
+    let one = start(&emu, t.clone(), &["--redis", &redis.url]);
+    let two = start(&emu, t, &["--redis", &redis.url]);
+    let body = chat("gpt-4o-mini", "hello");
+    let urls = [
+        one.url("/a/chat/v1/chat/completions"),
+        two.url("/a/chat/v1/chat/completions"),
+    ];
+    for n in 0..5 {
+        let r = post(urls[n % 2].clone(), Some(KEY_A), body.clone()).await;
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+    }
+    // Each gateway alone has seen at most 3: only shared counters refuse the sixth.
+    for url in &urls {
+        let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+        assert_limited(&r, "requests", 5);
+    }
+}
+
+/// Concurrent requests through two gateways sharing Redis: exactly the limit gets through.
+#[actix_web::test]
+async fn redis_limits_hold_under_concurrency() {
+    let Some(redis) = redis_server() else {
+        eprintln!("\n!!!! SKIPPED redis_limits_hold_under_concurrency: no redis-server !!!!\n");
+        return;
+    };
+    let emu = emulator();
+    let t = tenant("\n[limits]\nrequests_per_minute = 7\n");
+    let one = start(&emu, t.clone(), &["--redis", &redis.url]);
+    let two = start(&emu, t, &["--redis", &redis.url]);
+    let body = chat("gpt-4o-mini", "hello");
+    let futures = (0..20).map(|n| {
+        let url = if n % 2 == 0 { &one } else { &two }.url("/a/chat/v1/chat/completions");
+        post(url, Some(KEY_A), body.clone())
+    });
+    let replies = futures_util::future::join_all(futures).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let limited = replies.iter().filter(|r| r.status == 429).count();
+    assert_eq!((ok, limited), (7, 13));
+}
+
+#[actix_web::test]
+async fn the_sqlite_ledger_survives_a_restart_and_the_admin_api_reads_it() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let admin = [("SWITCHYARD_ADMIN_TOKEN", "adm-secret".to_owned())];
+    let env = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ];
+        env.extend_from_slice(extra);
+        env
+    };
+    let gw = Gateway::start(&[("a", tenant(""))], &env(&admin), &["--ledger", &ledger]);
+    for _ in 0..3 {
+        let r = post(
+            gw.url("/a/chat/v1/chat/completions"),
+            Some(KEY_A),
+            chat("gpt-4o-mini", "hi"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let before = ledger_rows(&gw, 3).await;
+    drop(gw);
+    let gw = Gateway::start(&[("a", tenant(""))], &env(&admin), &["--ledger", &ledger]);
+    let after = ledger_rows(&gw, 3).await;
+    assert_eq!(before, after);
+    // The admin API, by day; a wrong token and a tenant key are refused.
+    let r = get(gw.url("/admin/tenants/a/usage?group_by=day"), "adm-secret").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = r.json()["data"].clone();
+    assert_eq!(data[0]["requests"], 3, "{data}");
+    assert_eq!(data[0]["group"].as_str().map(str::len), Some(10), "{data}");
+    get(gw.url("/admin/tenants/a/usage"), KEY_A)
+        .await
+        .assert_error(401, "invalid_api_key");
+    get(gw.url("/a/usage?group_by=color"), KEY_A)
+        .await
+        .assert_error(400, "invalid_usage_query");
+    // A tenant reads only its own usage.
+    get(gw.url("/b/usage"), KEY_A)
+        .await
+        .assert_error(401, "invalid_api_key");
+    // A range that ends before the requests holds none of them.
+    let r = get(gw.url("/a/usage?to=2000-01-01"), KEY_A).await;
+    assert_eq!(r.json()["data"], json!([]), "{}", r.text());
+}
+
+#[actix_web::test]
+async fn the_postgres_ledger_records_each_request_once() {
+    let Ok(url) = std::env::var("SWITCHYARD_TEST_POSTGRES") else {
+        eprintln!(
+            "\n!!!! SKIPPED the_postgres_ledger_records_each_request_once: SWITCHYARD_TEST_POSTGRES is not set (scripts/test starts PostgreSQL and sets it) !!!!\n"
+        );
+        return;
+    };
+    let emu = emulator();
+    // A tenant id of its own, so earlier runs' rows in the shared database do not count.
+    let id = format!("pg{}", std::process::id());
+    let gw = Gateway::start(
+        &[(id.as_str(), tenant(""))],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ],
+        &["--ledger", &url],
+    );
+    let mut ids = Vec::new();
+    for stream in [false, true] {
+        let mut body = chat("gpt-4o-mini", "hello postgres");
+        body["stream"] = json!(stream);
+        let r = post(
+            gw.url(&format!("/{id}/chat/v1/chat/completions")),
+            Some(KEY_A),
+            body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        ids.push(r.header("x-request-id").to_owned());
+    }
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        let r = get(gw.url(&format!("/{id}/usage?group_by=request")), KEY_A).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        rows = r.json()["data"].as_array().cloned().unwrap_or_default();
+        if rows.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for rid in &ids {
+        let row = row_of(&rows, rid);
+        let cost = expected_cost(
+            row["input_tokens"].as_u64().expect("in"),
+            row["output_tokens"].as_u64().expect("out"),
+        );
+        assert_eq!(row["cost_usd"], cost);
+    }
+}
+
+/// One request that may be cut by a crash: its request id and whole body when it arrived in
+/// full (a stream: through its `[DONE]`), `None` when it did not.
+async fn try_post(url: String, body: Value) -> Option<(String, String)> {
+    let mut res = client()
+        .post(url)
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("authorization", format!("Bearer {KEY_A}")))
+        .send_body(body.to_string())
+        .await
+        .ok()?;
+    let id = res.headers().get("x-request-id")?.to_str().ok()?.to_owned();
+    let bytes = res.body().limit(1 << 20).await.ok()?;
+    let text = String::from_utf8(bytes.to_vec()).ok()?;
+    let whole = res.status() == 200
+        && if body["stream"] == true {
+            text.ends_with("data: [DONE]\n\n")
+        } else {
+            serde_json::from_str::<Value>(&text).is_ok_and(|v| v["usage"].is_object())
+        };
+    whole.then_some((id, text))
+}
+
+#[actix_web::test]
+async fn after_kill_9_every_answer_received_in_full_is_in_the_ledger_once() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    // Every commit takes 40 ms longer than it would: an answer that went out before its
+    // commit would reach the client well before the kill catches the commit.
+    let env = [
+        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
+        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "40".to_owned()),
+    ];
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    // 40 requests finishing 15 ms apart; the gateway is killed in the middle of them.
+    let requests = (0..40u64).map(|i| {
+        let mut body = chat(
+            "gpt-4o-mini",
+            &format!("request {i} [emulator:latency_ms={}]", 100 + i * 15),
+        );
+        body["stream"] = json!(i % 2 == 1);
+        try_post(url.clone(), body)
+    });
+    let all = futures_util::future::join_all(requests);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(100 + 20 * 15)).await;
+        gw.run.signal("KILL");
+    };
+    let (done, ()) = futures_util::future::join(all, kill).await;
+    let received: Vec<String> = done.into_iter().flatten().map(|(id, _)| id).collect();
+    assert!(
+        (5..35).contains(&received.len()),
+        "the kill should fall mid-load: {} answers arrived",
+        received.len()
+    );
+    drop(gw);
+    // Restarted on the same file, and read at once: nothing may still be on its way.
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let r = get(gw.url("/a/usage?group_by=request"), KEY_A).await;
+    let rows = r.json()["data"].as_array().cloned().unwrap_or_default();
+    for id in &received {
+        row_of(&rows, id);
+    }
+    assert!(rows.iter().all(|r| r["requests"] == 1), "{rows:?}");
+}
+
+#[actix_web::test]
+async fn an_answer_goes_out_only_after_its_ledger_commit_so_kill_9_right_after_loses_nothing() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let env = [
+        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
+        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "300".to_owned()),
+    ];
+    let mut received = Vec::new();
+    for stream in [false, true] {
+        let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+        let mut body = chat("gpt-4o-mini", "commit me first");
+        body["stream"] = json!(stream);
+        let started = std::time::Instant::now();
+        let (id, _) = try_post(gw.url("/a/chat/v1/chat/completions"), body)
+            .await
+            .expect("a whole answer");
+        gw.run.signal("KILL");
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "the answer waited for the commit"
+        );
+        received.push(id);
+    }
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let r = get(gw.url("/a/usage?group_by=request"), KEY_A).await;
+    let rows = r.json()["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for id in &received {
+        row_of(&rows, id);
+    }
+}
+
+/// The tenant's recorded spend, exact, from the usage API.
+async fn spent(gw: &Gateway) -> String {
+    let r = get(gw.url("/a/usage"), KEY_A).await;
+    r.json()["data"][0]["cost_usd"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned()
+}
+
+/// Picodollars of a decimal string such as "0.0000099".
+fn pico(usd: &str) -> u128 {
+    let (whole, frac) = usd.split_once('.').unwrap_or((usd, ""));
+    let frac = format!("{frac:0<12}");
+    whole.parse::<u128>().expect("whole") * 1_000_000_000_000 + frac.parse::<u128>().expect("frac")
+}
+
+#[actix_web::test]
+async fn concurrent_requests_never_spend_past_a_usd_budget_and_the_rest_get_429() {
+    let emu = emulator();
+    // $0.00005 a day: a handful of small gpt-4o-mini answers.
+    let budget = "\n[[budgets]]\nusd = \"0.00005\"\nperiod = \"day\"\n";
+    let gw = start(&emu, tenant(budget), &[]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let mut body = chat("gpt-4o-mini", "hello there, how are you");
+    body["max_tokens"] = json!(8);
+    let replies = futures_util::future::join_all(
+        (0..20).map(|_| post(url.clone(), Some(KEY_A), body.clone())),
+    )
+    .await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    for r in replies.iter().filter(|r| r.status != 200) {
+        r.assert_error(429, "budget_exhausted");
+        assert!(
+            r.error_message().contains("per day"),
+            "{}",
+            r.error_message()
+        );
+    }
+    assert!((1..20).contains(&ok), "{ok} answered");
+    // Reservations are estimates above the actual cost: what they held back may still be
+    // spent, one request at a time, until the budget refuses for good.
+    let mut more = 0;
+    loop {
+        let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+        if r.status != 200 {
+            r.assert_error(429, "budget_exhausted");
+            break;
+        }
+        more += 1;
+        assert!(more < 20, "the budget never ran out");
+    }
+    ledger_rows(&gw, (ok + more) as i64).await;
+    let total = spent(&gw).await;
+    assert!(pico(&total) <= pico("0.00005"), "spent {total} of $0.00005");
+    // The last answer's estimate no longer fits: spent + estimate > budget.
+    assert!(
+        pico(&total) > pico("0.00005") / 2,
+        "spent {total}: the budget was used"
+    );
+    post(url, Some(KEY_A), body)
+        .await
+        .assert_error(429, "budget_exhausted");
+}
+
+#[actix_web::test]
+async fn an_exhausted_budget_diverts_to_the_fallback_route_when_the_tenant_says_so() {
+    let emu = emulator();
+    let t = tenant(
+        "\n[[budgets]]\nusd = \"0.000001\"\nperiod = \"month\"\non_exhausted = \"fallback\"\n",
+    )
+    .replace(
+        "[proxies.chat]\n",
+        "[proxies.chat]\nfallback = \"mystery\"\n",
+    );
+    let gw = start(&emu, t, &[]);
+    let r = post(
+        gw.url("/a/chat/v1/chat/completions"),
+        Some(KEY_A),
+        chat("gpt-4o-mini", "hello"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-route"), "mystery");
+    assert_eq!(r.header("x-switchyard-fallback"), "true");
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "budget_exhausted");
+}
+
+/// Per-token prices in picodollars: (input, cached input, output).
+struct Rates(u128, u128, u128);
+
+/// The cost of a client-visible usage object (chat or Responses shape) at `rates`.
+fn cost_of(u: &Value, r: &Rates) -> (u64, u64, String) {
+    let input = u["prompt_tokens"]
+        .as_u64()
+        .or(u["input_tokens"].as_u64())
+        .expect("input");
+    let output = u["completion_tokens"]
+        .as_u64()
+        .or(u["output_tokens"].as_u64())
+        .expect("output");
+    let cached = u["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .or(u["input_tokens_details"]["cached_tokens"].as_u64())
+        .unwrap_or(0);
+    let pico =
+        u128::from(input - cached) * r.0 + u128::from(cached) * r.1 + u128::from(output) * r.2;
+    (input, output, usd(pico))
+}
+
+#[actix_web::test]
+async fn recorded_cost_is_exact_on_azure_and_gemini_for_every_endpoint_and_stream_mode() {
+    let emu = emulator();
+    let t = format!(
+        r#"
+[[api_keys]]
+name = "demo"
+sha256 = "{KEY_A_SHA}"
+
+[providers.azure]
+type = "azure_openai"
+endpoint = "http://127.0.0.1:1"
+base_url_env = "G_ROOT_URL"
+api_version = "2025-03-01-preview"
+api_key_env = "G_AZURE_KEY"
+
+[providers.gemini]
+type = "gemini"
+base_url = "http://127.0.0.1:1"
+base_url_env = "G_ROOT_URL"
+api_key_env = "G_GEMINI_KEY"
+
+[proxies.az]
+[[proxies.az.routes]]
+name = "main"
+provider = "azure"
+model = "gpt-4o"
+
+[proxies.gm]
+[[proxies.gm.routes]]
+name = "main"
+provider = "gemini"
+model = "flash"
+target_model = "gemini-2.5-flash"
+"#
+    );
+    let gw = Gateway::start(
+        &[("a", t)],
+        &[
+            ("G_ROOT_URL", emu.base.clone()),
+            ("G_AZURE_KEY", "a2e0c0ffee0e0u1a70r0a2e0c0ffee00".to_owned()),
+            (
+                "G_GEMINI_KEY",
+                switchyard::emulator::DEFAULT_GEMINI_KEY.to_owned(),
+            ),
+        ],
+        &[],
+    );
+    let cases = [
+        ("az", "gpt-4o", Rates(2_500_000, 1_250_000, 10_000_000)),
+        ("gm", "flash", Rates(300_000, 30_000, 2_500_000)),
+    ];
+    let mut expected = Vec::new();
+    for (proxy, model, rates) in &cases {
+        for (endpoint, stream) in [
+            ("chat/completions", false),
+            ("chat/completions", true),
+            ("responses", false),
+            ("responses", true),
+        ] {
+            let what = format!("{proxy} {endpoint} stream={stream}");
+            let prompt = "Name three rivers and one fact about each";
+            let mut body = if endpoint == "responses" {
+                json!({"model": model, "input": prompt})
+            } else {
+                chat(model, prompt)
+            };
+            if stream {
+                body["stream"] = json!(true);
+                if endpoint == "chat/completions" {
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+            }
+            let r = post(
+                gw.url(&format!("/a/{proxy}/v1/{endpoint}")),
+                Some(KEY_A),
+                body,
+            )
+            .await;
+            assert_eq!(r.status, 200, "{what}: {}", r.text());
+            let usage = if !stream {
+                r.json()["usage"].clone()
+            } else {
+                sse_data(&r.text())
+                    .iter()
+                    .filter(|d| *d != "[DONE]")
+                    .map(|d| serde_json::from_str::<Value>(d).expect("event"))
+                    .find_map(|e| {
+                        if e["usage"].is_object() {
+                            Some(e["usage"].clone())
+                        } else if e["type"] == "response.completed" {
+                            Some(e["response"]["usage"].clone())
+                        } else {
+                            None
+                        }
+                    })
+                    .unwrap_or_else(|| panic!("{what}: no usage in {}", r.text()))
+            };
+            let (input, output, cost) = cost_of(&usage, rates);
+            assert!(input > 0 && output > 0, "{what}: {usage}");
+            expected.push((
+                r.header("x-request-id").to_owned(),
+                input,
+                output,
+                cost,
+                what,
+            ));
+        }
+    }
+    let rows = ledger_rows(&gw, expected.len() as i64).await;
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for (id, input, output, cost, what) in &expected {
+        let row = row_of(&rows, id);
+        assert_eq!(row["input_tokens"], *input, "{what}: {row}");
+        assert_eq!(row["output_tokens"], *output, "{what}: {row}");
+        assert_eq!(row["cost_usd"], *cost, "{what}: {row}");
+    }
+}
+
+#[actix_web::test]
+async fn two_gateways_sharing_redis_never_spend_past_one_budget() {
+    let Some(redis) = redis_server() else {
+        eprintln!(
+            "\n!!!! SKIPPED two_gateways_sharing_redis_never_spend_past_one_budget: no redis-server !!!!\n"
+        );
+        return;
+    };
+    let emu = emulator();
+    let t = tenant("\n[[budgets]]\nusd = \"0.00005\"\nperiod = \"day\"\n");
+    let gws = [
+        start(&emu, t.clone(), &["--redis", &redis.url]),
+        start(&emu, t, &["--redis", &redis.url]),
+    ];
+    let mut body = chat("gpt-4o-mini", "hello there, how are you");
+    body["max_tokens"] = json!(8);
+    let wave = (0..30).map(|n| {
+        post(
+            gws[n % 2].url("/a/chat/v1/chat/completions"),
+            Some(KEY_A),
+            body.clone(),
+        )
+    });
+    let replies = futures_util::future::join_all(wave).await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    for r in replies.iter().filter(|r| r.status != 200) {
+        r.assert_error(429, "budget_exhausted");
+    }
+    assert!((1..30).contains(&ok), "{ok} answered");
+    // Then one at a time, alternating, until the shared budget refuses on both.
+    let mut answered = [0i64; 2];
+    for r in replies.iter().enumerate().filter(|(_, r)| r.status == 200) {
+        answered[r.0 % 2] += 1;
+    }
+    let mut refused = [false; 2];
+    for n in 0..40 {
+        let i = n % 2;
+        let r = post(
+            gws[i].url("/a/chat/v1/chat/completions"),
+            Some(KEY_A),
+            body.clone(),
+        )
+        .await;
+        if r.status == 200 {
+            answered[i] += 1;
+            refused[i] = false;
+        } else {
+            r.assert_error(429, "budget_exhausted");
+            refused[i] = true;
+        }
+        if refused == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(refused, [true, true], "the budget never ran out");
+    let mut total = 0;
+    for (gw, n) in gws.iter().zip(answered) {
+        ledger_rows(gw, n).await;
+        total += pico(&spent(gw).await);
+    }
+    assert!(total <= pico("0.00005"), "spent {} of $0.00005", usd(total));
+    assert!(
+        total > pico("0.00005") / 2,
+        "spent {}: the budget was used",
+        usd(total)
+    );
+}
+
+#[actix_web::test]
+async fn a_restarted_gateway_remembers_the_periods_spend_from_its_ledger() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let t = tenant("\n[[budgets]]\nusd = \"0.00003\"\nperiod = \"month\"\n");
+    let mut body = chat("gpt-4o-mini", "hello there, how are you");
+    body["max_tokens"] = json!(8);
+    let gw = start(&emu, t.clone(), &["--ledger", &ledger]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    let mut answered = 0;
+    loop {
+        let r = post(url.clone(), Some(KEY_A), body.clone()).await;
+        if r.status != 200 {
+            r.assert_error(429, "budget_exhausted");
+            break;
+        }
+        answered += 1;
+        assert!(answered < 20, "the budget never ran out");
+    }
+    assert!(answered >= 1);
+    drop(gw);
+    let gw = start(&emu, t, &["--ledger", &ledger]);
+    let r = post(gw.url("/a/chat/v1/chat/completions"), Some(KEY_A), body).await;
+    r.assert_error(429, "budget_exhausted");
+}
+
+#[actix_web::test]
+async fn a_stream_the_client_abandons_is_billed_at_an_estimate_flagged_as_such() {
+    use futures_util::StreamExt;
+    let emu = emulator();
+    let gw = start(&emu, tenant(""), &[]);
+    let mut body = chat(
+        "gpt-4o-mini",
+        "tell me a long story [emulator:chunk_ms=100,tokens=60]",
+    );
+    body["stream"] = json!(true);
+    let text = body.to_string();
+    let mut res = client()
+        .post(gw.url("/a/chat/v1/chat/completions"))
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("authorization", format!("Bearer {KEY_A}")))
+        .send_body(text.clone())
+        .await
+        .expect("response");
+    assert_eq!(res.status(), 200);
+    // Read a few events, then go away.
+    let mut seen = 0;
+    while seen < 3 {
+        let chunk = res.next().await.expect("a chunk").expect("bytes");
+        seen += chunk.windows(6).filter(|w| w == b"data: ").count();
+    }
+    drop(res);
+    let rows = ledger_rows(&gw, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["estimated_requests"], 1, "{row}");
+    let input = (text.len() as u64).div_ceil(4);
+    assert_eq!(row["input_tokens"], input, "{row}");
+    let output = row["output_tokens"].as_u64().expect("output");
+    assert!((1..60).contains(&output), "{row}");
+    assert_eq!(row["cost_usd"], expected_cost(input, output), "{row}");
+}
