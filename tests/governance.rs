@@ -1045,3 +1045,57 @@ async fn a_stream_the_client_abandons_is_billed_at_an_estimate_flagged_as_such()
     assert!((1..60).contains(&output), "{row}");
     assert_eq!(row["cost_usd"], expected_cost(input, output), "{row}");
 }
+
+#[actix_web::test]
+async fn a_translated_stream_that_breaks_is_billed_at_an_estimate_flagged_as_such() {
+    let emu = emulator();
+    let t = format!(
+        r#"
+[[api_keys]]
+name = "demo"
+sha256 = "{KEY_A_SHA}"
+
+[providers.gemini]
+type = "gemini"
+base_url = "http://127.0.0.1:1"
+base_url_env = "G_ROOT_URL"
+api_key_env = "G_GEMINI_KEY"
+max_retries = 0
+
+[proxies.gm]
+[[proxies.gm.routes]]
+name = "main"
+provider = "gemini"
+model = "gemini-2.5-flash"
+"#
+    );
+    let gw = Gateway::start(
+        &[("a", t)],
+        &[
+            ("G_ROOT_URL", emu.base.clone()),
+            (
+                "G_GEMINI_KEY",
+                "AIzaSy-switchyard-emulator-gemini-key0".into(),
+            ),
+        ],
+        &[],
+    );
+    // Three words, then Gemini's error event: no usage report ever comes.
+    let mut body = chat("gemini-2.5-flash", "Hello [emulator:midstream_error=3]");
+    body["stream"] = json!(true);
+    let text = body.to_string();
+    let r = post(gw.url("/a/gm/v1/chat/completions"), Some(KEY_A), body).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("upstream_stream_interrupted"),
+        "{}",
+        r.text()
+    );
+    let rows = ledger_rows(&gw, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["estimated_requests"], 1, "{row}");
+    assert_eq!(row["input_tokens"], text.len() as u64 / 4, "{row}");
+    // "Hello from the": 14 bytes generated, about 4 tokens.
+    assert_eq!(row["output_tokens"], 4, "{row}");
+}

@@ -208,7 +208,6 @@ pub async fn committed(ack: Ack) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

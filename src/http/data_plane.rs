@@ -10,7 +10,7 @@ use super::body::read_limited;
 use crate::actors::directory::{ProxyHandle, TenantEntry};
 use crate::actors::messages::{Call, CallLimits, Decide, RestartProxy};
 use crate::actors::provider::ProviderActor;
-use crate::api::canonical::{Conversation, Message, Reply, Role};
+use crate::api::canonical::{Conversation, Message, Part, Reply, Role, Usage};
 use crate::api::codec::FrontEncoder;
 use crate::api::response_ids::{IdRewriter, IdScope};
 use crate::api::response_store::StoredResponse;
@@ -299,14 +299,23 @@ async fn attempt(
         };
         let outgoing = providers::Outgoing::Translated(&decoded.conversation);
         let request = providers::prepare(outgoing, decision, traceparent)?;
-        let answer = send(req, decision, request, provider, span).await?;
-        return Ok(answer.and_then(|upstream| {
-            let stream = matches!(upstream.body, UpstreamBody::Stream(_));
-            let on_usage = meter.on_usage(decision, endpoint, stream);
-            translated(
-                translator, decision, upstream, decoded, tenant, state, on_usage,
-            )
-        }));
+        let upstream = match send(req, decision, request, provider, span).await? {
+            Ok(upstream) => upstream,
+            Err(err) => return Ok(Err(err)),
+        };
+        let stream = matches!(upstream.body, UpstreamBody::Stream(_));
+        let on_usage = meter.on_usage(decision, endpoint, stream);
+        let input_estimate = front.raw.len() as u64 / 4;
+        return Ok(translated(
+            translator,
+            decision,
+            upstream,
+            decoded,
+            tenant,
+            state,
+            (on_usage, input_estimate),
+        )
+        .await);
     }
     // Responses ids are scoped to the tenant on the provider account (api::response_ids).
     let ids = (endpoint == Endpoint::Responses).then(|| {
@@ -438,20 +447,22 @@ impl Decoded {
 
 /// The client's response from a translated provider's answer: decoded by the provider's
 /// translator and encoded for the front endpoint, whole or event by event. When the answer
-/// ends, its usage is tapped and (Responses with `store`) it is stored for follow-ups.
-fn translated(
+/// ends, its usage is tapped and (Responses with `store`) it is stored for follow-ups. A whole
+/// answer goes out only once its ledger record is committed (as on the native path); a
+/// stream's record is written when it ends, with an estimate (flagged) when the upstream
+/// never reported its usage.
+async fn translated(
     translator: &dyn providers::Translator,
     decision: &Decision,
     upstream: UpstreamResponse,
     decoded: &Decoded,
     tenant: &str,
     state: &AppState,
-    on_usage: usage::OnUsage,
+    (on_usage, input_estimate): (usage::OnUsage, u64),
 ) -> Result<HttpResponse, GatewayError> {
     let route = decision.route();
     let model = route.upstream_model();
     let on_end = ending_hook(decoded, route.name.clone(), model, tenant, state);
-    let on_end = metered(on_end, on_usage);
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
         res.insert_header(("x-upstream-request-id", id));
@@ -472,7 +483,15 @@ fn translated(
                         .unwrap_or_default()
                 }
             };
+            let ack = on_usage(usage::Report {
+                usage: reply.usage,
+                estimated: false,
+                durable: true,
+            });
             on_end(&reply, Ending::Complete);
+            if let Some(ack) = ack {
+                crate::governance::committed(ack).await;
+            }
             Ok(res.content_type("application/json").body(body))
         }
         UpstreamBody::Stream(rx) => {
@@ -489,7 +508,7 @@ fn translated(
                 translator.stream_decoder(),
                 encoder,
                 decision.provider.name.clone(),
-                on_end,
+                metered(on_end, on_usage, input_estimate),
                 stream_span(),
             );
             Ok(res
@@ -545,12 +564,28 @@ fn ending_hook(
     })
 }
 
-/// `on_end`, after recording the answer's usage (`governance`).
-fn metered(on_end: OnEnd, on_usage: usage::OnUsage) -> OnEnd {
+/// `on_end`, after recording the streamed answer's usage (`governance`): the provider's
+/// report, or, when the stream broke or the client left before it, an estimate flagged as
+/// one (the request's bytes / 4 in, what was generated so far / 4 out).
+fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEnd {
     Box::new(move |reply: &Reply, ending: Ending| {
+        let generated: usize = reply
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Text { text } | Part::Reasoning { text, .. } => text.len(),
+                Part::ToolCall(c) => c.name.len() + c.arguments.len(),
+                Part::Image(_) | Part::ToolResult(_) => 0,
+            })
+            .sum();
+        let estimate = Usage {
+            input_tokens: input_estimate,
+            output_tokens: generated.div_ceil(4) as u64,
+            ..Usage::default()
+        };
         on_usage(usage::Report {
-            usage: reply.usage,
-            estimated: false,
+            usage: Some(reply.usage.unwrap_or(estimate)),
+            estimated: reply.usage.is_none(),
             durable: false,
         });
         on_end(reply, ending);
