@@ -303,14 +303,7 @@ pub(super) fn leading_message_start(buf: &[u8]) -> usize {
     let Ok(message) = aws_smithy_eventstream::frame::read_message_from(&buf[..len]) else {
         return 0;
     };
-    let header = |name: &str| {
-        message
-            .headers()
-            .iter()
-            .find(|h| h.name().as_str() == name)
-            .and_then(|h| h.value().as_string().ok())
-            .map(|s| s.as_str().to_owned())
-    };
+    let header = |name: &str| header(&message, name);
     let start = header(":message-type").as_deref() == Some("event")
         && header(":event-type").as_deref() == Some("messageStart");
     if start { len } else { 0 }
@@ -319,14 +312,7 @@ pub(super) fn leading_message_start(buf: &[u8]) -> usize {
 /// The message of an exception frame that opens a stream, if the first frame is one.
 pub(super) fn exception_in_first_frame(first: &[u8]) -> Option<String> {
     let message = aws_smithy_eventstream::frame::read_message_from(first).ok()?;
-    let header = |name: &str| {
-        message
-            .headers()
-            .iter()
-            .find(|h| h.name().as_str() == name)
-            .and_then(|h| h.value().as_string().ok())
-            .map(|s| s.as_str().to_owned())
-    };
+    let header = |name: &str| header(&message, name);
     (header(":message-type").as_deref() == Some("exception")).then(|| {
         exception_message(
             header(":exception-type").as_deref().unwrap_or("exception"),
@@ -445,4 +431,14 @@ struct MessageStop {
 #[derive(Deserialize)]
 struct Metadata {
     usage: Option<TokenUsage>,
+}/// A string header of an eventstream message (`:message-type`, `:event-type`…).
+fn header(message: &Message, name: &str) -> Option<String> {
+    message
+        .headers()
+        .iter()
+        .find(|h| h.name().as_str() == name)
+        .and_then(|h| h.value().as_string().ok())
+        .map(|s| s.as_str().to_owned())
 }
+
+
