@@ -697,3 +697,51 @@ async fn every_case_on_every_provider_endpoint_and_stream_mode() {
         .sum();
     assert_eq!(cells, per_provider * PROVIDERS.len());
 }
+
+/// Streams are relayed as they come, on every provider and both endpoints: with the upstream
+/// waiting 300 ms between its 4 chunks, the client has its first content about 900 ms before
+/// the stream ends (a relay that buffered the stream would deliver it all at once).
+#[actix_web::test]
+async fn every_provider_streams_incrementally() {
+    use futures_util::StreamExt;
+    let (_emu, gw) = start();
+    for provider in PROVIDERS {
+        for (path, body) in [
+            (
+                "chat/completions",
+                json!({"model": "gpt-4o", "stream": true,
+                    "messages": [{"role": "user", "content": "Hi [emulator:chunk_ms=300,tokens=4]"}]}),
+            ),
+            (
+                "responses",
+                json!({"model": "gpt-4o", "stream": true, "input": "Hi [emulator:chunk_ms=300,tokens=4]"}),
+            ),
+        ] {
+            let cell = format!("{provider} / {path}");
+            let mut res = client()
+                .post(gw.url(&format!("/a/{provider}/v1/{path}")))
+                .bearer_auth(KEY_A)
+                .send_json(&body)
+                .await
+                .expect("response");
+            assert_eq!(res.status(), 200, "{cell}");
+            let mut seen = String::new();
+            let mut first_content = None;
+            while let Some(chunk) = res.next().await {
+                seen.push_str(&String::from_utf8_lossy(&chunk.expect("bytes")));
+                if first_content.is_none()
+                    && (seen.contains("\"content\":\"Hello\"")
+                        || seen.contains("\"delta\":\"Hello\""))
+                {
+                    first_content = Some(std::time::Instant::now());
+                }
+            }
+            let first = first_content.unwrap_or_else(|| panic!("{cell}: no first word: {seen}"));
+            let gap = first.elapsed();
+            assert!(
+                gap >= std::time::Duration::from_millis(700),
+                "{cell}: the first word came only {gap:?} before the end"
+            );
+        }
+    }
+}

@@ -431,7 +431,8 @@ struct MessageStop {
 #[derive(Deserialize)]
 struct Metadata {
     usage: Option<TokenUsage>,
-}/// A string header of an eventstream message (`:message-type`, `:event-type`…).
+}
+/// A string header of an eventstream message (`:message-type`, `:event-type`…).
 fn header(message: &Message, name: &str) -> Option<String> {
     message
         .headers()
@@ -440,5 +441,3 @@ fn header(message: &Message, name: &str) -> Option<String> {
         .and_then(|h| h.value().as_string().ok())
         .map(|s| s.as_str().to_owned())
 }
-
-
