@@ -796,7 +796,7 @@ fn cost_of(u: &Value, r: &Rates) -> (u64, u64, String) {
 }
 
 #[actix_web::test]
-async fn recorded_cost_is_exact_on_azure_and_gemini_for_every_endpoint_and_stream_mode() {
+async fn recorded_cost_is_exact_on_azure_gemini_and_bedrock_for_every_endpoint_and_stream_mode() {
     let emu = emulator();
     let t = format!(
         r#"
@@ -829,6 +829,21 @@ name = "main"
 provider = "gemini"
 model = "flash"
 target_model = "gemini-2.5-flash"
+
+[providers.bedrock]
+type = "bedrock"
+region = "us-east-1"
+endpoint = "http://127.0.0.1:1"
+base_url_env = "G_ROOT_URL"
+access_key_id_env = "G_AWS_KEY_ID"
+secret_access_key_env = "G_AWS_SECRET"
+
+[proxies.br]
+[[proxies.br.routes]]
+name = "main"
+provider = "bedrock"
+model = "claude"
+target_model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 "#
     );
     let gw = Gateway::start(
@@ -840,12 +855,21 @@ target_model = "gemini-2.5-flash"
                 "G_GEMINI_KEY",
                 switchyard::emulator::DEFAULT_GEMINI_KEY.to_owned(),
             ),
+            (
+                "G_AWS_KEY_ID",
+                switchyard::emulator::DEFAULT_BEDROCK_ACCESS_KEY_ID.to_owned(),
+            ),
+            (
+                "G_AWS_SECRET",
+                switchyard::emulator::DEFAULT_BEDROCK_SECRET_ACCESS_KEY.to_owned(),
+            ),
         ],
         &[],
     );
     let cases = [
         ("az", "gpt-4o", Rates(2_500_000, 1_250_000, 10_000_000)),
         ("gm", "flash", Rates(300_000, 30_000, 2_500_000)),
+        ("br", "claude", Rates(3_000_000, 300_000, 15_000_000)),
     ];
     let mut expected = Vec::new();
     for (proxy, model, rates) in &cases {
