@@ -48,9 +48,9 @@ impl EncoderKind {
 
 /// The static encoder's threshold, chosen by `switchyard calibrate --embedding-encoder static`
 /// (docs/semantic-routing.md).
-pub const STATIC_THRESHOLD: f32 = 0.36;
+pub const STATIC_THRESHOLD: f32 = 0.48;
 /// The static encoder's margin (docs/semantic-routing.md).
-pub const STATIC_MARGIN: f32 = 0.03;
+pub const STATIC_MARGIN: f32 = 0.01;
 
 /// A loaded encoder of either kind. Immutable and shareable across pool threads.
 #[derive(Debug)]
@@ -97,7 +97,7 @@ impl Encoder {
         match kind {
             EncoderKind::Transformer => Embedder::load_dir(dir).map(Self::Transformer),
             EncoderKind::Static => {
-                StaticEncoder::load_or_distill(dir, &DistillParams::default(), cache_root)
+                StaticEncoder::load_or_distill(dir, &DistillParams::from_env(), cache_root)
                     .map(Self::Static)
             }
         }

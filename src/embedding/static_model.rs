@@ -45,6 +45,8 @@ pub struct DistillParams {
     pub pca_dims: Option<usize>,
     /// The SIF coefficient `a` (`None`: no weighting).
     pub sif_coefficient: Option<f32>,
+    /// Run each id as `[CLS] id [SEP]` instead of model2vec's reversed `[SEP] id [CLS]`.
+    pub natural_order: bool,
 }
 
 impl Default for DistillParams {
@@ -53,6 +55,7 @@ impl Default for DistillParams {
         Self {
             pca_dims: Some(256),
             sif_coefficient: Some(1e-4),
+            natural_order: false,
         }
     }
 }
@@ -66,7 +69,26 @@ impl DistillParams {
         let sif = self
             .sif_coefficient
             .map_or_else(|| "none".to_owned(), |a| format!("{a:e}"));
-        format!("pca{pca}-sif{sif}")
+        let order = if self.natural_order { "-cls" } else { "" };
+        format!("pca{pca}-sif{sif}{order}")
+    }
+
+    /// The defaults, overridden by `SWITCHYARD_STATIC_DISTILL` (for measuring alternatives:
+    /// comma-separated `pca=N|none`, `sif=A|none`, `order=cls|sep`). Unknown parts are ignored.
+    pub fn from_env() -> Self {
+        let mut p = Self::default();
+        let spec = std::env::var("SWITCHYARD_STATIC_DISTILL").unwrap_or_default();
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("pca", "none")) => p.pca_dims = None,
+                Some(("pca", n)) => p.pca_dims = n.parse().ok().or(p.pca_dims),
+                Some(("sif", "none")) => p.sif_coefficient = None,
+                Some(("sif", a)) => p.sif_coefficient = a.parse().ok().or(p.sif_coefficient),
+                Some(("order", o)) => p.natural_order = o == "cls",
+                _ => {}
+            }
+        }
+        p
     }
 }
 
@@ -192,11 +214,20 @@ fn boundary_ids(tokenizer: &Tokenizer) -> Result<(u32, u32), EmbedError> {
 
 /// The transformer's row for each id: `[SEP] id [CLS]` through the model, mean over the three
 /// positions (model2vec's `create_output_embeddings_from_model`). Not normalised.
-pub fn transformer_rows(transformer: &Embedder, ids: &[u32]) -> Result<Vec<Vec<f32>>, EmbedError> {
+pub fn transformer_rows(
+    transformer: &Embedder,
+    ids: &[u32],
+    natural_order: bool,
+) -> Result<Vec<Vec<f32>>, EmbedError> {
     let (cls, sep) = boundary_ids(&transformer.tokenizer)?;
+    let (first, last) = if natural_order {
+        (cls, sep)
+    } else {
+        (sep, cls)
+    };
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(DISTILL_BATCH) {
-        let rows: Vec<Vec<u32>> = chunk.iter().map(|id| vec![sep, *id, cls]).collect();
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|id| vec![first, *id, last]).collect();
         out.extend(transformer.id_vectors(&rows)?);
     }
     Ok(out)
@@ -224,7 +255,7 @@ pub fn distill(
     let mut raw: Vec<f32> = Vec::new();
     let mut dim = 0;
     for (done, chunk) in kept.chunks(DISTILL_BATCH).enumerate() {
-        for row in transformer_rows(transformer, chunk)? {
+        for row in transformer_rows(transformer, chunk, params.natural_order)? {
             dim = row.len();
             raw.extend(row);
         }
@@ -518,6 +549,7 @@ mod tests {
         let raw = DistillParams {
             pca_dims: None,
             sif_coefficient: None,
+            natural_order: false,
         };
         // Ids 0..1200: [PAD], [unused0..], [UNK] (100), [CLS], [SEP], [MASK] and real pieces.
         let table = distill(&t, &raw, Some(1200), &mut |_, _| {}).expect("distill");
