@@ -209,3 +209,25 @@ pub fn explain_text(explanation: &serde_json::Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_encoder_has_its_own_defaults_and_a_proxy_threshold_overrides_them() {
+        let suite: eval::Suite = serde_json::from_value(json!({"name": "s", "topics": [
+            {"name": "t", "utterances": ["hello"]}], "deny_topics": [], "cases": []}))
+        .expect("suite");
+        let mut proxy = suite.proxy(0.5);
+        proxy.threshold = None;
+        let t = scoring_of(&proxy, EncoderKind::Transformer);
+        assert_eq!((t.threshold, t.margin), (0.36, 0.03));
+        let s = scoring_of(&proxy, EncoderKind::Static);
+        assert_eq!((s.threshold, s.margin), (0.48, 0.01));
+        proxy.threshold = Some(0.5);
+        assert_eq!(scoring_of(&proxy, EncoderKind::Static).threshold, 0.5);
+        assert_eq!(scoring_of(&proxy, EncoderKind::Static).margin, 0.01);
+        assert_eq!(scoring_of(&proxy, EncoderKind::Transformer).threshold, 0.5);
+    }
+}
