@@ -1,7 +1,9 @@
 //! Semantic routing benchmarks, in process, through the real actors.
 //!
-//! Run: `cargo run --release --example semantic-bench -- [--model DIR] [--iterations N]`
+//! Run: `cargo run --release --example semantic-bench -- [--model DIR] [--iterations N]
+//! [--encoder transformer|static] [--cache-dir DIR] [--no-cold-start]`
 //! (`RAYON_NUM_THREADS` sets candle's threads per inference; the table says which was used).
+//! `loadtests/semantic-encoders.sh` runs it once per encoder, pinned, and adds accuracy.
 //!
 //! 1. Decision latency (p50, p99): a `Decide` to a semantic proxy actor, as the gateway sends
 //!    it (mailbox hop, request cache, embedding pool, scoring), for a 20-word and a
@@ -9,6 +11,7 @@
 //! 2. Decisions per second on cache misses at concurrency 16, pool of 2 threads.
 //! 3. Cold start of 50 proxies × 6 topics × 10 utterances (3,000 distinct utterances): from
 //!    applying the snapshot to every index built, without and then with the disk cache.
+//! 4. The process's resident memory (VmRSS, VmHWM) at the end, with this encoder loaded.
 
 use actix::{Actor, Arbiter};
 use std::collections::BTreeMap;
@@ -16,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::actors::directory::DirectoryHandle;
+use switchyard::actors::embedder::DiskCache;
 use switchyard::actors::embedder::EmbedService;
 use switchyard::actors::messages::{ApplySnapshot, Decide};
 use switchyard::actors::proxy::ProxyActor;
@@ -23,7 +27,7 @@ use switchyard::actors::supervisor::Supervisor;
 use switchyard::config::{
     Provider, ProviderKind, Proxy, Route, RoutingMode, RoutingText, Snapshot, Tenant, Topic,
 };
-use switchyard::embedding::Embedder;
+use switchyard::embedding::{Encoder, EncoderKind};
 
 const WORDS: &[&str] = &[
     "account",
@@ -130,7 +134,7 @@ fn proxy(i: usize) -> Proxy {
         routing: RoutingMode::Semantic,
         fallback: Some(6),
         routes,
-        threshold: 0.36,
+        threshold: None,
         deny_topics: vec![],
         routing_text: RoutingText::LastUser,
     }
@@ -169,7 +173,7 @@ async fn latency(addr: &actix::Addr<ProxyActor>, texts: &[String], label: &str) 
     );
 }
 
-async fn cold_start(embedder: Arc<Embedder>, disk: Option<&std::path::Path>) -> Duration {
+async fn cold_start(embedder: Arc<Encoder>, disk: Option<&std::path::Path>) -> Duration {
     let proxies: BTreeMap<String, Arc<Proxy>> = (0..50)
         .map(|i| (format!("p{i}"), Arc::new(proxy(i))))
         .collect();
@@ -206,8 +210,20 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let mut model = switchyard::embedding::test_model_dir();
     let mut iterations = 200usize;
+    let mut kind = EncoderKind::Transformer;
+    let mut cache_dir = DiskCache::default_root();
+    let mut cold = true;
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--encoder" => {
+                kind = match args.next().as_deref() {
+                    Some("transformer") => EncoderKind::Transformer,
+                    Some("static") => EncoderKind::Static,
+                    other => panic!("--encoder transformer|static, not {other:?}"),
+                }
+            }
+            "--cache-dir" => cache_dir = Some(PathBuf::from(args.next().expect("--cache-dir DIR"))),
+            "--no-cold-start" => cold = false,
             "--model" => model = PathBuf::from(args.next().expect("--model DIR")),
             "--iterations" => {
                 iterations = args
@@ -218,9 +234,15 @@ async fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    let embedder = Arc::new(Embedder::load_dir(&model).expect("model"));
+    let loading = Instant::now();
+    let embedder = Arc::new(Encoder::load(kind, &model, cache_dir.as_deref()).expect("model"));
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
-    println!("candle threads per inference (RAYON_NUM_THREADS): {threads}\n");
+    println!(
+        "encoder {} ({}), loaded in {:.3} s; candle threads per inference (RAYON_NUM_THREADS): {threads}\n",
+        kind.as_str(),
+        embedder.model_key(),
+        loading.elapsed().as_secs_f64()
+    );
 
     // 1. Latency through one proxy actor, pool of 1 thread.
     let service = EmbedService::start(embedder.clone(), 1, None);
@@ -276,13 +298,30 @@ async fn main() {
 
     // 3. Cold start of 50 proxies.
     let disk = tempfile::tempdir().expect("tempdir");
-    let no_cache = cold_start(embedder.clone(), None).await;
-    let fill = cold_start(embedder.clone(), Some(disk.path())).await;
-    let warm = cold_start(embedder.clone(), Some(disk.path())).await;
+    if cold {
+        let no_cache = cold_start(embedder.clone(), None).await;
+        let fill = cold_start(embedder.clone(), Some(disk.path())).await;
+        let warm = cold_start(embedder.clone(), Some(disk.path())).await;
+        println!(
+            "\ncold start, 50 proxies x 6 topics x 10 utterances: no disk cache {:.2} s; empty disk cache {:.2} s; warm disk cache {:.3} s",
+            no_cache.as_secs_f64(),
+            fill.as_secs_f64(),
+            warm.as_secs_f64()
+        );
+    }
+
+    // 4. Memory with this encoder loaded (and the caches the runs above filled).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_owned())
+            .unwrap_or_else(|| "?".into())
+    };
     println!(
-        "\ncold start, 50 proxies x 6 topics x 10 utterances: no disk cache {:.2} s; empty disk cache {:.2} s; warm disk cache {:.3} s",
-        no_cache.as_secs_f64(),
-        fill.as_secs_f64(),
-        warm.as_secs_f64()
+        "\nmemory: VmRSS {} (now), VmHWM {} (peak)",
+        field("VmRSS:"),
+        field("VmHWM:")
     );
 }

@@ -111,6 +111,20 @@ pub struct EmbeddingArgs {
     /// The HuggingFace model id used when no directory is given.
     #[arg(long, default_value = crate::embedding::DEFAULT_MODEL, env = "SWITCHYARD_EMBEDDING_MODEL")]
     pub embedding_model: String,
+    /// The sentence encoder: the transformer itself, or a static table of word-piece vectors
+    /// distilled from it on first use and cached on disk (docs/semantic-routing.md compares
+    /// them). Each has its own calibrated default threshold.
+    #[arg(long, value_enum, default_value_t = crate::embedding::EncoderKind::default(), env = "SWITCHYARD_EMBEDDING_ENCODER")]
+    pub embedding_encoder: crate::embedding::EncoderKind,
+    /// Where the static encoder's distilled table is cached, for `route`, `eval-routing` and
+    /// `calibrate` (`serve` uses --embedding-cache-dir); default as for serve.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "SWITCHYARD_STATIC_CACHE_DIR",
+        hide = true
+    )]
+    pub static_cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -15,11 +15,11 @@ use crate::cli::{EmbeddingArgs, EmulateArgs, EvalArgs, RouteArgs, ServeArgs};
 use crate::config::RoutingMode;
 use crate::config::watcher::Reloader;
 use crate::config::{self, ConfigError, Credentials, Overrides, ProviderKind, Secret};
-use crate::embedding::{Embedder, ModelSource};
+use crate::embedding::{Encoder, EncoderKind, ModelSource};
 use crate::emulator::{self, EmulatorConfig};
 use crate::http::admin::AdminToken;
 use crate::http::{self, AppState};
-use crate::routing::semantic::scoring::{self, Aggregation, Scoring};
+use crate::routing::semantic::scoring::{Aggregation, Scoring};
 use crate::routing::semantic::{self, eval};
 use actix::Actor;
 use std::net::TcpListener;
@@ -138,27 +138,40 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     };
     let (tenant_count, proxy_count) = (snapshot.tenants.len(), snapshot.proxy_count());
 
-    // The model loads before the listener answers, so /readyz can only turn ready with it; a
-    // gateway without semantic proxies needs no weights at all.
+    // A gateway without semantic proxies needs no weights at all. Missing weights stop serve
+    // here, before the listener opens. The transformer loads before the listener answers; the
+    // static encoder loads (or is distilled, the first time) on its own thread while the
+    // gateway answers, and /readyz stays 503 until it is ready.
     let semantic = snapshot
         .tenants
         .values()
         .flat_map(|t| t.proxies.values())
         .any(|p| p.routing == RoutingMode::Semantic);
-    let embedder = if semantic {
-        match load_embedder(&args.embedding) {
-            Ok(e) => Some(Arc::new(e)),
-            Err(code) => return code,
-        }
-    } else {
-        None
-    };
     let disk_root = if args.no_embedding_cache {
         None
     } else {
         args.embedding_cache_dir
             .clone()
             .or_else(DiskCache::default_root)
+    };
+    let kind = args.embedding.embedding_encoder;
+    let embedder = if semantic {
+        let dir = match locate_model(&args.embedding) {
+            Ok(d) => d,
+            Err(code) => return code,
+        };
+        match kind {
+            EncoderKind::Transformer => match Encoder::load(kind, &dir, None) {
+                Ok(e) => Some(EncoderSource::Loaded(Arc::new(e))),
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(2);
+                }
+            },
+            EncoderKind::Static => Some(EncoderSource::Background(dir)),
+        }
+    } else {
+        None
     };
 
     let result = actix_web::rt::System::new().block_on(async move {
@@ -177,8 +190,19 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let mut supervisor = Supervisor::new(directory.clone());
         let mut indexes = Readiness::default();
         if let Some(embedder) = embedder {
-            let service =
-                EmbedService::start(embedder, args.embedding_threads, disk_root.as_deref());
+            let threads = args.embedding_threads;
+            let service = match embedder {
+                EncoderSource::Loaded(e) => EmbedService::start(e, threads, disk_root.as_deref()),
+                EncoderSource::Background(dir) => {
+                    let root = disk_root.clone();
+                    EmbedService::start_loading(
+                        kind,
+                        move || Encoder::load(kind, &dir, root.as_deref()),
+                        threads,
+                        disk_root.as_deref(),
+                    )
+                }
+            };
             indexes = service.readiness.clone();
             supervisor = supervisor.with_embedder(service);
         }
@@ -351,10 +375,31 @@ pub fn emulate(args: EmulateArgs) -> ExitCode {
     }
 }
 
-fn load_embedder(args: &EmbeddingArgs) -> Result<Embedder, ExitCode> {
+/// How `serve` gets its encoder: loaded already, or loaded in the background from this model
+/// directory (the static encoder, which may need distilling first).
+enum EncoderSource {
+    Loaded(Arc<Encoder>),
+    Background(std::path::PathBuf),
+}
+
+fn locate_model(args: &EmbeddingArgs) -> Result<std::path::PathBuf, ExitCode> {
     let source =
         ModelSource::from_flag_or_env(args.embedding_model_dir.clone(), &args.embedding_model);
-    Embedder::load(&source).map_err(|err| {
+    crate::embedding::locate(&source).map_err(|err| {
+        eprintln!("error: {err}");
+        ExitCode::from(2)
+    })
+}
+
+/// The encoder `route`, `eval-routing` and `calibrate` use (the static one from its cached
+/// table, distilled first when there is none).
+fn load_embedder(args: &EmbeddingArgs) -> Result<Encoder, ExitCode> {
+    let dir = locate_model(args)?;
+    let root = args
+        .static_cache_dir
+        .clone()
+        .or_else(DiskCache::default_root);
+    Encoder::load(args.embedding_encoder, &dir, root.as_deref()).map_err(|err| {
         eprintln!("error: {err}");
         ExitCode::from(2)
     })
@@ -403,7 +448,11 @@ pub fn route(args: RouteArgs) -> ExitCode {
         let query = embedder
             .embed(&[args.text.as_str()])
             .map_err(|e| e.to_string())?;
-        let verdict = semantic::scoring::decide(&index, &query[0], semantic::scoring_of(proxy));
+        let verdict = semantic::scoring::decide(
+            &index,
+            &query[0],
+            semantic::scoring_of(proxy, embedder.kind()),
+        );
         Ok(semantic::explain(proxy, &index, &verdict, &args.text))
     })();
     match explained {
@@ -451,7 +500,8 @@ pub fn eval_routing(args: EvalArgs, calibrate: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let margin = args.margin.unwrap_or(scoring::DEFAULT_MARGIN);
+    let kind = embedder.kind();
+    let margin = args.margin.unwrap_or(kind.default_margin());
     let rule = |threshold| Scoring {
         aggregation,
         threshold,
@@ -512,7 +562,7 @@ pub fn eval_routing(args: EvalArgs, calibrate: bool) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let threshold = args.threshold.unwrap_or(scoring::DEFAULT_THRESHOLD);
+    let threshold = args.threshold.unwrap_or(kind.default_threshold());
     let (per_suite, pooled) = eval::run(&prepared, rule(threshold));
     if args.json {
         let suites: Vec<_> = per_suite

@@ -265,3 +265,84 @@ async fn admin_explain_gives_the_same_answer_as_the_route_command() {
     let cli: Value = serde_json::from_slice(&out.stdout).expect("route --json");
     assert_eq!(cli, admin);
 }
+
+/// The same tenant served with the static encoder (`--embedding-encoder static`): the table is
+/// distilled on first use (cached under the test target directory, keyed by the model's files,
+/// so later runs load it), `/readyz` turns ready only once it is loaded and the index is built,
+/// and the prompts above go where they went with the transformer.
+#[actix_web::test]
+async fn the_static_encoder_routes_denies_and_falls_back_like_the_transformer() {
+    let emu = emulator();
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("static-encoder");
+    let gw = Gateway::start(
+        &[("a", TENANT.into())],
+        &[
+            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
+            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+            ("SWITCHYARD_CACHE_DIR", cache.display().to_string()),
+        ],
+        &["--embedding-encoder", "static"],
+    );
+    let client = awc::Client::default();
+    let started = std::time::Instant::now();
+    loop {
+        let status = client
+            .get(gw.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(900),
+            "the static encoder was not ready within 15 minutes"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        cache
+            .join("static")
+            .read_dir()
+            .expect("table cached")
+            .count()
+            >= 1
+    );
+    let threshold = f64::from(switchyard::embedding::encoder::STATIC_THRESHOLD);
+    let chat = gw.url("/a/desk/v1/chat/completions");
+    let ask = |text: &str| json!({"model": "x", "messages": [{"role": "user", "content": text}]});
+
+    let r = post(
+        chat.clone(),
+        ask("I was billed two times this month for the same plan"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-switchyard-routing"), Some("semantic"));
+    assert_eq!(r.header("x-switchyard-route"), Some("billing"));
+    assert_eq!(r.header("x-switchyard-topic"), Some("invoices"));
+    assert_eq!(r.header("x-switchyard-model"), Some("gpt-4o-mini"));
+    assert!(score(&r) >= threshold, "{}", score(&r));
+
+    let r = post(chat.clone(), ask("every call to your API returns HTTP 500")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-switchyard-route"), Some("technical"));
+    assert_eq!(r.header("x-switchyard-topic"), Some("troubleshooting"));
+
+    let r = post(chat.clone(), ask("write a haiku about autumn leaves")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-switchyard-route"), Some("general"));
+    assert_eq!(r.header("x-switchyard-fallback"), Some("true"));
+    assert!(score(&r) < threshold, "{}", score(&r));
+
+    let r = post(
+        chat,
+        ask("can I take my landlord to court to get my deposit back?"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.json()["error"]["code"], "denied_topic");
+}

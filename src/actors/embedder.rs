@@ -6,10 +6,13 @@
 //! text) before the pool, and misses that arrive while every pool thread is busy are embedded
 //! together in one batch; utterances go through a disk cache keyed by model and text hash, read
 //! and written on the pool threads, so a restart or reload with unchanged utterances computes
-//! nothing. [`Readiness`] counts the indexes still building, for `/readyz`.
+//! nothing. [`Readiness`] counts the indexes still building, for `/readyz`, and the encoder
+//! itself while it loads: the static encoder may have to be distilled first (about a minute),
+//! so [`EmbedService::start_loading`] loads it on its own thread while the gateway already
+//! answers (`/readyz` 503), and the pool threads wait for it in [`EncoderCell`].
 
 use super::messages::{Embed, EmbedUtterances};
-use crate::embedding::{EmbedError, Embedder};
+use crate::embedding::{EmbedError, Encoder, EncoderKind};
 use crate::error::GatewayError;
 use crate::routing::semantic::text_hash;
 use actix::{Actor, Addr, Handler, SyncArbiter, SyncContext};
@@ -21,10 +24,60 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// its 384 floats, so long prompts cannot blow the bound (about 30,000 short prompts).
 pub const QUERY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The encoder once it is loaded, or why it could not be. Pool threads block on it (they are
+/// dedicated threads, so waiting there holds up no event loop).
+#[derive(Default)]
+pub struct EncoderCell {
+    state: std::sync::Mutex<Option<Result<Arc<Encoder>, String>>>,
+    loaded: std::sync::Condvar,
+}
+
+impl EncoderCell {
+    fn ready(encoder: Arc<Encoder>) -> Arc<Self> {
+        Arc::new(Self {
+            state: std::sync::Mutex::new(Some(Ok(encoder))),
+            loaded: std::sync::Condvar::new(),
+        })
+    }
+
+    fn set(&self, outcome: Result<Arc<Encoder>, String>) {
+        let mut g = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *g = Some(outcome);
+        self.loaded.notify_all();
+    }
+
+    /// The encoder, waiting until it is loaded.
+    pub fn wait(&self) -> Result<Arc<Encoder>, String> {
+        let mut g = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        loop {
+            if let Some(outcome) = g.as_ref() {
+                return outcome.clone();
+            }
+            g = match self.loaded.wait(g) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+}
+
 /// One pool thread.
 pub struct EmbedderActor {
-    embedder: Arc<Embedder>,
-    disk: Option<DiskCache>,
+    encoder: Arc<EncoderCell>,
+    /// The utterance cache's root; the directory under it is the encoder's key.
+    disk_root: Option<PathBuf>,
+}
+
+impl EmbedderActor {
+    fn encoder(&self) -> Result<Arc<Encoder>, EmbedError> {
+        self.encoder.wait().map_err(EmbedError::Inference)
+    }
 }
 
 impl Actor for EmbedderActor {
@@ -36,7 +89,7 @@ impl Handler<Embed> for EmbedderActor {
 
     fn handle(&mut self, msg: Embed, _ctx: &mut Self::Context) -> Self::Result {
         let texts: Vec<&str> = msg.texts.iter().map(String::as_str).collect();
-        self.embedder.embed(&texts)
+        self.encoder()?.embed(&texts)
     }
 }
 
@@ -45,17 +98,22 @@ impl Handler<EmbedUtterances> for EmbedderActor {
 
     /// Disk hits first; the misses are embedded in one batch and written back.
     fn handle(&mut self, msg: EmbedUtterances, _ctx: &mut Self::Context) -> Self::Result {
+        let encoder = self.encoder()?;
+        let disk = self
+            .disk_root
+            .as_deref()
+            .map(|r| DiskCache::new(r, encoder.model_key()));
         let mut out: Vec<Option<Vec<f32>>> = msg
             .texts
             .iter()
-            .map(|t| self.disk.as_ref().and_then(|d| d.get(t)))
+            .map(|t| disk.as_ref().and_then(|d| d.get(t)))
             .collect();
         let missing: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_none()).collect();
         if !missing.is_empty() {
             let texts: Vec<&str> = missing.iter().map(|i| msg.texts[*i].as_str()).collect();
-            let vectors = self.embedder.embed(&texts)?;
+            let vectors = encoder.embed(&texts)?;
             for (i, v) in missing.iter().zip(vectors) {
-                if let Some(d) = &self.disk {
+                if let Some(d) = &disk {
                     d.put(&msg.texts[*i], &v);
                 }
                 out[*i] = Some(v);
@@ -173,26 +231,66 @@ pub struct EmbedService {
     /// Request batches sent to the pool so far.
     batches: Arc<AtomicUsize>,
     queries: moka::sync::Cache<Arc<str>, Arc<[f32]>>,
-    pub model_key: Arc<str>,
+    /// The encoder in use (its defaults decide a proxy's threshold and margin).
+    pub kind: EncoderKind,
     pub readiness: Readiness,
 }
 
 impl std::fmt::Debug for EmbedService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbedService")
-            .field("model_key", &self.model_key)
+            .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
 }
 
 impl EmbedService {
-    /// Starts `threads` pool threads sharing `embedder` (call inside an actix system).
-    pub fn start(embedder: Arc<Embedder>, threads: usize, disk_root: Option<&Path>) -> Self {
-        let model_key: Arc<str> = embedder.model_key.clone().into();
-        let disk = disk_root.map(|r| DiskCache::new(r, &model_key));
+    /// Starts `threads` pool threads sharing `encoder` (call inside an actix system).
+    pub fn start(encoder: Arc<Encoder>, threads: usize, disk_root: Option<&Path>) -> Self {
+        let kind = encoder.kind();
+        Self::with_cell(EncoderCell::ready(encoder), kind, threads, disk_root)
+    }
+
+    /// Starts the pool at once and loads the encoder with `load` on a thread of its own (the
+    /// static encoder may be distilled first): until it is loaded the pool's work waits and
+    /// [`Readiness`] counts it pending, so `/readyz` answers 503. A failed load stays pending
+    /// (never ready) and every embedding answers why.
+    pub fn start_loading<F>(
+        kind: EncoderKind,
+        load: F,
+        threads: usize,
+        disk_root: Option<&Path>,
+    ) -> Self
+    where
+        F: FnOnce() -> Result<Encoder, EmbedError> + Send + 'static,
+    {
+        let cell = Arc::new(EncoderCell::default());
+        let service = Self::with_cell(cell.clone(), kind, threads, disk_root);
+        let readiness = service.readiness.clone();
+        readiness.add();
+        std::thread::spawn(move || match load() {
+            Ok(encoder) => {
+                cell.set(Ok(Arc::new(encoder)));
+                readiness.done();
+            }
+            Err(err) => {
+                tracing::error!(error = %err, encoder = kind.as_str(), "the embedding encoder could not be loaded");
+                cell.set(Err(err.to_string()));
+            }
+        });
+        service
+    }
+
+    fn with_cell(
+        cell: Arc<EncoderCell>,
+        kind: EncoderKind,
+        threads: usize,
+        disk_root: Option<&Path>,
+    ) -> Self {
+        let disk_root = disk_root.map(Path::to_path_buf);
         let pool = SyncArbiter::start(threads.max(1), move || EmbedderActor {
-            embedder: embedder.clone(),
-            disk: disk.clone(),
+            encoder: cell.clone(),
+            disk_root: disk_root.clone(),
         });
         Self {
             pool,
@@ -205,7 +303,7 @@ impl EmbedService {
                 })
                 .max_capacity(QUERY_CACHE_BYTES)
                 .build(),
-            model_key,
+            kind,
             readiness: Readiness::default(),
         }
     }
@@ -294,11 +392,11 @@ impl EmbedService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embedding::test_model_dir;
+    use crate::embedding::{Embedder, test_model_dir};
 
-    fn embedder() -> Arc<Embedder> {
+    fn embedder() -> Arc<Encoder> {
         match Embedder::load_dir(&test_model_dir()) {
-            Ok(e) => Arc::new(e),
+            Ok(e) => Arc::new(Encoder::Transformer(e)),
             Err(err) => panic!("{err}"),
         }
     }
@@ -313,7 +411,7 @@ mod tests {
         let first = EmbedService::start(model.clone(), 1, Some(root.path()));
         let (cold, computed) = first.utterances(texts.clone()).await.expect("cold");
         assert_eq!(computed, 3);
-        let files = std::fs::read_dir(root.path().join(&*first.model_key))
+        let files = std::fs::read_dir(root.path().join(model.model_key()))
             .expect("cache dir")
             .count();
         assert_eq!(files, 3);
@@ -368,6 +466,47 @@ mod tests {
         assert_eq!(service.queries.entry_count(), 1);
         let b = service.query("what is my balance").await.expect("hit");
         assert!(Arc::ptr_eq(&a, &b), "the cached vector itself");
+    }
+
+    #[actix_web::test]
+    async fn work_waits_for_an_encoder_loading_in_the_background_and_readiness_says_so() {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let service = EmbedService::start_loading(
+            EncoderKind::Transformer,
+            move || {
+                gate.recv()
+                    .map_err(|e| EmbedError::Inference(e.to_string()))?;
+                Embedder::load_dir(&test_model_dir()).map(Encoder::Transformer)
+            },
+            1,
+            None,
+        );
+        assert_eq!(service.readiness.pending(), 1);
+        let asked = actix_web::rt::spawn({
+            let s = service.clone();
+            async move { s.query("what is my balance").await }
+        });
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !asked.is_finished(),
+            "answered before the encoder was loaded"
+        );
+        assert_eq!(service.readiness.pending(), 1);
+        release.send(()).expect("release");
+        let v = asked.await.expect("join").expect("vector");
+        assert_eq!(v.len(), 384);
+        assert_eq!(service.readiness.pending(), 0);
+
+        // A load that fails keeps the service not ready and answers why.
+        let broken = EmbedService::start_loading(
+            EncoderKind::Static,
+            || Err(EmbedError::Missing("no weights here".into())),
+            1,
+            None,
+        );
+        let err = broken.query("anything").await.expect_err("no encoder");
+        assert!(err.to_string().contains("no weights here"), "{err}");
+        assert_eq!(broken.readiness.pending(), 1);
     }
 
     #[test]

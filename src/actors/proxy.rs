@@ -201,13 +201,14 @@ impl Handler<Decide> for ProxyActor {
             let r = Self::ready(rx).await?;
             let text = msg.text.unwrap_or_default();
             let verdict = if text.is_empty() {
-                semantic::empty_text_verdict(&r.index)
+                let kind = embed.as_ref().map(|e| e.kind).unwrap_or_default();
+                semantic::empty_text_verdict(&r.index, semantic::scoring_of(&r.proxy, kind))
             } else {
                 let embed = embed.ok_or_else(|| GatewayError::Unavailable {
                     message: "Semantic routing is unavailable: no embedding model.".into(),
                 })?;
                 let q = embed.query(&text).await?;
-                scoring::decide(&r.index, &q, semantic::scoring_of(&r.proxy))
+                scoring::decide(&r.index, &q, semantic::scoring_of(&r.proxy, embed.kind))
             };
             semantic::decision(&r.proxy, &r.providers, &r.index, &verdict)
         })
@@ -234,7 +235,7 @@ impl Handler<Explain> for ProxyActor {
                 message: "Semantic routing is unavailable: no embedding model.".into(),
             })?;
             let q = embed.query(&msg.text).await?;
-            let verdict = scoring::decide(&r.index, &q, semantic::scoring_of(&r.proxy));
+            let verdict = scoring::decide(&r.index, &q, semantic::scoring_of(&r.proxy, embed.kind));
             Ok(semantic::explain(&r.proxy, &r.index, &verdict, &msg.text))
         })
     }
@@ -329,7 +330,7 @@ mod tests {
     #[actix_web::test]
     async fn decisions_wait_for_the_first_index_and_broken_limits_answer_503() {
         let model = match Embedder::load_dir(&test_model_dir()) {
-            Ok(m) => Arc::new(m),
+            Ok(m) => Arc::new(crate::embedding::Encoder::Transformer(m)),
             Err(err) => panic!("{err}"),
         };
         let service = EmbedService::start(model, 1, None);

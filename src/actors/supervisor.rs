@@ -208,7 +208,7 @@ mod tests {
                         deadline: None,
                     }],
                     fallback: None,
-                    threshold: 0.5,
+                    threshold: Some(0.5),
                     deny_topics: vec![],
                     routing_text: RoutingText::LastUser,
                 };

@@ -288,7 +288,8 @@ pub struct Proxy {
     pub routes: Vec<Route>,
     /// Index into `routes`.
     pub fallback: Option<usize>,
-    pub threshold: f32,
+    /// The semantic decision threshold this proxy sets (`None`: the encoder's default).
+    pub threshold: Option<f32>,
     pub deny_topics: Vec<Topic>,
     /// What a semantic decision compares.
     pub routing_text: RoutingText,

@@ -1177,7 +1177,7 @@ fn validate_proxy(
         routing,
         routes,
         fallback,
-        threshold: threshold as f32,
+        threshold: p.threshold.map(|t| t as f32),
         deny_topics,
         routing_text,
     })

@@ -13,6 +13,11 @@ use candle_transformers::models::bert::{BertModel, Config};
 use std::path::{Path, PathBuf};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+pub mod encoder;
+pub mod static_model;
+
+pub use encoder::{Encoder, EncoderKind};
+
 /// The model used unless the gateway config names another.
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 /// Environment variable naming a local model directory (offline installs, tests, CI).
@@ -141,7 +146,7 @@ fn download(id: &str) -> Result<Vec<PathBuf>, EmbedError> {
 /// A loaded sentence encoder. Immutable and shareable: every pool thread holds the same one.
 pub struct Embedder {
     model: BertModel,
-    tokenizer: Tokenizer,
+    pub(crate) tokenizer: Tokenizer,
     device: Device,
     /// Identifies the weights (for cache keys): the model name and a digest of its config.
     pub model_key: String,
@@ -199,13 +204,41 @@ impl Embedder {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let digest = crate::routing::semantic::text_hash(&config_text);
         Ok(Self {
             model,
             tokenizer,
             device,
-            model_key: format!("{name}-{}", &digest[..16]),
+            model_key: model_key(&name, &config_text),
         })
+    }
+
+    /// The model's output for token sequences given as ids (all the same length, no padding,
+    /// every position attended), mean-pooled over every position and not normalised: what a
+    /// static table is distilled from (`static_model`).
+    pub fn id_vectors(&self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let err = |e: &dyn std::fmt::Display| EmbedError::Inference(e.to_string());
+        let Some(cols) = rows.first().map(Vec::len) else {
+            return Ok(Vec::new());
+        };
+        if cols == 0 || rows.iter().any(|r| r.len() != cols) {
+            return Err(EmbedError::Inference(
+                "id rows must be non-empty and of one length".into(),
+            ));
+        }
+        let shape = (rows.len(), cols);
+        let ids: Vec<u32> = rows.iter().flatten().copied().collect();
+        let n = ids.len();
+        let ids = Tensor::from_vec(ids, shape, &self.device).map_err(|e| err(&e))?;
+        let types = Tensor::from_vec(vec![0u32; n], shape, &self.device).map_err(|e| err(&e))?;
+        let mask = Tensor::from_vec(vec![1u32; n], shape, &self.device).map_err(|e| err(&e))?;
+        let hidden = self
+            .model
+            .forward(&ids, &types, Some(&mask))
+            .map_err(|e| err(&e))?;
+        hidden
+            .mean(1)
+            .and_then(|m| m.to_vec2::<f32>())
+            .map_err(|e| err(&e))
     }
 
     /// One unit vector per text, in order.
@@ -256,6 +289,12 @@ impl Embedder {
         .map_err(|e| err(&e))?;
         pooled.to_vec2::<f32>().map_err(|e| err(&e))
     }
+}
+
+/// The cache key of a model: its directory name and a digest of its config.
+pub fn model_key(name: &str, config_text: &str) -> String {
+    let digest = crate::routing::semantic::text_hash(config_text);
+    format!("{name}-{}", &digest[..16])
 }
 
 /// The model directory tests use: [`MODEL_DIR_ENV`], else `.models/all-MiniLM-L6-v2` in the

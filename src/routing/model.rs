@@ -137,7 +137,7 @@ mod tests {
                 route("eu", "openai-eu", "gpt-4o", &[]),
             ],
             fallback,
-            threshold: 0.5,
+            threshold: Some(0.5),
             deny_topics: vec![],
             routing_text: RoutingText::LastUser,
         }

@@ -70,7 +70,7 @@ fn decision(model: &str) -> Decision {
             deadline: None,
         }],
         fallback: None,
-        threshold: 0.5,
+        threshold: Some(0.5),
         deny_topics: vec![],
         routing_text: RoutingText::LastUser,
     });

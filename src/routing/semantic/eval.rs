@@ -68,7 +68,7 @@ impl Suite {
             routing: RoutingMode::Semantic,
             fallback: Some(routes.len() - 1),
             routes,
-            threshold,
+            threshold: Some(threshold),
             deny_topics: self
                 .deny_topics
                 .iter()

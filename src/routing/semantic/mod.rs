@@ -16,6 +16,7 @@ pub use scoring::{Outcome, Scoring, SemanticIndex, Target, Verdict};
 
 use super::{Decision, SemanticMatch};
 use crate::config::{Provider, Proxy};
+use crate::embedding::EncoderKind;
 use crate::error::GatewayError;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -26,9 +27,14 @@ pub fn text_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// The rule a proxy decides with: the measured defaults with its own threshold.
-pub fn scoring_of(proxy: &Proxy) -> Scoring {
-    Scoring::with_threshold(proxy.threshold)
+/// The rule a proxy decides with under `encoder`: that encoder's measured threshold and margin,
+/// with the proxy's own threshold when it sets one.
+pub fn scoring_of(proxy: &Proxy, encoder: EncoderKind) -> Scoring {
+    Scoring {
+        threshold: proxy.threshold.unwrap_or(encoder.default_threshold()),
+        margin: encoder.default_margin(),
+        ..Scoring::with_threshold(0.0)
+    }
 }
 
 /// The gateway's decision for a verdict: the winning topic's route, the fallback, or a 403
@@ -65,7 +71,7 @@ pub fn decision(
                 return Err(GatewayError::invalid(
                     format!(
                         "No topic of this proxy matches the prompt (best score {best:.3}, threshold {:.3}) and it has no fallback route.",
-                        proxy.threshold
+                        verdict.scoring.threshold
                     ),
                     None,
                     Some("no_matching_topic"),
@@ -98,8 +104,9 @@ pub fn headers(headers: &mut actix_web::http::header::HeaderMap, m: Option<&Sema
 }
 
 /// The fallback decision for a prompt with no routing text (nothing to embed).
-pub fn empty_text_verdict(index: &SemanticIndex) -> Verdict {
+pub fn empty_text_verdict(index: &SemanticIndex, scoring: Scoring) -> Verdict {
     Verdict {
+        scoring,
         outcome: Outcome::BelowThreshold,
         scores: vec![0.0; index.topics.len()],
         best: None,
@@ -114,7 +121,7 @@ pub fn explain(
     verdict: &Verdict,
     text: &str,
 ) -> serde_json::Value {
-    let scoring = scoring_of(proxy);
+    let scoring = verdict.scoring;
     let route_name = |t: Target| match t {
         Target::Route(r) => proxy.routes[r].name.clone(),
         Target::Deny => "deny".to_owned(),
@@ -201,4 +208,26 @@ pub fn explain_text(explanation: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_encoder_has_its_own_defaults_and_a_proxy_threshold_overrides_them() {
+        let suite: eval::Suite = serde_json::from_value(json!({"name": "s", "topics": [
+            {"name": "t", "utterances": ["hello"]}], "deny_topics": [], "cases": []}))
+        .expect("suite");
+        let mut proxy = suite.proxy(0.5);
+        proxy.threshold = None;
+        let t = scoring_of(&proxy, EncoderKind::Transformer);
+        assert_eq!((t.threshold, t.margin), (0.36, 0.03));
+        let s = scoring_of(&proxy, EncoderKind::Static);
+        assert_eq!((s.threshold, s.margin), (0.48, 0.01));
+        proxy.threshold = Some(0.5);
+        assert_eq!(scoring_of(&proxy, EncoderKind::Static).threshold, 0.5);
+        assert_eq!(scoring_of(&proxy, EncoderKind::Static).margin, 0.01);
+        assert_eq!(scoring_of(&proxy, EncoderKind::Transformer).threshold, 0.5);
+    }
 }

@@ -247,6 +247,8 @@ pub struct Verdict {
     pub scores: Vec<f32>,
     /// The best-scoring topic (first in config order on ties).
     pub best: Option<usize>,
+    /// The rule it was decided by.
+    pub scoring: Scoring,
 }
 
 /// The decision rule.
@@ -283,6 +285,7 @@ pub fn decide(index: &SemanticIndex, query: &[f32], scoring: Scoring) -> Verdict
         outcome,
         scores,
         best,
+        scoring,
     }
 }
 
