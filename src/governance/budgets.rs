@@ -202,11 +202,7 @@ fn month_of_day(z: i64) -> i64 {
 impl Budgets {
     /// Counters in the Redis at `url`.
     pub async fn redis(url: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
-        let manager = client
-            .get_connection_manager()
-            .await
-            .map_err(|e| format!("redis {url}: {e}"))?;
+        let manager = super::redis_manager(url).await?;
         Ok(Budgets::Redis(manager))
     }
 

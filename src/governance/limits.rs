@@ -82,11 +82,7 @@ impl Limiter {
 
     /// Counters in the Redis at `url` (`redis://127.0.0.1:6379/`).
     pub async fn redis(url: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
-        let manager = client
-            .get_connection_manager()
-            .await
-            .map_err(|e| format!("redis {url}: {e}"))?;
+        let manager = super::redis_manager(url).await?;
         Ok(Limiter::Redis(manager))
     }
 

@@ -208,6 +208,15 @@ pub async fn committed(ack: Ack) {
     }
 }
 
+/// A reconnecting connection to the Redis at `url` (shared counters of limits and budgets).
+pub(crate) async fn redis_manager(url: &str) -> Result<redis::aio::ConnectionManager, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("redis {url}: {e}"))?;
+    client
+        .get_connection_manager()
+        .await
+        .map_err(|e| format!("redis {url}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,10 +95,7 @@ async fn models(
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
     let proxy = find_proxy(auth.entry, &proxy_id)?;
-    access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
-    let span = tracing::Span::current();
-    span.record("tenant", tracing::field::display(&tenant));
-    span.record("proxy", tracing::field::display(&proxy_id));
+    note_proxy(&req, proxy);
     let data: Vec<_> = routing::model::served_models(&proxy.routes)
         .into_iter()
         .map(|(id, owner)| json!({"id": id, "object": "model", "created": state.started_at, "owned_by": owner}))
@@ -121,10 +118,7 @@ async fn get_response(
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
     let proxy = find_proxy(auth.entry, &proxy_id)?;
-    access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
-    let span = tracing::Span::current();
-    span.record("tenant", tracing::field::display(&tenant));
-    span.record("proxy", tracing::field::display(&proxy_id));
+    note_proxy(&req, proxy);
     if let Some(stored) = state.responses.get(&tenant, &id) {
         return Ok(HttpResponse::Ok()
             .content_type("application/json")
@@ -144,7 +138,16 @@ async fn get_response(
         };
         let rewriter = IdRewriter::new(scope, Some((&id, upstream_id)));
         return Ok(
-            match call(&req, upstream, limits, request, &provider, &span).await? {
+            match call(
+                &req,
+                upstream,
+                limits,
+                request,
+                &provider,
+                &tracing::Span::current(),
+            )
+            .await?
+            {
                 Ok(answer) => relay_whole(answer, Some(rewriter)),
                 Err(err) => err.error_response(),
             },
@@ -590,6 +593,14 @@ fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEn
         });
         on_end(reply, ending);
     })
+}
+
+/// Names the request's tenant and proxy in the access log and the request's span.
+fn note_proxy(req: &HttpRequest, proxy: &ProxyHandle) {
+    access::note_proxy(req, &proxy.routes.tenant, &proxy.routes.id);
+    let span = tracing::Span::current();
+    span.record("tenant", tracing::field::display(&proxy.routes.tenant));
+    span.record("proxy", tracing::field::display(&proxy.routes.id));
 }
 
 fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHandle, GatewayError> {
