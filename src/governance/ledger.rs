@@ -14,12 +14,18 @@ use actix::prelude::*;
 use rust_decimal::Decimal;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// SQLite commits start at most this often. Under load, records arrive faster than one
+/// commit each can keep up with without costing more CPU than the requests themselves (every
+/// record would wake the ledger's thread and pay a commit's WAL write and locks); so a commit
+/// that comes sooner than this after the previous one waits out the rest on the ledger's own
+/// thread, and everything that arrives meanwhile shares its transaction. At a gentle rate no
+/// commit waits at all. The longest a request waits for its commit is about this plus one
+/// commit.
+const GROUP_COMMIT: Duration = Duration::from_micros(250);
 
 /// Records waiting in the actor beyond this are refused (and logged) rather than held.
 const MAILBOX: usize = 65_536;
@@ -50,11 +56,6 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS usage_ledger_tenant_at ON usage_ledger (tenant, at_ms)",
 ];
 
-const INSERT: &str = "INSERT INTO usage_ledger (at_ms, request_id, tenant, proxy, route, provider,
-    provider_type, model, api_key, topic, endpoint, stream, input_tokens, cached_input_tokens,
-    cache_write_tokens, output_tokens, reasoning_tokens, cost_usd, cost_pusd, estimated)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)";
-
 /// Where the ledger lives, from `--ledger`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LedgerUrl {
@@ -78,23 +79,6 @@ impl FromStr for LedgerUrl {
             ))
         }
     }
-}
-
-/// The store behind the ledger.
-#[derive(Clone, Debug)]
-pub enum Store {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
-/// Runs the same code on whichever pool the store has (one SQL text for both).
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite($pool) => $body,
-            Store::Postgres($pool) => $body,
-        }
-    };
 }
 
 /// How the usage API groups rows.
@@ -165,24 +149,109 @@ pub struct UsageRow {
     pub estimated_requests: i64,
 }
 
+impl UsageRow {
+    /// A row from its group and the query's nine sums, in the query's column order.
+    fn new(group: Option<String>, sums: [i64; 9]) -> Self {
+        let [
+            requests,
+            input,
+            cached,
+            cache_write,
+            output,
+            reasoning,
+            pusd,
+            unpriced,
+            estimated,
+        ] = sums;
+        Self {
+            group,
+            requests,
+            input_tokens: input,
+            cached_input_tokens: cached,
+            cache_write_tokens: cache_write,
+            output_tokens: output,
+            reasoning_tokens: reasoning,
+            cost: Decimal::from_i128_with_scale(i128::from(pusd), 12).normalize(),
+            unpriced_requests: unpriced,
+            estimated_requests: estimated,
+        }
+    }
+}
+
+/// `INSERT`'s column list, grouped by type so that [`RowValues`] binds in four loops.
+const INSERT: &str =
+    "INSERT INTO usage_ledger (at_ms, stream, estimated, request_id, tenant, proxy,
+    route, provider, provider_type, model, api_key, endpoint, topic, cost_usd, input_tokens,
+    cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, cost_pusd)";
+
+/// Rows per PostgreSQL `INSERT`: a batch costs a round trip per statement, not per row, and
+/// fixed-size statements keep the prepared-statement cache to this many row counts at most.
+const ROWS_PER_INSERT: usize = 64;
+
+/// One ledger row's values in `INSERT`'s column order, built once and bound by either store.
+struct RowValues<'a> {
+    ints: [i64; 3],
+    text: [&'a str; 9],
+    optional_text: [Option<&'a str>; 2],
+    optional_ints: [Option<i64>; 6],
+}
+
+impl<'a> RowValues<'a> {
+    fn of(r: &'a PricedRecord, cost_usd: &'a Option<String>) -> Self {
+        let rec = &r.record;
+        let tokens = |f: fn(&crate::api::canonical::Usage) -> u64| {
+            rec.usage
+                .as_ref()
+                .map(|u| i64::try_from(f(u)).unwrap_or(i64::MAX))
+        };
+        Self {
+            ints: [r.at_ms, i64::from(rec.stream), i64::from(rec.estimated)],
+            text: [
+                &rec.request_id,
+                &rec.tenant,
+                &rec.proxy,
+                &rec.route,
+                &rec.provider,
+                rec.provider_kind.as_str(),
+                &rec.model,
+                &rec.api_key,
+                rec.endpoint.path(),
+            ],
+            optional_text: [rec.topic.as_deref(), cost_usd.as_deref()],
+            optional_ints: [
+                tokens(|u| u.input_tokens),
+                tokens(|u| u.cached_input_tokens),
+                tokens(|u| u.cache_write_tokens),
+                tokens(|u| u.output_tokens),
+                tokens(|u| u.reasoning_tokens),
+                r.cost.and_then(picodollars),
+            ],
+        }
+    }
+}
+
+/// The store behind the ledger. SQLite is driven synchronously on the ledger's own thread
+/// (`rusqlite`): a batch's commit is microseconds of work, and a driver that hands every
+/// statement to a thread of its own (sqlx's SQLite driver does) spent more CPU on thread
+/// switches than on the inserts. PostgreSQL goes through an async `sqlx` pool. Both run the
+/// same SQL text.
+pub enum Store {
+    Sqlite(rusqlite::Connection),
+    Postgres(PgPool),
+}
+
 impl Store {
     /// Connects and creates the schema.
     pub async fn open(url: &LedgerUrl) -> Result<Option<Store>, String> {
-        let store = match url {
-            LedgerUrl::Off => return Ok(None),
+        match url {
+            LedgerUrl::Off => Ok(None),
             LedgerUrl::Sqlite(url) => {
-                let options = SqliteConnectOptions::from_str(url)
-                    .map_err(|e| format!("ledger {url}: {e}"))?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(10));
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(options)
-                    .await
-                    .map_err(|e| format!("ledger {url}: {e}"))?;
-                Store::Sqlite(pool)
+                let db = open_sqlite(url).map_err(|e| format!("ledger {url}: {e}"))?;
+                for sql in SCHEMA {
+                    db.execute_batch(sql)
+                        .map_err(|e| format!("ledger schema: {e}"))?;
+                }
+                Ok(Some(Store::Sqlite(db)))
             }
             LedgerUrl::Postgres(url) => {
                 let pool = PgPoolOptions::new()
@@ -191,66 +260,95 @@ impl Store {
                     .connect(url)
                     .await
                     .map_err(|e| format!("ledger (postgres): {e}"))?;
-                Store::Postgres(pool)
+                // Two replicas creating the schema at once can race in PostgreSQL's catalog:
+                // once more.
+                if postgres_schema(&pool).await.is_err() {
+                    postgres_schema(&pool).await?;
+                }
+                Ok(Some(Store::Postgres(pool)))
             }
-        };
-        // Two replicas creating the schema at once can race in PostgreSQL's catalog: once more.
-        if store.create_schema().await.is_err() {
-            store.create_schema().await?;
         }
-        Ok(Some(store))
     }
 
-    async fn create_schema(&self) -> Result<(), String> {
-        for sql in SCHEMA {
-            on_pool!(self, pool => sqlx::query(*sql).execute(pool).await.map(|_| ()))
-                .map_err(|e| format!("ledger schema: {e}"))?;
-        }
-        Ok(())
-    }
-
-    /// Appends `batch` in one transaction.
-    pub async fn append(&self, batch: &[PricedRecord]) -> Result<(), sqlx::Error> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+    /// Appends `batch` to SQLite in one transaction (synchronously: on the ledger's thread).
+    fn append_sqlite(db: &rusqlite::Connection, batch: &[PricedRecord]) -> Result<(), String> {
+        // BEGIN and COMMIT as cached statements: `Connection::transaction` prepares them anew
+        // every time.
+        let run = |sql: &str| db.prepare_cached(sql).and_then(|mut s| s.execute([]));
+        run("BEGIN").map_err(|e| e.to_string())?;
+        let inserted = (|| -> Result<(), String> {
+            let mut insert = db
+                .prepare_cached(&SQLITE_INSERT)
+                .map_err(|e| e.to_string())?;
             for r in batch {
-                let rec = &r.record;
-                let u = rec.usage.as_ref();
-                let tokens = |f: fn(&crate::api::canonical::Usage) -> u64| {
-                    u.map(|u| i64::try_from(f(u)).unwrap_or(i64::MAX))
+                let cost_usd = r.cost.map(|c| c.to_string());
+                let v = RowValues::of(r, &cost_usd);
+                let mut n = 0;
+                let mut bind = |value: &dyn rusqlite::ToSql| {
+                    n += 1;
+                    insert.raw_bind_parameter(n, value)
                 };
-                sqlx::query(INSERT)
-                    .bind(r.at_ms)
-                    .bind(&rec.request_id)
-                    .bind(&rec.tenant)
-                    .bind(&rec.proxy)
-                    .bind(&rec.route)
-                    .bind(&rec.provider)
-                    .bind(rec.provider_kind.as_str())
-                    .bind(&rec.model)
-                    .bind(&rec.api_key)
-                    .bind(rec.topic.as_deref())
-                    .bind(rec.endpoint.path())
-                    .bind(i64::from(rec.stream))
-                    .bind(tokens(|u| u.input_tokens))
-                    .bind(tokens(|u| u.cached_input_tokens))
-                    .bind(tokens(|u| u.cache_write_tokens))
-                    .bind(tokens(|u| u.output_tokens))
-                    .bind(tokens(|u| u.reasoning_tokens))
-                    .bind(r.cost.map(|c| c.to_string()))
-                    .bind(r.cost.and_then(picodollars))
-                    .bind(i64::from(rec.estimated))
-                    .execute(&mut *tx)
-                    .await?;
+                for x in &v.ints {
+                    bind(x).map_err(|e| e.to_string())?;
+                }
+                for x in &v.text {
+                    bind(x).map_err(|e| e.to_string())?;
+                }
+                for x in &v.optional_text {
+                    bind(x).map_err(|e| e.to_string())?;
+                }
+                for x in &v.optional_ints {
+                    bind(x).map_err(|e| e.to_string())?;
+                }
+                insert.raw_execute().map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })();
+        match inserted {
+            Ok(()) => run("COMMIT").map(|_| ()).map_err(|e| e.to_string()),
+            Err(err) => {
+                let _ = run("ROLLBACK");
+                Err(err)
+            }
+        }
+    }
+
+    /// Appends `batch` to PostgreSQL in one transaction, [`ROWS_PER_INSERT`] rows a statement.
+    async fn append_postgres(pool: PgPool, batch: &[PricedRecord]) -> Result<(), String> {
+        let run = async {
+            let mut tx = pool.begin().await?;
+            for rows in batch.chunks(ROWS_PER_INSERT) {
+                let costs: Vec<Option<String>> =
+                    rows.iter().map(|r| r.cost.map(|c| c.to_string())).collect();
+                let mut insert = sqlx::QueryBuilder::new(INSERT);
+                insert.push_values(rows.iter().zip(&costs), |mut row, (r, cost_usd)| {
+                    let v = RowValues::of(r, cost_usd);
+                    for x in v.ints {
+                        row.push_bind(x);
+                    }
+                    for x in v.text {
+                        row.push_bind(x.to_owned());
+                    }
+                    for x in v.optional_text {
+                        row.push_bind(x.map(str::to_owned));
+                    }
+                    for x in v.optional_ints {
+                        row.push_bind(x);
+                    }
+                });
+                insert.build().execute(&mut *tx).await?;
             }
             tx.commit().await
-        })
+        };
+        run.await.map_err(|e: sqlx::Error| e.to_string())
     }
+}
 
-    /// Usage of `tenant` in `[from_ms, to_ms)`, grouped.
-    pub async fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, sqlx::Error> {
-        let g = q.group_by.column();
-        let sql = format!(
+impl UsageQuery {
+    /// The query's SQL: the same text on both stores.
+    fn sql(&self) -> String {
+        let g = self.group_by.column();
+        format!(
             "SELECT {g} AS g, COUNT(*) AS n,
                 CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT),
                 CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT),
@@ -262,35 +360,83 @@ impl Store {
                 CAST(SUM(estimated) AS BIGINT)
              FROM usage_ledger WHERE tenant = $1 AND at_ms >= $2 AND at_ms < $3
              GROUP BY 1 ORDER BY 1"
-        );
-        let rows = on_pool!(self, pool => {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(&q.tenant)
-                .bind(q.from_ms)
-                .bind(q.to_ms)
-                .fetch_all(pool)
-                .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                out.push(UsageRow {
-                    group: row.try_get::<Option<String>, _>(0)?,
-                    requests: row.try_get(1)?,
-                    input_tokens: row.try_get(2)?,
-                    cached_input_tokens: row.try_get(3)?,
-                    cache_write_tokens: row.try_get(4)?,
-                    output_tokens: row.try_get(5)?,
-                    reasoning_tokens: row.try_get(6)?,
-                    cost: Decimal::from_i128_with_scale(i128::from(row.try_get::<i64, _>(7)?), 12)
-                        .normalize(),
-                    unpriced_requests: row.try_get(8)?,
-                    estimated_requests: row.try_get(9)?,
-                });
-            }
-            out
-        });
-        Ok(rows)
+        )
+    }
+
+    fn on_sqlite(&self, db: &rusqlite::Connection) -> Result<Vec<UsageRow>, String> {
+        let mut query = db.prepare(&self.sql()).map_err(|e| e.to_string())?;
+        let rows = query
+            .query_map(
+                rusqlite::params![self.tenant, self.from_ms, self.to_ms],
+                |row| {
+                    let mut sums = [0i64; 9];
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        *sum = row.get(i + 1)?;
+                    }
+                    Ok(UsageRow::new(row.get(0)?, sums))
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
+    async fn on_postgres(&self, pool: &PgPool) -> Result<Vec<UsageRow>, String> {
+        let sql = self.sql();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(&self.tenant)
+            .bind(self.from_ms)
+            .bind(self.to_ms)
+            .fetch_all(pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        rows.iter()
+            .map(|row| {
+                let mut sums = [0i64; 9];
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    *sum = row.try_get(i + 1)?;
+                }
+                Ok(UsageRow::new(row.try_get(0)?, sums))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| e.to_string())
     }
 }
+
+/// Creates PostgreSQL's schema (idempotent).
+async fn postgres_schema(pool: &PgPool) -> Result<(), String> {
+    for sql in SCHEMA {
+        sqlx::query(*sql)
+            .execute(pool)
+            .await
+            .map_err(|e| format!("ledger schema: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Opens (creating if missing) the SQLite file of a `sqlite://PATH` or `sqlite:PATH` URL
+/// (`:memory:` for a ledger that lasts as long as the process), in WAL mode with
+/// `synchronous=NORMAL`: a commit is durable across a process crash without an fsync each.
+fn open_sqlite(url: &str) -> rusqlite::Result<rusqlite::Connection> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let db = if path == ":memory:" {
+        rusqlite::Connection::open_in_memory()?
+    } else {
+        rusqlite::Connection::open(path)?
+    };
+    db.busy_timeout(Duration::from_secs(10))?;
+    db.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    db.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(db)
+}
+
+/// SQLite's `INSERT` of one row (`?n` placeholders), prepared once and cached.
+static SQLITE_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let marks: Vec<String> = (1..=20).map(|n| format!("?{n}")).collect();
+    format!("{INSERT} VALUES ({})", marks.join(", "))
+});
 
 /// A cost in picodollars (10⁻¹² USD), the unit sums are taken in: exact for every price
 /// written with up to six decimals per million tokens (all real ones). `None` past i64.
@@ -308,6 +454,8 @@ pub struct Ledger {
     pending: Vec<PricedRecord>,
     acks: Vec<oneshot::Sender<bool>>,
     flushing: bool,
+    /// When the last SQLite commit started (see [`GROUP_COMMIT`]).
+    last_commit: Option<std::time::Instant>,
 }
 
 impl Actor for Ledger {
@@ -367,6 +515,7 @@ impl Ledger {
                     pending: Vec::new(),
                     acks: Vec::new(),
                     flushing: false,
+                    last_commit: None,
                 }
                 .start()),
                 Err(err) => Err(err),
@@ -384,28 +533,54 @@ impl Ledger {
         Ok(Some(addr))
     }
 
+    /// Starts committing what is pending unless a commit is under way (what arrives meanwhile
+    /// goes in the next one). The batch is taken when the commit runs, after the mailbox is
+    /// drained, so every record that arrived by then shares one transaction.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         if self.flushing || self.pending.is_empty() {
             return;
         }
-        let Some(store) = self.store.clone() else {
+        if self.store.is_none() {
             self.pending.clear();
             return;
-        };
+        }
         self.flushing = true;
-        let batch = std::mem::take(&mut self.pending);
-        let acks = std::mem::take(&mut self.acks);
         let delay = self.commit_delay;
-        ctx.spawn(
-            async move {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                let result = store.append(&batch).await;
-                (result, batch.len(), acks)
+        let wait = async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
             }
-            .into_actor(self)
-            .map(|(result, n, acks), act, ctx| {
+        };
+        ctx.spawn(wait.into_actor(self).then(|(), act, ctx| {
+            if let (Some(Store::Sqlite(_)), Some(last)) = (&act.store, act.last_commit) {
+                let since = last.elapsed();
+                if since < GROUP_COMMIT {
+                    // The ledger's thread has nothing else to do; then the records that
+                    // arrived meanwhile are taken from the mailbox before the commit.
+                    std::thread::sleep(GROUP_COMMIT - since);
+                    act.last_commit = None;
+                    act.flushing = false;
+                    ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| act.flush(ctx)));
+                    let waited: ResponseActFuture<Self, ()> = Box::pin(fut::ready(()));
+                    return waited;
+                }
+            }
+            act.last_commit = Some(std::time::Instant::now());
+            let batch = std::mem::take(&mut act.pending);
+            let acks = std::mem::take(&mut act.acks);
+            let n = batch.len();
+            let commit: std::pin::Pin<Box<dyn Future<Output = Result<(), String>>>> =
+                match &mut act.store {
+                    Some(Store::Sqlite(db)) => {
+                        Box::pin(std::future::ready(Store::append_sqlite(db, &batch)))
+                    }
+                    Some(Store::Postgres(pool)) => {
+                        let pool = pool.clone();
+                        Box::pin(async move { Store::append_postgres(pool, &batch).await })
+                    }
+                    None => Box::pin(std::future::ready(Ok(()))),
+                };
+            Box::pin(commit.into_actor(act).map(move |result, act, ctx| {
                 act.flushing = false;
                 let ok = match result {
                     Ok(()) => true,
@@ -418,8 +593,8 @@ impl Ledger {
                     let _ = ack.send(ok);
                 }
                 act.flush(ctx);
-            }),
-        );
+            }))
+        }));
     }
 }
 
@@ -439,11 +614,14 @@ impl Handler<UsageQuery> for Ledger {
     type Result = ResponseFuture<Result<Vec<UsageRow>, String>>;
 
     fn handle(&mut self, q: UsageQuery, _ctx: &mut Context<Self>) -> Self::Result {
-        let store = self.store.clone();
-        Box::pin(async move {
-            let store = store.ok_or("the ledger is off")?;
-            store.usage(&q).await.map_err(|e| e.to_string())
-        })
+        match &self.store {
+            None => Box::pin(std::future::ready(Err("the ledger is off".to_owned()))),
+            Some(Store::Sqlite(db)) => Box::pin(std::future::ready(q.on_sqlite(db))),
+            Some(Store::Postgres(pool)) => {
+                let pool = pool.clone();
+                Box::pin(async move { q.on_postgres(&pool).await })
+            }
+        }
     }
 }
 

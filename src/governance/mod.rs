@@ -114,10 +114,18 @@ impl Governance {
     /// (`None` when the ledger is off): a relay awaits it before the answer's last byte, so an
     /// answer a client received in full is in the ledger even if the process is killed next.
     pub fn record_durably(&self, tenant: &TenantGovernance, record: UsageRecord) -> Option<Ack> {
-        self.ledger.as_ref()?;
+        let (tx, rx) = self.ack_channel();
+        self.append(tenant, record, tx, None);
+        rx
+    }
+
+    /// A commit's acknowledgement channel, when there is a ledger to commit to.
+    fn ack_channel(&self) -> (Option<tokio::sync::oneshot::Sender<bool>>, Option<Ack>) {
+        if self.ledger.is_none() {
+            return (None, None);
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.append(tenant, record, Some(tx), None);
-        Some(rx)
+        (Some(tx), Some(rx))
     }
 
     fn append(
@@ -420,11 +428,11 @@ impl Meter {
         estimated: bool,
     ) -> Option<Ack> {
         let record = self.usage_record(decision, endpoint, stream, usage, estimated);
-        self.governance.ledger.as_ref()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Priced, metered and counted against token limits with the ledger off too.
+        let (tx, rx) = self.governance.ack_channel();
         self.governance
-            .append(&self.tenant, record, Some(tx), self.take_reservation());
-        Some(rx)
+            .append(&self.tenant, record, tx, self.take_reservation());
+        rx
     }
 
     /// Records an answer from `decision`'s route (see [`Governance::record`]).
