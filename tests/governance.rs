@@ -368,13 +368,16 @@ requests_per_minute = 4
 #[actix_web::test]
 async fn a_token_limit_refuses_once_the_window_holds_that_many_tokens() {
     let emu = emulator();
-    let gw = start(&emu, tenant("\n[limits]\ntokens_per_minute = 5\n"), &[]);
-    let url = gw.url("/a/chat/v1/chat/completions");
-    let r = post(url.clone(), Some(KEY_A), chat("gpt-4o-mini", "hello there")).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r.json()["usage"]["total_tokens"].as_u64() >= Some(5));
-    let r = post(url, Some(KEY_A), chat("gpt-4o-mini", "again")).await;
-    assert_limited(&r, "tokens", 5);
+    // With the ledger off too: usage still counts against token limits.
+    for extra in [&[][..], &["--ledger", "off"]] {
+        let gw = start(&emu, tenant("\n[limits]\ntokens_per_minute = 5\n"), extra);
+        let url = gw.url("/a/chat/v1/chat/completions");
+        let r = post(url.clone(), Some(KEY_A), chat("gpt-4o-mini", "hello there")).await;
+        assert_eq!(r.status, 200, "{extra:?}: {}", r.text());
+        assert!(r.json()["usage"]["total_tokens"].as_u64() >= Some(5));
+        let r = post(url, Some(KEY_A), chat("gpt-4o-mini", "again")).await;
+        assert_limited(&r, "tokens", 5);
+    }
 }
 
 /// A `redis-server` on a free loopback port, stopped when dropped.
