@@ -85,10 +85,10 @@ impl Held {
         let outcome = if !self.acks.is_empty() {
             match self.deadline.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) => Some("a write is late: the stream ends before it"),
+                Poll::Ready(()) => Some("a write is late: the answer ends before it"),
             }
         } else if self.failed {
-            Some("a write failed: the stream ends without it")
+            Some("a write failed: the answer ends without it")
         } else {
             None
         };
