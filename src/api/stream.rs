@@ -9,6 +9,13 @@
 //! [`TranslatedStream`] is the same relay for providers whose wire is not the front API:
 //! framing decoder and translator (the provider's) → canonical events → the answer so far
 //! (what the usage tap and the response store read when it ends) → the front encoder.
+//!
+//! Both hold a complete answer's last events until the writes they must follow are in, at
+//! most `governance::ACK_WAIT` ([`Held`]): the relay, the events that carry the usage, until
+//! the ledger commits it; the translated relay, the encoder's closing output (`[DONE]`,
+//! `response.completed`), until the ledger's commit and the stored response its end hook
+//! returned. So a client that received an answer in full finds it billed and, on any replica,
+//! stored. [`settled`] is the same wait for a whole answer.
 
 use super::Endpoint;
 use super::canonical::{Reply, ReplyBuilder, StreamDecoder, StreamEvent};
