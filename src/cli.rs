@@ -184,8 +184,13 @@ pub struct ServeArgs {
     /// Seconds a request body may go quiet before the request gets a 408.
     #[arg(long, default_value_t = 15, env = "SWITCHYARD_BODY_TIMEOUT_SECS")]
     pub body_timeout_secs: u64,
-    /// Memory for stored responses of translated providers (Gemini, Bedrock), in MiB: the
-    /// oldest go first when it is full.
+    /// Where stored responses of translated providers (Gemini, Bedrock) are kept: `memory`
+    /// (in process; a follow-up must reach the same replica) or `redis` (the `--redis` URL,
+    /// shared by replicas).
+    #[arg(long, value_enum, default_value_t = crate::api::response_store::Backend::default(), env = "SWITCHYARD_RESPONSE_STORE")]
+    pub response_store: crate::api::response_store::Backend,
+    /// Memory for stored responses of translated providers (Gemini, Bedrock), in MiB, with
+    /// `--response-store memory`: the oldest go first when it is full.
     #[arg(long, default_value_t = 256, env = "SWITCHYARD_RESPONSE_STORE_MIB")]
     pub response_store_mib: u64,
     /// How long a stored response stays available to `previous_response_id` and `GET`, in seconds.
@@ -199,8 +204,8 @@ pub struct ServeArgs {
         env = "SWITCHYARD_LEDGER"
     )]
     pub ledger: String,
-    /// Redis for rate-limit counters shared by replicas (`redis://127.0.0.1:6379/`); counters
-    /// are kept in process when not given.
+    /// Redis for rate-limit counters and budgets shared by replicas (`redis://127.0.0.1:6379/`),
+    /// and for stored responses with `--response-store redis`; kept in process when not given.
     #[arg(long, env = "SWITCHYARD_REDIS")]
     pub redis: Option<String>,
     /// Open connections allowed from one client address (0: no limit). Behind a load balancer

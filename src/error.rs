@@ -111,6 +111,16 @@ pub enum GatewayError {
     Internal(String),
 }
 
+impl From<crate::api::response_store::StoreError> for GatewayError {
+    /// The response store is down: a retryable 503 (the detail goes to the log only).
+    fn from(err: crate::api::response_store::StoreError) -> Self {
+        tracing::warn!(%err, "response store unavailable");
+        Self::Unavailable {
+            message: "The response store is unavailable; retry the request.".into(),
+        }
+    }
+}
+
 /// An upstream's error answer, as received (boxed: it is the largest variant by far).
 #[derive(Debug)]
 pub struct UpstreamFailure {

@@ -10,7 +10,7 @@ use crate::actors::directory::DirectoryHandle;
 use crate::actors::embedder::{DiskCache, EmbedService, Readiness};
 use crate::actors::messages::ApplySnapshot;
 use crate::actors::supervisor::Supervisor;
-use crate::api::response_store::MemoryStore;
+use crate::api::response_store;
 use crate::cli::{EmbeddingArgs, EmulateArgs, EvalArgs, RouteArgs, ServeArgs};
 use crate::config::RoutingMode;
 use crate::config::watcher::Reloader;
@@ -240,6 +240,14 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         let governance = start_governance(&args.ledger, args.redis.as_deref())
             .await
             .map_err(std::io::Error::other)?;
+        let responses = response_store::open(
+            args.response_store,
+            args.redis.as_deref(),
+            args.response_store_mib.saturating_mul(1 << 20),
+            std::time::Duration::from_secs(args.response_store_ttl_secs),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
         let ready = Arc::new(AtomicBool::new(true));
         let draining = Arc::new(AtomicBool::new(false));
         let state = AppState {
@@ -260,10 +268,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             admin_token: AdminToken::from_env(),
             indexes,
             governance,
-            responses: Arc::new(MemoryStore::new(
-                args.response_store_mib.saturating_mul(1 << 20),
-                std::time::Duration::from_secs(args.response_store_ttl_secs),
-            )),
+            responses,
         };
         let addr = local_addr(&listener);
         let server = http::server(state, listener, args.workers, shutdown_timeout)?;

@@ -7,6 +7,7 @@
 mod common;
 
 use common::http::*;
+use common::redis::redis_server;
 use common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -378,59 +379,6 @@ async fn a_token_limit_refuses_once_the_window_holds_that_many_tokens() {
         let r = post(url, Some(KEY_A), chat("gpt-4o-mini", "again")).await;
         assert_limited(&r, "tokens", 5);
     }
-}
-
-/// A `redis-server` on a free loopback port, stopped when dropped.
-struct Redis {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn redis_server() -> Option<Redis> {
-    let bin = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let child = std::process::Command::new(bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server starts");
-    let redis = Redis {
-        child,
-        url: format!("redis://127.0.0.1:{port}/"),
-        _dir: dir,
-    };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(redis);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("redis-server did not listen on {port}");
 }
 
 #[actix_web::test]

@@ -9,11 +9,19 @@
 //! [`TranslatedStream`] is the same relay for providers whose wire is not the front API:
 //! framing decoder and translator (the provider's) → canonical events → the answer so far
 //! (what the usage tap and the response store read when it ends) → the front encoder.
+//!
+//! Both hold a complete answer's last events until the writes they must follow are in, at
+//! most `governance::ACK_WAIT` ([`Held`]): the relay, the events that carry the usage, until
+//! the ledger commits it; the translated relay, the encoder's closing output (`[DONE]`,
+//! `response.completed`), until the ledger's commit and the stored response its end hook
+//! returned. So a client that received an answer in full finds it billed and, on any replica,
+//! stored. [`settled`] is the same wait for a whole answer.
 
 use super::Endpoint;
 use super::canonical::{Reply, ReplyBuilder, StreamDecoder, StreamEvent};
 use super::codec::FrontEncoder;
 use super::response_ids::IdRewriter;
+use super::usage::Ack;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use memchr::memmem;
@@ -47,24 +55,49 @@ pub struct RelayStream {
     held: Option<Held>,
 }
 
-/// Events waiting for their usage record's commit, at most until `deadline`.
+/// Events waiting for the writes they must follow (the ledger's commit of their usage, a
+/// stored response), at most until `deadline`.
 struct Held {
     events: Bytes,
-    ack: super::usage::Ack,
+    acks: Vec<Ack>,
+    /// One of the writes failed.
+    failed: bool,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Held {
-    /// The events, once committed, failed or late; logs the last two.
+    /// Holds `events` until every ack is in (at most `governance::ACK_WAIT`).
+    fn new(events: Bytes, acks: Vec<Ack>) -> Self {
+        Self {
+            events,
+            acks,
+            failed: false,
+            deadline: Box::pin(tokio::time::sleep(crate::governance::ACK_WAIT)),
+        }
+    }
+
+    /// The events, once every write committed, failed or is late; logs the last two.
     fn poll_release(&mut self, cx: &mut Context<'_>, span: &tracing::Span) -> Poll<Bytes> {
         use std::future::Future;
-        let outcome = match Pin::new(&mut self.ack).poll(cx) {
-            Poll::Ready(Ok(true)) => None,
-            Poll::Ready(_) => Some("ledger write failed: the stream ends unrecorded"),
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+        let mut failed = false;
+        self.acks.retain_mut(|ack| match Pin::new(ack).poll(cx) {
+            Poll::Ready(Ok(true)) => false,
+            Poll::Ready(_) => {
+                failed = true;
+                false
+            }
+            Poll::Pending => true,
+        });
+        self.failed |= failed;
+        let outcome = if !self.acks.is_empty() {
+            match self.deadline.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) => Some("ledger commit is late: the stream ends before it"),
-            },
+                Poll::Ready(()) => Some("a write is late: the answer ends before it"),
+            }
+        } else if self.failed {
+            Some("a write failed: the answer ends without it")
+        } else {
+            None
         };
         if let Some(why) = outcome {
             let _entered = span.enter();
@@ -72,6 +105,17 @@ impl Held {
         }
         Poll::Ready(std::mem::take(&mut self.events))
     }
+}
+
+/// Waits until every ack is in (at most `governance::ACK_WAIT`), as a held stream end does:
+/// for a whole answer that must not go out before its writes.
+pub async fn settled(acks: Vec<Ack>) {
+    if acks.is_empty() {
+        return;
+    }
+    let span = tracing::Span::current();
+    let mut held = Held::new(Bytes::new(), acks);
+    std::future::poll_fn(|cx| held.poll_release(cx, &span)).await;
 }
 
 impl RelayStream {
@@ -104,12 +148,8 @@ impl RelayStream {
     }
 
     /// Holds `events` until `ack` says their usage is committed (at most `governance::ACK_WAIT`).
-    fn hold(&mut self, events: Bytes, ack: super::usage::Ack) {
-        self.held = Some(Held {
-            events,
-            ack,
-            deadline: Box::pin(tokio::time::sleep(crate::governance::ACK_WAIT)),
-        });
+    fn hold(&mut self, events: Bytes, ack: Ack) {
+        self.held = Some(Held::new(events, vec![ack]));
     }
 
     /// Notes what a run of complete events says: how many, and whether one was terminal.
@@ -315,8 +355,9 @@ pub enum Ending {
 }
 
 /// Called once when a translated answer ends, with what it amounted to so far (the usage
-/// tap and the response store hang here).
-pub type OnEnd = Box<dyn FnOnce(&Reply, Ending) + Send>;
+/// tap and the response store hang here). Returns the writes the stream's closing events
+/// wait for (the ledger's commit, the stored response), each an [`Ack`].
+pub type OnEnd = Box<dyn FnOnce(&Reply, Ending) -> Vec<Ack> + Send>;
 
 /// The relay for a provider whose wire is not the front API: upstream bytes → the provider's
 /// [`StreamDecoder`] (framing and translation) → canonical events, folded into the answer
@@ -332,6 +373,8 @@ pub struct TranslatedStream {
     provider: String,
     on_end: Option<OnEnd>,
     closed: bool,
+    /// The closing events, held until the writes the end hook returned are in.
+    held: Option<Held>,
     span: tracing::Span,
 }
 
@@ -353,6 +396,7 @@ impl TranslatedStream {
             provider,
             on_end: Some(on_end),
             closed: false,
+            held: None,
             span,
         }
     }
@@ -366,11 +410,13 @@ impl TranslatedStream {
     }
 
     /// Ends the stream: the closing events, or the error event when `failure` says why not.
+    /// They go into `out`, or are held when the end hook returned writes to wait for.
     fn close(&mut self, failure: Option<String>, out: &mut BytesMut) {
         self.closed = true;
+        let mut closing = BytesMut::new();
         let ending = match failure {
             None => {
-                self.encoder.finish(out);
+                self.encoder.finish(&mut closing);
                 Ending::Complete
             }
             Some(why) => {
@@ -381,12 +427,19 @@ impl TranslatedStream {
                     self.provider
                 );
                 self.encoder
-                    .fail("upstream_stream_interrupted", &message, out);
+                    .fail("upstream_stream_interrupted", &message, &mut closing);
                 Ending::Failed
             }
         };
-        if let Some(on_end) = self.on_end.take() {
-            on_end(self.answer.reply(), ending);
+        let acks = match self.on_end.take() {
+            Some(on_end) => on_end(self.answer.reply(), ending),
+            None => Vec::new(),
+        };
+        if acks.is_empty() {
+            out.extend_from_slice(&closing);
+        } else {
+            // Released by `poll_next` once the writes are in.
+            self.held = Some(Held::new(closing.freeze(), acks));
         }
     }
 }
@@ -405,6 +458,15 @@ impl Stream for TranslatedStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if let Some(held) = &mut this.held {
+                let Poll::Ready(events) = held.poll_release(cx, &this.span) else {
+                    return Poll::Pending;
+                };
+                this.held = None;
+                if !events.is_empty() {
+                    return Poll::Ready(Some(Ok(events)));
+                }
+            }
             if this.closed {
                 return Poll::Ready(None);
             }
@@ -435,7 +497,7 @@ impl Stream for TranslatedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt;
+    use futures_util::{FutureExt, StreamExt};
 
     async fn relay(endpoint: Endpoint, chunks: Vec<UpstreamChunk>) -> Vec<Bytes> {
         let (tx, rx) = mpsc::channel(chunks.len() + 1);
@@ -645,6 +707,15 @@ mod tests {
         chunks: Vec<UpstreamChunk>,
         seen: &Seen,
     ) -> (TranslatedStream, mpsc::Sender<UpstreamChunk>) {
+        translated_waiting(chunks, seen, None)
+    }
+
+    /// As [`translated`], the end hook returning `ack` for the stream's end to wait on.
+    fn translated_waiting(
+        chunks: Vec<UpstreamChunk>,
+        seen: &Seen,
+        ack: Option<Ack>,
+    ) -> (TranslatedStream, mpsc::Sender<UpstreamChunk>) {
         let (tx, rx) = mpsc::channel(chunks.len() + 1);
         for c in chunks {
             tx.try_send(c).expect("room");
@@ -665,6 +736,7 @@ mod tests {
             "toy".into(),
             Box::new(move |reply, ending| {
                 seen.lock().expect("lock").push((reply.text(), ending));
+                ack.into_iter().collect()
             }),
             tracing::Span::none(),
         );
@@ -747,6 +819,58 @@ mod tests {
         assert_eq!(
             *seen.lock().expect("lock"),
             [("partial".to_owned(), Ending::Abandoned)]
+        );
+    }
+
+    /// The closing events (the encoder's `finish`) wait for the end hook's writes: nothing
+    /// of them is yielded before the ack, and they come once it is in.
+    #[actix_web::test]
+    async fn a_translated_streams_closing_events_wait_for_the_end_hooks_writes() {
+        let seen = Seen::default();
+        let (ack_tx, ack) = tokio::sync::oneshot::channel();
+        let (mut stream, tx) =
+            translated_waiting(vec![ok("T:Hello\n"), ok("F\n")], &seen, Some(ack));
+        drop(tx);
+        let mut got = String::new();
+        // Everything before the end, then the stream waits.
+        loop {
+            match stream.next().now_or_never() {
+                Some(Some(chunk)) => got.push_str(&String::from_utf8_lossy(&chunk.expect("ok"))),
+                Some(None) => panic!("ended before the ack: {got}"),
+                None => break,
+            }
+        }
+        assert!(got.contains("\"content\":\"Hello\""), "{got}");
+        assert!(got.contains("\"finish_reason\":\"stop\""), "{got}");
+        assert!(!got.contains("[DONE]"), "{got}");
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            [("Hello".to_owned(), Ending::Complete)],
+            "the hook ran at the end"
+        );
+        // Still waiting a while later: only the ack releases it, not the passing of time.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(stream.next().now_or_never().is_none());
+        ack_tx.send(true).expect("the stream waits on it");
+        let rest: Vec<Bytes> = stream.map(|r| r.expect("ok")).collect().await;
+        let rest: String = rest.iter().map(|b| String::from_utf8_lossy(b)).collect();
+        // The encoder's closing output (`finish`): for chat without usage, `[DONE]`.
+        assert_eq!(rest, "data: [DONE]\n\n");
+    }
+
+    /// A write that never answers holds the end only until the deadline.
+    #[actix_web::test]
+    async fn a_late_write_holds_the_end_only_until_the_deadline() {
+        let seen = Seen::default();
+        let (_never_sent, ack) = tokio::sync::oneshot::channel();
+        let started = std::time::Instant::now();
+        let out = body(translated_waiting(vec![ok("T:a\nF\n")], &seen, Some(ack))).await;
+        assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+        let waited = started.elapsed();
+        let wait = crate::governance::ACK_WAIT;
+        assert!(
+            wait <= waited && waited < wait + std::time::Duration::from_millis(500),
+            "{waited:?}"
         );
     }
 }

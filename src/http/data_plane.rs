@@ -13,7 +13,7 @@ use crate::actors::provider::ProviderActor;
 use crate::api::canonical::{Conversation, Message, Part, Reply, Role, Usage};
 use crate::api::codec::FrontEncoder;
 use crate::api::response_ids::{IdRewriter, IdScope};
-use crate::api::response_store::StoredResponse;
+use crate::api::response_store::{StoreError, StoredResponse};
 use crate::api::stream::{Ending, OnEnd, RelayStream, TranslatedStream};
 use crate::api::usage::{self, UsageTap};
 use crate::api::{Endpoint, FrontRequest, chat, responses};
@@ -28,6 +28,7 @@ use actix::Addr;
 use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
+use futures_util::FutureExt;
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -119,7 +120,7 @@ async fn get_response(
     let auth = authenticate(&dir, &tenant, req.headers())?;
     let proxy = find_proxy(auth.entry, &proxy_id)?;
     note_proxy(&req, proxy);
-    if let Some(stored) = state.responses.get(&tenant, &id) {
+    if let Some(stored) = state.responses.get(&tenant, &id).await? {
         return Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body(stored.object.clone()));
@@ -298,7 +299,7 @@ async fn attempt(
     if let Some(translator) = translator {
         let decoded = match decoded {
             Some(d) => d,
-            None => decoded.insert(Decoded::new(front, tenant, state)?),
+            None => decoded.insert(Decoded::new(front, tenant, state).await?),
         };
         let outgoing = providers::Outgoing::Translated(&decoded.conversation);
         let request = providers::prepare(outgoing, decision, traceparent)?;
@@ -416,7 +417,11 @@ enum FrontShape {
 }
 
 impl Decoded {
-    fn new(front: &FrontRequest, tenant: &str, state: &AppState) -> Result<Self, GatewayError> {
+    async fn new(
+        front: &FrontRequest,
+        tenant: &str,
+        state: &AppState,
+    ) -> Result<Self, GatewayError> {
         Ok(match front.endpoint {
             Endpoint::ChatCompletions => {
                 let (conversation, options) = chat::decode(&front.raw)?;
@@ -429,7 +434,7 @@ impl Decoded {
                 let previous = front.previous_response_id.as_deref();
                 let stored = match previous {
                     None => None,
-                    Some(id) => Some(state.responses.get(tenant, id).ok_or_else(|| {
+                    Some(id) => Some(state.responses.get(tenant, id).await?.ok_or_else(|| {
                         GatewayError::invalid(
                             format!("Previous response with id '{}' not found.", quote(id)),
                             Some("previous_response_id"),
@@ -450,10 +455,12 @@ impl Decoded {
 
 /// The client's response from a translated provider's answer: decoded by the provider's
 /// translator and encoded for the front endpoint, whole or event by event. When the answer
-/// ends, its usage is tapped and (Responses with `store`) it is stored for follow-ups. A whole
-/// answer goes out only once its ledger record is committed (as on the native path); a
-/// stream's record is written when it ends, with an estimate (flagged) when the upstream
-/// never reported its usage.
+/// ends, its usage is tapped and (Responses with `store`) it is stored for follow-ups. A
+/// complete answer's last byte waits for both writes (the ledger's commit and the stored
+/// response, at most `governance::ACK_WAIT`): a whole answer goes out after them, a stream
+/// holds its closing events until then, so a client that has the answer in full can follow
+/// up on any replica. A stream that breaks or is abandoned records its usage (an estimate,
+/// flagged, when the upstream never reported it) without waiting.
 async fn translated(
     translator: &dyn providers::Translator,
     decision: &Decision,
@@ -491,10 +498,9 @@ async fn translated(
                 estimated: false,
                 durable: true,
             });
-            on_end(&reply, Ending::Complete);
-            if let Some(ack) = ack {
-                crate::governance::committed(ack).await;
-            }
+            let mut acks = on_end(&reply, Ending::Complete);
+            acks.extend(ack);
+            crate::api::stream::settled(acks).await;
             Ok(res.content_type("application/json").body(body))
         }
         UpstreamBody::Stream(rx) => {
@@ -546,7 +552,7 @@ fn ending_hook(
         tracing::debug!(usage = ?reply.usage, ?ending, "translated answer ended");
         let (Some((responses, options, mut messages, tenant)), Ending::Complete) = (store, ending)
         else {
-            return;
+            return Vec::new();
         };
         let model = reply.model.as_deref().unwrap_or(&model);
         let object =
@@ -555,21 +561,40 @@ fn ending_hook(
             role: Role::Assistant,
             parts: reply.parts.clone(),
         });
-        responses.put(
-            &tenant,
-            &options.id,
-            StoredResponse {
-                messages,
-                object: object.into(),
-                route,
-            },
+        let stored = StoredResponse {
+            messages,
+            object: object.into(),
+            route,
+        };
+        let mut put = responses.put(&tenant, &options.id, stored);
+        let written = |result: Result<(), StoreError>| match result {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(%err, "response not stored: a follow-up will not find it");
+                false
+            }
+        };
+        // The memory store is done at once; a shared one is written on its own task, so the
+        // write completes even if the client leaves before it.
+        if let Some(result) = (&mut put).now_or_never() {
+            written(result);
+            return Vec::new();
+        }
+        let (tx, rx) = oneshot::channel();
+        actix_web::rt::spawn(
+            async move {
+                let _ = tx.send(written(put.await));
+            }
+            .instrument(tracing::Span::current()),
         );
+        vec![rx]
     })
 }
 
 /// `on_end`, after recording the streamed answer's usage (`governance`): the provider's
 /// report, or, when the stream broke or the client left before it, an estimate flagged as
-/// one (the request's bytes / 4 in, what was generated so far / 4 out).
+/// one (the request's bytes / 4 in, what was generated so far / 4 out). A complete stream's
+/// record is durable: its closing events wait for the commit too.
 fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEnd {
     Box::new(move |reply: &Reply, ending: Ending| {
         let generated: usize = reply
@@ -586,12 +611,14 @@ fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEn
             output_tokens: generated.div_ceil(4) as u64,
             ..Usage::default()
         };
-        on_usage(usage::Report {
+        let ack = on_usage(usage::Report {
             usage: Some(reply.usage.unwrap_or(estimate)),
             estimated: reply.usage.is_none(),
-            durable: false,
+            durable: ending == Ending::Complete,
         });
-        on_end(reply, ending);
+        let mut acks = on_end(reply, ending);
+        acks.extend(ack);
+        acks
     })
 }
 
