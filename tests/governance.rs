@@ -1251,6 +1251,17 @@ enum Via {
     Retried,
     /// Route `flaky` (its provider always answers 503), served by its fallback `big`.
     FellBack,
+    /// Route `dead`, on the same provider without a fallback: the client gets the 503, and
+    /// the request's hold must be released.
+    Failed,
+}
+
+/// What became of a request of the two-gateway test.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    Answered,
+    Failed,
+    Refused,
 }
 
 /// One request of the two-gateway test: its path below the gateway, body, and the hold the
@@ -1261,6 +1272,7 @@ fn budget_request(n: usize, via: Via, responses: bool, stream: bool) -> (String,
         Via::Plain => ("gpt-4o-mini", &MINI),
         Via::Retried => ("gpt-4o-mini", &MINI),
         Via::FellBack => ("flaky", &GPT4O),
+        Via::Failed => ("dead", &MINI),
     };
     let mut prompt = format!("count to three please, request {n}");
     if via == Via::Retried {
@@ -1287,10 +1299,11 @@ fn budget_request(n: usize, via: Via, responses: bool, stream: bool) -> (String,
 }
 
 /// Issue 9's first bar: many concurrent requests at a tenant with a small USD budget, through
-/// two gateways sharing one Redis and one PostgreSQL ledger, some retried after a 429 and some
-/// served by a fallback route after a 503. Every answer is one ledger row at its exact cost on
-/// the route that served it, failed attempts are no rows, and the total passes the budget by
-/// no more than the holds in flight could let it.
+/// two gateways sharing one Redis and one PostgreSQL ledger, some retried after a 429, some
+/// served by a fallback route after a 503, some failing with a 503 for good. Every answer is
+/// one ledger row at its exact cost on the route that served it, failed attempts and failed
+/// requests are no rows (and release their holds), and the total passes the budget by no more
+/// than the holds in flight could let it.
 #[actix_web::test]
 async fn two_gateways_on_one_redis_and_postgres_bill_every_answer_once_within_the_budget() {
     let Some(redis) = redis_server() else {
@@ -1307,7 +1320,8 @@ async fn two_gateways_on_one_redis_and_postgres_bill_every_answer_once_within_th
     };
     let schema = PgSchema::create(&pg, "twoproc").await;
     let emu = emulator();
-    let budget = pico("0.002");
+    const BUDGET: &str = "0.002";
+    let budget = pico(BUDGET);
     let t = format!(
         r#"
 [[api_keys]]
@@ -1315,7 +1329,7 @@ name = "demo"
 sha256 = "{KEY_A_SHA}"
 
 [[budgets]]
-usd = "0.002"
+usd = "{BUDGET}"
 period = "day"
 
 [providers.openai]
@@ -1350,6 +1364,11 @@ fallback_on = ["5xx"]
 name = "big"
 provider = "openai"
 model = "gpt-4o"
+[[proxies.chat.routes]]
+name = "dead"
+provider = "down"
+model = "dead"
+target_model = "gpt-4o-mini"
 "#
     );
     let env = [
@@ -1367,10 +1386,18 @@ model = "gpt-4o"
         Gateway::start(&[("a", t.clone())], &env, &args),
         Gateway::start(&[("a", t)], &env, &args),
     ];
-    let vias = [Via::Plain, Via::Retried, Via::FellBack];
-    // Request n: gateway n % 2, served via n % 3, Responses when n / 2 is odd, streamed when
-    // n / 4 is odd: every combination on both gateways.
-    let shape = |n: usize| (n % 2, vias[n % 3], (n / 2) % 2 == 1, (n / 4) % 2 == 1);
+    let vias = [Via::Plain, Via::Retried, Via::FellBack, Via::Failed];
+    // Request n: gateway n % 2, via (n / 2) % 4, Responses when n / 8 is odd, streamed when
+    // n / 16 is odd: every 32 requests, every combination.
+    const SHAPES: usize = 32;
+    let shape = |n: usize| {
+        (
+            n % 2,
+            vias[(n / 2) % 4],
+            (n / 8) % 2 == 1,
+            (n / 16) % 2 == 1,
+        )
+    };
     struct Answered {
         id: String,
         via: Via,
@@ -1382,18 +1409,26 @@ model = "gpt-4o"
         output: u64,
     }
     let mut answered: Vec<Answered> = Vec::new();
-    let mut per_gateway = [[0u64; 3]; 2];
-    // Checks one reply: an answer from the right route (noted), or the budget's 429.
-    let mut take = |n: usize, hold: u128, r: Reply| -> bool {
+    let mut per_gateway = [[0u64; 4]; 2];
+    // Checks one reply: an answer from the right route (noted), the 503 of `dead`, or the
+    // budget's 429.
+    let mut take = |n: usize, hold: u128, r: Reply| -> Outcome {
         let (gw, via, responses, stream) = shape(n);
-        if r.status != 200 {
+        if r.status == 429 {
             r.assert_error(429, "budget_exhausted");
-            return false;
+            return Outcome::Refused;
         }
         let (route, fallback) = match via {
             Via::Plain | Via::Retried => ("mini", "false"),
             Via::FellBack => ("big", "true"),
+            Via::Failed => {
+                assert_eq!(r.status, 503, "request {n}: {}", r.text());
+                assert_eq!(r.header("x-switchyard-route"), "dead", "request {n}");
+                per_gateway[gw][via as usize] += 1;
+                return Outcome::Failed;
+            }
         };
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
         assert_eq!(r.header("x-switchyard-route"), route, "request {n}");
         assert_eq!(r.header("x-switchyard-fallback"), fallback, "request {n}");
         if via == Via::FellBack {
@@ -1413,11 +1448,11 @@ model = "gpt-4o"
             input,
             output,
         });
-        true
+        Outcome::Answered
     };
 
-    // The wave: 60 at once, 30 through each gateway.
-    const WAVE: usize = 60;
+    // The wave: 64 at once, 32 through each gateway.
+    const WAVE: usize = 64;
     let (requests, holds): (Vec<_>, Vec<_>) = (0..WAVE)
         .map(|n| {
             let (gw, via, responses, stream) = shape(n);
@@ -1426,27 +1461,29 @@ model = "gpt-4o"
         })
         .unzip();
     let replies = futures_util::future::join_all(requests).await;
-    let mut wave_ok = 0;
-    for (n, (r, hold)) in replies.into_iter().zip(holds).enumerate() {
-        wave_ok += usize::from(take(n, hold, r));
-    }
+    let outcomes: Vec<Outcome> = (replies.into_iter().zip(holds).enumerate())
+        .map(|(n, (r, hold))| take(n, hold, r))
+        .collect();
+    let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
+    // Its holds (16 fallbacks at gpt-4o's price alone are more than the budget) do not all fit.
     assert!(
-        (1..WAVE).contains(&wave_ok),
-        "{wave_ok} of the wave answered"
+        count(Outcome::Answered) > 0 && count(Outcome::Refused) > 0,
+        "the wave: {outcomes:?}"
     );
-    // Then one at a time, every shape in turn, until a whole round is refused.
+    // Then one at a time, every shape in turn, until the budget refuses a whole round (the
+    // cheapest shape included).
     let mut n = WAVE;
     let mut rounds = 0;
     loop {
-        let mut any = false;
-        for _ in 0..12 {
+        let mut refused = 0;
+        for _ in 0..SHAPES {
             let (gw, via, responses, stream) = shape(n);
             let (path, body, hold) = budget_request(n, via, responses, stream);
             let r = post(gws[gw].url(&path), Some(KEY_A), body).await;
-            any |= take(n, hold, r);
+            refused += usize::from(take(n, hold, r) == Outcome::Refused);
             n += 1;
         }
-        if !any {
+        if refused == SHAPES {
             break;
         }
         rounds += 1;
@@ -1455,7 +1492,7 @@ model = "gpt-4o"
     // Once every hold is released, every shape is still refused on both gateways.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut smallest = u128::MAX;
-    for _ in 0..12 {
+    for _ in 0..SHAPES {
         let (gw, via, responses, stream) = shape(n);
         let (path, body, hold) = budget_request(n, via, responses, stream);
         post(gws[gw].url(&path), Some(KEY_A), body)
@@ -1464,12 +1501,16 @@ model = "gpt-4o"
         smallest = smallest.min(hold);
         n += 1;
     }
-    for via in vias {
+    for via in [Via::Plain, Via::Retried, Via::FellBack] {
         assert!(
             answered.iter().any(|a| a.via == via),
             "no request was answered via {via:?}"
         );
     }
+    assert!(
+        per_gateway.iter().all(|g| g[Via::Failed as usize] > 0),
+        "every gateway failed some requests: {per_gateway:?}"
+    );
 
     // PostgreSQL: exactly one row per answer, none for refusals or failed attempts.
     let rows = schema.ledger_rows(answered.len()).await;
@@ -1481,6 +1522,7 @@ model = "gpt-4o"
         let (route, model) = match a.via {
             Via::Plain | Via::Retried => ("mini", "gpt-4o-mini"),
             Via::FellBack => ("big", "gpt-4o"),
+            Via::Failed => unreachable!("a failed request is not answered"),
         };
         let what = format!("{:?} responses={} stream={}", a.via, a.responses, a.stream);
         assert_eq!(row.tenant, "a");
@@ -1539,7 +1581,8 @@ model = "gpt-4o"
     );
 
     // Upstream attempts, per gateway: one 200 per answer; one 429 before each retried one;
-    // one 503 from `down` before each fallback; nothing for refused requests.
+    // one 503 from `down` before each fallback and for each failed one; nothing for refused
+    // requests.
     for (gw, counts) in gws.iter().zip(per_gateway) {
         let metrics = send(client().get(gw.url("/metrics")), None).await.text();
         let attempts = |provider: &str, status: u16| {
@@ -1551,10 +1594,10 @@ model = "gpt-4o"
                 ),
             )
         };
-        let [plain, retried, fell] = counts;
+        let [plain, retried, fell, failed] = counts;
         assert_eq!(attempts("openai", 200), plain + retried + fell, "{metrics}");
         assert_eq!(attempts("openai", 429), retried, "{metrics}");
-        assert_eq!(attempts("down", 503), fell, "{metrics}");
+        assert_eq!(attempts("down", 503), fell + failed, "{metrics}");
     }
     drop(gws);
     schema.drop_schema().await;
