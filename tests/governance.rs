@@ -1,8 +1,9 @@
 //! Governance end to end: exact cost in the ledger for every endpoint × stream mode on
 //! OpenAI, one ledger row per request (retries included), rate limits with their exact
-//! headers, Redis-shared limits across two gateways, and the ledger on PostgreSQL and across a
-//! restart. The real binary against the emulator; Redis and PostgreSQL are real servers on
-//! loopback (`scripts/test` installs and starts them).
+//! headers, Redis-shared limits across two gateways, the ledger on PostgreSQL and across a
+//! restart, and one budget billed exactly once per answer by two gateways sharing Redis and
+//! PostgreSQL through retries and fallbacks. The real binary against the emulator; Redis and
+//! PostgreSQL are real servers on loopback (`scripts/test` installs and starts them).
 
 mod common;
 
@@ -850,24 +851,7 @@ target_model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
             )
             .await;
             assert_eq!(r.status, 200, "{what}: {}", r.text());
-            let usage = if !stream {
-                r.json()["usage"].clone()
-            } else {
-                sse_data(&r.text())
-                    .iter()
-                    .filter(|d| *d != "[DONE]")
-                    .map(|d| serde_json::from_str::<Value>(d).expect("event"))
-                    .find_map(|e| {
-                        if e["usage"].is_object() {
-                            Some(e["usage"].clone())
-                        } else if e["type"] == "response.completed" {
-                            Some(e["response"]["usage"].clone())
-                        } else {
-                            None
-                        }
-                    })
-                    .unwrap_or_else(|| panic!("{what}: no usage in {}", r.text()))
-            };
+            let usage = usage_of(&r, stream);
             let (input, output, cost) = cost_of(&usage, rates);
             assert!(input > 0 && output > 0, "{what}: {usage}");
             expected.push((
@@ -1073,4 +1057,499 @@ model = "gemini-2.5-flash"
     assert_eq!(row["input_tokens"], text.len() as u64 / 4, "{row}");
     // "Hello from the": 14 bytes generated, about 4 tokens.
     assert_eq!(row["output_tokens"], 4, "{row}");
+}
+
+/// gpt-4o's built-in price, in picodollars per token: $2.50 and $1.25 (cached) and $10 per 1M.
+const GPT4O: Rates = Rates(2_500_000, 1_250_000, 10_000_000);
+/// gpt-4o-mini's, the same way.
+const MINI: Rates = Rates(MINI_INPUT_PUSD, 75_000, MINI_OUTPUT_PUSD);
+
+/// A schema of its own in the PostgreSQL of `SWITCHYARD_TEST_POSTGRES` (so no earlier run's
+/// rows count), with the URL that makes it a connection's `search_path`.
+struct PgSchema {
+    pool: sqlx::PgPool,
+    name: String,
+    url: String,
+}
+
+impl PgSchema {
+    async fn create(base: &str, tag: &str) -> PgSchema {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(base)
+            .await
+            .expect("connect to SWITCHYARD_TEST_POSTGRES");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("{tag}_{}_{nanos}", std::process::id());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&pool)
+            .await
+            .expect("create schema");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{name}");
+        PgSchema { pool, name, url }
+    }
+
+    async fn drop_schema(self) {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            self.name
+        )))
+        .execute(&self.pool)
+        .await;
+    }
+
+    /// Every row of `usage_ledger` in this schema, once there are `want` (the ledger may
+    /// commit a stream's row just after its last byte), then once more after a pause to see
+    /// that no more arrive.
+    async fn ledger_rows(&self, want: usize) -> Vec<PgRow> {
+        use sqlx::Row;
+        let read = || async {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT request_id, tenant, route, model, endpoint, stream, input_tokens,
+                        output_tokens, cost_usd, estimated
+                 FROM {}.usage_ledger ORDER BY request_id",
+                self.name
+            )))
+            .fetch_all(&self.pool)
+            .await
+            .expect("read usage_ledger")
+            .into_iter()
+            .map(|r| PgRow {
+                request_id: r.get("request_id"),
+                tenant: r.get("tenant"),
+                route: r.get("route"),
+                model: r.get("model"),
+                endpoint: r.get("endpoint"),
+                stream: r.get::<i64, _>("stream") == 1,
+                input_tokens: r.get("input_tokens"),
+                output_tokens: r.get("output_tokens"),
+                cost_usd: r.get("cost_usd"),
+                estimated: r.get::<i64, _>("estimated") == 1,
+            })
+            .collect::<Vec<_>>()
+        };
+        let mut rows = Vec::new();
+        for _ in 0..100 {
+            rows = read().await;
+            if rows.len() >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = read().await;
+        assert_eq!(again.len(), rows.len(), "rows arrived after {want} were in");
+        again
+    }
+}
+
+/// One row of `usage_ledger`, as PostgreSQL holds it.
+#[derive(Debug)]
+struct PgRow {
+    request_id: String,
+    tenant: String,
+    route: String,
+    model: String,
+    endpoint: String,
+    stream: bool,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    cost_usd: Option<String>,
+    estimated: bool,
+}
+
+/// The usage an answer showed its client: the body's, a chat stream's usage chunk, or a
+/// Responses stream's `response.completed`.
+fn usage_of(r: &Reply, stream: bool) -> Value {
+    if !stream {
+        return r.json()["usage"].clone();
+    }
+    sse_data(&r.text())
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).expect("event"))
+        .find_map(|e| {
+            if e["usage"].is_object() {
+                Some(e["usage"].clone())
+            } else if e["type"] == "response.completed" {
+                Some(e["response"]["usage"].clone())
+            } else {
+                None
+            }
+        })
+        .unwrap_or_else(|| panic!("no usage in {}", r.text()))
+}
+
+/// The value of the Prometheus counter `series` (exactly as printed, labels included), 0 when
+/// it is not there yet.
+fn counter_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// How a request of the two-gateway test is served.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Via {
+    /// Route `mini`, answered at once.
+    Plain,
+    /// Route `mini`, after one 429 that the provider actor retries.
+    Retried,
+    /// Route `flaky` (its provider always answers 503), served by its fallback `big`.
+    FellBack,
+    /// Route `dead`, on the same provider without a fallback: the client gets the 503, and
+    /// the request's hold must be released.
+    Failed,
+}
+
+/// What became of a request of the two-gateway test.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    Answered,
+    Failed,
+    Refused,
+}
+
+/// One request of the two-gateway test: its path below the gateway, body, and the hold the
+/// gateway must take for it (picodollars): its body at four bytes a token plus its output
+/// cap, at the price of the costliest route it may end on.
+fn budget_request(n: usize, via: Via, responses: bool, stream: bool) -> (String, Value, u128) {
+    let (model, rates) = match via {
+        Via::Plain => ("gpt-4o-mini", &MINI),
+        Via::Retried => ("gpt-4o-mini", &MINI),
+        Via::FellBack => ("flaky", &GPT4O),
+        Via::Failed => ("dead", &MINI),
+    };
+    let mut prompt = format!("count to three please, request {n}");
+    if via == Via::Retried {
+        prompt.push_str(&format!(
+            " [emulator:status=429,retry_after=0,times=1,key=twoproc-{n}]"
+        ));
+    }
+    let (path, mut body, cap) = if responses {
+        let body = json!({"model": model, "input": prompt, "max_output_tokens": 16});
+        ("/a/chat/v1/responses", body, 16u128)
+    } else {
+        let mut body = chat(model, &prompt);
+        body["max_tokens"] = json!(8);
+        ("/a/chat/v1/chat/completions", body, 8u128)
+    };
+    if stream {
+        body["stream"] = json!(true);
+        if !responses {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+    }
+    let input = (body.to_string().len() as u128).div_ceil(4);
+    (path.to_owned(), body, input * rates.0 + cap * rates.2)
+}
+
+/// Issue 9's first bar: many concurrent requests at a tenant with a small USD budget, through
+/// two gateways sharing one Redis and one PostgreSQL ledger, some retried after a 429, some
+/// served by a fallback route after a 503, some failing with a 503 for good. Every answer is
+/// one ledger row at its exact cost on the route that served it, failed attempts and failed
+/// requests are no rows (and release their holds), and the total passes the budget by no more
+/// than the holds in flight could let it.
+#[actix_web::test]
+async fn two_gateways_on_one_redis_and_postgres_bill_every_answer_once_within_the_budget() {
+    let Some(redis) = redis_server() else {
+        eprintln!(
+            "\n!!!! SKIPPED two_gateways_on_one_redis_and_postgres_bill_every_answer_once_within_the_budget: no redis-server (scripts/test installs it) !!!!\n"
+        );
+        return;
+    };
+    let Ok(pg) = std::env::var("SWITCHYARD_TEST_POSTGRES") else {
+        eprintln!(
+            "\n!!!! SKIPPED two_gateways_on_one_redis_and_postgres_bill_every_answer_once_within_the_budget: SWITCHYARD_TEST_POSTGRES is not set (scripts/test starts PostgreSQL and sets it) !!!!\n"
+        );
+        return;
+    };
+    let schema = PgSchema::create(&pg, "twoproc").await;
+    let emu = emulator();
+    const BUDGET: &str = "0.002";
+    let budget = pico(BUDGET);
+    let t = format!(
+        r#"
+[[api_keys]]
+name = "demo"
+sha256 = "{KEY_A_SHA}"
+
+[[budgets]]
+usd = "{BUDGET}"
+period = "day"
+
+[providers.openai]
+type = "openai"
+api_key_env = "A_OPENAI_KEY"
+base_url = "http://127.0.0.1:1/v1"
+base_url_env = "A_OPENAI_BASE_URL"
+max_retries = 1
+circuit_failures = 0
+
+[providers.down]
+type = "openai"
+api_key_env = "A_OPENAI_KEY"
+base_url = "http://127.0.0.1:1/v1"
+base_url_env = "DOWN_BASE_URL"
+max_retries = 0
+circuit_failures = 0
+
+[proxies.chat]
+[[proxies.chat.routes]]
+name = "mini"
+provider = "openai"
+model = "gpt-4o-mini"
+[[proxies.chat.routes]]
+name = "flaky"
+provider = "down"
+model = "flaky"
+target_model = "gpt-4o-mini"
+fallbacks = ["big"]
+fallback_on = ["5xx"]
+[[proxies.chat.routes]]
+name = "big"
+provider = "openai"
+model = "gpt-4o"
+[[proxies.chat.routes]]
+name = "dead"
+provider = "down"
+model = "dead"
+target_model = "gpt-4o-mini"
+"#
+    );
+    let env = [
+        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
+        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ("DOWN_BASE_URL", format!("{}/fault/status=503/v1", emu.base)),
+    ];
+    let args = [
+        "--redis",
+        redis.url.as_str(),
+        "--ledger",
+        schema.url.as_str(),
+    ];
+    let gws = [
+        Gateway::start(&[("a", t.clone())], &env, &args),
+        Gateway::start(&[("a", t)], &env, &args),
+    ];
+    let vias = [Via::Plain, Via::Retried, Via::FellBack, Via::Failed];
+    // Request n: gateway n % 2, via (n / 2) % 4, Responses when n / 8 is odd, streamed when
+    // n / 16 is odd: every 32 requests, every combination.
+    const SHAPES: usize = 32;
+    let shape = |n: usize| {
+        (
+            n % 2,
+            vias[(n / 2) % 4],
+            (n / 8) % 2 == 1,
+            (n / 16) % 2 == 1,
+        )
+    };
+    struct Answered {
+        id: String,
+        via: Via,
+        responses: bool,
+        stream: bool,
+        hold: u128,
+        cost: u128,
+        input: u64,
+        output: u64,
+    }
+    let mut answered: Vec<Answered> = Vec::new();
+    let mut per_gateway = [[0u64; 4]; 2];
+    // Checks one reply: an answer from the right route (noted), the 503 of `dead`, or the
+    // budget's 429.
+    let mut take = |n: usize, hold: u128, r: Reply| -> Outcome {
+        let (gw, via, responses, stream) = shape(n);
+        if r.status == 429 {
+            r.assert_error(429, "budget_exhausted");
+            return Outcome::Refused;
+        }
+        let (route, fallback) = match via {
+            Via::Plain | Via::Retried => ("mini", "false"),
+            Via::FellBack => ("big", "true"),
+            Via::Failed => {
+                assert_eq!(r.status, 503, "request {n}: {}", r.text());
+                assert_eq!(r.header("x-switchyard-route"), "dead", "request {n}");
+                per_gateway[gw][via as usize] += 1;
+                return Outcome::Failed;
+            }
+        };
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+        assert_eq!(r.header("x-switchyard-route"), route, "request {n}");
+        assert_eq!(r.header("x-switchyard-fallback"), fallback, "request {n}");
+        if via == Via::FellBack {
+            assert_eq!(r.header("x-switchyard-fallback-reason"), "5xx");
+        }
+        let rates = if via == Via::FellBack { &GPT4O } else { &MINI };
+        let (input, output, cost) = cost_of(&usage_of(&r, stream), rates);
+        assert!(input > 0 && output > 0, "request {n}");
+        per_gateway[gw][via as usize] += 1;
+        answered.push(Answered {
+            id: r.header("x-request-id").to_owned(),
+            via,
+            responses,
+            stream,
+            hold,
+            cost: pico(&cost),
+            input,
+            output,
+        });
+        Outcome::Answered
+    };
+
+    // The wave: 64 at once, 32 through each gateway.
+    const WAVE: usize = 64;
+    let (requests, holds): (Vec<_>, Vec<_>) = (0..WAVE)
+        .map(|n| {
+            let (gw, via, responses, stream) = shape(n);
+            let (path, body, hold) = budget_request(n, via, responses, stream);
+            (post(gws[gw].url(&path), Some(KEY_A), body), hold)
+        })
+        .unzip();
+    let replies = futures_util::future::join_all(requests).await;
+    let outcomes: Vec<Outcome> = (replies.into_iter().zip(holds).enumerate())
+        .map(|(n, (r, hold))| take(n, hold, r))
+        .collect();
+    let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
+    // Its holds (16 fallbacks at gpt-4o's price alone are more than the budget) do not all fit.
+    assert!(
+        count(Outcome::Answered) > 0 && count(Outcome::Refused) > 0,
+        "the wave: {outcomes:?}"
+    );
+    // Then one at a time, every shape in turn, until the budget refuses a whole round (the
+    // cheapest shape included).
+    let mut n = WAVE;
+    let mut rounds = 0;
+    loop {
+        let mut refused = 0;
+        for _ in 0..SHAPES {
+            let (gw, via, responses, stream) = shape(n);
+            let (path, body, hold) = budget_request(n, via, responses, stream);
+            let r = post(gws[gw].url(&path), Some(KEY_A), body).await;
+            refused += usize::from(take(n, hold, r) == Outcome::Refused);
+            n += 1;
+        }
+        if refused == SHAPES {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 40, "the budget never ran out");
+    }
+    // Once every hold is released, every shape is still refused on both gateways.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut smallest = u128::MAX;
+    for _ in 0..SHAPES {
+        let (gw, via, responses, stream) = shape(n);
+        let (path, body, hold) = budget_request(n, via, responses, stream);
+        post(gws[gw].url(&path), Some(KEY_A), body)
+            .await
+            .assert_error(429, "budget_exhausted");
+        smallest = smallest.min(hold);
+        n += 1;
+    }
+    for via in [Via::Plain, Via::Retried, Via::FellBack] {
+        assert!(
+            answered.iter().any(|a| a.via == via),
+            "no request was answered via {via:?}"
+        );
+    }
+    assert!(
+        per_gateway.iter().all(|g| g[Via::Failed as usize] > 0),
+        "every gateway failed some requests: {per_gateway:?}"
+    );
+
+    // PostgreSQL: exactly one row per answer, none for refusals or failed attempts.
+    let rows = schema.ledger_rows(answered.len()).await;
+    assert_eq!(rows.len(), answered.len(), "{rows:#?}");
+    for a in &answered {
+        let mine: Vec<&PgRow> = rows.iter().filter(|r| r.request_id == a.id).collect();
+        assert_eq!(mine.len(), 1, "request {} recorded once: {mine:?}", a.id);
+        let row = mine[0];
+        let (route, model) = match a.via {
+            Via::Plain | Via::Retried => ("mini", "gpt-4o-mini"),
+            Via::FellBack => ("big", "gpt-4o"),
+            Via::Failed => unreachable!("a failed request is not answered"),
+        };
+        let what = format!("{:?} responses={} stream={}", a.via, a.responses, a.stream);
+        assert_eq!(row.tenant, "a");
+        assert_eq!(
+            (row.route.as_str(), row.model.as_str()),
+            (route, model),
+            "{what}"
+        );
+        let endpoint = if a.responses {
+            "responses"
+        } else {
+            "chat/completions"
+        };
+        assert_eq!(row.endpoint, endpoint, "{what}");
+        assert_eq!(row.stream, a.stream, "{what}");
+        assert!(!row.estimated, "{what}: {row:?}");
+        assert_eq!(
+            (row.input_tokens, row.output_tokens),
+            (Some(a.input as i64), Some(a.output as i64)),
+            "{what}"
+        );
+        assert_eq!(
+            row.cost_usd.as_deref(),
+            Some(usd(a.cost).as_str()),
+            "{what}"
+        );
+    }
+
+    // The budget. A request is let through only while spent + held + its own hold fits, so
+    // the total can pass the budget only by what requests in flight together cost beyond
+    // their holds: at most the concurrency times the largest such excess.
+    let excess = answered
+        .iter()
+        .map(|a| a.cost.saturating_sub(a.hold))
+        .max()
+        .unwrap_or(0);
+    let bound = budget + WAVE as u128 * excess;
+    let total: u128 = answered.iter().map(|a| a.cost).sum();
+    assert!(
+        total <= bound,
+        "spent {} of {}: past the bound {} (largest cost beyond its hold: {})",
+        usd(total),
+        usd(budget),
+        usd(bound),
+        usd(excess)
+    );
+    // Every hold covered its request, so the budget itself holds.
+    assert_eq!(excess, 0);
+    // And it was used: the last refusals came with nothing held, so even the smallest of
+    // their holds no longer fitted.
+    assert!(
+        total + smallest > budget && total > budget / 2,
+        "spent {} of {}: the budget was used",
+        usd(total),
+        usd(budget)
+    );
+
+    // Upstream attempts, per gateway: one 200 per answer; one 429 before each retried one;
+    // one 503 from `down` before each fallback and for each failed one; nothing for refused
+    // requests.
+    for (gw, counts) in gws.iter().zip(per_gateway) {
+        let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+        let attempts = |provider: &str, status: u16| {
+            counter_value(
+                &metrics,
+                &format!(
+                    "switchyard_upstream_attempts_total{{provider=\"{provider}\",status=\"{status}\",outcome=\"{}\"}}",
+                    if status == 200 { "ok" } else { "http_error" }
+                ),
+            )
+        };
+        let [plain, retried, fell, failed] = counts;
+        assert_eq!(attempts("openai", 200), plain + retried + fell, "{metrics}");
+        assert_eq!(attempts("openai", 429), retried, "{metrics}");
+        assert_eq!(attempts("down", 503), fell + failed, "{metrics}");
+    }
+    drop(gws);
+    schema.drop_schema().await;
 }

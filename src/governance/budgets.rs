@@ -3,7 +3,8 @@
 //!
 //! Owns the spend counters and the [`Reservation`] guard. Before a request goes upstream, an
 //! estimate of its cost (its input at about four characters a token plus its `max_tokens`, at
-//! the routed model's price) is reserved against every budget that applies; the request is
+//! the price of the costliest route it may be answered on: the routed one or a fallback) is
+//! reserved against every budget that applies; the request is
 //! refused when spent + reserved + the estimate would pass a budget. When its usage is
 //! recorded the reservation is settled (replaced by the actual cost); dropped unsettled (an
 //! error, a cancelled call) it is released. So concurrent requests overshoot a budget by at

@@ -262,9 +262,10 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// Reserves the request's estimated cost on `decision`'s route against the tenant's
-    /// budgets: its body at about four characters a token, plus its `max_tokens` (else
-    /// [`budgets::DEFAULT_MAX_TOKENS`]). Nothing to do for a tenant without budgets.
+    /// Reserves the request's estimated cost against the tenant's budgets: its body at about
+    /// four characters a token, plus its `max_tokens` (else [`budgets::DEFAULT_MAX_TOKENS`]),
+    /// at the price of the costliest of `decision`'s route and its fallbacks. Nothing to do
+    /// for a tenant without budgets.
     pub async fn reserve(
         &self,
         decision: &crate::routing::Decision,
@@ -292,14 +293,17 @@ impl Meter {
             output_tokens: max,
             ..Usage::default()
         };
+        // At the costliest route the request may end on: its fallbacks answer on the same
+        // hold, and a hold below what the answer costs would let spend pass the budget.
         let route = decision.route();
-        let price = price_for(
-            &self.tenant,
-            decision.provider.kind(),
-            route.upstream_model(),
-        );
+        let picodollars = std::iter::once(decision.route)
+            .chain(route.fallbacks.iter().copied())
+            .filter_map(|i| decision.proxy.routes.get(i))
+            .filter_map(|r| price_for(&self.tenant, r.provider_kind, r.upstream_model()))
+            .map(|p| budgets::picodollars(pricing::cost(&usage, p)))
+            .max();
         let estimate = budgets::Estimate {
-            picodollars: price.map(|p| budgets::picodollars(pricing::cost(&usage, p))),
+            picodollars,
             tokens: usage.total(),
         };
         self.seed_budgets().await;
