@@ -843,6 +843,30 @@ async fn a_success_status_whose_body_breaks_is_one_attempt_and_one_502() {
         1,
         "max_retries = 2, yet no retry after a 200"
     );
+    // The provider generated (and billed) that answer: one ledger row, at an estimate.
+    let mut usage = Value::Null;
+    for _ in 0..100 {
+        let r = send(
+            client()
+                .get(gw.url("/a/usage"))
+                .insert_header(("authorization", format!("Bearer {KEY_A}"))),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        usage = r.json()["data"][0].clone();
+        if usage["requests"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(usage["requests"], 1, "{usage}");
+    assert_eq!(usage["estimated_requests"], 1, "{usage}");
+    assert_eq!(usage["output_tokens"], 0, "{usage}");
+    assert!(
+        usage["input_tokens"].as_u64().is_some_and(|n| n > 0),
+        "{usage}"
+    );
 }
 
 #[actix_web::test]

@@ -113,6 +113,24 @@ struct ResponseEvent {
     response: Option<WithResponsesUsage>,
 }
 
+/// Tokens in `text`, estimated where the provider reported none (a cut stream, a budget's
+/// hold): about four ASCII characters a token, and a token for every other character, so that
+/// text in CJK scripts (a token or more a character, three bytes each) is not under-counted
+/// as bytes / 4 would.
+pub fn estimate_tokens(text: &[u8]) -> u64 {
+    let (ascii, other) = text.iter().fold((0u64, 0u64), |(ascii, other), &b| {
+        if b.is_ascii() {
+            (ascii + 1, other)
+        } else if b & 0xC0 != 0x80 {
+            // The first byte of a character outside ASCII.
+            (ascii, other + 1)
+        } else {
+            (ascii, other)
+        }
+    });
+    ascii.div_ceil(4) + other
+}
+
 /// The usage in a whole (non-streamed) answer body of `endpoint`.
 pub fn from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
     match endpoint {
@@ -447,6 +465,16 @@ impl Drop for UsageTap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_estimates_count_ascii_by_four_and_every_other_character_as_one() {
+        assert_eq!(estimate_tokens(b""), 0);
+        assert_eq!(estimate_tokens(b"hello"), 2);
+        // Six CJK characters, 18 bytes: 6 tokens, not 18 / 4.
+        assert_eq!(estimate_tokens("你好世界你好".as_bytes()), 6);
+        // Six ASCII bytes (2 tokens) and one two-byte character.
+        assert_eq!(estimate_tokens("café ok".as_bytes()), 3);
+    }
 
     const CHAT_BODY: &str = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"the \"usage\": 1"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":4,"audio_tokens":0}}}"#;
 

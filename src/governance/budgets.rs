@@ -2,7 +2,7 @@
 //! reservations.
 //!
 //! Owns the spend counters and the [`Reservation`] guard. Before a request goes upstream, an
-//! estimate of its cost (its input at about four characters a token plus its `max_tokens`, at
+//! estimate of its cost (its input's tokens by `api::usage::estimate_tokens` plus its `max_tokens`, at
 //! the price of the costliest route it may be answered on: the routed one or a fallback) is
 //! reserved against every budget that applies; the request is
 //! refused when spent + reserved + the estimate would pass a budget. When its usage is

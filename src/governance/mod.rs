@@ -289,7 +289,7 @@ impl Meter {
             })
             .unwrap_or(budgets::DEFAULT_MAX_TOKENS);
         let usage = Usage {
-            input_tokens: (body.len() as u64).div_ceil(4),
+            input_tokens: crate::api::usage::estimate_tokens(body),
             output_tokens: max,
             ..Usage::default()
         };

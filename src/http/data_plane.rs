@@ -303,13 +303,14 @@ async fn attempt(
         };
         let outgoing = providers::Outgoing::Translated(&decoded.conversation);
         let request = providers::prepare(outgoing, decision, traceparent)?;
-        let upstream = match send(req, decision, request, provider, span).await? {
+        let input_estimate = usage::estimate_tokens(&front.raw);
+        let bill = (meter, endpoint, input_estimate);
+        let upstream = match send(req, decision, request, provider, span, bill).await? {
             Ok(upstream) => upstream,
             Err(err) => return Ok(Err(err)),
         };
         let stream = matches!(upstream.body, UpstreamBody::Stream(_));
         let on_usage = meter.on_usage(decision, endpoint, stream);
-        let input_estimate = front.raw.len() as u64 / 4;
         return Ok(translated(
             translator,
             decision,
@@ -340,7 +341,16 @@ async fn attempt(
     // Streams must report usage; what the gateway asked for on the client's behalf is hidden.
     let hide_usage = crate::governance::can_ask_for_stream_usage(&decision.provider.settings)
         && usage::ask_for_usage(endpoint, front.stream, &mut request.body);
-    let answer = send(req, decision, request, provider, span).await?;
+    let input_estimate = usage::estimate_tokens(&front.raw);
+    let answer = send(
+        req,
+        decision,
+        request,
+        provider,
+        span,
+        (meter, endpoint, input_estimate),
+    )
+    .await?;
     // A whole answer's usage is committed to the ledger before the answer goes out.
     if let Ok(UpstreamResponse {
         status,
@@ -355,18 +365,23 @@ async fn attempt(
         }
     }
     let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
-    let tap = (meter, hide_usage, (front.raw.len() as u64).div_ceil(4));
+    let tap = (meter, hide_usage, input_estimate);
     Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter, tap)))
 }
 
 /// Hands a prepared call to this worker's provider actor, with the route's time limits, and
 /// cancels it if the client goes away first.
+///
+/// A whole answer that broke off after its success status was generated, and billed, by the
+/// provider though the client gets a 502: it is recorded at an estimate (its input, flagged),
+/// never left out of the ledger.
 async fn send(
     req: &HttpRequest,
     decision: &Decision,
     request: providers::UpstreamCall,
     provider: &Addr<ProviderActor>,
     span: &tracing::Span,
+    (meter, endpoint, input_estimate): (&Meter, Endpoint, u64),
 ) -> Result<Result<UpstreamResponse, GatewayError>, GatewayError> {
     let route = decision.route();
     let limits = CallLimits {
@@ -375,7 +390,15 @@ async fn send(
             .unwrap_or(decision.provider.timeout),
         deadline: route.deadline,
     };
-    call(req, &decision.provider, limits, request, provider, span).await
+    let answer = call(req, &decision.provider, limits, request, provider, span).await?;
+    if let Err(GatewayError::UpstreamIncomplete { .. }) = &answer {
+        let estimate = Usage {
+            input_tokens: input_estimate,
+            ..Usage::default()
+        };
+        meter.record(decision, endpoint, false, Some(estimate), true);
+    }
+    Ok(answer)
 }
 
 /// Sends `request` to `upstream` through this worker's provider actor.
@@ -593,22 +616,27 @@ fn ending_hook(
 
 /// `on_end`, after recording the streamed answer's usage (`governance`): the provider's
 /// report, or, when the stream broke or the client left before it, an estimate flagged as
-/// one (the request's bytes / 4 in, what was generated so far / 4 out). A complete stream's
+/// one (`usage::estimate_tokens` of the request in and of what was generated so far out). A complete stream's
 /// record is durable: its closing events wait for the commit too.
 fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEnd {
     Box::new(move |reply: &Reply, ending: Ending| {
-        let generated: usize = reply
+        let generated: u64 = reply
             .parts
             .iter()
             .map(|p| match p {
-                Part::Text { text } | Part::Reasoning { text, .. } => text.len(),
-                Part::ToolCall(c) => c.name.len() + c.arguments.len(),
+                Part::Text { text } | Part::Reasoning { text, .. } => {
+                    usage::estimate_tokens(text.as_bytes())
+                }
+                Part::ToolCall(c) => {
+                    usage::estimate_tokens(c.name.as_bytes())
+                        + usage::estimate_tokens(c.arguments.as_bytes())
+                }
                 Part::Image(_) | Part::ToolResult(_) => 0,
             })
             .sum();
         let estimate = Usage {
             input_tokens: input_estimate,
-            output_tokens: generated.div_ceil(4) as u64,
+            output_tokens: generated,
             ..Usage::default()
         };
         let ack = on_usage(usage::Report {
