@@ -26,16 +26,18 @@ BAR_THROUGHPUT_RATIO = 0.5  # gateway req/s must be at least this share of direc
 AIM_CPU_MS_PER_REQ = 0.1  # an aim, not a bar
 NOISE_WARN_PCT = 5.0  # CPU share taken by non-benchmark processes above which a run is suspect
 
-TARGETS = ("direct", "nginx", "gateway", "baseline", "azure", "gemini", "bedrock")
+TARGETS = ("direct", "nginx", "gateway", "baseline", "noledger", "azure", "gemini", "bedrock")
 # The gateway routing the same request to each provider on the emulator (run.sh PROVIDER_TARGETS).
-PROVIDERS = ("azure", "gemini", "bedrock")
+PROVIDERS = ("noledger", "azure", "gemini", "bedrock")
 PROVIDER_LABEL = {
     "gateway": "OpenAI (passthrough)",
+    "noledger": "OpenAI, --ledger off",
     "azure": "Azure OpenAI (passthrough)",
     "gemini": "Gemini (translated)",
     "bedrock": "Bedrock (translated, SigV4)",
 }
 AIM_TRANSLATION_MS = 0.1  # translation (and signing) CPU per request above OpenAI passthrough
+BAR_LEDGER_THROUGHPUT_DROP = 0.10  # issue 9: throughput at c64 with governance on vs off
 MODE_LABEL = {"plain": "non-stream", "stream": "stream"}
 
 
@@ -230,7 +232,7 @@ def report(results: Path) -> int:
             for target in ("gateway", *present):
                 r = by[(target, mode, conc)]
                 extra = "-"
-                if target != "gateway" and r.cpu_ms_per_req is not None and base.cpu_ms_per_req is not None:
+                if target not in ("gateway", "noledger") and r.cpu_ms_per_req is not None and base.cpu_ms_per_req is not None:
                     delta = r.cpu_ms_per_req - base.cpu_ms_per_req
                     extra = f"{delta:+.4f} ({'ok' if delta < AIM_TRANSLATION_MS else 'OVER'}: < {AIM_TRANSLATION_MS:g})"
                 rows.append([
@@ -241,6 +243,15 @@ def report(results: Path) -> int:
         print(table(["provider", "mode", "conc", "req/s", "+p50 vs direct", "+p99 vs direct",
                      "CPU ms/req", "CPU vs OpenAI passthrough"], rows))
         print("(direct is the emulator's OpenAI endpoint; the emulator answers every provider at about the same cost)")
+        for mode, conc in scenarios:
+            on, off = by.get(("gateway", mode, conc)), by.get(("noledger", mode, conc))
+            if on is None or off is None or on.cpu_ms_per_req is None or off.cpu_ms_per_req is None:
+                continue
+            drop = 1 - on.rps / off.rps
+            verdict = "ok" if drop < BAR_LEDGER_THROUGHPUT_DROP else "MISSED"
+            print(f"Ledger (SQLite) cost, {MODE_LABEL.get(mode, mode)} c{conc}: CPU "
+                  f"{on.cpu_ms_per_req - off.cpu_ms_per_req:+.4f} ms/req, throughput {-drop:+.0%} "
+                  f"(bar: drop < {BAR_LEDGER_THROUGHPUT_DROP:.0%} at c64: {verdict})")
         print()
 
     if "gateway_vmhwm_kb" in meta:

@@ -60,7 +60,7 @@ TARGETS=(direct nginx gateway)
 # SigV4-signed; the emulator verifies every signature). Measured at the bar's two
 # scenarios only; their CPU per request less the gateway's (OpenAI passthrough) is what
 # translation and signing cost.
-PROVIDER_TARGETS=(azure gemini bedrock)
+PROVIDER_TARGETS=(noledger azure gemini bedrock)
 PROVIDER_SCENARIOS=("plain:64" "stream:16")
 
 # Noise control: other processes (a compile, a test run) on this machine skew every number.
@@ -72,9 +72,9 @@ CLK_TCK="$(getconf CLK_TCK)"
 
 PIDS=()        # every background process we started, stopped by cleanup()
 WORK=""        # temp dir: configs, logs of the servers
-EMU_PID="" GW_PID="" NGX_PID="" BL_PID=""
+EMU_PID="" GW_PID="" NGX_PID="" BL_PID="" NL_PID=""
 BASELINE_BIN=""
-EMU_ADDR="" GW_ADDR="" NGX_ADDR=""
+EMU_ADDR="" GW_ADDR="" NGX_ADDR="" NL_ADDR=""
 
 # The start of a server's error log (where a panic message is) and its end (the exit reason).
 show_log() {
@@ -309,21 +309,29 @@ provider = "bedrock"
 model = "gpt-4o-mini"
 target_model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 EOF
+    # The usage ledger in the run's folder (the default is a file in the working directory);
+    # "noledger" is the same build with the ledger off, to measure what the ledger costs.
+    local ledger=()
+    case "$name" in
+        baseline) ;;
+        noledger) ledger=(--ledger off) ;;
+        *) ledger=(--ledger "sqlite://$WORK/$name-ledger.db") ;;
+    esac
     BENCH_OPENAI_KEY="$EMULATOR_KEY" BENCH_AZURE_KEY="$AZURE_KEY" BENCH_GEMINI_KEY="$GEMINI_KEY" \
         BENCH_AWS_KEY_ID="AKIAEMULATORBEDROCK0" BENCH_AWS_SECRET="emulator/Bedrock/SecretAccessKey/000000000" \
         RUST_LOG=warn taskset -c "$PROXY_CORE" \
-        "$bin" serve --tenants "$tenants" --listen 127.0.0.1:0 --workers 1 \
+        "$bin" serve --tenants "$tenants" --listen 127.0.0.1:0 --workers 1 "${ledger[@]}" \
         >"$WORK/$name.log" 2>"$WORK/$name.err.log" &
     local pid=$! addr
     PIDS+=("$pid")
     addr="$(wait_listening "$name" "$pid" "$WORK/$name.log")"
     wait_port "$name" "$pid" "${addr##*:}" "$WORK/$name.err.log"
     log "$name   pid $pid on $addr (core $PROXY_CORE)"
-    if [[ "$name" == baseline ]]; then
-        BL_PID=$pid BL_ADDR=$addr
-    else
-        GW_PID=$pid GW_ADDR=$addr
-    fi
+    case "$name" in
+        baseline) BL_PID=$pid BL_ADDR=$addr ;;
+        noledger) NL_PID=$pid NL_ADDR=$addr ;;
+        *) GW_PID=$pid GW_ADDR=$addr ;;
+    esac
 }
 
 start_nginx() {
@@ -383,6 +391,7 @@ url_of() {
         nginx) echo "http://$NGX_ADDR/v1/chat/completions" ;;
         gateway) echo "http://$GW_ADDR/bench/chat/v1/chat/completions" ;;
         baseline) echo "http://$BL_ADDR/bench/chat/v1/chat/completions" ;;
+        noledger) echo "http://$NL_ADDR/bench/chat/v1/chat/completions" ;;
         *) echo "http://$GW_ADDR/bench/$1/v1/chat/completions" ;;
     esac
 }
@@ -451,6 +460,7 @@ read_own_ticks() {
     }' "$WORK/times.txt")"
     OWN_TICKS=$(( $(cpu_ticks "$EMU_PID") + $(cpu_ticks "$GW_PID") + $(cpu_ticks "$NGX_PID") + reaped ))
     if [[ -n "$BL_PID" ]]; then OWN_TICKS=$(( OWN_TICKS + $(cpu_ticks "$BL_PID") )); fi
+    if [[ -n "$NL_PID" ]]; then OWN_TICKS=$(( OWN_TICKS + $(cpu_ticks "$NL_PID") )); fi
 }
 
 proxy_pid_of() {
@@ -458,6 +468,7 @@ proxy_pid_of() {
         nginx) echo "$NGX_PID" ;;
         gateway) echo "$GW_PID" ;;
         baseline) echo "$BL_PID" ;;
+        noledger) echo "$NL_PID" ;;
         direct) echo "" ;;
         *) echo "$GW_PID" ;;
     esac
@@ -599,6 +610,7 @@ main() {
 
     start_emulator
     start_gateway
+    start_gateway noledger
     start_nginx
     if [[ -n "$BASELINE_BIN" ]]; then
         start_gateway baseline "$BASELINE_BIN"

@@ -246,11 +246,16 @@ fn stream_frames(
         let choice = head.choice(index, Delta::default(), Some(finish));
         frames.push(head.frame(&[choice], usage_null)?);
     }
-    // A filtered Azure stream ends at its verdict: no usage chunk.
+    // The usage chunk goes out with `[DONE]`, in one write as OpenAI sends it: it is no token,
+    // so pacing must not put a chunk's delay before it. A filtered Azure stream ends at its
+    // verdict: no usage chunk.
+    let done = Bytes::from_static(b"data: [DONE]\n\n");
     if plan.include_usage && finish != "content_filter" {
-        frames.push(head.frame(&[], Some(Some(usage)))?);
+        let usage = head.frame(&[], Some(Some(usage)))?;
+        frames.push([usage, done].concat().into());
+    } else {
+        frames.push(done);
     }
-    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
     Ok(frames)
 }
 
