@@ -72,7 +72,7 @@ run() {
     local name="$1"; shift
     env BENCH_OPENAI_KEY=sk-emulator-openai RUST_LOG=warn "$@" \
         taskset -c 0 "$BIN" serve --tenants "$WORK/tenants" --listen 127.0.0.1:0 --workers 1 \
-        --no-watch >"$WORK/gw-$name.out" 2>"$WORK/gw-$name.err" &
+        --no-watch --ledger "sqlite://$WORK/ledger-$name.db" >"$WORK/gw-$name.out" 2>"$WORK/gw-$name.err" &
     local pid=$!
     PIDS+=("$pid")
     local gw

@@ -22,9 +22,9 @@ use tokio::sync::oneshot;
 /// commit each can keep up with without costing more CPU than the requests themselves (every
 /// record would wake the ledger's thread and pay a commit's WAL write and locks); so a commit
 /// that comes sooner than this after the previous one waits out the rest on the ledger's own
-/// thread, and everything that arrives meanwhile shares its transaction. At a gentle rate no
-/// commit waits at all. The longest a request waits for its commit is about this plus one
-/// commit.
+/// thread, and everything that arrives meanwhile shares its transaction. Only after a commit
+/// of more than one record (records are arriving together): one at a time, no commit waits.
+/// The longest a request waits for its commit is about this plus one commit.
 const GROUP_COMMIT: Duration = Duration::from_micros(250);
 
 /// Records waiting in the actor beyond this are refused (and logged) rather than held.
@@ -236,7 +236,7 @@ impl<'a> RowValues<'a> {
 /// switches than on the inserts. PostgreSQL goes through an async `sqlx` pool. Both run the
 /// same SQL text.
 pub enum Store {
-    Sqlite(rusqlite::Connection),
+    Sqlite(rusqlite::Connection, Option<Checkpointer>),
     Postgres(PgPool),
 }
 
@@ -246,12 +246,18 @@ impl Store {
         match url {
             LedgerUrl::Off => Ok(None),
             LedgerUrl::Sqlite(url) => {
-                let db = open_sqlite(url).map_err(|e| format!("ledger {url}: {e}"))?;
+                let (db, path) = open_sqlite(url).map_err(|e| format!("ledger {url}: {e}"))?;
                 for sql in SCHEMA {
                     db.execute_batch(sql)
                         .map_err(|e| format!("ledger schema: {e}"))?;
                 }
-                Ok(Some(Store::Sqlite(db)))
+                let checkpointer = match path {
+                    Some(path) => {
+                        Some(Checkpointer::start(path).map_err(|e| format!("ledger {url}: {e}"))?)
+                    }
+                    None => None,
+                };
+                Ok(Some(Store::Sqlite(db, checkpointer)))
             }
             LedgerUrl::Postgres(url) => {
                 let pool = PgPoolOptions::new()
@@ -415,21 +421,64 @@ async fn postgres_schema(pool: &PgPool) -> Result<(), String> {
 
 /// Opens (creating if missing) the SQLite file of a `sqlite://PATH` or `sqlite:PATH` URL
 /// (`:memory:` for a ledger that lasts as long as the process), in WAL mode with
-/// `synchronous=NORMAL`: a commit is durable across a process crash without an fsync each.
-fn open_sqlite(url: &str) -> rusqlite::Result<rusqlite::Connection> {
+/// `synchronous=NORMAL`: a commit is durable across a process crash without an fsync each. The
+/// writer never checkpoints (that is where the fsyncs are): a [`Checkpointer`] does, beside
+/// it. Also returns the file's path (`None` in memory).
+fn open_sqlite(url: &str) -> rusqlite::Result<(rusqlite::Connection, Option<String>)> {
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url);
-    let db = if path == ":memory:" {
-        rusqlite::Connection::open_in_memory()?
-    } else {
-        rusqlite::Connection::open(path)?
-    };
+    if path == ":memory:" {
+        return Ok((rusqlite::Connection::open_in_memory()?, None));
+    }
+    let db = rusqlite::Connection::open(path)?;
     db.busy_timeout(Duration::from_secs(10))?;
     db.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     db.pragma_update(None, "synchronous", "NORMAL")?;
-    Ok(db)
+    db.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok((db, Some(path.to_owned())))
+}
+
+/// Copies the SQLite ledger's WAL into the database file every [`CHECKPOINT_EVERY`], on a
+/// thread and connection of its own. A passive checkpoint never blocks the writer, so the
+/// checkpoint's fsyncs (tens of milliseconds on a busy disk) stay out of every commit's wait.
+/// Stops when dropped (with its store).
+pub struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+impl Checkpointer {
+    fn start(path: String) -> Result<Self, String> {
+        let db = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
+        db.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        // Without it the WAL would grow without end (the writer does not checkpoint).
+        std::thread::Builder::new()
+            .name("ledger-checkpoint".into())
+            .spawn(move || {
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    let done =
+                        db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0));
+                    if let Err(err) = done {
+                        tracing::warn!(%err, path, "ledger checkpoint failed; the next one retries");
+                    }
+                }
+            })
+            .map_err(|e| format!("the checkpoint thread did not start: {e}"))?;
+        Ok(Self { stop })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// SQLite's `INSERT` of one row (`?n` placeholders), prepared once and cached.
@@ -454,7 +503,7 @@ pub struct Ledger {
     pending: Vec<PricedRecord>,
     acks: Vec<oneshot::Sender<bool>>,
     flushing: bool,
-    /// When the last SQLite commit started (see [`GROUP_COMMIT`]).
+    /// When the last SQLite commit of more than one record started (see [`GROUP_COMMIT`]).
     last_commit: Option<std::time::Instant>,
 }
 
@@ -552,7 +601,7 @@ impl Ledger {
             }
         };
         ctx.spawn(wait.into_actor(self).then(|(), act, ctx| {
-            if let (Some(Store::Sqlite(_)), Some(last)) = (&act.store, act.last_commit) {
+            if let (Some(Store::Sqlite(..)), Some(last)) = (&act.store, act.last_commit) {
                 let since = last.elapsed();
                 if since < GROUP_COMMIT {
                     // The ledger's thread has nothing else to do; then the records that
@@ -565,13 +614,13 @@ impl Ledger {
                     return waited;
                 }
             }
-            act.last_commit = Some(std::time::Instant::now());
             let batch = std::mem::take(&mut act.pending);
             let acks = std::mem::take(&mut act.acks);
             let n = batch.len();
+            act.last_commit = (n > 1).then(std::time::Instant::now);
             let commit: std::pin::Pin<Box<dyn Future<Output = Result<(), String>>>> =
                 match &mut act.store {
-                    Some(Store::Sqlite(db)) => {
+                    Some(Store::Sqlite(db, _)) => {
                         Box::pin(std::future::ready(Store::append_sqlite(db, &batch)))
                     }
                     Some(Store::Postgres(pool)) => {
@@ -616,7 +665,7 @@ impl Handler<UsageQuery> for Ledger {
     fn handle(&mut self, q: UsageQuery, _ctx: &mut Context<Self>) -> Self::Result {
         match &self.store {
             None => Box::pin(std::future::ready(Err("the ledger is off".to_owned()))),
-            Some(Store::Sqlite(db)) => Box::pin(std::future::ready(q.on_sqlite(db))),
+            Some(Store::Sqlite(db, _)) => Box::pin(std::future::ready(q.on_sqlite(db))),
             Some(Store::Postgres(pool)) => {
                 let pool = pool.clone();
                 Box::pin(async move { q.on_postgres(&pool).await })
@@ -628,6 +677,49 @@ impl Handler<UsageQuery> for Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_web::test]
+    async fn the_writer_never_checkpoints_and_the_checkpointer_does() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ledger.db");
+        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
+        let Some(Store::Sqlite(db, Some(_checkpointer))) = Store::open(&url).await.expect("open")
+        else {
+            panic!("a SQLite file ledger with its checkpointer");
+        };
+        let record = |i: usize| PricedRecord {
+            record: super::super::UsageRecord {
+                tenant: "t".into(),
+                proxy: "p".into(),
+                route: "r".into(),
+                provider: "openai".into(),
+                provider_kind: crate::config::ProviderKind::OpenAi,
+                model: "gpt-4o-mini".into(),
+                api_key: "k".into(),
+                topic: None,
+                endpoint: crate::api::Endpoint::ChatCompletions,
+                stream: false,
+                usage: None,
+                estimated: false,
+                request_id: format!("req_{i}"),
+            },
+            at_ms: 1,
+            cost: None,
+        };
+        let batch: Vec<_> = (0..2000).map(record).collect();
+        // The database file's size right after the writes, and once a checkpoint had time.
+        let file = || std::fs::metadata(&path).map(|m| m.len()).expect("db file");
+        Store::append_sqlite(&db, &batch).expect("append");
+        let written = file();
+        tokio::time::sleep(CHECKPOINT_EVERY + Duration::from_millis(500)).await;
+        let checkpointed = file();
+        assert!(
+            checkpointed > written + 4096,
+            "the rows reached the database file: {written} then {checkpointed} bytes"
+        );
+        let q = UsageQuery::all("t", GroupBy::Total);
+        assert_eq!(q.on_sqlite(&db).expect("query")[0].requests, 2000);
+    }
 
     #[test]
     fn ledger_urls_and_groupings_parse() {
