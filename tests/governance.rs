@@ -725,6 +725,36 @@ async fn an_exhausted_budget_diverts_to_the_fallback_route_when_the_tenant_says_
     assert_eq!(r.header("x-switchyard-fallback-reason"), "budget_exhausted");
 }
 
+#[actix_web::test]
+async fn what_a_diverted_request_spends_still_counts_against_its_budget() {
+    let emu = emulator();
+    let t =
+        tenant("\n[[budgets]]\ntokens = 100\nperiod = \"month\"\non_exhausted = \"fallback\"\n")
+            .replace("[proxies.chat]\n", "[proxies.chat]\nfallback = \"mini\"\n");
+    let gw = start(&emu, t, &[]);
+    let url = gw.url("/a/chat/v1/chat/completions");
+    // Its estimate (input + 1,000 output tokens) passes the budget: diverted, and answered.
+    let mut big = chat("gpt-4o-mini", "hello");
+    big["max_tokens"] = json!(1000);
+    let r = post(url.clone(), Some(KEY_A), big).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "budget_exhausted");
+    let used = r.json()["usage"]["total_tokens"].as_u64().expect("usage");
+    assert!(used > 5, "{used} tokens");
+    // A request estimated at 95 tokens fits only if that answer's tokens were not counted.
+    let small = (0..100)
+        .map(|m| {
+            let mut b = chat("gpt-4o-mini", "hello");
+            b["max_tokens"] = json!(m);
+            b
+        })
+        .find(|b| b.to_string().len().div_ceil(4) as u64 + b["max_tokens"].as_u64().unwrap() == 95)
+        .expect("a body estimated at 95 tokens");
+    let r = post(url, Some(KEY_A), small).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-fallback-reason"), "budget_exhausted");
+}
+
 /// Per-token prices in picodollars: (input, cached input, output).
 struct Rates(u128, u128, u128);
 

@@ -337,6 +337,28 @@ impl Budgets {
         }
     }
 
+    /// A hold of nothing on every budget of `tenant` that applies to `key`: settled, it adds
+    /// what the request cost to their spend. For a request an exhausted budget diverted to the
+    /// fallback route, whose spend must count like any other's.
+    pub fn charge_only(
+        &self,
+        governance: &TenantGovernance,
+        tenant: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Reservation {
+        let held = governance
+            .budgets
+            .iter()
+            .filter(|b| b.key.as_deref().is_none_or(|k| k == key))
+            .map(|b| (counter_name(tenant, b, now_ms), b.limit.clone(), 0))
+            .collect();
+        Reservation {
+            budgets: self.clone(),
+            held,
+        }
+    }
+
     /// What `tenant`'s budget `budget` has spent in the current period (picodollars or tokens).
     pub fn spent(&self, tenant: &str, budget: &Budget, now_ms: i64) -> i128 {
         let Budgets::Local(map) = self else {

@@ -322,6 +322,18 @@ impl Meter {
         Ok(())
     }
 
+    /// For a request an exhausted budget diverts to the fallback route: it holds nothing, but
+    /// what it costs is still added to its budgets' spend when recorded.
+    pub fn charge_only(&self) {
+        let held = self.governance.budgets.charge_only(
+            &self.tenant,
+            &self.tenant_id,
+            &self.api_key,
+            now_ms(),
+        );
+        *self.reservation.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
+    }
+
     /// Starts the in-process counters of this request's budgets from the ledger's record of
     /// the period so far, the first time each is used (so a restart remembers the spend).
     async fn seed_budgets(&self) {

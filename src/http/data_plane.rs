@@ -199,7 +199,10 @@ async fn conversation(
     let (first, over_budget) = match meter.reserve(&first, &front.raw).await {
         Ok(()) => (first, false),
         Err(exhausted) => match (exhausted.budget.divert, proxy.routes.fallback) {
-            (true, Some(fallback)) => (first.on_route(fallback, &proxy.providers)?, true),
+            (true, Some(fallback)) => {
+                meter.charge_only();
+                (first.on_route(fallback, &proxy.providers)?, true)
+            }
             _ => return Err(exhausted.error()),
         },
     };
