@@ -748,7 +748,9 @@ async fn what_a_diverted_request_spends_still_counts_against_its_budget() {
             b["max_tokens"] = json!(m);
             b
         })
-        .find(|b| b.to_string().len().div_ceil(4) as u64 + b["max_tokens"].as_u64().unwrap() == 95)
+        .find(|b| {
+            b.to_string().len().div_ceil(4) as u64 + b["max_tokens"].as_u64().expect("set") == 95
+        })
         .expect("a body estimated at 95 tokens");
     let r = post(url, Some(KEY_A), small).await;
     assert_eq!(r.status, 200, "{}", r.text());
