@@ -846,13 +846,7 @@ async fn a_success_status_whose_body_breaks_is_one_attempt_and_one_502() {
     // The provider generated (and billed) that answer: one ledger row, at an estimate.
     let mut usage = Value::Null;
     for _ in 0..100 {
-        let r = send(
-            client()
-                .get(gw.url("/a/usage"))
-                .insert_header(("authorization", format!("Bearer {KEY_A}"))),
-            None,
-        )
-        .await;
+        let r = get(gw.url("/a/usage"), KEY_A).await;
         assert_eq!(r.status, 200, "{}", r.text());
         usage = r.json()["data"][0].clone();
         if usage["requests"] == 1 {

@@ -70,16 +70,6 @@ fn usd(pico: u128) -> String {
     }
 }
 
-async fn get(url: String, key: &str) -> Reply {
-    send(
-        client()
-            .get(url)
-            .insert_header(("authorization", format!("Bearer {key}"))),
-        None,
-    )
-    .await
-}
-
 /// The ledger's rows of tenant `a` by request id, once `want` requests are in (the ledger
 /// writes behind the answer), then once more after a pause to see that no more arrive.
 async fn ledger_rows(gw: &Gateway, want: i64) -> Vec<Value> {

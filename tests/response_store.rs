@@ -78,13 +78,7 @@ async fn create(gw: &Gateway, key: &str, body: Value) -> Reply {
 
 async fn retrieve(gw: &Gateway, key: &str, id: &str) -> Reply {
     let url = gw.url(&format!("/{}/chat/v1/responses/{id}", tenant_of(key)));
-    send(
-        client()
-            .get(url)
-            .insert_header(("authorization", format!("Bearer {key}"))),
-        None,
-    )
-    .await
+    get(url, key).await
 }
 
 fn tenant_of(key: &str) -> &'static str {

@@ -66,6 +66,17 @@ pub async fn send(req: awc::ClientRequest, body: Option<Bytes>) -> Reply {
     }
 }
 
+/// A GET with `key` as the bearer token.
+pub async fn get(url: String, key: &str) -> Reply {
+    send(
+        client()
+            .get(url)
+            .insert_header(("authorization", format!("Bearer {key}"))),
+        None,
+    )
+    .await
+}
+
 pub async fn post(url: String, key: Option<&str>, body: Value) -> Reply {
     post_raw(url, key, Bytes::from(body.to_string())).await
 }
