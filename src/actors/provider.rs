@@ -15,7 +15,7 @@ use super::messages::{Call, CallLimits};
 use crate::api::stream::UpstreamChunk;
 use crate::config::Provider;
 use crate::error::GatewayError;
-use crate::providers::{Adapter, UpstreamBody, UpstreamCall, UpstreamResponse};
+use crate::providers::{Adapter, ErrorAnswer, UpstreamBody, UpstreamCall, UpstreamResponse};
 use crate::telemetry::{names, otel};
 use actix::{Actor, Context, Handler, ResponseFuture};
 use actix_service::ServiceExt;
@@ -254,7 +254,12 @@ async fn send_once(
             .limit(MAX_ERROR_BYTES)
             .await
             .unwrap_or_default();
-        return Err(adapter.classify(provider, status, &headers, body));
+        let answer = ErrorAnswer {
+            status,
+            headers: &headers,
+            body,
+        };
+        return Err(adapter.classify(provider, answer));
     }
     let framing = adapter.framing();
     let body = if call.stream && framing.is_stream(content_type.as_ref()) {
@@ -515,10 +520,9 @@ mod tests {
         fn classify(
             &self,
             provider: &Provider,
-            status: StatusCode,
-            headers: &header::HeaderMap,
-            body: Bytes,
+            answer: crate::providers::ErrorAnswer<'_>,
         ) -> GatewayError {
+            let (status, headers, body) = answer.parts();
             crate::providers::upstream_failure(
                 provider,
                 status,

@@ -30,6 +30,20 @@ use std::fmt;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// An upstream answer with an error status (anything but 2xx), whole, as
+/// [`Adapter::classify`] reads it.
+pub struct ErrorAnswer<'a> {
+    pub status: StatusCode,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+}
+
+impl<'a> ErrorAnswer<'a> {
+    pub fn parts(self) -> (StatusCode, &'a HeaderMap, Bytes) {
+        (self.status, self.headers, self.body)
+    }
+}
+
 /// The per-provider parts of an upstream call. Implementations are stateless: what a call
 /// needs is in the [`Provider`] (settings and credentials) and the [`UpstreamCall`].
 pub trait Adapter: Sync {
@@ -46,13 +60,7 @@ pub trait Adapter: Sync {
 
     /// What an error answer (any status but 2xx) means for the gateway: credentials refused,
     /// rate limited (with the wait the provider asked for), a refusal to pass on…
-    fn classify(
-        &self,
-        provider: &Provider,
-        status: StatusCode,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> GatewayError;
+    fn classify(&self, provider: &Provider, answer: ErrorAnswer<'_>) -> GatewayError;
 
     /// How the provider frames a stream.
     fn framing(&self) -> Framing;

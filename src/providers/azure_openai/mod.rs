@@ -19,14 +19,14 @@
 //! opens a chat stream (empty `id`, no `choices`, `prompt_filter_results`) is dropped, since
 //! clients that read `choices[0]` of every chunk fail on it.
 
-use super::{Adapter, Framing, UpstreamCall, UpstreamRequest, path_segment};
+use super::{Adapter, ErrorAnswer, Framing, UpstreamCall, UpstreamRequest, path_segment};
 use crate::api::stream::first_sse_event;
 use crate::api::{Endpoint, FrontRequest};
 use crate::config::{AzureApi, Credentials, Provider, ProviderSettings};
 use crate::error::GatewayError;
 use crate::routing::Decision;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderMap, HeaderName};
+use actix_web::http::header::{self, HeaderName};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -112,13 +112,8 @@ impl Adapter for AzureOpenAi {
         })
     }
 
-    fn classify(
-        &self,
-        provider: &Provider,
-        status: StatusCode,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> GatewayError {
+    fn classify(&self, provider: &Provider, answer: ErrorAnswer<'_>) -> GatewayError {
+        let (status, headers, body) = answer.parts();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             // Azure refused the gateway's key or token: the operator's problem, and the
             // client must not be told its own key is wrong.
@@ -265,15 +260,15 @@ mod tests {
             serde_json::json!({"error": {"code": "content_filter", "message": "filtered", "param": "prompt", "type": "invalid_request_error", "innererror": {"code": "ResponsibleAIPolicyViolation"}}})
         );
         let limited = Bytes::from_static(br#"{"error":{"code":"429","message":"slow down"}}"#);
-        let mut headers = HeaderMap::new();
+        let mut headers = header::HeaderMap::new();
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
         let key = Credentials::ApiKey(Secret::new("k".into()));
-        match AzureOpenAi.classify(
-            &provider(key),
-            StatusCode::TOO_MANY_REQUESTS,
-            &headers,
-            limited,
-        ) {
+        let answer = ErrorAnswer {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers: &headers,
+            body: limited,
+        };
+        match AzureOpenAi.classify(&provider(key), answer) {
             GatewayError::Upstream(u) => {
                 assert_eq!(u.retry_in, Some(Duration::from_secs(3)));
                 let doc: Value = serde_json::from_slice(&u.body).expect("JSON");

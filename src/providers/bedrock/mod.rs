@@ -27,7 +27,9 @@ use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use serde_json::json;
 
-use super::{Adapter, Framing, StreamDecoder, Translator, UpstreamCall, UpstreamRequest};
+use super::{
+    Adapter, ErrorAnswer, Framing, StreamDecoder, Translator, UpstreamCall, UpstreamRequest,
+};
 use crate::api::canonical::{Conversation, Reply};
 use crate::config::{Credentials, Provider, ProviderSettings};
 use crate::error::GatewayError;
@@ -98,13 +100,8 @@ impl Adapter for Bedrock {
         "x-amzn-requestid"
     }
 
-    fn classify(
-        &self,
-        provider: &Provider,
-        status: StatusCode,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> GatewayError {
+    fn classify(&self, provider: &Provider, answer: ErrorAnswer<'_>) -> GatewayError {
+        let (status, headers, body) = answer.parts();
         classify(provider, status, headers, &body)
     }
 

@@ -17,12 +17,14 @@ mod reply;
 mod request;
 mod stream;
 
-use super::{Adapter, Framing, StreamDecoder, Translator, UpstreamCall, UpstreamRequest};
+use super::{
+    Adapter, ErrorAnswer, Framing, StreamDecoder, Translator, UpstreamCall, UpstreamRequest,
+};
 use crate::api::canonical::{Conversation, Reply};
 use crate::config::{Provider, ProviderSettings};
 use crate::error::GatewayError;
 use crate::routing::Decision;
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -63,13 +65,8 @@ impl Adapter for Gemini {
         "x-goog-request-id"
     }
 
-    fn classify(
-        &self,
-        provider: &Provider,
-        status: StatusCode,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> GatewayError {
+    fn classify(&self, provider: &Provider, answer: ErrorAnswer<'_>) -> GatewayError {
+        let (status, headers, body) = answer.parts();
         let parsed = serde_json::from_slice::<GoogleErrorBody<'_>>(&body).ok();
         let error = parsed.as_ref().map(|b| &b.error);
         let key_problem = error.is_some_and(|e| {

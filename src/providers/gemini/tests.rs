@@ -455,7 +455,13 @@ fn every_attempt_carries_the_key_in_a_sensitive_x_goog_api_key() {
 
 fn classify(status: u16, body: Bytes) -> GatewayError {
     let status = StatusCode::from_u16(status).expect("status");
-    Gemini.classify(&provider(), status, &HeaderMap::new(), body)
+    let headers = actix_web::http::header::HeaderMap::new();
+    let answer = ErrorAnswer {
+        status,
+        headers: &headers,
+        body,
+    };
+    Gemini.classify(&provider(), answer)
 }
 
 fn upstream(err: GatewayError) -> Box<crate::error::UpstreamFailure> {

@@ -7,7 +7,7 @@
 //! wire means also lives here: `x-request-id`, `retry-after-ms`, a 401 for the gateway's own
 //! key, and the error events that can open a stream.
 
-use super::{Adapter, Framing, UpstreamCall, UpstreamRequest};
+use super::{Adapter, ErrorAnswer, Framing, UpstreamCall, UpstreamRequest};
 use crate::api::FrontRequest;
 use crate::api::stream::first_sse_event;
 use crate::config::{Provider, ProviderSettings};
@@ -15,7 +15,6 @@ use crate::error::GatewayError;
 use crate::routing::Decision;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use bytes::Bytes;
 
 /// The OpenAI adapter.
 pub struct OpenAi;
@@ -71,13 +70,8 @@ impl Adapter for OpenAi {
         Some(format!("/responses/{}", super::path_segment(upstream_id)))
     }
 
-    fn classify(
-        &self,
-        provider: &Provider,
-        status: StatusCode,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> GatewayError {
+    fn classify(&self, provider: &Provider, answer: ErrorAnswer<'_>) -> GatewayError {
+        let (status, headers, body) = answer.parts();
         if status == StatusCode::UNAUTHORIZED {
             // The provider refused the gateway's own key. Its message quotes part of that key
             // (OpenAI masks all but a few characters), and a 401 would tell the client its
@@ -128,6 +122,7 @@ mod tests {
     use super::*;
     use crate::config::Credentials;
     use crate::config::{CircuitPolicy, Secret};
+    use bytes::Bytes;
     use std::time::Duration;
 
     fn provider() -> Provider {
@@ -165,8 +160,14 @@ mod tests {
 
     #[test]
     fn retry_hints_prefer_milliseconds() {
-        let classify =
-            |h| OpenAi.classify(&provider(), StatusCode::TOO_MANY_REQUESTS, &h, Bytes::new());
+        let classify = |headers| {
+            let answer = ErrorAnswer {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                headers: &headers,
+                body: Bytes::new(),
+            };
+            OpenAi.classify(&provider(), answer)
+        };
         assert_eq!(
             retry_in(classify(headers(&[("retry-after", "2")]))),
             Some(Duration::from_secs(2))
@@ -187,12 +188,14 @@ mod tests {
 
     #[test]
     fn a_401_is_the_gateways_credentials_and_its_body_is_dropped() {
-        let err = OpenAi.classify(
-            &provider(),
-            StatusCode::UNAUTHORIZED,
-            &HeaderMap::new(),
-            Bytes::from_static(b"{\"error\":{\"message\":\"Incorrect API key provided: sk-x\"}}"),
-        );
+        let answer = ErrorAnswer {
+            status: StatusCode::UNAUTHORIZED,
+            headers: &HeaderMap::new(),
+            body: Bytes::from_static(
+                b"{\"error\":{\"message\":\"Incorrect API key provided: sk-x\"}}",
+            ),
+        };
+        let err = OpenAi.classify(&provider(), answer);
         assert!(
             matches!(err, GatewayError::UpstreamCredentials { ref provider } if provider == "p"),
             "{err:?}"
