@@ -171,32 +171,15 @@ pub(super) fn period_start(period: Period, now_ms: i64) -> i64 {
         Period::Day => day,
         Period::Month => {
             let ym = month_of_day(day);
-            days_from_civil(ym.div_euclid(12), ym.rem_euclid(12) + 1)
+            super::calendar::days_from_civil(ym.div_euclid(12), ym.rem_euclid(12) + 1, 1)
         }
     };
     first * 86_400_000
 }
 
-/// Days since 1970-01-01 of the first of month `m` (1-12) of year `y` (Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `year * 12 + month - 1` of a day number since 1970-01-01 (Hinnant's civil-from-days).
+/// `year * 12 + month - 1` of a day number since 1970-01-01.
 fn month_of_day(z: i64) -> i64 {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, _) = super::calendar::civil_from_days(z);
     y * 12 + m - 1
 }
 

@@ -9,6 +9,7 @@
 //! wire formats (that is `api::usage` and the translators) nor render errors (`error`).
 
 pub mod budgets;
+pub mod calendar;
 pub mod ledger;
 pub mod limits;
 pub mod pricing;

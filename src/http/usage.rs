@@ -8,6 +8,7 @@
 
 use super::AppState;
 use crate::error::GatewayError;
+use crate::governance::calendar::{civil_from_days, days_from_civil};
 use crate::governance::ledger::{GroupBy, UsageQuery, UsageRow};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
@@ -136,31 +137,12 @@ fn instant_ms(s: &str) -> Option<i64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    Some(days_from_civil(y, m, d) * 86_400_000)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    Some(days_from_civil(y, i64::from(m), i64::from(d)) * 86_400_000)
 }
 
 /// `YYYY-MM-DD` of a day number since 1970-01-01.
 fn date_of_day(z: i64) -> String {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = civil_from_days(z);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
