@@ -267,7 +267,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             reloader: Some(reloader),
             admin_token: AdminToken::from_env(),
             indexes,
-            governance,
+            governance: governance.clone(),
             responses,
         };
         let addr = local_addr(&listener);
@@ -276,6 +276,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         println!("switchyard listening on http://{addr}");
         let outcome = server.await;
         ready.store(false, Ordering::Release);
+        // What the last answers spooled goes into the database file before the process ends.
+        if let Some(ledger) = &governance.ledger {
+            let _ = ledger.send(crate::governance::ledger::Flush).await;
+        }
         tracing::info!("stopped");
         outcome
     });
@@ -294,7 +298,10 @@ async fn start_governance(
     redis: Option<&str>,
 ) -> Result<crate::governance::Governance, String> {
     use crate::governance::{Governance, ledger::Ledger, limits::Limiter};
-    let ledger = Ledger::start(ledger.parse()?).await?;
+    let (ledger, spool) = match Ledger::start(ledger.parse()?).await? {
+        Some(started) => (Some(started.addr), started.spool),
+        None => (None, None),
+    };
     let (limiter, budgets) = match redis {
         Some(url) => (
             Limiter::redis(url).await?,
@@ -305,6 +312,7 @@ async fn start_governance(
     Ok(Governance {
         limiter,
         ledger,
+        spool,
         budgets,
     })
 }

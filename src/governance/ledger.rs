@@ -9,6 +9,7 @@
 //! one code path. Queries for the usage API are answered here too. It does not price records
 //! (`governance::record` does, before they are sent).
 
+use super::spool::Spool;
 use super::{PricedRecord, now_ms};
 use actix::prelude::*;
 use rust_decimal::Decimal;
@@ -18,14 +19,9 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// SQLite commits start at most this often. Under load, records arrive faster than one
-/// commit each can keep up with without costing more CPU than the requests themselves (every
-/// record would wake the ledger's thread and pay a commit's WAL write and locks); so a commit
-/// that comes sooner than this after the previous one waits out the rest on the ledger's own
-/// thread, and everything that arrives meanwhile shares its transaction. Only after a commit
-/// of more than one record (records are arriving together): one at a time, no commit waits.
-/// The longest a request waits for its commit is about this plus one commit.
-const GROUP_COMMIT: Duration = Duration::from_micros(250);
+/// How often the ledger moves spooled rows into SQLite (and how late the database file, read
+/// by another process, may be; the usage API loads the spool before it answers).
+const LOAD_EVERY: Duration = Duration::from_millis(100);
 
 /// Records waiting in the actor beyond this are refused (and logged) rather than held.
 const MAILBOX: usize = 65_536;
@@ -55,6 +51,10 @@ const SCHEMA: &[&str] = &[
     )",
     "CREATE INDEX IF NOT EXISTS usage_ledger_tenant_at ON usage_ledger (tenant, at_ms)",
 ];
+
+/// The spool segments already in the database (SQLite only; see [`load_segments`]).
+const SQLITE_SPOOL_SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS ledger_spool (segment TEXT PRIMARY KEY NOT NULL)";
 
 /// Where the ledger lives, from `--ledger`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,15 +188,17 @@ const INSERT: &str =
 /// fixed-size statements keep the prepared-statement cache to this many row counts at most.
 const ROWS_PER_INSERT: usize = 64;
 
-/// One ledger row's values in `INSERT`'s column order, built once and bound by either store.
-struct RowValues<'a> {
+/// One ledger row's values in `INSERT`'s column order, built once and bound by either store;
+/// also the spool's line (JSON), read back with owned strings.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct RowValues<S> {
     ints: [i64; 3],
-    text: [&'a str; 9],
-    optional_text: [Option<&'a str>; 2],
+    text: [S; 9],
+    optional_text: [Option<S>; 2],
     optional_ints: [Option<i64>; 6],
 }
 
-impl<'a> RowValues<'a> {
+impl<'a> RowValues<&'a str> {
     fn of(r: &'a PricedRecord, cost_usd: &'a Option<String>) -> Self {
         let rec = &r.record;
         let tokens = |f: fn(&crate::api::canonical::Usage) -> u64| {
@@ -230,14 +232,32 @@ impl<'a> RowValues<'a> {
     }
 }
 
+/// `record` as one spool line (see [`super::spool`]): its row as JSON, newline-terminated.
+pub(crate) fn spool_line(record: &PricedRecord) -> Vec<u8> {
+    let cost_usd = record.cost.map(|c| c.to_string());
+    let mut line = Vec::with_capacity(384);
+    // Serialising plain strings and integers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut line, &RowValues::of(record, &cost_usd));
+    line.push(b'\n');
+    line
+}
+
 /// The store behind the ledger. SQLite is driven synchronously on the ledger's own thread
 /// (`rusqlite`): a batch's commit is microseconds of work, and a driver that hands every
 /// statement to a thread of its own (sqlx's SQLite driver does) spent more CPU on thread
 /// switches than on the inserts. PostgreSQL goes through an async `sqlx` pool. Both run the
 /// same SQL text.
 pub enum Store {
-    Sqlite(rusqlite::Connection, Option<Checkpointer>),
+    /// A file's (`Some`) or one in memory.
+    Sqlite(rusqlite::Connection, Option<OnDisk>),
     Postgres(PgPool),
+}
+
+/// What a SQLite ledger in a file has beside its connection.
+pub struct OnDisk {
+    /// Where answers' rows are made durable (see [`Spool`]).
+    spool: std::sync::Arc<Spool>,
+    _checkpointer: Checkpointer,
 }
 
 impl Store {
@@ -247,17 +267,34 @@ impl Store {
             LedgerUrl::Off => Ok(None),
             LedgerUrl::Sqlite(url) => {
                 let (db, path) = open_sqlite(url).map_err(|e| format!("ledger {url}: {e}"))?;
-                for sql in SCHEMA {
+                for sql in SCHEMA.iter().chain([&SQLITE_SPOOL_SCHEMA]) {
                     db.execute_batch(sql)
                         .map_err(|e| format!("ledger schema: {e}"))?;
                 }
-                let checkpointer = match path {
+                let on_disk = match path {
                     Some(path) => {
-                        Some(Checkpointer::start(path).map_err(|e| format!("ledger {url}: {e}"))?)
+                        let (spool, left) = Spool::open(std::path::Path::new(&path))?;
+                        if !left.is_empty() {
+                            // What a stopped gateway spooled, before anything reads the file.
+                            let (gone, rows) = load_segments(&db, &left, &[])
+                                .map_err(|e| format!("ledger {url}: loading its spool: {e}"))?;
+                            load_segments(&db, &[], &gone)
+                                .map_err(|e| format!("ledger {url}: loading its spool: {e}"))?;
+                            tracing::info!(
+                                rows,
+                                segments = left.len(),
+                                "ledger rows left in the spool are now in the database"
+                            );
+                        }
+                        Some(OnDisk {
+                            spool: std::sync::Arc::new(spool),
+                            _checkpointer: Checkpointer::start(path)
+                                .map_err(|e| format!("ledger {url}: {e}"))?,
+                        })
                     }
                     None => None,
                 };
-                Ok(Some(Store::Sqlite(db, checkpointer)))
+                Ok(Some(Store::Sqlite(db, on_disk)))
             }
             LedgerUrl::Postgres(url) => {
                 let pool = PgPoolOptions::new()
@@ -278,45 +315,13 @@ impl Store {
 
     /// Appends `batch` to SQLite in one transaction (synchronously: on the ledger's thread).
     fn append_sqlite(db: &rusqlite::Connection, batch: &[PricedRecord]) -> Result<(), String> {
-        // BEGIN and COMMIT as cached statements: `Connection::transaction` prepares them anew
-        // every time.
-        let run = |sql: &str| db.prepare_cached(sql).and_then(|mut s| s.execute([]));
-        run("BEGIN").map_err(|e| e.to_string())?;
-        let inserted = (|| -> Result<(), String> {
-            let mut insert = db
-                .prepare_cached(&SQLITE_INSERT)
-                .map_err(|e| e.to_string())?;
+        sqlite_transaction(db, || {
             for r in batch {
                 let cost_usd = r.cost.map(|c| c.to_string());
-                let v = RowValues::of(r, &cost_usd);
-                let mut n = 0;
-                let mut bind = |value: &dyn rusqlite::ToSql| {
-                    n += 1;
-                    insert.raw_bind_parameter(n, value)
-                };
-                for x in &v.ints {
-                    bind(x).map_err(|e| e.to_string())?;
-                }
-                for x in &v.text {
-                    bind(x).map_err(|e| e.to_string())?;
-                }
-                for x in &v.optional_text {
-                    bind(x).map_err(|e| e.to_string())?;
-                }
-                for x in &v.optional_ints {
-                    bind(x).map_err(|e| e.to_string())?;
-                }
-                insert.raw_execute().map_err(|e| e.to_string())?;
+                insert_sqlite(db, &RowValues::of(r, &cost_usd))?;
             }
             Ok(())
-        })();
-        match inserted {
-            Ok(()) => run("COMMIT").map(|_| ()).map_err(|e| e.to_string()),
-            Err(err) => {
-                let _ = run("ROLLBACK");
-                Err(err)
-            }
-        }
+        })
     }
 
     /// Appends `batch` to PostgreSQL in one transaction, [`ROWS_PER_INSERT`] rows a statement.
@@ -440,6 +445,115 @@ fn open_sqlite(url: &str) -> rusqlite::Result<(rusqlite::Connection, Option<Stri
     Ok((db, Some(path.to_owned())))
 }
 
+/// Runs `body` in one SQLite transaction: committed when it succeeds, rolled back when not.
+fn sqlite_transaction(
+    db: &rusqlite::Connection,
+    body: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    // BEGIN and COMMIT as cached statements: `Connection::transaction` prepares them anew
+    // every time.
+    let run = |sql: &str| db.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    run("BEGIN").map_err(|e| e.to_string())?;
+    match body() {
+        Ok(()) => run("COMMIT").map(|_| ()).map_err(|e| e.to_string()),
+        Err(err) => {
+            let _ = run("ROLLBACK");
+            Err(err)
+        }
+    }
+}
+
+/// Inserts one row into SQLite (inside a transaction of the caller's).
+fn insert_sqlite<S: AsRef<str>>(db: &rusqlite::Connection, v: &RowValues<S>) -> Result<(), String> {
+    let mut insert = db
+        .prepare_cached(&SQLITE_INSERT)
+        .map_err(|e| e.to_string())?;
+    let mut n = 0;
+    let mut bind = |value: &dyn rusqlite::ToSql| {
+        n += 1;
+        insert
+            .raw_bind_parameter(n, value)
+            .map_err(|e| e.to_string())
+    };
+    for x in &v.ints {
+        bind(x)?;
+    }
+    for x in &v.text {
+        bind(&x.as_ref())?;
+    }
+    for x in &v.optional_text {
+        bind(&x.as_ref().map(AsRef::as_ref))?;
+    }
+    for x in &v.optional_ints {
+        bind(x)?;
+    }
+    insert.raw_execute().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Moves closed spool segments into SQLite in one transaction, each marked as loaded in
+/// `ledger_spool` in the same transaction (so a crash before its file is deleted cannot load
+/// it twice), then deletes their files. `forget` are segments loaded and deleted earlier,
+/// whose marks can go. Returns the names to forget next time, and the rows loaded; on error
+/// nothing is deleted (the next round tries again). A line that does not parse (a write torn
+/// by a crash) is skipped and logged.
+fn load_segments(
+    db: &rusqlite::Connection,
+    segments: &[std::path::PathBuf],
+    forget: &[String],
+) -> Result<(Vec<String>, usize), String> {
+    let mut names = Vec::with_capacity(segments.len());
+    let mut rows = 0;
+    sqlite_transaction(db, || {
+        let mut loaded = db
+            .prepare_cached("SELECT 1 FROM ledger_spool WHERE segment = ?1")
+            .map_err(|e| e.to_string())?;
+        for path in segments {
+            let name = super::spool::segment_name(path);
+            if loaded.exists([&name]).map_err(|e| e.to_string())? {
+                names.push(name);
+                continue;
+            }
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut torn = 0;
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                match serde_json::from_slice::<RowValues<String>>(line) {
+                    Ok(row) => {
+                        insert_sqlite(db, &row)?;
+                        rows += 1;
+                    }
+                    Err(_) => torn += 1,
+                }
+            }
+            if torn > 0 {
+                tracing::error!(segment = %path.display(), lines = torn, "ledger spool lines that do not parse are skipped");
+            }
+            db.prepare_cached("INSERT INTO ledger_spool (segment) VALUES (?1)")
+                .and_then(|mut s| s.execute([&name]))
+                .map_err(|e| e.to_string())?;
+            names.push(name);
+        }
+        for name in forget {
+            db.prepare_cached("DELETE FROM ledger_spool WHERE segment = ?1")
+                .and_then(|mut s| s.execute([name]))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })?;
+    // A mark goes only once its file has: else a restart would load the file again.
+    let mut gone = Vec::with_capacity(names.len());
+    for (path, name) in segments.iter().zip(names) {
+        match std::fs::remove_file(path) {
+            Ok(()) => gone.push(name),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => gone.push(name),
+            Err(err) => {
+                tracing::warn!(%err, segment = %path.display(), "a loaded ledger spool segment was not deleted")
+            }
+        }
+    }
+    Ok((gone, rows))
+}
+
 /// Copies the SQLite ledger's WAL into the database file every [`CHECKPOINT_EVERY`], on a
 /// thread and connection of its own. A passive checkpoint never blocks the writer, so the
 /// checkpoint's fsyncs (tens of milliseconds on a busy disk) stay out of every commit's wait.
@@ -494,17 +608,22 @@ fn picodollars(cost: Decimal) -> Option<i64> {
     i64::try_from(scaled.round()).ok()
 }
 
-/// The ledger actor: owns the store on its own arbiter.
+/// The ledger actor: owns the store on its own arbiter. Rows come two ways: a SQLite file's
+/// from its spool (loaded every [`LOAD_EVERY`], before every query and on [`Flush`]), the
+/// other stores' in [`Append`] messages (committed in batches: what arrives during a commit
+/// goes in the next).
 pub struct Ledger {
     store: Option<Store>,
-    /// A pause before each commit, for tests that prove an answer waits for its commit
+    /// A pause before each commit, for tests that prove what an answer waits for
     /// (`SWITCHYARD_LEDGER_COMMIT_DELAY_MS`; zero in service).
     commit_delay: Duration,
     pending: Vec<PricedRecord>,
     acks: Vec<oneshot::Sender<bool>>,
     flushing: bool,
-    /// When the last SQLite commit of more than one record started (see [`GROUP_COMMIT`]).
-    last_commit: Option<std::time::Instant>,
+    /// Closed spool segments not yet in the database.
+    closed: Vec<std::path::PathBuf>,
+    /// Loaded and deleted segments whose marks in `ledger_spool` can go.
+    forget: Vec<String>,
 }
 
 impl Actor for Ledger {
@@ -512,8 +631,16 @@ impl Actor for Ledger {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
+        if self.spool().is_some() {
+            ctx.run_interval(LOAD_EVERY, |act, _| act.load_spool());
+        }
     }
 }
+
+/// Moves everything spooled so far into the database (at shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
 
 /// Appends one priced record. `ack`, when given, hears `true` once the record is committed.
 #[derive(Message)]
@@ -542,10 +669,16 @@ impl UsageQuery {
     }
 }
 
+/// A started ledger: its actor, and the spool answers are recorded in when it has one.
+pub struct Started {
+    pub addr: Addr<Ledger>,
+    pub spool: Option<std::sync::Arc<Spool>>,
+}
+
 impl Ledger {
-    /// Opens the store at `url` on a new arbiter and starts the actor there. `Ok(None)` when
-    /// the ledger is off.
-    pub async fn start(url: LedgerUrl) -> Result<Option<Addr<Ledger>>, String> {
+    /// Opens the store at `url` on a new arbiter (loading what a stopped gateway left in its
+    /// spool) and starts the actor there. `Ok(None)` when the ledger is off.
+    pub async fn start(url: LedgerUrl) -> Result<Option<Started>, String> {
         if url == LedgerUrl::Off {
             return Ok(None);
         }
@@ -553,20 +686,27 @@ impl Ledger {
         let (tx, rx) = oneshot::channel();
         let spawned = arbiter.spawn(async move {
             let outcome = match Store::open(&url).await {
-                Ok(store) => Ok(Ledger {
-                    store,
-                    commit_delay: Duration::from_millis(
-                        std::env::var("SWITCHYARD_LEDGER_COMMIT_DELAY_MS")
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0),
-                    ),
-                    pending: Vec::new(),
-                    acks: Vec::new(),
-                    flushing: false,
-                    last_commit: None,
+                Ok(store) => {
+                    let ledger = Ledger {
+                        store,
+                        commit_delay: Duration::from_millis(
+                            std::env::var("SWITCHYARD_LEDGER_COMMIT_DELAY_MS")
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0),
+                        ),
+                        pending: Vec::new(),
+                        acks: Vec::new(),
+                        flushing: false,
+                        closed: Vec::new(),
+                        forget: Vec::new(),
+                    };
+                    let spool = ledger.spool().cloned();
+                    Ok(Started {
+                        addr: ledger.start(),
+                        spool,
+                    })
                 }
-                .start()),
                 Err(err) => Err(err),
             };
             let _ = tx.send(outcome);
@@ -574,12 +714,47 @@ impl Ledger {
         if !spawned {
             return Err("the ledger's arbiter did not start".into());
         }
-        let addr = rx
+        let started = rx
             .await
             .map_err(|_| "the ledger's arbiter stopped".to_owned())??;
         // The arbiter runs for the life of the process; its handle is not needed again.
         std::mem::forget(arbiter);
-        Ok(Some(addr))
+        Ok(Some(started))
+    }
+
+    fn spool(&self) -> Option<&std::sync::Arc<Spool>> {
+        match &self.store {
+            Some(Store::Sqlite(_, Some(disk))) => Some(&disk.spool),
+            _ => None,
+        }
+    }
+
+    /// Moves the spool's rows into SQLite: closes the segment being written and loads every
+    /// closed one in one transaction. On failure the segments stay for the next round.
+    fn load_spool(&mut self) {
+        let Some(Store::Sqlite(db, Some(disk))) = &self.store else {
+            return;
+        };
+        match disk.spool.rotate() {
+            Ok(Some(segment)) => self.closed.push(segment),
+            Ok(None) => {}
+            Err(err) => tracing::error!(%err, "the ledger spool's next segment was not created"),
+        }
+        if self.closed.is_empty() && self.forget.is_empty() {
+            return;
+        }
+        if !self.commit_delay.is_zero() {
+            std::thread::sleep(self.commit_delay);
+        }
+        match load_segments(db, &self.closed, &self.forget) {
+            Ok((gone, _)) => {
+                self.closed.clear();
+                self.forget = gone;
+            }
+            Err(err) => {
+                tracing::error!(%err, "spooled ledger rows are not in the database yet; the next round retries")
+            }
+        }
     }
 
     /// Starts committing what is pending unless a commit is under way (what arrives meanwhile
@@ -600,24 +775,10 @@ impl Ledger {
                 tokio::time::sleep(delay).await;
             }
         };
-        ctx.spawn(wait.into_actor(self).then(|(), act, ctx| {
-            if let (Some(Store::Sqlite(..)), Some(last)) = (&act.store, act.last_commit) {
-                let since = last.elapsed();
-                if since < GROUP_COMMIT {
-                    // The ledger's thread has nothing else to do; then the records that
-                    // arrived meanwhile are taken from the mailbox before the commit.
-                    std::thread::sleep(GROUP_COMMIT - since);
-                    act.last_commit = None;
-                    act.flushing = false;
-                    ctx.spawn(fut::ready(()).map(|(), act: &mut Self, ctx| act.flush(ctx)));
-                    let waited: ResponseActFuture<Self, ()> = Box::pin(fut::ready(()));
-                    return waited;
-                }
-            }
+        ctx.spawn(wait.into_actor(self).then(|(), act, _| {
             let batch = std::mem::take(&mut act.pending);
             let acks = std::mem::take(&mut act.acks);
             let n = batch.len();
-            act.last_commit = (n > 1).then(std::time::Instant::now);
             let commit: std::pin::Pin<Box<dyn Future<Output = Result<(), String>>>> =
                 match &mut act.store {
                     Some(Store::Sqlite(db, _)) => {
@@ -629,7 +790,7 @@ impl Ledger {
                     }
                     None => Box::pin(std::future::ready(Ok(()))),
                 };
-            Box::pin(commit.into_actor(act).map(move |result, act, ctx| {
+            commit.into_actor(act).map(move |result, act, ctx| {
                 act.flushing = false;
                 let ok = match result {
                     Ok(()) => true,
@@ -642,7 +803,7 @@ impl Ledger {
                     let _ = ack.send(ok);
                 }
                 act.flush(ctx);
-            }))
+            })
         }));
     }
 }
@@ -659,10 +820,20 @@ impl Handler<Append> for Ledger {
     }
 }
 
+impl Handler<Flush> for Ledger {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _ctx: &mut Context<Self>) {
+        self.load_spool();
+    }
+}
+
 impl Handler<UsageQuery> for Ledger {
     type Result = ResponseFuture<Result<Vec<UsageRow>, String>>;
 
     fn handle(&mut self, q: UsageQuery, _ctx: &mut Context<Self>) -> Self::Result {
+        // Every row recorded before the question is in the answer.
+        self.load_spool();
         match &self.store {
             None => Box::pin(std::future::ready(Err("the ledger is off".to_owned()))),
             Some(Store::Sqlite(db, _)) => Box::pin(std::future::ready(q.on_sqlite(db))),
@@ -678,16 +849,8 @@ impl Handler<UsageQuery> for Ledger {
 mod tests {
     use super::*;
 
-    #[actix_web::test]
-    async fn the_writer_never_checkpoints_and_the_checkpointer_does() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("ledger.db");
-        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
-        let Some(Store::Sqlite(db, Some(_checkpointer))) = Store::open(&url).await.expect("open")
-        else {
-            panic!("a SQLite file ledger with its checkpointer");
-        };
-        let record = |i: usize| PricedRecord {
+    fn record(i: usize) -> PricedRecord {
+        PricedRecord {
             record: super::super::UsageRecord {
                 tenant: "t".into(),
                 proxy: "p".into(),
@@ -705,6 +868,17 @@ mod tests {
             },
             at_ms: 1,
             cost: None,
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_writer_never_checkpoints_and_the_checkpointer_does() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ledger.db");
+        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
+        let Some(Store::Sqlite(db, Some(_checkpointer))) = Store::open(&url).await.expect("open")
+        else {
+            panic!("a SQLite file ledger with its checkpointer");
         };
         let batch: Vec<_> = (0..2000).map(record).collect();
         // The database file's size right after the writes, and once a checkpoint had time.
@@ -719,6 +893,50 @@ mod tests {
         );
         let q = UsageQuery::all("t", GroupBy::Total);
         assert_eq!(q.on_sqlite(&db).expect("query")[0].requests, 2000);
+    }
+
+    #[actix_web::test]
+    async fn a_spooled_segment_is_loaded_once_and_a_torn_line_is_skipped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ledger.db");
+        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
+        let Some(Store::Sqlite(db, Some(disk))) = Store::open(&url).await.expect("open") else {
+            panic!("a SQLite file ledger with its spool");
+        };
+        let count = || {
+            db.query_row(
+                "SELECT COUNT(*), SUM(cost_pusd) FROM usage_ledger",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?)),
+            )
+            .expect("count")
+        };
+        for i in 0..3 {
+            let mut r = record(i);
+            r.cost = Some(Decimal::from_str("0.000001425").expect("d"));
+            disk.spool.append(&spool_line(&r)).expect("append");
+        }
+        // A crash in the middle of a write leaves half a line.
+        disk.spool.append(b"{\"ints\":[1,0").expect("append");
+        let segment = disk.spool.rotate().expect("rotate").expect("closed");
+        let copy = dir.path().join("copy");
+        std::fs::copy(&segment, &copy).expect("copy");
+        let (gone, rows) = load_segments(&db, std::slice::from_ref(&segment), &[]).expect("load");
+        assert_eq!((rows, count()), (3, (3, Some(3 * 1_425_000))));
+        assert!(!segment.exists(), "a loaded segment is deleted");
+        // A crash after the commit but before the delete: the file is back, and not loaded twice.
+        std::fs::rename(&copy, &segment).expect("restore");
+        let (_, rows) = load_segments(&db, std::slice::from_ref(&segment), &[]).expect("again");
+        assert_eq!((rows, count().0), (0, 3));
+        let marks = || {
+            db.query_row("SELECT COUNT(*) FROM ledger_spool", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .expect("marks")
+        };
+        assert_eq!(marks(), 1);
+        load_segments(&db, &[], &gone).expect("forget");
+        assert_eq!(marks(), 0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod calendar;
 pub mod ledger;
 pub mod limits;
 pub mod pricing;
+pub mod spool;
 
 use crate::api::Endpoint;
 use crate::api::canonical::Usage;
@@ -65,6 +66,9 @@ pub struct Governance {
     pub limiter: limits::Limiter,
     /// `None` when the ledger is off (`--ledger off`).
     pub ledger: Option<Addr<ledger::Ledger>>,
+    /// Where a SQLite file ledger's rows are written (the ledger actor loads them); `None`
+    /// for the other stores, whose rows go to the actor in messages.
+    pub spool: Option<Arc<spool::Spool>>,
     pub budgets: budgets::Budgets,
 }
 
@@ -82,6 +86,7 @@ impl Default for Governance {
         Self {
             limiter: limits::Limiter::local(),
             ledger: None,
+            spool: None,
             budgets: budgets::Budgets::default(),
         }
     }
@@ -120,9 +125,10 @@ impl Governance {
         rx
     }
 
-    /// A commit's acknowledgement channel, when there is a ledger to commit to.
+    /// A commit's acknowledgement channel, when there is a ledger to commit to in messages
+    /// (a spooled row is durable once [`Governance::append`] returns).
     fn ack_channel(&self) -> (Option<tokio::sync::oneshot::Sender<bool>>, Option<Ack>) {
-        if self.ledger.is_none() {
+        if self.ledger.is_none() || self.spool.is_some() {
             return (None, None);
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -171,6 +177,14 @@ impl Governance {
             at_ms: now_ms(),
             cost,
         };
+        if let Some(spool) = &self.spool {
+            // One write to the page cache, on the worker: durable against a crash of the
+            // process once it returns, so nothing waits for the database.
+            if let Err(err) = spool.append(&ledger::spool_line(&priced)) {
+                tracing::error!(%err, request_id = %priced.record.request_id, "ledger spool write failed: a usage record is lost");
+            }
+            return;
+        }
         if let Err(err) = ledger.try_send(ledger::Append(priced, ack)) {
             tracing::error!(%err, "ledger mailbox full or closed: a usage record is lost");
         }
@@ -484,12 +498,10 @@ impl Meter {
                 ..template
             };
             let reservation = meter.take_reservation();
-            let (tx, rx) = match (report.durable, &meter.governance.ledger) {
-                (true, Some(_)) => {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    (Some(tx), Some(rx))
-                }
-                _ => (None, None),
+            let (tx, rx) = if report.durable {
+                meter.governance.ack_channel()
+            } else {
+                (None, None)
             };
             meter
                 .governance
