@@ -107,18 +107,24 @@ impl Spool {
 }
 
 impl Segment {
-    fn create(dir: &Path, prefix: &str, sequence: u64) -> std::io::Result<Self> {
-        let path = dir.join(format!("{prefix}-{sequence:09}{SEGMENT}"));
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .open(&path)?;
-        Ok(Self {
-            file,
-            path,
-            bytes: 0,
-            sequence,
-        })
+    /// A new, empty segment: the first free name from `sequence` on (a gateway restarted
+    /// within the same millisecond finds its predecessor's names taken).
+    fn create(dir: &Path, prefix: &str, mut sequence: u64) -> std::io::Result<Self> {
+        loop {
+            let path = dir.join(format!("{prefix}-{sequence:09}{SEGMENT}"));
+            match OpenOptions::new().append(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(Self {
+                        file,
+                        path,
+                        bytes: 0,
+                        sequence,
+                    });
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => sequence += 1,
+                Err(err) => return Err(err),
+            }
+        }
     }
 }
 

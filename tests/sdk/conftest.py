@@ -6,6 +6,7 @@ then talk to it only through the official `openai` SDK.
 import os
 import pathlib
 import subprocess
+import tempfile
 import threading
 
 import pytest
@@ -40,8 +41,12 @@ def _start(args, prefix):
 
 @pytest.fixture(scope="session")
 def gateway():
+    # The usage ledger in a folder of its own: a gateway started from the README in the same
+    # checkout holds the default one (one gateway per ledger file).
+    ledger = tempfile.mkdtemp(prefix="switchyard-sdk-ledger-")
     proc, base = _start(
-        ["serve", "--tenants", "tenants", "--listen", "127.0.0.1:0", "--emulator", "127.0.0.1:0"],
+        ["serve", "--tenants", "tenants", "--listen", "127.0.0.1:0", "--emulator", "127.0.0.1:0",
+         "--ledger", f"sqlite://{ledger}/ledger.db"],
         "switchyard listening on ",
     )
     yield base
