@@ -644,6 +644,36 @@ async fn an_answer_is_spooled_before_it_goes_out_so_kill_9_before_the_sqlite_com
     }
 }
 
+#[actix_web::test]
+async fn a_graceful_stop_moves_the_spool_into_the_database_file() {
+    let emu = emulator();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("ledger.db");
+    let ledger = format!("sqlite://{}", db.display());
+    // The spool is never loaded on the clock here: only the stop can move it.
+    let env = [
+        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
+        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+        ("SWITCHYARD_LEDGER_LOAD_EVERY_MS", "600000".to_owned()),
+    ];
+    let mut gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    for stream in [false, true, false] {
+        let mut body = chat("gpt-4o-mini", "keep me");
+        body["stream"] = json!(stream);
+        try_post(gw.url("/a/chat/v1/chat/completions"), body)
+            .await
+            .expect("a whole answer");
+    }
+    gw.run.signal("TERM");
+    let status = gw.run.wait_exit(Duration::from_secs(10)).expect("stopped");
+    assert!(status.success(), "{status:?}");
+    let file = rusqlite::Connection::open(&db).expect("open the ledger file");
+    let rows: i64 = file
+        .query_row("SELECT COUNT(*) FROM usage_ledger", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 3);
+}
+
 /// The tenant's recorded spend, exact, from the usage API.
 async fn spent(gw: &Gateway) -> String {
     let r = get(gw.url("/a/usage"), KEY_A).await;

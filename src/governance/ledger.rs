@@ -20,7 +20,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// How often the ledger moves spooled rows into SQLite (and how late the database file, read
-/// by another process, may be; the usage API loads the spool before it answers).
+/// by another process, may be; the usage API loads the spool before it answers). Tests that
+/// prove what else loads it set `SWITCHYARD_LEDGER_LOAD_EVERY_MS`.
 const LOAD_EVERY: Duration = Duration::from_millis(100);
 
 /// Records waiting in the actor beyond this are refused (and logged) rather than held.
@@ -617,6 +618,8 @@ pub struct Ledger {
     /// A pause before each commit, for tests that prove what an answer waits for
     /// (`SWITCHYARD_LEDGER_COMMIT_DELAY_MS`; zero in service).
     commit_delay: Duration,
+    /// [`LOAD_EVERY`], unless a test says otherwise.
+    load_every: Duration,
     pending: Vec<PricedRecord>,
     acks: Vec<oneshot::Sender<bool>>,
     flushing: bool,
@@ -632,7 +635,7 @@ impl Actor for Ledger {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
         if self.spool().is_some() {
-            ctx.run_interval(LOAD_EVERY, |act, _| act.load_spool());
+            ctx.run_interval(self.load_every, |act, _| act.load_spool());
         }
     }
 }
@@ -687,14 +690,16 @@ impl Ledger {
         let spawned = arbiter.spawn(async move {
             let outcome = match Store::open(&url).await {
                 Ok(store) => {
+                    let ms = |var: &str| {
+                        std::env::var(var)
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .map(Duration::from_millis)
+                    };
                     let ledger = Ledger {
                         store,
-                        commit_delay: Duration::from_millis(
-                            std::env::var("SWITCHYARD_LEDGER_COMMIT_DELAY_MS")
-                                .ok()
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(0),
-                        ),
+                        commit_delay: ms("SWITCHYARD_LEDGER_COMMIT_DELAY_MS").unwrap_or_default(),
+                        load_every: ms("SWITCHYARD_LEDGER_LOAD_EVERY_MS").unwrap_or(LOAD_EVERY),
                         pending: Vec::new(),
                         acks: Vec::new(),
                         flushing: false,

@@ -117,7 +117,8 @@ impl Governance {
     }
 
     /// As [`Governance::record`], and returns what hears `true` once the record is committed
-    /// (`None` when the ledger is off): a relay awaits it before the answer's last byte, so an
+    /// (`None` when there is nothing to wait for: the ledger is off, or the record is already
+    /// durable in the spool): a relay awaits it before the answer's last byte, so an
     /// answer a client received in full is in the ledger even if the process is killed next.
     pub fn record_durably(&self, tenant: &TenantGovernance, record: UsageRecord) -> Option<Ack> {
         let (tx, rx) = self.ack_channel();
