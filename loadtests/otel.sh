@@ -8,12 +8,17 @@
 # Prints req/s and the gateway's CPU (utime+stime from /proc) per request for both runs, and
 # the ratios. Every process started here is stopped on exit.
 #
-# Usage: loadtests/otel.sh [DURATION]   (needs target/release/switchyard, hey, and a Python with
+# Usage: loadtests/otel.sh [--bin PATH] [DURATION]   (needs target/release/switchyard, or the
+#        binary PATH names, e.g. another build to compare; hey; and a Python with
 #        opentelemetry-proto and grpcio: SWITCHYARD_TEST_PYTHON or python3)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 BIN="$REPO/target/release/switchyard"
+if [[ "${1:-}" == --bin ]]; then
+    BIN="$2"
+    shift 2
+fi
 PY="${SWITCHYARD_TEST_PYTHON:-python3}"
 DURATION="${1:-10}"
 CLK_TCK="$(getconf CLK_TCK)"
