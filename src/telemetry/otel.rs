@@ -506,3 +506,20 @@ pub fn attempt(
     }
     tracing::Span::current().set_attribute(names::SWITCHYARD_RETRIES, i64::from(retries));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsampled_traceparent_keeps_its_ids_and_clears_only_the_sampled_bit() {
+        for (flags, cleared) in [("01", "00"), ("00", "00"), ("03", "02"), ("ff", "fe")] {
+            let mut tp = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            unsampled(&mut tp);
+            assert_eq!(
+                tp,
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{cleared}")
+            );
+        }
+    }
+}
