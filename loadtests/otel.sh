@@ -1,19 +1,35 @@
 #!/usr/bin/env bash
-# What trace export costs: the gateway under the same load with export off, then on with every
-# trace sampled, then on with 10% sampled (OTLP/gRPC to a real receiver on loopback,
-# tests/otlp/receiver.py in count-only mode).
+# What trace export costs: the gateway under the same load with export off, then on with no
+# trace sampled (`parentbased_traceidratio` 0: the cost of an unsampled request), every trace
+# sampled, and 10% sampled (OTLP/gRPC to a real receiver on loopback, tests/otlp/receiver.py in
+# count-only mode).
 #
 # Non-streaming chat at concurrency 64 for DURATION seconds per run, hey as the load generator.
 # The gateway (1 worker) runs alone on core 0; the emulator, the receiver and hey share core 1.
 # Prints req/s and the gateway's CPU (utime+stime from /proc) per request for both runs, and
 # the ratios. Every process started here is stopped on exit.
 #
-# Usage: loadtests/otel.sh [DURATION]   (needs target/release/switchyard, hey, and a Python with
+# With --rate N the load is capped at N requests/s in all, so that every run does the same work
+# per second: CPU per request is then comparable across runs even when the load core is busy
+# (uncapped, a slower run batches less and spends more CPU per request).
+#
+# Usage: loadtests/otel.sh [--bin PATH] [--rate N] [DURATION]   (needs target/release/switchyard, or the
+#        binary PATH names, e.g. another build to compare; hey; and a Python with
 #        opentelemetry-proto and grpcio: SWITCHYARD_TEST_PYTHON or python3)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 BIN="$REPO/target/release/switchyard"
+RATE=()
+while [[ "${1:-}" == --* ]]; do
+    case "$1" in
+        --bin) BIN="$2" ;;
+        # hey's -q is per worker.
+        --rate) RATE=(-q "$(( ($2 + 63) / 64 ))") ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+    shift 2
+done
 PY="${SWITCHYARD_TEST_PYTHON:-python3}"
 DURATION="${1:-10}"
 CLK_TCK="$(getconf CLK_TCK)"
@@ -82,7 +98,7 @@ run() {
         -T application/json -d "$BODY" "$url" >/dev/null
     local before after
     before="$(awk '{print $14+$15}' "/proc/$pid/stat")"
-    taskset -c 1 timeout $((DURATION + 30)) hey -z "${DURATION}s" -c 64 -m POST \
+    taskset -c 1 timeout $((DURATION + 30)) hey -z "${DURATION}s" -c 64 "${RATE[@]}" -m POST \
         -H "Authorization: Bearer sk-bench" -T application/json -d "$BODY" "$url" >"$WORK/hey-$name.txt"
     after="$(awk '{print $14+$15}' "/proc/$pid/stat")"
     local ok rps
@@ -95,18 +111,19 @@ run() {
 
 OTLP=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$GRPC" OTEL_EXPORTER_OTLP_PROTOCOL=grpc)
 OFF="$(run off)"
+NONE="$(run none "${OTLP[@]}" OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0)"
 ON="$(run all "${OTLP[@]}")"
 TENTH="$(run tenth "${OTLP[@]}" OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1)"
 exec 3>&-
 sleep 0.5
 SPANS="$(grep -m1 '^spans' "$WORK/rx.out" | awk '{print $2}' || echo '?')"
-echo "export: off; all = every trace sampled; tenth = parentbased_traceidratio 0.1"
+echo "export: off; none = parentbased_traceidratio 0; all = every trace sampled; tenth = parentbased_traceidratio 0.1"
 printf '%-8s %10s %12s %10s\n' export req/s "CPU ms/req" requests
-for r in "$OFF" "$ON" "$TENTH"; do
+for r in "$OFF" "$NONE" "$ON" "$TENTH"; do
     echo "$r" | awk '{printf "%-8s %10s %12s %10s\n", $1, $2, $3, $4}'
 done
-echo "spans received by the OTLP receiver (both export runs, warm-ups included): $SPANS"
-for r in "$ON" "$TENTH"; do
+echo "spans received by the OTLP receiver (all export runs, warm-ups included): $SPANS"
+for r in "$NONE" "$ON" "$TENTH"; do
     awk -v a="$OFF" -v b="$r" 'BEGIN { split(a, x, " "); split(b, y, " ");
         printf "%s vs off: throughput %+.1f%%, CPU per request %+.1f%%\n",
             y[1], (y[2] / x[2] - 1) * 100, (y[3] / x[3] - 1) * 100 }'

@@ -289,7 +289,8 @@ async fn a_streamed_request_is_one_trace_in_the_callers_with_genai_attributes_ov
     assert_eq!(request["attributes"]["route"], "big");
 }
 
-/// A one-shot upstream that records the request head and answers a fixed chat completion.
+/// An upstream that records the last request's head and answers a fixed chat completion, one
+/// request per connection.
 fn capturing_upstream() -> (String, Arc<Mutex<String>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let base = format!("http://{}/v1", listener.local_addr().expect("addr"));
@@ -317,7 +318,7 @@ fn capturing_upstream() -> (String, Arc<Mutex<String>>) {
             let reply = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
             let _ = write!(
                 conn,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{reply}",
                 reply.len()
             );
         }
@@ -452,6 +453,210 @@ async fn a_dead_collector_costs_a_log_line_and_a_metric_not_a_request() {
             .filter(|l| l.contains("trace export failed"))
             .count(),
         1,
+        "{logged}"
+    );
+}
+
+/// Sends a chat request (with `traceparent` when given) through `gw` to the capturing upstream
+/// and returns the `traceparent` the gateway answered with and the one the upstream heard.
+async fn traced_call(
+    gw: &Gateway,
+    head: &Mutex<String>,
+    request_id: &str,
+    traceparent: Option<String>,
+) -> (String, String) {
+    let mut req = client()
+        .post(gw.url("/a/chat/v1/chat/completions"))
+        .insert_header(("authorization", format!("Bearer {KEY_A}")))
+        .insert_header(("x-request-id", request_id));
+    if let Some(tp) = traceparent {
+        req = req.insert_header(("traceparent", tp));
+    }
+    let mut res = req
+        .send_body(
+            json!({"model": "smart", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+        )
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let body = res.body().await.expect("body");
+    assert!(String::from_utf8_lossy(&body).contains("chatcmpl-1"));
+    let answered = res
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let heard = head
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (answered, heard)
+}
+
+/// Every span the receiver has, after waiting well past the export delay.
+fn all_spans(rx: &Receiver) -> Vec<Value> {
+    std::thread::sleep(Duration::from_millis(800));
+    rx.spans.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn an_unsampled_caller_exports_nothing_and_its_trace_goes_upstream_unsampled() {
+    let rx = receiver();
+    let (upstream_base, upstream_head) = capturing_upstream();
+    let gw = Gateway::start(
+        &[("a", tenant_a("A_OPENAI_BASE_URL"))],
+        &[
+            ("A_OPENAI_KEY", "sk-upstream-secret".into()),
+            ("A_OPENAI_BASE_URL", upstream_base),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", rx.grpc),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ],
+        &[],
+    );
+    // The default sampler (parentbased_always_on) follows the caller's flags: 00 is not sampled.
+    let unsampled = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let (answered, heard) = traced_call(
+        &gw,
+        &upstream_head,
+        "req-unsampled",
+        Some(format!("00-{unsampled}-00f067aa0ba902b7-00")),
+    )
+    .await;
+    let prefix = format!("00-{unsampled}-");
+    assert!(heard.starts_with(&prefix), "upstream heard {heard:?}");
+    assert!(heard.ends_with("-00"), "upstream heard {heard:?}");
+    assert_eq!(heard.len(), 55, "{heard:?}");
+    assert!(
+        !heard.contains("00f067aa0ba902b7"),
+        "the gateway's own span id: {heard}"
+    );
+    assert_eq!(
+        answered, heard,
+        "the client and the upstream see the gateway's span"
+    );
+
+    let sampled = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let (answered, heard) = traced_call(
+        &gw,
+        &upstream_head,
+        "req-sampled",
+        Some(format!("00-{sampled}-00f067aa0ba902b7-01")),
+    )
+    .await;
+    let spans = rx.trace(sampled, 3);
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let request = named(&spans, "request");
+    let upstream = named(&spans, "upstream");
+    named(&spans, "routing");
+    assert_eq!(request["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(
+        answered,
+        format!(
+            "00-{sampled}-{}-01",
+            request["span_id"].as_str().unwrap_or("")
+        ),
+    );
+    assert_eq!(
+        heard,
+        format!(
+            "00-{sampled}-{}-01",
+            upstream["span_id"].as_str().unwrap_or("")
+        ),
+    );
+    // The unsampled request, served first, exported nothing: not its own trace, nor orphaned
+    // child spans under new trace ids.
+    let every = all_spans(&rx);
+    assert_eq!(every.len(), 3, "{every:#?}");
+    assert!(every.iter().all(|s| s["trace_id"] == sampled), "{every:#?}");
+}
+
+#[actix_web::test]
+async fn ratio_zero_samples_no_trace_of_its_own_but_logs_and_propagates_it() {
+    let rx = receiver();
+    let (upstream_base, upstream_head) = capturing_upstream();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let gw = Gateway::start_logging(
+        &[("a", tenant_a("A_OPENAI_BASE_URL"))],
+        &[
+            ("A_OPENAI_KEY", "sk-upstream-secret".into()),
+            ("A_OPENAI_BASE_URL", upstream_base),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{}", rx.http),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
+            ("OTEL_TRACES_SAMPLER_ARG", "0".into()),
+        ],
+        &[],
+        Some(log.path()),
+    );
+    // A new trace: ratio 0 does not sample it, but it still has an id, sent upstream and back.
+    let (answered, heard) = traced_call(&gw, &upstream_head, "req-ratio-zero", None).await;
+    assert_eq!(heard.len(), 55, "{heard:?}");
+    assert!(
+        heard.starts_with("00-") && heard.ends_with("-00"),
+        "{heard:?}"
+    );
+    assert_eq!(answered, heard);
+    let trace = heard[3..35].to_owned();
+    assert_ne!(trace, "0".repeat(32));
+
+    // A sampled caller is followed (parent-based): exactly its three spans.
+    let sampled = "7bf92f3577b34da6a3ce929d0e0e4739";
+    let (_, heard) = traced_call(
+        &gw,
+        &upstream_head,
+        "req-followed",
+        Some(format!("00-{sampled}-00f067aa0ba902b7-01")),
+    )
+    .await;
+    let spans = rx.trace(sampled, 3);
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let upstream = named(&spans, "upstream");
+    named(&spans, "request");
+    named(&spans, "routing");
+    assert_eq!(
+        heard,
+        format!(
+            "00-{sampled}-{}-01",
+            upstream["span_id"].as_str().unwrap_or("")
+        ),
+    );
+    let every = all_spans(&rx);
+    assert_eq!(every.len(), 3, "{every:#?}");
+    assert!(every.iter().all(|s| s["trace_id"] == sampled), "{every:#?}");
+
+    // The access log names both requests by their ids and trace ids.
+    let logged = std::fs::read_to_string(log.path()).expect("log");
+    let access = |id: &str| {
+        logged
+            .lines()
+            .filter(|l| l.contains(" access") && l.contains(&format!("request_id={id} ")))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let unsampled_lines = access("req-ratio-zero");
+    assert_eq!(unsampled_lines.len(), 1, "{logged}");
+    assert!(
+        unsampled_lines[0].contains(&format!("trace_id={trace} ")),
+        "{logged}"
+    );
+    let sampled_lines = access("req-followed");
+    assert_eq!(sampled_lines.len(), 1, "{logged}");
+    assert!(
+        sampled_lines[0].contains(&format!("trace_id={sampled} ")),
         "{logged}"
     );
 }

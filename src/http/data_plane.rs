@@ -237,13 +237,15 @@ async fn conversation(
         let route = decision.route();
         span.record("route", tracing::field::display(&route.name));
         access::note_route(&req, &route.name);
-        otel::routed(
-            &span,
-            "chat",
-            route.provider_kind.as_str(),
-            route.upstream_model(),
-            reason.is_some(),
-        );
+        if otel::sampled(&req) {
+            otel::routed(
+                &span,
+                "chat",
+                route.provider_kind.as_str(),
+                route.upstream_model(),
+                reason.is_some(),
+            );
+        }
         let answer = attempt(
             &req,
             &state,

@@ -17,7 +17,7 @@ use crate::actors::provider::ProviderActor;
 use crate::actors::supervisor::Supervisor;
 use crate::error::{GatewayError, quote};
 use crate::telemetry::context::RequestContext;
-use crate::telemetry::{access, otel};
+use crate::telemetry::{access, names, otel};
 use actix::{Actor, Addr};
 use actix_http::{HttpService, Request};
 use actix_server::Server;
@@ -130,18 +130,18 @@ pub fn server(
                 // Every log line while serving this request carries these fields; the handler
                 // fills in tenant, proxy and route as it learns them. At ERROR level so that the
                 // span is on whenever any log line is (a span below the filter is dropped).
-                let span = tracing::error_span!(
-                    "request",
-                    request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
-                    tenant = Empty,
-                    proxy = Empty,
-                    route = Empty,
-                );
-                // With trace export on, the server span continues the caller's trace and its
-                // own ids are what goes back and upstream.
-                if let Some(tp) = otel::adopt(&span, ctx.remote_parent.as_ref()) {
-                    ctx.traceparent = tp;
-                }
+                // With trace export on, the sampler decides here, once: a sampled server span
+                // continues the caller's trace and its ids are what goes back and upstream; an
+                // unsampled one builds no OTel span and its traceparent says so (flags 00).
+                let span = otel::start_request(&mut ctx, |ctx| {
+                    tracing::error_span!(
+                        names::SPAN_REQUEST,
+                        request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
+                        tenant = Empty,
+                        proxy = Empty,
+                        route = Empty,
+                    )
+                });
                 let refused = req
                     .conn_data::<ConnectionSlot>()
                     .and_then(|slot| slot.over)
@@ -151,7 +151,12 @@ pub fn server(
                     ctx.request_id.as_bytes(),
                     &ctx.traceparent,
                     req.path(),
-                    span.clone(),
+                    // Only an exported span is kept to the last byte and given attributes.
+                    if ctx.sampled {
+                        span.clone()
+                    } else {
+                        tracing::Span::none()
+                    },
                 );
                 let fut = match refused {
                     None => Either::Left(span.in_scope(|| srv.call(req))),

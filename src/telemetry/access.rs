@@ -73,7 +73,8 @@ pub struct Pending {
     request_id: String,
     trace_id: String,
     endpoint: EndpointLabel,
-    /// The request's span: it ends (and is exported) when the record finishes.
+    /// The request's span when its trace is exported (else none): it ends (and is exported)
+    /// when the record finishes.
     span: tracing::Span,
     done: bool,
 }
@@ -127,7 +128,7 @@ impl Pending {
             first_byte: None,
             bytes: 0,
             tail: scan.then(BytesMut::new),
-            head: (scan && otel::enabled()).then(BytesMut::new),
+            head: (scan && !self.span.is_none()).then(BytesMut::new),
             span: std::mem::replace(&mut self.span, tracing::Span::none()),
         };
         let span = finish.span.clone();
@@ -268,7 +269,7 @@ impl Finish {
             overhead: self.overhead,
             tokens,
         });
-        if otel::enabled() {
+        if !self.span.is_none() {
             self.trace(tokens);
         }
         let ms = |d: Option<Duration>| d.map(|d| tracing::field::display(Ms(d)));
@@ -324,7 +325,7 @@ impl<B> Drop for AccessBody<B> {
         // last exit, so entering the server span now makes it end after its children, with the
         // last byte, not when the handler returned.
         drop(self.inner.take());
-        if otel::enabled() {
+        if !self.span.is_none() {
             drop(self.span.enter());
         }
     }

@@ -40,6 +40,8 @@ pub const DRAINING: &str = "switchyard_draining";
 /// Spans the trace exporter could not deliver.
 pub const TRACE_EXPORT_FAILURES: &str = "switchyard_trace_export_failures";
 
+/// Span: the request, the gateway's server span (the root of what it exports).
+pub const SPAN_REQUEST: &str = "request";
 /// Span: choosing the route (child of the request's server span).
 pub const SPAN_ROUTING: &str = "routing";
 /// Span: one upstream attempt, until the upstream's last byte (child of the request's span).

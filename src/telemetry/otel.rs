@@ -8,23 +8,36 @@
 //! in log lines, and the export layer takes spans only: log events, which may quote an
 //! upstream's error body, are never exported. Nothing here reads a key or a prompt.
 //!
+//! Sampling is decided once per request, when its server span starts ([`start_request`]): the
+//! configured sampler (`OTEL_TRACES_SAMPLER`/`_ARG`, as the SDK reads them) sees the caller's
+//! parent and the request's trace id. A sampled request's spans are built as before; for an
+//! unsampled one the export layer's filter turns the server span and all its children away, so
+//! no OTel span data is built at all, and its `traceparent` (back to the client and upstream)
+//! keeps the trace id with the sampled flag clear.
+//!
 //! Export never blocks a request: spans go to the SDK's batch processor, whose bounded queue
 //! drops when full; a failing collector costs one log line when it starts failing and a count
 //! in `switchyard_trace_export_failures_total`. The gRPC exporter (tonic) runs on a runtime of
 //! its own: under actix's current-thread runtimes its exports never complete.
 
+use super::context::RequestContext;
 use super::metrics::metrics;
 use super::names;
 use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+    SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+    TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
-use std::sync::Arc;
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracerProvider, ShouldSample,
+    SpanData, SpanExporter,
+};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -48,6 +61,64 @@ pub struct OtelConfig {
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The configured sampler; consulted once per request, by [`start_request`].
+static SAMPLER: OnceLock<Sampler> = OnceLock::new();
+
+thread_local! {
+    /// Set while [`start_request`] creates a sampled server span: the export layer's filter
+    /// admits a `request` span only then.
+    static ROOT_SAMPLED: Cell<bool> = const { Cell::new(false) };
+    /// The ids [`RequestIds`] hands to the next root span started on this thread (the
+    /// request's own, so the exported trace is the one the sampler decided on).
+    static NEXT_IDS: Cell<Option<(TraceId, SpanId)>> = const { Cell::new(None) };
+}
+
+/// The sampler `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` name (the SDK's reading of
+/// them: default `parentbased_always_on`, a missing or bad ratio is 1.0).
+fn sampler_from_env() -> Result<Sampler, String> {
+    let ratio = || {
+        env("OTEL_TRACES_SAMPLER_ARG")
+            .and_then(|r| r.parse::<f64>().ok())
+            .unwrap_or(1.0)
+    };
+    let parent_based = |s: Sampler| Sampler::ParentBased(Box::new(s));
+    Ok(match env("OTEL_TRACES_SAMPLER").as_deref() {
+        None | Some("parentbased_always_on") => parent_based(Sampler::AlwaysOn),
+        Some("always_on") => Sampler::AlwaysOn,
+        Some("always_off") => Sampler::AlwaysOff,
+        Some("traceidratio") => Sampler::TraceIdRatioBased(ratio()),
+        Some("parentbased_always_off") => parent_based(Sampler::AlwaysOff),
+        Some("parentbased_traceidratio") => parent_based(Sampler::TraceIdRatioBased(ratio())),
+        Some(other) => {
+            return Err(format!(
+                "OTEL_TRACES_SAMPLER {other:?} is not supported (use always_on, always_off, \
+                 traceidratio, parentbased_always_on, parentbased_always_off or \
+                 parentbased_traceidratio)"
+            ));
+        }
+    })
+}
+
+/// Root spans take the ids [`start_request`] left for them; everything else is random.
+#[derive(Debug)]
+struct RequestIds;
+
+impl IdGenerator for RequestIds {
+    fn new_trace_id(&self) -> TraceId {
+        match NEXT_IDS.get() {
+            Some((trace, _)) => trace,
+            None => RandomIdGenerator::default().new_trace_id(),
+        }
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        match NEXT_IDS.get() {
+            Some((_, span)) => span,
+            None => RandomIdGenerator::default().new_span_id(),
+        }
+    }
+}
 
 /// Whether spans are exported (cheap; checked on the hot path).
 pub fn enabled() -> bool {
@@ -149,8 +220,13 @@ where
             }
         }
     };
+    let sampler = sampler_from_env()?;
     let service = env("OTEL_SERVICE_NAME").unwrap_or_else(|| "switchyard".into());
+    // The sampler is applied once per request by `start_request`; whatever reaches the SDK
+    // was sampled (a child follows its parent), so the SDK's own sampler is always-on.
     let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOn)
+        .with_id_generator(RequestIds)
         .with_batch_exporter(exporter)
         .with_resource(
             Resource::builder()
@@ -161,18 +237,43 @@ where
         .build();
     let tracer = provider.tracer("switchyard");
     // Spans only, from the gateway's own code, down to debug (the child spans are at debug so
-    // that they cost nothing when export is off and the log level is info).
-    let filter = tracing_subscriber::filter::filter_fn(|meta| {
-        meta.is_span() && meta.target().starts_with("switchyard")
+    // that they cost nothing when export is off and the log level is info), and only those of
+    // sampled requests: a server span when `start_request` says it is sampled, any other span
+    // when it has a parent this layer took (the filter sees only those), so the children of
+    // an unsampled request are never handed to the layer (and, below the log level, are not
+    // built at all).
+    let ours =
+        |meta: &tracing::Metadata<'_>| meta.is_span() && meta.target().starts_with("switchyard");
+    let filter = tracing_subscriber::filter::DynFilterFn::new(move |meta, cx| {
+        if !ours(meta) {
+            false
+        } else if meta.name() == names::SPAN_REQUEST {
+            ROOT_SAMPLED.get()
+        } else {
+            cx.lookup_current().is_some()
+        }
+    })
+    .with_callsite_filter(move |meta| {
+        if ours(meta) {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
     });
     use tracing_subscriber::Layer;
+    // Each option off saves work per span: no code location, thread, target or busy/idle
+    // attributes, and no OTel context attached on every enter of a span (every poll of an
+    // instrumented future); nothing here reads `Context::current()`.
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_target(false)
+        .with_level(false)
+        .with_context_activation(false)
         .with_filter(filter);
+    let _ = SAMPLER.set(sampler);
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Some((Otel { provider }, layer)))
 }
@@ -234,26 +335,98 @@ impl SpanExporter for Exporter {
     }
 }
 
-/// Makes `span` (the request's server span) a child of the caller's trace and returns the
-/// `traceparent` naming it, to send back and upstream. `None` when export is off.
-pub fn adopt(
-    span: &tracing::Span,
-    remote_parent: Option<&(String, String, String)>,
-) -> Option<String> {
-    if !enabled() {
-        return None;
+/// Starts the request's server span (`make` creates it) and decides once whether its trace
+/// is exported: the configured sampler sees the caller's parent (`ctx.remote_parent`) and the
+/// request's trace id. Sampled: the span continues the caller's trace with the request's own
+/// ids and `ctx.traceparent` names it. Unsampled (or export off): no OTel span is built, and
+/// `ctx.traceparent` keeps the trace id with the sampled flag clear, for the client and the
+/// upstream (W3C: propagate even when not sampling). Sets `ctx.sampled`.
+pub fn start_request(
+    ctx: &mut RequestContext,
+    make: impl FnOnce(&RequestContext) -> tracing::Span,
+) -> tracing::Span {
+    ctx.sampled = false;
+    let Some(sampler) = SAMPLER.get().filter(|_| enabled()) else {
+        return make(ctx);
+    };
+    // `00-<trace id>-<span id>-<flags>`, made by `RequestContext` (valid by construction).
+    let ids = (
+        ctx.traceparent
+            .get(3..35)
+            .and_then(|t| TraceId::from_hex(t).ok()),
+        ctx.traceparent
+            .get(36..52)
+            .and_then(|s| SpanId::from_hex(s).ok()),
+    );
+    let (Some(trace_id), Some(span_id)) = ids else {
+        return make(ctx);
+    };
+    let remote = ctx
+        .remote_parent
+        .as_ref()
+        .and_then(|(trace, parent, flags)| {
+            let (t, s, f) = (
+                TraceId::from_hex(trace).ok()?,
+                SpanId::from_hex(parent).ok()?,
+                u8::from_str_radix(flags, 16).ok()?,
+            );
+            Some(Context::new().with_remote_span_context(SpanContext::new(
+                t,
+                s,
+                TraceFlags::new(f),
+                true,
+                TraceState::default(),
+            )))
+        });
+    let decision = sampler.should_sample(
+        remote.as_ref(),
+        trace_id,
+        names::SPAN_REQUEST,
+        &SpanKind::Server,
+        &[],
+        &[],
+    );
+    if decision.decision != SamplingDecision::RecordAndSample {
+        unsampled(&mut ctx.traceparent);
+        return make(ctx);
     }
-    if let Some((trace, parent, flags)) = remote_parent
-        && let (Ok(t), Ok(s), Ok(f)) = (
-            TraceId::from_hex(trace),
-            SpanId::from_hex(parent),
-            u8::from_str_radix(flags, 16),
-        )
+    ROOT_SAMPLED.set(true);
+    let span = make(ctx);
+    ROOT_SAMPLED.set(false);
+    if let Some(remote) = remote {
+        let _ = span.set_parent(remote);
+    }
+    // Building the context starts the OTel span, here, with the request's ids.
+    NEXT_IDS.set(Some((trace_id, span_id)));
+    let tp = traceparent(&span);
+    NEXT_IDS.set(None);
+    if let Some(tp) = tp {
+        ctx.traceparent = tp;
+        ctx.sampled = true;
+    }
+    span
+}
+
+/// Clears the sampled bit of a `traceparent`'s flags.
+fn unsampled(traceparent: &mut String) {
+    if let Some(flags) = traceparent
+        .get(53..55)
+        .and_then(|f| u8::from_str_radix(f, 16).ok())
     {
-        let remote = SpanContext::new(t, s, TraceFlags::new(f), true, TraceState::default());
-        let _ = span.set_parent(Context::new().with_remote_span_context(remote));
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let flags = flags & !1;
+        traceparent.truncate(53);
+        traceparent.push(char::from(HEX[usize::from(flags >> 4)]));
+        traceparent.push(char::from(HEX[usize::from(flags & 15)]));
     }
-    traceparent(span)
+}
+
+/// Whether `req`'s trace is exported.
+pub fn sampled(req: &actix_web::HttpRequest) -> bool {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<RequestContext>()
+        .is_some_and(|c| c.sampled)
 }
 
 /// The `traceparent` of `span`'s OTel span, when export is on and the span is recorded.
@@ -273,9 +446,10 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     })
 }
 
-/// Sets attributes on `span`'s OTel span (nothing when export is off).
+/// Sets attributes on `span`'s OTel span (nothing when export is off or the span is not
+/// exported).
 pub fn set(span: &tracing::Span, attributes: impl FnOnce() -> Vec<KeyValue>) {
-    if !enabled() {
+    if !enabled() || span.is_disabled() {
         return;
     }
     for kv in attributes() {
@@ -303,7 +477,7 @@ pub fn routed(
 
 /// Marks `span` as failed (a 5xx answer).
 pub fn error(span: &tracing::Span, description: &'static str) {
-    if enabled() {
+    if enabled() && !span.is_disabled() {
         span.set_status(opentelemetry::trace::Status::error(description));
     }
 }
@@ -315,7 +489,8 @@ pub fn attempt(
     result: &Result<crate::providers::UpstreamResponse, crate::error::GatewayError>,
     retries: u32,
 ) {
-    if !enabled() {
+    // The attempt span is off unless the request is sampled (or the log level is debug).
+    if !enabled() || span.is_disabled() {
         return;
     }
     use actix_web::ResponseError;
@@ -330,4 +505,21 @@ pub fn attempt(
         ));
     }
     tracing::Span::current().set_attribute(names::SWITCHYARD_RETRIES, i64::from(retries));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsampled_traceparent_keeps_its_ids_and_clears_only_the_sampled_bit() {
+        for (flags, cleared) in [("01", "00"), ("00", "00"), ("03", "02"), ("ff", "fe")] {
+            let mut tp = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
+            unsampled(&mut tp);
+            assert_eq!(
+                tp,
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{cleared}")
+            );
+        }
+    }
 }
