@@ -12,7 +12,7 @@ use super::{EmbedError, Embedder};
 /// The encoder that turns texts into vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum EncoderKind {
-    /// all-MiniLM-L6-v2 on candle: the reference, about 8 ms per short prompt on one core (8-bit
+    /// all-MiniLM-L6-v2 on candle: the reference, about 9 ms per short prompt on one core (8-bit
     /// layers where the CPU has VNNI, else f32 and about 15 ms).
     #[default]
     Transformer,
