@@ -57,7 +57,7 @@ impl GeluErf {
             -2.101_024e-6,
             -5.692_506_4e-5,
             -7.349_906_3e-4,
-            -2.954_600e-3,
+            -2.954_6e-3,
             -1.609_603_3e-2,
         ] {
             p = p * x2 + a;
@@ -385,12 +385,12 @@ mod tests {
     #[test]
     fn rational_gelu_matches_the_erf_gelu() {
         let xs: Vec<f32> = (-12_000..=12_000).map(|i| i as f32 / 1000.0).collect();
-        let t = Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let t = Tensor::new(xs.as_slice(), &candle_core::Device::Cpu).expect("candle");
         let ours = t
             .apply_op1_no_bwd(&GeluErf)
-            .unwrap()
+            .expect("candle")
             .to_vec1::<f32>()
-            .unwrap();
+            .expect("candle");
         let mut worst = 0.0f64;
         for (x, got) in xs.iter().zip(&ours) {
             let x = f64::from(*x);

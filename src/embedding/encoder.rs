@@ -55,10 +55,6 @@ pub const STATIC_MARGIN: f32 = 0.01;
 
 /// A loaded encoder of either kind. Immutable and shareable across pool threads.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per gateway, behind an Arc: its size costs nothing"
-)]
 pub enum Encoder {
     Transformer(Embedder),
     Static(StaticEncoder),

@@ -454,15 +454,25 @@ mod tests {
                 .expect("tokenize");
             let n = enc.get_ids().len();
             let ids = Tensor::new(enc.get_ids(), &Device::Cpu)
-                .unwrap()
+                .expect("candle")
                 .unsqueeze(0)
-                .unwrap();
-            let types = ids.zeros_like().unwrap();
+                .expect("candle");
+            let types = ids.zeros_like().expect("candle");
             let hidden = reference.forward(&ids, &types, None).expect("forward");
-            let mean = (hidden.sum(1).unwrap() / n as f64).unwrap();
-            let norm = mean.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-            let expected = mean.broadcast_div(&norm).unwrap().squeeze(0).unwrap();
-            let expected = expected.to_vec1::<f32>().unwrap();
+            let mean = (hidden.sum(1).expect("candle") / n as f64).expect("candle");
+            let norm = mean
+                .sqr()
+                .expect("candle")
+                .sum_all()
+                .expect("candle")
+                .sqrt()
+                .expect("candle");
+            let expected = mean
+                .broadcast_div(&norm)
+                .expect("candle")
+                .squeeze(0)
+                .expect("candle");
+            let expected = expected.to_vec1::<f32>().expect("candle");
             let alone = ours.embed(&[text.as_str()]).expect("embed");
             for (how, got) in [("alone", &alone[0]), ("batched", &batched[i])] {
                 let c = dot(got, &expected);
