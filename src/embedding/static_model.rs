@@ -476,7 +476,7 @@ impl StaticEncoder {
             }
         }
         tracing::info!(params = %params.key(), "distilling the static encoder from the transformer (once; cached on disk)");
-        let transformer = Embedder::load_dir(dir)?;
+        let transformer = Embedder::load_dir_with(dir, super::Precision::F32)?;
         let mut last = std::time::Instant::now();
         let table = distill(&transformer, params, None, &mut |done, total| {
             if last.elapsed() >= std::time::Duration::from_secs(5) || done == total {
