@@ -123,28 +123,48 @@ fn all_values(spans: &[Value]) -> String {
         .join("\n")
 }
 
+/// The environment of a gateway whose tenant `a` calls `upstream` (an OpenAI `/v1` base) with
+/// `key` and exports its spans with OTLP over `protocol` to `port` on loopback, on a 100 ms
+/// timer; `extra` adds to it or overrides it (the last value of a variable wins).
+fn exporting(
+    key: &str,
+    upstream: String,
+    protocol: &str,
+    port: u16,
+    extra: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("A_OPENAI_KEY", key.to_owned()),
+        ("A_OPENAI_BASE_URL", upstream),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
 #[actix_web::test]
 async fn a_streamed_request_is_one_trace_in_the_callers_with_genai_attributes_over_grpc() {
     let rx = receiver();
     let emu = emulator();
     let mut gw = Gateway::start(
         &[("a", tenant_a("A_OPENAI_BASE_URL"))],
-        &[
-            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
-            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{}", rx.grpc),
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-            (
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                "x-collector-token=t0k3n".into(),
-            ),
-            // Nothing is exported on a timer during the test: the spans arrive only through the
-            // flush at shutdown, which is what this also proves.
-            ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
-        ],
+        &exporting(
+            EMULATOR_KEY,
+            format!("{}/v1", emu.base),
+            "grpc",
+            rx.grpc,
+            &[
+                ("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-token=t0k3n"),
+                // Nothing is exported on a timer during the test: the spans arrive only through
+                // the flush at shutdown, which is what this also proves.
+                ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ],
+        ),
         &[],
     );
     let mut body =
@@ -332,16 +352,13 @@ async fn http_protobuf_export_and_the_upstream_hears_its_attempt_span() {
     let (upstream_base, upstream_head) = capturing_upstream();
     let gw = Gateway::start(
         &[("a", tenant_a("A_OPENAI_BASE_URL"))],
-        &[
-            ("A_OPENAI_KEY", "sk-upstream-secret".into()),
-            ("A_OPENAI_BASE_URL", upstream_base),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{}", rx.http),
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-        ],
+        &exporting(
+            "sk-upstream-secret",
+            upstream_base,
+            "http/protobuf",
+            rx.http,
+            &[],
+        ),
         &[],
     );
     let trace = "0af7651916cd43dd8448eb211c80319c";
@@ -401,16 +418,15 @@ async fn a_dead_collector_costs_a_log_line_and_a_metric_not_a_request() {
     let log = tempfile::NamedTempFile::new().expect("log");
     let gw = Gateway::start_logging(
         &[("a", tenant_a("A_OPENAI_BASE_URL"))],
-        &[
-            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
-            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{dead}"),
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-        ],
+        // Exports a second apart: a request's three spans end within milliseconds of each
+        // other, so they nearly always share a batch (at 100 ms a loaded machine split them).
+        &exporting(
+            EMULATOR_KEY,
+            format!("{}/v1", emu.base),
+            "grpc",
+            dead,
+            &[("OTEL_BSP_SCHEDULE_DELAY", "1000")],
+        ),
         &[],
         Some(log.path()),
     );
@@ -429,9 +445,9 @@ async fn a_dead_collector_costs_a_log_line_and_a_metric_not_a_request() {
         "{:?}",
         started.elapsed()
     );
-    // Three spans (request, routing, upstream) in one failed batch, exported 100 ms later; the
-    // scrape's own span is exported after this answer.
-    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    // Three spans (request, routing, upstream) in one failed batch, exported within a second;
+    // the scrape's own span is exported after this answer.
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
     let text = client()
         .get(gw.url("/metrics"))
         .send()
@@ -511,16 +527,7 @@ async fn an_unsampled_caller_exports_nothing_and_its_trace_goes_upstream_unsampl
     let (upstream_base, upstream_head) = capturing_upstream();
     let gw = Gateway::start(
         &[("a", tenant_a("A_OPENAI_BASE_URL"))],
-        &[
-            ("A_OPENAI_KEY", "sk-upstream-secret".into()),
-            ("A_OPENAI_BASE_URL", upstream_base),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{}", rx.grpc),
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-        ],
+        &exporting("sk-upstream-secret", upstream_base, "grpc", rx.grpc, &[]),
         &[],
     );
     // The default sampler (parentbased_always_on) follows the caller's flags: 00 is not sampled.
@@ -587,18 +594,16 @@ async fn ratio_zero_samples_no_trace_of_its_own_but_logs_and_propagates_it() {
     let log = tempfile::NamedTempFile::new().expect("log");
     let gw = Gateway::start_logging(
         &[("a", tenant_a("A_OPENAI_BASE_URL"))],
-        &[
-            ("A_OPENAI_KEY", "sk-upstream-secret".into()),
-            ("A_OPENAI_BASE_URL", upstream_base),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{}", rx.http),
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
-            ("OTEL_TRACES_SAMPLER_ARG", "0".into()),
-        ],
+        &exporting(
+            "sk-upstream-secret",
+            upstream_base,
+            "http/protobuf",
+            rx.http,
+            &[
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0"),
+            ],
+        ),
         &[],
         Some(log.path()),
     );
