@@ -608,13 +608,7 @@ async fn an_answer_is_spooled_before_it_goes_out_so_kill_9_before_the_sqlite_com
         ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
         ("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "300".to_owned()),
     ];
-    let rows_in_file = || {
-        let db = rusqlite::Connection::open(&db).expect("open the ledger file");
-        db.query_row("SELECT COUNT(*) FROM usage_ledger", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .expect("count")
-    };
+    let rows_in_file = || rows_in_ledger_file(&db);
     let mut received = Vec::new();
     for stream in [false, true] {
         let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
@@ -667,11 +661,14 @@ async fn a_graceful_stop_moves_the_spool_into_the_database_file() {
     gw.run.signal("TERM");
     let status = gw.run.wait_exit(Duration::from_secs(10)).expect("stopped");
     assert!(status.success(), "{status:?}");
-    let file = rusqlite::Connection::open(&db).expect("open the ledger file");
-    let rows: i64 = file
-        .query_row("SELECT COUNT(*) FROM usage_ledger", [], |r| r.get(0))
-        .expect("count");
-    assert_eq!(rows, 3);
+    assert_eq!(rows_in_ledger_file(&db), 3);
+}
+
+/// The rows in the SQLite ledger file at `db`, read directly (not through a gateway).
+fn rows_in_ledger_file(db: &std::path::Path) -> i64 {
+    let db = rusqlite::Connection::open(db).expect("open the ledger file");
+    db.query_row("SELECT COUNT(*) FROM usage_ledger", [], |r| r.get(0))
+        .expect("count")
 }
 
 /// The tenant's recorded spend, exact, from the usage API.
