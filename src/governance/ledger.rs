@@ -319,9 +319,10 @@ impl Store {
     /// Appends `batch` to SQLite in one transaction (synchronously: on the ledger's thread).
     fn append_sqlite(db: &rusqlite::Connection, batch: &[PricedRecord]) -> Result<(), String> {
         sqlite_transaction(db, || {
+            let mut insert = sqlite_insert(db)?;
             for r in batch {
                 let cost_usd = r.cost.map(|c| c.to_string());
-                insert_sqlite(db, &RowValues::of(r, &cost_usd))?;
+                insert_sqlite(&mut insert, &RowValues::of(r, &cost_usd))?;
             }
             Ok(())
         })
@@ -466,11 +467,12 @@ fn sqlite_transaction(
     }
 }
 
-/// Inserts one row into SQLite (inside a transaction of the caller's).
-fn insert_sqlite<S: AsRef<str>>(db: &rusqlite::Connection, v: &RowValues<S>) -> Result<(), String> {
-    let mut insert = db
-        .prepare_cached(&SQLITE_INSERT)
-        .map_err(|e| e.to_string())?;
+/// Inserts one row into SQLite with `insert` (the prepared [`SQLITE_INSERT`], inside a
+/// transaction of the caller's).
+fn insert_sqlite<S: AsRef<str>>(
+    insert: &mut rusqlite::Statement<'_>,
+    v: &RowValues<S>,
+) -> Result<(), String> {
     let mut n = 0;
     let mut bind = |value: &dyn rusqlite::ToSql| {
         n += 1;
@@ -492,6 +494,11 @@ fn insert_sqlite<S: AsRef<str>>(db: &rusqlite::Connection, v: &RowValues<S>) -> 
     }
     insert.raw_execute().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// [`SQLITE_INSERT`], prepared (once per connection: the statement cache keeps it).
+fn sqlite_insert(db: &rusqlite::Connection) -> Result<rusqlite::CachedStatement<'_>, String> {
+    db.prepare_cached(&SQLITE_INSERT).map_err(|e| e.to_string())
 }
 
 /// Moves closed spool segments into SQLite in one transaction, each marked as loaded in
@@ -519,14 +526,21 @@ fn load_segments(
             }
             let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let mut torn = 0;
+            let mut insert = sqlite_insert(db)?;
             for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                match serde_json::from_slice::<RowValues<String>>(line) {
-                    Ok(row) => {
-                        insert_sqlite(db, &row)?;
-                        rows += 1;
-                    }
-                    Err(_) => torn += 1,
-                }
+                // Strings borrowed from the segment; owned only where JSON escaped something.
+                let inserted = match serde_json::from_slice::<RowValues<&str>>(line) {
+                    Ok(row) => insert_sqlite(&mut insert, &row),
+                    Err(_) => match serde_json::from_slice::<RowValues<String>>(line) {
+                        Ok(row) => insert_sqlite(&mut insert, &row),
+                        Err(_) => {
+                            torn += 1;
+                            continue;
+                        }
+                    },
+                };
+                inserted?;
+                rows += 1;
             }
             if torn > 0 {
                 tracing::error!(segment = %path.display(), lines = torn, "ledger spool lines that do not parse are skipped");
@@ -918,9 +932,14 @@ mod tests {
             )
             .expect("count")
         };
+        // One key JSON must escape (its row cannot borrow its strings from the segment).
+        let escaped = "k \"quoted\" \\ \u{1}";
         for i in 0..3 {
             let mut r = record(i);
             r.cost = Some(Decimal::from_str("0.000001425").expect("d"));
+            if i == 2 {
+                r.record.api_key = escaped.into();
+            }
             disk.spool.append(&spool_line(&r)).expect("append");
         }
         // A crash in the middle of a write leaves half a line.
@@ -930,6 +949,14 @@ mod tests {
         std::fs::copy(&segment, &copy).expect("copy");
         let (gone, rows) = load_segments(&db, std::slice::from_ref(&segment), &[]).expect("load");
         assert_eq!((rows, count()), (3, (3, Some(3 * 1_425_000))));
+        let key: String = db
+            .query_row(
+                "SELECT api_key FROM usage_ledger WHERE request_id = 'req_2'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("key");
+        assert_eq!(key, escaped);
         assert!(!segment.exists(), "a loaded segment is deleted");
         // A crash after the commit but before the delete: the file is back, and not loaded twice.
         std::fs::rename(&copy, &segment).expect("restore");
