@@ -515,6 +515,19 @@ async fn traced_call(
     (answered, heard)
 }
 
+/// The `traceparent` naming `span` of the sampled trace `trace`.
+fn sampled_traceparent(trace: &str, span: &Value) -> String {
+    format!("00-{trace}-{}-01", span["span_id"].as_str().unwrap_or(""))
+}
+
+/// The receiver holds exactly three spans, all of `trace` (a sampled request's: nothing else
+/// was exported, not even orphaned children of an unsampled one).
+fn only_these_three_spans(rx: &Receiver, trace: &str) {
+    let every = all_spans(rx);
+    assert_eq!(every.len(), 3, "{every:#?}");
+    assert!(every.iter().all(|s| s["trace_id"] == trace), "{every:#?}");
+}
+
 /// Every span the receiver has, after waiting well past the export delay.
 fn all_spans(rx: &Receiver) -> Vec<Value> {
     std::thread::sleep(Duration::from_millis(800));
@@ -566,25 +579,11 @@ async fn an_unsampled_caller_exports_nothing_and_its_trace_goes_upstream_unsampl
     let upstream = named(&spans, "upstream");
     named(&spans, "routing");
     assert_eq!(request["parent_span_id"], "00f067aa0ba902b7");
-    assert_eq!(
-        answered,
-        format!(
-            "00-{sampled}-{}-01",
-            request["span_id"].as_str().unwrap_or("")
-        ),
-    );
-    assert_eq!(
-        heard,
-        format!(
-            "00-{sampled}-{}-01",
-            upstream["span_id"].as_str().unwrap_or("")
-        ),
-    );
+    assert_eq!(answered, sampled_traceparent(sampled, request),);
+    assert_eq!(heard, sampled_traceparent(sampled, upstream),);
     // The unsampled request, served first, exported nothing: not its own trace, nor orphaned
     // child spans under new trace ids.
-    let every = all_spans(&rx);
-    assert_eq!(every.len(), 3, "{every:#?}");
-    assert!(every.iter().all(|s| s["trace_id"] == sampled), "{every:#?}");
+    only_these_three_spans(&rx, sampled);
 }
 
 #[actix_web::test]
@@ -632,16 +631,8 @@ async fn ratio_zero_samples_no_trace_of_its_own_but_logs_and_propagates_it() {
     let upstream = named(&spans, "upstream");
     named(&spans, "request");
     named(&spans, "routing");
-    assert_eq!(
-        heard,
-        format!(
-            "00-{sampled}-{}-01",
-            upstream["span_id"].as_str().unwrap_or("")
-        ),
-    );
-    let every = all_spans(&rx);
-    assert_eq!(every.len(), 3, "{every:#?}");
-    assert!(every.iter().all(|s| s["trace_id"] == sampled), "{every:#?}");
+    assert_eq!(heard, sampled_traceparent(sampled, upstream),);
+    only_these_three_spans(&rx, sampled);
 
     // The access log names both requests by their ids and trace ids.
     let logged = std::fs::read_to_string(log.path()).expect("log");
