@@ -2,12 +2,14 @@
 //!
 //! Owns the store and the [`Ledger`] actor that holds it on an arbiter of its own (a sqlx pool
 //! is tied to the runtime that created it, and the workers' runtimes must never wait on a
-//! database). Writes are batched: records that arrive while a batch commits go in the next
-//! one, in one transaction. SQLite (the embedded default) runs in WAL mode with
-//! `synchronous=NORMAL`, which survives a process crash; PostgreSQL is the store replicas
-//! share. Both go through the same SQL text (`$n` placeholders, portable types), so there is
-//! one code path. Queries for the usage API are answered here too. It does not price records
-//! (`governance::record` does, before they are sent).
+//! database). A SQLite file (the embedded default, WAL mode with `synchronous=NORMAL`) gets
+//! its rows from its spool (`governance::spool`: the workers append there, this module loads
+//! the closed segments, one transaction each round, exactly once); PostgreSQL, the store
+//! replicas share, gets them in messages, committed in batches (what arrives during a commit
+//! goes in the next), each acknowledged. Both go through the same SQL text (`$n`
+//! placeholders, portable types), so there is one code path. Queries for the usage API are
+//! answered here too. It does not price records (`governance::record` does, before they are
+//! sent).
 
 use super::spool::Spool;
 use super::{PricedRecord, now_ms};
@@ -192,7 +194,7 @@ const INSERT: &str =
 const ROWS_PER_INSERT: usize = 64;
 
 /// One ledger row's values in `INSERT`'s column order, built once and bound by either store;
-/// also the spool's line (JSON), read back with owned strings.
+/// also the spool's line (JSON), read back with strings borrowed from it where it can.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct RowValues<S> {
     ints: [i64; 3],
