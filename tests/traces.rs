@@ -515,17 +515,41 @@ async fn traced_call(
     (answered, heard)
 }
 
-/// The `traceparent` naming `span` of the sampled trace `trace`.
-fn sampled_traceparent(trace: &str, span: &Value) -> String {
-    format!("00-{trace}-{}-01", span["span_id"].as_str().unwrap_or(""))
-}
+/// Two callers' sampled traces.
+const SAMPLED_A: &str = "6bf92f3577b34da6a3ce929d0e0e4738";
+const SAMPLED_B: &str = "7bf92f3577b34da6a3ce929d0e0e4739";
 
-/// The receiver holds exactly three spans, all of `trace` (a sampled request's: nothing else
-/// was exported, not even orphaned children of an unsampled one).
-fn only_these_three_spans(rx: &Receiver, trace: &str) {
+/// Sends a request whose caller sampled trace `sampled` (its span `00f067aa0ba902b7`) and
+/// checks it was followed: exactly its request, routing and upstream spans, the request span a
+/// child of the caller's, the client answered with the request span and the upstream called
+/// with the upstream span; and that the receiver holds no other span at all.
+async fn followed_sampled_call(
+    gw: &Gateway,
+    rx: &Receiver,
+    head: &Mutex<String>,
+    request_id: &str,
+    sampled: &str,
+) {
+    let traceparent =
+        |span: &Value| format!("00-{sampled}-{}-01", span["span_id"].as_str().unwrap_or(""));
+    let (answered, heard) = traced_call(
+        gw,
+        head,
+        request_id,
+        Some(format!("00-{sampled}-00f067aa0ba902b7-01")),
+    )
+    .await;
+    let spans = rx.trace(sampled, 3);
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let request = named(&spans, "request");
+    let upstream = named(&spans, "upstream");
+    named(&spans, "routing");
+    assert_eq!(request["parent_span_id"], "00f067aa0ba902b7");
+    assert_eq!(answered, traceparent(request));
+    assert_eq!(heard, traceparent(upstream));
     let every = all_spans(rx);
     assert_eq!(every.len(), 3, "{every:#?}");
-    assert!(every.iter().all(|s| s["trace_id"] == trace), "{every:#?}");
+    assert!(every.iter().all(|s| s["trace_id"] == sampled), "{every:#?}");
 }
 
 /// Every span the receiver has, after waiting well past the export delay.
@@ -565,25 +589,9 @@ async fn an_unsampled_caller_exports_nothing_and_its_trace_goes_upstream_unsampl
         "the client and the upstream see the gateway's span"
     );
 
-    let sampled = "6bf92f3577b34da6a3ce929d0e0e4738";
-    let (answered, heard) = traced_call(
-        &gw,
-        &upstream_head,
-        "req-sampled",
-        Some(format!("00-{sampled}-00f067aa0ba902b7-01")),
-    )
-    .await;
-    let spans = rx.trace(sampled, 3);
-    assert_eq!(spans.len(), 3, "{spans:#?}");
-    let request = named(&spans, "request");
-    let upstream = named(&spans, "upstream");
-    named(&spans, "routing");
-    assert_eq!(request["parent_span_id"], "00f067aa0ba902b7");
-    assert_eq!(answered, sampled_traceparent(sampled, request),);
-    assert_eq!(heard, sampled_traceparent(sampled, upstream),);
     // The unsampled request, served first, exported nothing: not its own trace, nor orphaned
     // child spans under new trace ids.
-    only_these_three_spans(&rx, sampled);
+    followed_sampled_call(&gw, &rx, &upstream_head, "req-sampled", SAMPLED_A).await;
 }
 
 #[actix_web::test]
@@ -618,21 +626,7 @@ async fn ratio_zero_samples_no_trace_of_its_own_but_logs_and_propagates_it() {
     assert_ne!(trace, "0".repeat(32));
 
     // A sampled caller is followed (parent-based): exactly its three spans.
-    let sampled = "7bf92f3577b34da6a3ce929d0e0e4739";
-    let (_, heard) = traced_call(
-        &gw,
-        &upstream_head,
-        "req-followed",
-        Some(format!("00-{sampled}-00f067aa0ba902b7-01")),
-    )
-    .await;
-    let spans = rx.trace(sampled, 3);
-    assert_eq!(spans.len(), 3, "{spans:#?}");
-    let upstream = named(&spans, "upstream");
-    named(&spans, "request");
-    named(&spans, "routing");
-    assert_eq!(heard, sampled_traceparent(sampled, upstream),);
-    only_these_three_spans(&rx, sampled);
+    followed_sampled_call(&gw, &rx, &upstream_head, "req-followed", SAMPLED_B).await;
 
     // The access log names both requests by their ids and trace ids.
     let logged = std::fs::read_to_string(log.path()).expect("log");
@@ -652,7 +646,7 @@ async fn ratio_zero_samples_no_trace_of_its_own_but_logs_and_propagates_it() {
     let sampled_lines = access("req-followed");
     assert_eq!(sampled_lines.len(), 1, "{logged}");
     assert!(
-        sampled_lines[0].contains(&format!("trace_id={sampled} ")),
+        sampled_lines[0].contains(&format!("trace_id={SAMPLED_B} ")),
         "{logged}"
     );
 }
