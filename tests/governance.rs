@@ -470,6 +470,13 @@ async fn the_sqlite_ledger_survives_a_restart_and_the_admin_api_reads_it() {
     // A range that ends before the requests holds none of them.
     let r = get(gw.url("/a/usage?to=2000-01-01"), KEY_A).await;
     assert_eq!(r.json()["data"], json!([]), "{}", r.text());
+    // Only GET reads it; a query string that does not parse is the caller's error.
+    let r = post(gw.url("/a/usage"), Some(KEY_A), json!({})).await;
+    r.assert_error(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), "GET");
+    get(gw.url("/a/usage?from=1&from=2"), KEY_A)
+        .await
+        .assert_error(400, "invalid_usage_query");
 }
 
 #[actix_web::test]

@@ -1,4 +1,5 @@
-//! The data plane under `/{tenant}/{proxy}/v1`: [`dispatch`] matches the URL by hand, then
+//! The data plane under `/{tenant}/{proxy}/v1`: [`dispatch`] matches the URL by hand (and
+//! hands a tenant's `/{tenant}/usage` to `http::usage`), then
 //! each conversation is the same short sequence, written once in [`conversation`]: authenticate,
 //! read and parse the body, get the proxy's routing decision, prepare the provider request,
 //! hand it to this worker's provider actor, and relay the answer with headers that explain the
@@ -44,6 +45,13 @@ pub async fn dispatch(
     provider: web::Data<Addr<ProviderActor>>,
 ) -> Result<HttpResponse, GatewayError> {
     let Some((tenant, proxy, rest)) = proxy_path(req.path()) else {
+        if let Some(tenant) = super::usage::usage_path(req.path()) {
+            return if req.method() == Method::GET {
+                super::usage::tenant_usage(&req, tenant, &state).await
+            } else {
+                Ok(super::method_not_allowed(&req, "GET"))
+            };
+        }
         return Ok(super::unknown_path(&req));
     };
     let (tenant, proxy) = (tenant.to_owned(), proxy.to_owned());

@@ -182,8 +182,8 @@ pub fn server(
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .service(admin::scope())
-            .route("/{tenant}/usage", web::get().to(usage::tenant_usage))
-            // The data plane, `/{tenant}/{proxy}/v1/…`, and every unknown path.
+            // The data plane, `/{tenant}/{proxy}/v1/…`, a tenant's own `/{tenant}/usage`, and
+            // every unknown path.
             .default_service(web::to(data_plane::dispatch));
         HttpService::build()
             .graceful_shutdown_signal(move || {

@@ -31,19 +31,32 @@ pub async fn admin_usage(
     answer(&state, &path.into_inner(), &params).await
 }
 
-/// `GET /{tenant}/usage`, with one of the tenant's own keys.
+/// `GET /{tenant}/usage`, with one of the tenant's own keys. The data plane's path split
+/// ([`super::data_plane::dispatch`]) sends it here: as a route its pattern would be tried, a
+/// regex match, before every data-plane request.
 pub async fn tenant_usage(
-    req: HttpRequest,
-    path: web::Path<String>,
-    params: web::Query<Params>,
-    state: web::Data<AppState>,
+    req: &HttpRequest,
+    tenant: &str,
+    state: &AppState,
 ) -> Result<HttpResponse, GatewayError> {
-    let tenant = path.into_inner();
     {
         let dir = state.directory.current();
-        super::auth::authenticate(&dir, &tenant, req.headers())?;
+        super::auth::authenticate(&dir, tenant, req.headers())?;
     }
-    answer(&state, &tenant, &params).await
+    let params = web::Query::<Params>::from_query(req.query_string()).map_err(|err| {
+        GatewayError::invalid(
+            format!("the query string does not parse: {err}"),
+            None,
+            Some("invalid_usage_query"),
+        )
+    })?;
+    answer(state, tenant, &params).await
+}
+
+/// The tenant of a `/{tenant}/usage` path.
+pub fn usage_path(path: &str) -> Option<&str> {
+    let tenant = path.strip_prefix('/')?.strip_suffix("/usage")?;
+    (!tenant.is_empty() && !tenant.contains('/')).then_some(tenant)
 }
 
 async fn answer(
