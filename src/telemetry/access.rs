@@ -51,14 +51,14 @@ fn with_record(req: &actix_web::HttpRequest, f: impl FnOnce(&mut RequestRecord))
 /// The request was authenticated for this tenant and proxy (both from configuration).
 pub fn note_proxy(req: &actix_web::HttpRequest, tenant: &str, proxy: &str) {
     with_record(req, |r| {
-        r.route.tenant = tenant.to_owned();
-        r.route.proxy = proxy.to_owned();
+        r.route.tenant = tenant.into();
+        r.route.proxy = proxy.into();
     });
 }
 
 /// The request was routed to this route (its configured name).
 pub fn note_route(req: &actix_web::HttpRequest, route: &str) {
-    with_record(req, |r| r.route.route = route.to_owned());
+    with_record(req, |r| r.route.route = route.into());
 }
 
 /// The provider answered (or failed) after `took`.

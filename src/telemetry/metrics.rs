@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::fmt::Write;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The Prometheus text format's content type.
@@ -117,20 +117,43 @@ impl EncodeLabelValue for ErrorLabel {
     }
 }
 
+/// A label value from configuration (a tenant, proxy, route, model or provider name), shared:
+/// each of a request's series takes a reference count, not a copy of the string.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Name(Arc<str>);
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Self(Arc::from(s))
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
 /// Where a request went: names from configuration, empty before they are known (a request
 /// refused before authentication has no tenant).
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub tenant: String,
-    pub proxy: String,
-    pub route: String,
+    pub tenant: Name,
+    pub proxy: Name,
+    pub route: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    tenant: String,
-    proxy: String,
-    route: String,
+    tenant: Name,
+    proxy: Name,
+    route: Name,
     endpoint: EndpointLabel,
     status: u16,
     error: ErrorLabel,
@@ -138,38 +161,38 @@ struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DurationLabels {
-    tenant: String,
-    proxy: String,
-    route: String,
+    tenant: Name,
+    proxy: Name,
+    route: Name,
     endpoint: EndpointLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
-    tenant: String,
-    proxy: String,
-    route: String,
+    tenant: Name,
+    proxy: Name,
+    route: Name,
     kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UsageLabels {
-    tenant: String,
+    tenant: Name,
     provider: &'static str,
-    model: String,
+    model: Name,
     kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CostLabels {
-    tenant: String,
+    tenant: Name,
     provider: &'static str,
-    model: String,
+    model: Name,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
-    provider: String,
+    provider: Name,
     /// The HTTP status, or 0 when no response arrived.
     status: u16,
     /// `ok`, `http_error`, `timeout`, `unreachable`, `incomplete` or `credentials`.
@@ -346,9 +369,9 @@ impl Metrics {
         priced: bool,
     ) {
         let labels = CostLabels {
-            tenant: tenant.to_owned(),
+            tenant: Name::from(tenant),
             provider,
-            model: model.to_owned(),
+            model: Name::from(model),
         };
         if !priced {
             self.unpriced.get_or_create(&labels).inc();
@@ -450,7 +473,7 @@ impl Metrics {
         took: Duration,
     ) {
         let labels = UpstreamLabels {
-            provider: provider.to_owned(),
+            provider: Name::from(provider),
             status,
             outcome,
         };
