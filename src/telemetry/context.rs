@@ -30,18 +30,26 @@ impl RequestContext {
             .filter(|v| is_sane_request_id(v.as_bytes()))
             .cloned()
             .unwrap_or_else(|| {
-                HeaderValue::from_str(&format!("req_{:032x}", fastrand::u128(..)))
+                let mut id = String::with_capacity(36);
+                id.push_str("req_");
+                push_hex(&mut id, fastrand::u128(..), 32);
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
                     .unwrap_or(HeaderValue::from_static("req_unknown"))
             });
         let parent = headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent);
-        let span_id = nonzero_hex64();
-        let traceparent = match parent {
-            Some((trace_id, _, flags)) => format!("00-{trace_id}-{span_id}-{flags}"),
-            None => format!("00-{}-{span_id}-01", nonzero_hex128()),
-        };
+        let mut traceparent = String::with_capacity(55);
+        traceparent.push_str("00-");
+        match parent {
+            Some((trace_id, _, _)) => traceparent.push_str(trace_id),
+            None => push_hex(&mut traceparent, fastrand::u128(1..), 32),
+        }
+        traceparent.push('-');
+        push_hex(&mut traceparent, u128::from(fastrand::u64(1..)), 16);
+        traceparent.push('-');
+        traceparent.push_str(parent.map_or("01", |(_, _, flags)| flags));
         Self {
             request_id,
             traceparent,
@@ -55,12 +63,13 @@ fn is_sane_request_id(v: &[u8]) -> bool {
     (1..=128).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic())
 }
 
-fn nonzero_hex64() -> String {
-    format!("{:016x}", fastrand::u64(1..))
-}
-
-fn nonzero_hex128() -> String {
-    format!("{:032x}", fastrand::u128(1..))
+/// Appends the low `digits` hex digits of `v`, lower case and zero-padded (what `{:032x}`
+/// writes, without the formatting machinery: this runs for every request).
+fn push_hex(out: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        out.push(char::from(HEX[((v >> (4 * i)) & 0xf) as usize]));
+    }
 }
 
 /// `(trace_id, parent_id, flags)` of a valid version-00 `traceparent`.
@@ -85,6 +94,24 @@ fn parse_traceparent(v: &str) -> Option<(&str, &str, &str)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn push_hex_writes_what_the_formatter_writes() {
+        for v in [
+            0u128,
+            1,
+            0xabc,
+            u128::from(u64::MAX),
+            u128::MAX,
+            0x0f00_0000_0000_0000_0000_0000_0000_00e1,
+        ] {
+            let (mut a, mut b) = (String::new(), String::new());
+            super::push_hex(&mut a, v, 32);
+            super::push_hex(&mut b, v & u128::from(u64::MAX), 16);
+            assert_eq!(a, format!("{v:032x}"));
+            assert_eq!(b, format!("{:016x}", v & u128::from(u64::MAX)));
+        }
+    }
+
     use super::*;
 
     fn ctx(pairs: &[(&'static str, &'static str)]) -> RequestContext {
