@@ -26,19 +26,29 @@ pub fn init_logging(
     otel: Option<&otel::OtelConfig>,
 ) -> Result<Option<otel::Otel>, String> {
     use std::io::IsTerminal;
+    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| "info".to_owned());
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    // The log's filter is the log's own: trace export sees spans the log level hides.
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
-    }
-    .with_filter(filter);
+    };
+    // The log's filter is the log's own: trace export sees spans the log level hides. Levels
+    // per target (all `RUST_LOG` usually says) are a `Targets` filter, which does nothing when
+    // a span is entered or left; `EnvFilter`, needed only for span and field directives, looks
+    // each entered span up under a lock, and a request's spans are entered on every poll.
+    let fmt = match spec.parse::<Targets>() {
+        Ok(targets) => fmt.with_filter(targets).boxed(),
+        Err(_) => fmt.with_filter(EnvFilter::new(&spec)).boxed(),
+    };
     let registry = tracing_subscriber::registry().with(fmt);
     let exporter = match otel {
         Some(config) => otel::init(config)?,
