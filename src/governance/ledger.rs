@@ -3,8 +3,9 @@
 //! Owns the store and the [`Ledger`] actor that holds it on an arbiter of its own (a sqlx pool
 //! is tied to the runtime that created it, and the workers' runtimes must never wait on a
 //! database). A SQLite file (the embedded default, WAL mode with `synchronous=NORMAL`) gets
-//! its rows from its spool (`governance::spool`: the workers append there, this module loads
-//! the closed segments, one transaction each round, exactly once); PostgreSQL, the store
+//! its rows from its spool (`governance::spool`: the workers copy them there, this module
+//! loads what was written since its last round, one transaction each round, exactly once: the
+//! database keeps each segment's loaded length in the same transaction); PostgreSQL, the store
 //! replicas share, gets them in messages, committed in batches (what arrives during a commit
 //! goes in the next), each acknowledged. Both go through the same SQL text (`$n`
 //! placeholders, portable types), so there is one code path. Queries for the usage API are
@@ -565,11 +566,27 @@ fn load_segments(
                 };
                 let mut torn = usize::from(tail.iter().any(|b| *b != 0));
                 let mut insert = sqlite_insert(db)?;
-                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                // UTF-8 checked once for all the lines (per string, the parser's check cost
+                // more than the rest of its work); line by line only when some are not.
+                let texts: Vec<Option<&str>> = match std::str::from_utf8(lines) {
+                    Ok(text) => text.split('\n').map(Some).collect(),
+                    Err(_) => lines
+                        .split(|b| *b == b'\n')
+                        .map(|l| std::str::from_utf8(l).ok())
+                        .collect(),
+                };
+                for line in texts {
+                    let Some(line) = line else {
+                        torn += 1;
+                        continue;
+                    };
+                    if line.is_empty() {
+                        continue;
+                    }
                     // Strings borrowed from the segment; owned only where JSON escaped something.
-                    let inserted = match serde_json::from_slice::<RowValues<&str>>(line) {
+                    let inserted = match serde_json::from_str::<RowValues<&str>>(line) {
                         Ok(row) => insert_sqlite(&mut insert, &row),
-                        Err(_) => match serde_json::from_slice::<RowValues<String>>(line) {
+                        Err(_) => match serde_json::from_str::<RowValues<String>>(line) {
                             Ok(row) => insert_sqlite(&mut insert, &row),
                             Err(_) => {
                                 torn += 1;
@@ -1047,6 +1064,10 @@ mod tests {
                 r.record.api_key = escaped.into();
             }
             spool.append(&spool_line(&r)).expect("append");
+            if i == 0 {
+                // A line that is not even UTF-8: skipped, and the others still load.
+                spool.append(b"\xff\xfe{\n").expect("append");
+            }
         }
         // A crash in the middle of a copy leaves half a line, then the segment's zeros.
         spool.append(b"{\"ints\":[1,0").expect("append");
@@ -1057,7 +1078,7 @@ mod tests {
         let copy = dir.path().join("copy");
         std::fs::copy(&segment, &copy).expect("copy");
         let loaded = load_segments(&db, &left, &[]).expect("load");
-        assert_eq!((loaded.rows, loaded.torn), (3, 1));
+        assert_eq!((loaded.rows, loaded.torn), (3, 2));
         assert_eq!(counts(&db), ((3, Some(3 * 1_425_000)), 1));
         let key: String = db
             .query_row(
