@@ -5,7 +5,7 @@
 //! proxies and the upstream connection pools, `routing` decides where a request goes,
 //! `providers` speak each upstream's wire format, and `emulator` is the strict stand-in for the
 //! paid providers that the tests, the README and the load tests run against.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod actors;
 pub mod api;

@@ -3,17 +3,19 @@
 //! Owns the store and the [`Ledger`] actor that holds it on an arbiter of its own (a sqlx pool
 //! is tied to the runtime that created it, and the workers' runtimes must never wait on a
 //! database). A SQLite file (the embedded default, WAL mode with `synchronous=NORMAL`) gets
-//! its rows from its spool (`governance::spool`: the workers append there, this module loads
-//! the closed segments, one transaction each round, exactly once); PostgreSQL, the store
+//! its rows from its spool (`governance::spool`: the workers copy them there, this module
+//! loads what was written since its last round, one transaction each round, exactly once: the
+//! database keeps each segment's loaded length in the same transaction); PostgreSQL, the store
 //! replicas share, gets them in messages, committed in batches (what arrives during a commit
 //! goes in the next), each acknowledged. Both go through the same SQL text (`$n`
 //! placeholders, portable types), so there is one code path. Queries for the usage API are
 //! answered here too. It does not price records (`governance::record` does, before they are
 //! sent).
 
-use super::spool::Spool;
+use super::spool::{Spool, Written};
 use super::{PricedRecord, now_ms};
 use actix::prelude::*;
+use rusqlite::OptionalExtension;
 use rust_decimal::Decimal;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -57,9 +59,10 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS usage_ledger_tenant_at ON usage_ledger (tenant, at_ms)",
 ];
 
-/// The spool segments already in the database (SQLite only; see [`load_segments`]).
+/// How far each spool segment is in the database (SQLite only; see [`load_segments`]): its
+/// first `loaded` bytes; NULL for all of it (a mark from before segments were loaded in parts).
 const SQLITE_SPOOL_SCHEMA: &str =
-    "CREATE TABLE IF NOT EXISTS ledger_spool (segment TEXT PRIMARY KEY NOT NULL)";
+    "CREATE TABLE IF NOT EXISTS ledger_spool (segment TEXT PRIMARY KEY NOT NULL, loaded BIGINT)";
 
 /// Where the ledger lives, from `--ledger`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,17 +279,30 @@ impl Store {
                     db.execute_batch(sql)
                         .map_err(|e| format!("ledger schema: {e}"))?;
                 }
+                // A file from before marks had `loaded` (its marks are whole segments).
+                let has_loaded: bool = db
+                    .query_row(
+                        "SELECT COUNT(*) > 0 FROM pragma_table_info('ledger_spool') \
+                         WHERE name = 'loaded'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| format!("ledger schema: {e}"))?;
+                if !has_loaded {
+                    db.execute_batch("ALTER TABLE ledger_spool ADD COLUMN loaded BIGINT")
+                        .map_err(|e| format!("ledger schema: {e}"))?;
+                }
                 let on_disk = match path {
                     Some(path) => {
                         let (spool, left) = Spool::open(std::path::Path::new(&path))?;
                         if !left.is_empty() {
                             // What a stopped gateway spooled, before anything reads the file.
-                            let (gone, rows) = load_segments(&db, &left, &[])
+                            let loaded = load_segments(&db, &left, &[])
                                 .map_err(|e| format!("ledger {url}: loading its spool: {e}"))?;
-                            load_segments(&db, &[], &gone)
+                            load_segments(&db, &[], &loaded.gone)
                                 .map_err(|e| format!("ledger {url}: loading its spool: {e}"))?;
                             tracing::info!(
-                                rows,
+                                rows = loaded.rows,
                                 segments = left.len(),
                                 "ledger rows left in the spool are now in the database"
                             );
@@ -503,54 +519,98 @@ fn sqlite_insert(db: &rusqlite::Connection) -> Result<rusqlite::CachedStatement<
     db.prepare_cached(&SQLITE_INSERT).map_err(|e| e.to_string())
 }
 
-/// Moves closed spool segments into SQLite in one transaction, each marked as loaded in
-/// `ledger_spool` in the same transaction (so a crash before its file is deleted cannot load
-/// it twice), then deletes their files. `forget` are segments loaded and deleted earlier,
-/// whose marks can go. Returns the names to forget next time, and the rows loaded; on error
-/// nothing is deleted (the next round tries again). A line that does not parse (a write torn
-/// by a crash) is skipped and logged.
+/// What [`load_segments`] did.
+#[derive(Debug, Default)]
+struct Loaded {
+    /// Closed segments loaded and deleted: their marks can go next time.
+    gone: Vec<String>,
+    rows: usize,
+    /// Lines that did not parse (a row torn by a crash), skipped.
+    torn: usize,
+}
+
+/// Moves what the spool's segments hold past their marks into SQLite in one transaction,
+/// moving each segment's mark in `ledger_spool` to its written end in the same transaction
+/// (so no row is loaded twice, whether the process crashes before or after), then deletes the
+/// closed segments' files. `forget` are segments loaded and deleted earlier, whose marks can
+/// go. On error nothing is deleted (the next round tries again). Past a segment's last newline
+/// there is its zero tail (a segment is created full of zeros) and maybe a line torn by a
+/// crash: skipped, as is a line that does not parse, and logged.
 fn load_segments(
     db: &rusqlite::Connection,
-    segments: &[std::path::PathBuf],
+    segments: &[Written],
     forget: &[String],
-) -> Result<(Vec<String>, usize), String> {
+) -> Result<Loaded, String> {
     let mut names = Vec::with_capacity(segments.len());
-    let mut rows = 0;
+    let mut loaded = Loaded::default();
     sqlite_transaction(db, || {
-        let mut loaded = db
-            .prepare_cached("SELECT 1 FROM ledger_spool WHERE segment = ?1")
+        let mut mark = db
+            .prepare_cached("SELECT loaded FROM ledger_spool WHERE segment = ?1")
             .map_err(|e| e.to_string())?;
-        for path in segments {
-            let name = super::spool::segment_name(path);
-            if loaded.exists([&name]).map_err(|e| e.to_string())? {
-                names.push(name);
-                continue;
-            }
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut torn = 0;
-            let mut insert = sqlite_insert(db)?;
-            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                // Strings borrowed from the segment; owned only where JSON escaped something.
-                let inserted = match serde_json::from_slice::<RowValues<&str>>(line) {
-                    Ok(row) => insert_sqlite(&mut insert, &row),
-                    Err(_) => match serde_json::from_slice::<RowValues<String>>(line) {
-                        Ok(row) => insert_sqlite(&mut insert, &row),
-                        Err(_) => {
-                            torn += 1;
-                            continue;
-                        }
-                    },
+        for segment in segments {
+            let name = segment.name();
+            let from = match mark
+                .query_row([&name], |r| r.get::<_, Option<i64>>(0))
+                .optional()
+                .map_err(|e| e.to_string())?
+            {
+                None => 0,
+                Some(Some(n)) => usize::try_from(n).unwrap_or(usize::MAX),
+                Some(None) => usize::MAX,
+            };
+            if from < segment.end() {
+                let bytes = segment.bytes(from);
+                let (lines, tail) = match bytes.iter().rposition(|b| *b == b'\n') {
+                    Some(last) => bytes.split_at(last + 1),
+                    None => (&[][..], bytes),
                 };
-                inserted?;
-                rows += 1;
-            }
-            if torn > 0 {
-                tracing::error!(segment = %path.display(), lines = torn, "ledger spool lines that do not parse are skipped");
-            }
-            db.prepare_cached("INSERT INTO ledger_spool (segment) VALUES (?1)")
-                .and_then(|mut s| s.execute([&name]))
+                let mut torn = usize::from(tail.iter().any(|b| *b != 0));
+                let mut insert = sqlite_insert(db)?;
+                // UTF-8 checked once for all the lines (per string, the parser's check cost
+                // more than the rest of its work); line by line only when some are not.
+                let texts: Vec<Option<&str>> = match std::str::from_utf8(lines) {
+                    Ok(text) => text.split('\n').map(Some).collect(),
+                    Err(_) => lines
+                        .split(|b| *b == b'\n')
+                        .map(|l| std::str::from_utf8(l).ok())
+                        .collect(),
+                };
+                for line in texts {
+                    let Some(line) = line else {
+                        torn += 1;
+                        continue;
+                    };
+                    if line.is_empty() {
+                        continue;
+                    }
+                    // Strings borrowed from the segment; owned only where JSON escaped something.
+                    let inserted = match serde_json::from_str::<RowValues<&str>>(line) {
+                        Ok(row) => insert_sqlite(&mut insert, &row),
+                        Err(_) => match serde_json::from_str::<RowValues<String>>(line) {
+                            Ok(row) => insert_sqlite(&mut insert, &row),
+                            Err(_) => {
+                                torn += 1;
+                                continue;
+                            }
+                        },
+                    };
+                    inserted?;
+                    loaded.rows += 1;
+                }
+                if torn > 0 {
+                    tracing::error!(segment = %segment.path().display(), lines = torn, "ledger spool lines that do not parse are skipped");
+                    loaded.torn += torn;
+                }
+                db.prepare_cached(
+                    "INSERT INTO ledger_spool (segment, loaded) VALUES (?1, ?2)
+                     ON CONFLICT (segment) DO UPDATE SET loaded = excluded.loaded",
+                )
+                .and_then(|mut s| s.execute(rusqlite::params![name, segment.end() as i64]))
                 .map_err(|e| e.to_string())?;
-            names.push(name);
+            }
+            if segment.closed {
+                names.push((segment.path(), name));
+            }
         }
         for name in forget {
             db.prepare_cached("DELETE FROM ledger_spool WHERE segment = ?1")
@@ -560,17 +620,16 @@ fn load_segments(
         Ok(())
     })?;
     // A mark goes only once its file has: else a restart would load the file again.
-    let mut gone = Vec::with_capacity(names.len());
-    for (path, name) in segments.iter().zip(names) {
+    for (path, name) in names {
         match std::fs::remove_file(path) {
-            Ok(()) => gone.push(name),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => gone.push(name),
+            Ok(()) => loaded.gone.push(name),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => loaded.gone.push(name),
             Err(err) => {
                 tracing::warn!(%err, segment = %path.display(), "a loaded ledger spool segment was not deleted")
             }
         }
     }
-    Ok((gone, rows))
+    Ok(loaded)
 }
 
 /// Copies the SQLite ledger's WAL into the database file every [`CHECKPOINT_EVERY`], on a
@@ -641,10 +700,13 @@ pub struct Ledger {
     pending: Vec<PricedRecord>,
     acks: Vec<oneshot::Sender<bool>>,
     flushing: bool,
-    /// Closed spool segments not yet in the database.
-    closed: Vec<std::path::PathBuf>,
+    /// Closed spool segments not yet in the database (a failed round's, retried).
+    closed: Vec<Written>,
     /// Loaded and deleted segments whose marks in `ledger_spool` can go.
     forget: Vec<String>,
+    /// The segment being written and how far the last round loaded it: when nothing was
+    /// written since, a round does nothing.
+    live: Option<(std::path::PathBuf, usize)>,
 }
 
 impl Actor for Ledger {
@@ -723,6 +785,7 @@ impl Ledger {
                         flushing: false,
                         closed: Vec::new(),
                         forget: Vec::new(),
+                        live: None,
                     };
                     let spool = ledger.spool().cloned();
                     Ok(Started {
@@ -752,29 +815,43 @@ impl Ledger {
         }
     }
 
-    /// Moves the spool's rows into SQLite: closes the segment being written and loads every
-    /// closed one in one transaction. On failure the segments stay for the next round.
+    /// Moves the spool's rows into SQLite: what was written since the last round, closed
+    /// segments and the one being written alike, in one transaction. On failure the closed
+    /// segments stay for the next round (the one being written is read again anyway).
     fn load_spool(&mut self) {
         let Some(Store::Sqlite(db, Some(disk))) = &self.store else {
             return;
         };
-        match disk.spool.rotate() {
-            Ok(Some(segment)) => self.closed.push(segment),
-            Ok(None) => {}
-            Err(err) => tracing::error!(%err, "the ledger spool's next segment was not created"),
+        if let Err(err) = disk.spool.prepare() {
+            tracing::warn!(%err, "the ledger spool's next segment was not created ahead");
         }
-        if self.closed.is_empty() && self.forget.is_empty() {
+        let mut segments = std::mem::take(&mut self.closed);
+        segments.extend(disk.spool.written());
+        let live = &self.live;
+        let idle = self.forget.is_empty()
+            && segments.iter().all(|w| {
+                !w.closed
+                    && (w.end() == 0
+                        || live
+                            .as_ref()
+                            .is_some_and(|(path, end)| *end == w.end() && path == w.path()))
+            });
+        if idle {
             return;
         }
         if !self.commit_delay.is_zero() {
             std::thread::sleep(self.commit_delay);
         }
-        match load_segments(db, &self.closed, &self.forget) {
-            Ok((gone, _)) => {
-                self.closed.clear();
-                self.forget = gone;
+        match load_segments(db, &segments, &self.forget) {
+            Ok(loaded) => {
+                self.forget = loaded.gone;
+                self.live = segments
+                    .iter()
+                    .find(|w| !w.closed)
+                    .map(|w| (w.path().to_owned(), w.end()));
             }
             Err(err) => {
+                self.closed = segments.into_iter().filter(|w| w.closed).collect();
                 tracing::error!(%err, "spooled ledger rows are not in the database yet; the next round retries")
             }
         }
@@ -918,39 +995,91 @@ mod tests {
         assert_eq!(q.on_sqlite(&db).expect("query")[0].requests, 2000);
     }
 
+    /// The rows and their summed picodollars in the ledger's table, and its spool marks.
+    fn counts(db: &rusqlite::Connection) -> ((i64, Option<i64>), i64) {
+        let rows = db
+            .query_row(
+                "SELECT COUNT(*), SUM(cost_pusd) FROM usage_ledger",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("count");
+        let marks = db
+            .query_row("SELECT COUNT(*) FROM ledger_spool", [], |r| r.get(0))
+            .expect("marks");
+        (rows, marks)
+    }
+
+    fn priced(i: usize) -> PricedRecord {
+        let mut r = record(i);
+        r.cost = Some(Decimal::from_str("0.000001425").expect("d"));
+        r
+    }
+
     #[actix_web::test]
-    async fn a_spooled_segment_is_loaded_once_and_a_torn_line_is_skipped() {
+    async fn the_segment_being_written_is_loaded_in_parts_each_row_once() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("ledger.db");
         let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
         let Some(Store::Sqlite(db, Some(disk))) = Store::open(&url).await.expect("open") else {
             panic!("a SQLite file ledger with its spool");
         };
-        let count = || {
-            db.query_row(
-                "SELECT COUNT(*), SUM(cost_pusd) FROM usage_ledger",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?)),
-            )
-            .expect("count")
+        let load = || load_segments(&db, &disk.spool.written(), &[]).expect("load");
+        for i in 0..2 {
+            disk.spool.append(&spool_line(&priced(i))).expect("append");
+        }
+        assert_eq!(load().rows, 2);
+        // Loaded again with one more row: only the new one goes in.
+        disk.spool.append(&spool_line(&priced(2))).expect("append");
+        let loaded = load();
+        assert_eq!((loaded.rows, loaded.torn), (1, 0));
+        assert_eq!(load().rows, 0);
+        assert_eq!(counts(&db), ((3, Some(3 * 1_425_000)), 1));
+        // The segment's file as a crash would leave it (the mapping is its page cache): its
+        // mark says all three rows are in, and its zero tail is not a torn line.
+        let written = disk.spool.written();
+        let file = Written::from_file(written[0].path().to_owned()).expect("read");
+        assert_eq!(file.end(), super::super::spool::SEGMENT_BYTES);
+        let loaded = load_segments(&db, &[file], &[]).expect("load the file");
+        assert_eq!((loaded.rows, loaded.torn, loaded.gone.len()), (0, 0, 1));
+        assert_eq!(counts(&db).0.0, 3);
+    }
+
+    #[actix_web::test]
+    async fn a_crashed_segment_is_loaded_once_its_torn_line_skipped_and_its_zero_tail_ignored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ledger.db");
+        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
+        let Some(Store::Sqlite(db, Some(_disk))) = Store::open(&url).await.expect("open") else {
+            panic!("a SQLite file ledger with its spool");
         };
+        // Another gateway's spool (another file beside it), killed mid-row.
+        let crashed = dir.path().join("crashed.db");
+        let (spool, _) = Spool::open(&crashed).expect("spool");
         // One key JSON must escape (its row cannot borrow its strings from the segment).
         let escaped = "k \"quoted\" \\ \u{1}";
         for i in 0..3 {
-            let mut r = record(i);
-            r.cost = Some(Decimal::from_str("0.000001425").expect("d"));
+            let mut r = priced(i);
             if i == 2 {
                 r.record.api_key = escaped.into();
             }
-            disk.spool.append(&spool_line(&r)).expect("append");
+            spool.append(&spool_line(&r)).expect("append");
+            if i == 0 {
+                // A line that is not even UTF-8: skipped, and the others still load.
+                spool.append(b"\xff\xfe{\n").expect("append");
+            }
         }
-        // A crash in the middle of a write leaves half a line.
-        disk.spool.append(b"{\"ints\":[1,0").expect("append");
-        let segment = disk.spool.rotate().expect("rotate").expect("closed");
+        // A crash in the middle of a copy leaves half a line, then the segment's zeros.
+        spool.append(b"{\"ints\":[1,0").expect("append");
+        drop(spool);
+        let (_spool, left) = Spool::open(&crashed).expect("reopen");
+        assert_eq!(left.len(), 1);
+        let segment = left[0].path().to_owned();
         let copy = dir.path().join("copy");
         std::fs::copy(&segment, &copy).expect("copy");
-        let (gone, rows) = load_segments(&db, std::slice::from_ref(&segment), &[]).expect("load");
-        assert_eq!((rows, count()), (3, (3, Some(3 * 1_425_000))));
+        let loaded = load_segments(&db, &left, &[]).expect("load");
+        assert_eq!((loaded.rows, loaded.torn), (3, 2));
+        assert_eq!(counts(&db), ((3, Some(3 * 1_425_000)), 1));
         let key: String = db
             .query_row(
                 "SELECT api_key FROM usage_ledger WHERE request_id = 'req_2'",
@@ -959,20 +1088,55 @@ mod tests {
             )
             .expect("key");
         assert_eq!(key, escaped);
-        assert!(!segment.exists(), "a loaded segment is deleted");
+        assert!(!segment.exists(), "a loaded closed segment is deleted");
         // A crash after the commit but before the delete: the file is back, and not loaded twice.
         std::fs::rename(&copy, &segment).expect("restore");
-        let (_, rows) = load_segments(&db, std::slice::from_ref(&segment), &[]).expect("again");
-        assert_eq!((rows, count().0), (0, 3));
-        let marks = || {
-            db.query_row("SELECT COUNT(*) FROM ledger_spool", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .expect("marks")
+        let again = Written::from_file(segment.clone()).expect("read");
+        let reloaded = load_segments(&db, &[again], &[]).expect("again");
+        assert_eq!((reloaded.rows, counts(&db).0.0), (0, 3));
+        assert_eq!(counts(&db).1, 1);
+        load_segments(&db, &[], &reloaded.gone).expect("forget");
+        assert_eq!(counts(&db).1, 0);
+    }
+
+    #[actix_web::test]
+    async fn a_ledger_file_with_whole_segment_marks_keeps_them_whole() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ledger.db");
+        // A file and spool as the gateway left them before marks had `loaded`: one segment
+        // loaded (marked), one not.
+        {
+            let db = rusqlite::Connection::open(&path).expect("db");
+            for sql in SCHEMA {
+                db.execute_batch(sql).expect("schema");
+            }
+            db.execute_batch(
+                "CREATE TABLE ledger_spool (segment TEXT PRIMARY KEY NOT NULL);
+                 INSERT INTO ledger_spool (segment) VALUES ('0-000000000.rows')",
+            )
+            .expect("old marks");
+        }
+        let spool = dir.path().join("ledger.db-spool");
+        std::fs::create_dir_all(&spool).expect("spool dir");
+        std::fs::write(spool.join("0-000000000.rows"), spool_line(&priced(0))).expect("seg");
+        std::fs::write(spool.join("0-000000001.rows"), spool_line(&priced(1))).expect("seg");
+        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
+        let Some(Store::Sqlite(db, Some(_disk))) = Store::open(&url).await.expect("open") else {
+            panic!("a SQLite file ledger with its spool");
         };
-        assert_eq!(marks(), 1);
-        load_segments(&db, &[], &gone).expect("forget");
-        assert_eq!(marks(), 0);
+        let ids: Vec<String> = db
+            .prepare("SELECT request_id FROM usage_ledger")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("ids");
+        assert_eq!(ids, ["req_1"]);
+        assert_eq!(
+            counts(&db).1,
+            0,
+            "both marks forgotten once their files went"
+        );
     }
 
     #[test]
