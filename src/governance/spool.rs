@@ -29,9 +29,10 @@ use std::sync::{Arc, Mutex};
 /// Segment files end so; anything else in the directory is left alone.
 const SEGMENT: &str = ".rows";
 
-/// A segment's size: at ~200 bytes a row, some 40,000 rows (seconds of a busy gateway). A row
-/// longer than this gets a segment of its own size.
-pub const SEGMENT_BYTES: usize = 8 << 20;
+/// A segment's size: at ~200 bytes a row, some 10,000 rows (about half a second of a busy
+/// one-core gateway). Small enough that the two mapped segments (the current one and the
+/// spare) add 4 MiB to the resident set; a row longer than this gets a segment of its own.
+pub const SEGMENT_BYTES: usize = 2 << 20;
 
 /// An open spool: the segment being written, the closed ones not yet handed to the ledger, and
 /// the directory's lock.
