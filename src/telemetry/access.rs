@@ -223,36 +223,38 @@ impl Finish {
         let finish_reason = FINISH_REASON
             .rfind(tail)
             .and_then(|at| string_value(&tail[at + FINISH_REASON.needle().len()..]));
-        otel::set(&self.span, || {
-            let mut kv = vec![KeyValue::new(
-                names::HTTP_RESPONSE_STATUS_CODE,
-                i64::from(self.status),
-            )];
-            if let Some((input, output)) = tokens {
-                kv.push(KeyValue::new(
-                    names::GEN_AI_USAGE_INPUT_TOKENS,
-                    input as i64,
-                ));
-                kv.push(KeyValue::new(
-                    names::GEN_AI_USAGE_OUTPUT_TOKENS,
-                    output as i64,
-                ));
-            }
-            if let Some(m) = model {
-                kv.push(KeyValue::new(names::GEN_AI_RESPONSE_MODEL, m.to_owned()));
-            }
-            if let Some(r) = finish_reason {
-                let reasons = opentelemetry::Array::String(vec![r.to_owned().into()]);
-                kv.push(KeyValue::new(
-                    names::GEN_AI_RESPONSE_FINISH_REASONS,
-                    opentelemetry::Value::Array(reasons),
-                ));
-            }
-            kv
-        });
-        if self.status >= 500 {
-            otel::error(&self.span, "server error");
-        }
+        let failed = (self.status >= 500).then_some("server error");
+        otel::set_and_fail(
+            &self.span,
+            || {
+                let mut kv = vec![KeyValue::new(
+                    names::HTTP_RESPONSE_STATUS_CODE,
+                    i64::from(self.status),
+                )];
+                if let Some((input, output)) = tokens {
+                    kv.push(KeyValue::new(
+                        names::GEN_AI_USAGE_INPUT_TOKENS,
+                        input as i64,
+                    ));
+                    kv.push(KeyValue::new(
+                        names::GEN_AI_USAGE_OUTPUT_TOKENS,
+                        output as i64,
+                    ));
+                }
+                if let Some(m) = model {
+                    kv.push(KeyValue::new(names::GEN_AI_RESPONSE_MODEL, m.to_owned()));
+                }
+                if let Some(r) = finish_reason {
+                    let reasons = opentelemetry::Array::String(vec![r.to_owned().into()]);
+                    kv.push(KeyValue::new(
+                        names::GEN_AI_RESPONSE_FINISH_REASONS,
+                        opentelemetry::Value::Array(reasons),
+                    ));
+                }
+                kv
+            },
+            failed,
+        );
     }
 
     fn emit(self, complete: bool) {
@@ -321,13 +323,11 @@ impl<B> Drop for AccessBody<B> {
         if let Some(finish) = self.finish.take() {
             finish.emit(self.empty);
         }
-        // The body goes first (with a stream's span, which ends then); an OTel span ends at its
-        // last exit, so entering the server span now makes it end after its children, with the
-        // last byte, not when the handler returned.
+        // The body goes first (with a stream's span, which ends then), then the server span:
+        // an OTel span ends when its span closes, so the server span ends after its children,
+        // with the last byte, not when the handler returned.
         drop(self.inner.take());
-        if !self.span.is_none() {
-            drop(self.span.enter());
-        }
+        drop(std::mem::replace(&mut self.span, tracing::Span::none()));
     }
 }
 

@@ -6,7 +6,9 @@
 //! context goes upstream as `traceparent`) and a stream's tail until its last byte. GenAI
 //! attributes are set directly on the OTel spans through the helpers here, so they never show
 //! in log lines, and the export layer takes spans only: log events, which may quote an
-//! upstream's error body, are never exported. Nothing here reads a key or a prompt.
+//! upstream's error body, are never exported. Nothing here reads a key or a prompt. The export
+//! layer ignores span enters and exits (every poll of an instrumented future), so an OTel span
+//! ends when its `tracing` span closes: its last handle and its last child gone.
 //!
 //! Sampling is decided once per request, when its server span starts ([`start_request`]): the
 //! configured sampler (`OTEL_TRACES_SAMPLER`/`_ARG`, as the SDK reads them) sees the caller's
@@ -264,18 +266,128 @@ where
     // Each option off saves work per span: no code location, thread, target or busy/idle
     // attributes, and no OTel context attached on every enter of a span (every poll of an
     // instrumented future); nothing here reads `Context::current()`.
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_target(false)
-        .with_level(false)
-        .with_context_activation(false)
-        .with_filter(filter);
+    let layer = NoEnterExit(
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_target(false)
+            .with_level(false)
+            .with_context_activation(false)
+            .with_filter(filter),
+    );
     let _ = SAMPLER.set(sampler);
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Some((Otel { provider }, layer)))
+}
+
+/// The export layer without its enter and exit hooks: every poll of an instrumented future
+/// enters and exits its spans, and for each the filtered `tracing-opentelemetry` layer looked
+/// the span up twice (the filter's map, then the OTel data under a lock) and read the clock,
+/// only to note the exit as the span's end time. Without them an OTel span ends when its
+/// `tracing` span closes (its last handle and its last child gone): the request span with the
+/// response's last byte (the body holds it), an attempt span with the upstream's last byte
+/// (the pump holds it). Everything else is passed through, downcasts included (the span
+/// extension methods and the per-layer filter find the layers inside through them).
+struct NoEnterExit<L>(L);
+
+impl<S: tracing::Subscriber, L: tracing_subscriber::Layer<S>> tracing_subscriber::Layer<S>
+    for NoEnterExit<L>
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber);
+    }
+
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.0.register_callsite(metadata)
+    }
+
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.0.enabled(metadata, ctx)
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_new_span(attrs, id, ctx);
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_record(
+        &self,
+        span: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_record(span, values, ctx);
+    }
+
+    fn on_follows_from(
+        &self,
+        span: &tracing::span::Id,
+        follows: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_follows_from(span, follows, ctx);
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.0.event_enabled(event, ctx)
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_event(event, ctx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.on_close(id, ctx);
+    }
+
+    fn on_id_change(
+        &self,
+        old: &tracing::span::Id,
+        new: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.0.on_id_change(old, new, ctx);
+    }
+
+    // A measured need for `unsafe` (see above): `Layer::downcast_raw` is an unsafe trait
+    // method, and a wrapper must forward it for the layers inside to be found.
+    #[expect(
+        unsafe_code,
+        reason = "forwarding Layer::downcast_raw, an unsafe trait method"
+    )]
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<Self>() {
+            return Some(std::ptr::from_ref(self).cast());
+        }
+        // SAFETY: the inner layer answers for its own types and lives as long as `self`; the
+        // caller's contract is passed on unchanged.
+        unsafe { self.0.downcast_raw(id) }
+    }
 }
 
 /// The OTLP exporter, counting failures, with the gRPC one run on its own runtime.
@@ -446,15 +558,34 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     })
 }
 
-/// Sets attributes on `span`'s OTel span (nothing when export is off or the span is not
-/// exported).
-pub fn set(span: &tracing::Span, attributes: impl FnOnce() -> Vec<KeyValue>) {
+/// Runs `f` on `span`'s OTel span, found once (nothing when export is off or the span is not
+/// exported: an unexported span's context has no span, and `f` then sees a no-op one).
+fn with_otel_span(span: &tracing::Span, f: impl FnOnce(&opentelemetry::trace::SpanRef<'_>)) {
     if !enabled() || span.is_disabled() {
         return;
     }
-    for kv in attributes() {
-        span.set_attribute(kv.key, kv.value);
-    }
+    let cx = span.context();
+    f(&cx.span());
+}
+
+/// Sets attributes on `span`'s OTel span (nothing when export is off or the span is not
+/// exported), all in one look-up of the span.
+pub fn set(span: &tracing::Span, attributes: impl FnOnce() -> Vec<KeyValue>) {
+    with_otel_span(span, |s| s.set_attributes(attributes()));
+}
+
+/// [`set`], and marks the span as failed (a 5xx answer) when `error` is given.
+pub fn set_and_fail(
+    span: &tracing::Span,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
+    error: Option<&'static str>,
+) {
+    with_otel_span(span, |s| {
+        s.set_attributes(attributes());
+        if let Some(description) = error {
+            s.set_status(opentelemetry::trace::Status::error(description));
+        }
+    });
 }
 
 /// The GenAI attributes known once a request is routed.
@@ -475,13 +606,6 @@ pub fn routed(
     });
 }
 
-/// Marks `span` as failed (a 5xx answer).
-pub fn error(span: &tracing::Span, description: &'static str) {
-    if enabled() && !span.is_disabled() {
-        span.set_status(opentelemetry::trace::Status::error(description));
-    }
-}
-
 /// One upstream attempt's outcome on its span, and the retry count on the request's span
 /// (the current one: the provider actor's future runs in it).
 pub fn attempt(
@@ -498,12 +622,17 @@ pub fn attempt(
         Ok(r) => r.status.as_u16(),
         Err(err) => err.status_code().as_u16(),
     };
-    span.set_attribute(names::HTTP_RESPONSE_STATUS_CODE, i64::from(status));
-    if result.is_err() {
-        span.set_status(opentelemetry::trace::Status::error(
-            "upstream attempt failed",
-        ));
-    }
+    let failed = result.is_err().then_some("upstream attempt failed");
+    set_and_fail(
+        span,
+        || {
+            vec![KeyValue::new(
+                names::HTTP_RESPONSE_STATUS_CODE,
+                i64::from(status),
+            )]
+        },
+        failed,
+    );
     tracing::Span::current().set_attribute(names::SWITCHYARD_RETRIES, i64::from(retries));
 }
 
