@@ -971,15 +971,20 @@ mod tests {
         }
     }
 
+    /// The SQLite ledger in the file at `path`, with what it has on disk (spool, checkpointer).
+    async fn open_file(path: &std::path::Path) -> (rusqlite::Connection, OnDisk) {
+        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
+        let Some(Store::Sqlite(db, Some(disk))) = Store::open(&url).await.expect("open") else {
+            panic!("a SQLite file ledger with its spool");
+        };
+        (db, disk)
+    }
+
     #[actix_web::test]
     async fn the_writer_never_checkpoints_and_the_checkpointer_does() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("ledger.db");
-        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
-        let Some(Store::Sqlite(db, Some(_checkpointer))) = Store::open(&url).await.expect("open")
-        else {
-            panic!("a SQLite file ledger with its checkpointer");
-        };
+        let (db, _checkpointer) = open_file(&path).await;
         let batch: Vec<_> = (0..2000).map(record).collect();
         // The database file's size right after the writes, and once a checkpoint had time.
         let file = || std::fs::metadata(&path).map(|m| m.len()).expect("db file");
@@ -1020,10 +1025,7 @@ mod tests {
     async fn the_segment_being_written_is_loaded_in_parts_each_row_once() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("ledger.db");
-        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
-        let Some(Store::Sqlite(db, Some(disk))) = Store::open(&url).await.expect("open") else {
-            panic!("a SQLite file ledger with its spool");
-        };
+        let (db, disk) = open_file(&path).await;
         let load = || load_segments(&db, &disk.spool.written(), &[]).expect("load");
         for i in 0..2 {
             disk.spool.append(&spool_line(&priced(i))).expect("append");
@@ -1049,10 +1051,7 @@ mod tests {
     async fn a_crashed_segment_is_loaded_once_its_torn_line_skipped_and_its_zero_tail_ignored() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("ledger.db");
-        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
-        let Some(Store::Sqlite(db, Some(_disk))) = Store::open(&url).await.expect("open") else {
-            panic!("a SQLite file ledger with its spool");
-        };
+        let (db, _disk) = open_file(&path).await;
         // Another gateway's spool (another file beside it), killed mid-row.
         let crashed = dir.path().join("crashed.db");
         let (spool, _) = Spool::open(&crashed).expect("spool");
@@ -1120,10 +1119,7 @@ mod tests {
         std::fs::create_dir_all(&spool).expect("spool dir");
         std::fs::write(spool.join("0-000000000.rows"), spool_line(&priced(0))).expect("seg");
         std::fs::write(spool.join("0-000000001.rows"), spool_line(&priced(1))).expect("seg");
-        let url = LedgerUrl::Sqlite(format!("sqlite://{}", path.display()));
-        let Some(Store::Sqlite(db, Some(_disk))) = Store::open(&url).await.expect("open") else {
-            panic!("a SQLite file ledger with its spool");
-        };
+        let (db, _disk) = open_file(&path).await;
         let ids: Vec<String> = db
             .prepare("SELECT request_id FROM usage_ledger")
             .expect("prepare")
