@@ -669,6 +669,16 @@ async fn a_graceful_stop_moves_the_spool_into_the_database_file() {
     let status = gw.run.wait_exit(Duration::from_secs(10)).expect("stopped");
     assert!(status.success(), "{status:?}");
     assert_eq!(rows_in_ledger_file(&db), 3);
+    // What stays in the spool is the one segment written (loaded; the next start deletes it),
+    // not also a spare segment of zeros made ahead for writers that will not come.
+    let segments = std::fs::read_dir(dir.path().join("ledger.db-spool"))
+        .expect("the spool")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".rows"))
+        })
+        .count();
+    assert_eq!(segments, 1);
 }
 
 /// The rows in the SQLite ledger file at `db`, read directly (not through a gateway).

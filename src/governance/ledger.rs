@@ -924,6 +924,9 @@ impl Handler<Flush> for Ledger {
     type Result = ();
 
     fn handle(&mut self, _: Flush, _ctx: &mut Context<Self>) {
+        if let Some(Store::Sqlite(_, Some(disk))) = &self.store {
+            disk.spool.stop();
+        }
         self.load_spool();
     }
 }

@@ -58,6 +58,8 @@ struct State {
     closed: Vec<(Arc<Segment>, usize)>,
     /// The next segment, created ahead ([`Spool::prepare`]).
     spare: Option<Arc<Segment>>,
+    /// The gateway is stopping ([`Spool::stop`]): no segment is created ahead any more.
+    stopping: bool,
 }
 
 /// A segment file, mapped shared for its whole size.
@@ -172,6 +174,7 @@ impl Spool {
                 written: 0,
                 closed: Vec::new(),
                 spare: None,
+                stopping: false,
             }),
             _lock: lock,
         };
@@ -231,8 +234,11 @@ impl Spool {
     /// Creates the segment the writers take when theirs is full, unless there is one (on the
     /// ledger's thread, so that a writer seldom pays for a new file).
     pub fn prepare(&self) -> std::io::Result<()> {
-        if self.lock().spare.is_some() {
-            return Ok(());
+        {
+            let state = self.lock();
+            if state.spare.is_some() || state.stopping {
+                return Ok(());
+            }
         }
         let spare = self.create(self.segment_bytes)?;
         self.lock().spare = Some(spare);
@@ -304,12 +310,23 @@ impl Written {
     }
 }
 
-impl Drop for Spool {
-    /// The spare segment was never written: it goes (the others stay for the next start).
-    fn drop(&mut self) {
-        if let Some(spare) = self.lock().spare.take() {
+impl Spool {
+    /// The gateway is stopping (its last load comes next): the spare segment, never written,
+    /// goes, and no other is created ahead. The others stay for the next start, which loads
+    /// what is past their marks and deletes them. Writers still work (a full segment's
+    /// successor is then created by the writer).
+    pub fn stop(&self) {
+        let mut state = self.lock();
+        state.stopping = true;
+        if let Some(spare) = state.spare.take() {
             let _ = std::fs::remove_file(&spare.path);
         }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
