@@ -48,14 +48,38 @@ model = "mystery-model"
 }
 
 fn start(emulator: &Running, tenant: String, extra: &[&str]) -> Gateway {
-    Gateway::start(
-        &[("a", tenant)],
-        &[
-            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
-            ("A_OPENAI_BASE_URL", format!("{}/v1", emulator.base)),
-        ],
-        extra,
-    )
+    Gateway::start(&[("a", tenant)], &emulator_env(emulator, &[]), extra)
+}
+
+/// Tenant `a`'s provider on `emulator`, and `knobs` beside it.
+fn emulator_env(emulator: &Running, knobs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
+        ("A_OPENAI_BASE_URL", format!("{}/v1", emulator.base)),
+    ];
+    env.extend(knobs.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
+/// A SQLite ledger file in a temporary folder of its own, gone with the value.
+struct LedgerFile {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    /// What `--ledger` takes.
+    url: String,
+}
+
+impl LedgerFile {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        let url = format!("sqlite://{}", path.display());
+        Self {
+            _dir: dir,
+            path,
+            url,
+        }
+    }
 }
 
 /// Picodollars as the ledger prints dollars: exact, no trailing zeros.
@@ -425,18 +449,10 @@ async fn redis_limits_hold_under_concurrency() {
 #[actix_web::test]
 async fn the_sqlite_ledger_survives_a_restart_and_the_admin_api_reads_it() {
     let emu = emulator();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
-    let admin = [("SWITCHYARD_ADMIN_TOKEN", "adm-secret".to_owned())];
-    let env = |extra: &[(&'static str, String)]| {
-        let mut env = vec![
-            ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
-            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
-        ];
-        env.extend_from_slice(extra);
-        env
-    };
-    let gw = Gateway::start(&[("a", tenant(""))], &env(&admin), &["--ledger", &ledger]);
+    let file = LedgerFile::new();
+    let ledger = &file.url;
+    let env = emulator_env(&emu, &[("SWITCHYARD_ADMIN_TOKEN", "adm-secret")]);
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", ledger]);
     for _ in 0..3 {
         let r = post(
             gw.url("/a/chat/v1/chat/completions"),
@@ -448,7 +464,7 @@ async fn the_sqlite_ledger_survives_a_restart_and_the_admin_api_reads_it() {
     }
     let before = ledger_rows(&gw, 3).await;
     drop(gw);
-    let gw = Gateway::start(&[("a", tenant(""))], &env(&admin), &["--ledger", &ledger]);
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", ledger]);
     let after = ledger_rows(&gw, 3).await;
     assert_eq!(before, after);
     // The admin API, by day; a wrong token and a tenant key are refused.
@@ -494,11 +510,7 @@ async fn the_postgres_ledger_records_each_request_once() {
     // the moment the answer is.
     let gw = Gateway::start(
         &[(id.as_str(), tenant(""))],
-        &[
-            ("A_OPENAI_KEY", EMULATOR_KEY.into()),
-            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
-            ("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "300".to_owned()),
-        ],
+        &emulator_env(&emu, &[("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "300")]),
         &["--ledger", &url],
     );
     let mut ids = Vec::new();
@@ -558,16 +570,12 @@ async fn try_post(url: String, body: Value) -> Option<(String, String)> {
 #[actix_web::test]
 async fn after_kill_9_every_answer_received_in_full_is_in_the_ledger_once() {
     let emu = emulator();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let file = LedgerFile::new();
+    let ledger = &file.url;
     // Every commit takes 40 ms longer than it would: an answer that went out before its
     // commit would reach the client well before the kill catches the commit.
-    let env = [
-        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
-        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
-        ("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "40".to_owned()),
-    ];
-    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let env = emulator_env(&emu, &[("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "40")]);
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", ledger]);
     let url = gw.url("/a/chat/v1/chat/completions");
     // 40 requests finishing 15 ms apart; the gateway is killed in the middle of them.
     let requests = (0..40u64).map(|i| {
@@ -592,7 +600,7 @@ async fn after_kill_9_every_answer_received_in_full_is_in_the_ledger_once() {
     );
     drop(gw);
     // Restarted on the same file, and read at once: nothing may still be on its way.
-    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", ledger]);
     let r = get(gw.url("/a/usage?group_by=request"), KEY_A).await;
     let rows = r.json()["data"].as_array().cloned().unwrap_or_default();
     for id in &received {
@@ -605,20 +613,15 @@ async fn after_kill_9_every_answer_received_in_full_is_in_the_ledger_once() {
 async fn an_answer_is_spooled_before_it_goes_out_so_kill_9_before_the_sqlite_commit_loses_nothing()
 {
     let emu = emulator();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("ledger.db");
-    let ledger = format!("sqlite://{}", db.display());
+    let file = LedgerFile::new();
+    let ledger = &file.url;
     // SQLite commits 300 ms late: the answers do not wait for them (their rows are in the
     // spool first), and the kill right after each answer falls before its commit.
-    let env = [
-        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
-        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
-        ("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "300".to_owned()),
-    ];
-    let rows_in_file = || rows_in_ledger_file(&db);
+    let env = emulator_env(&emu, &[("SWITCHYARD_LEDGER_COMMIT_DELAY_MS", "300")]);
+    let rows_in_file = || rows_in_ledger_file(&file.path);
     let mut received = Vec::new();
     for stream in [false, true] {
-        let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+        let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", ledger]);
         let mut body = chat("gpt-4o-mini", "spool me first");
         body["stream"] = json!(stream);
         let started = std::time::Instant::now();
@@ -635,7 +638,7 @@ async fn an_answer_is_spooled_before_it_goes_out_so_kill_9_before_the_sqlite_com
         received.push(id);
     }
     // The restart loads the spool before it serves.
-    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", ledger]);
     assert_eq!(rows_in_file(), 2);
     let r = get(gw.url("/a/usage?group_by=request"), KEY_A).await;
     let rows = r.json()["data"].as_array().cloned().unwrap_or_default();
@@ -648,16 +651,11 @@ async fn an_answer_is_spooled_before_it_goes_out_so_kill_9_before_the_sqlite_com
 #[actix_web::test]
 async fn a_graceful_stop_moves_the_spool_into_the_database_file() {
     let emu = emulator();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("ledger.db");
-    let ledger = format!("sqlite://{}", db.display());
+    let file = LedgerFile::new();
+    let ledger = &file.url;
     // The spool is never loaded on the clock here: only the stop can move it.
-    let env = [
-        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
-        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
-        ("SWITCHYARD_LEDGER_LOAD_EVERY_MS", "600000".to_owned()),
-    ];
-    let mut gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", &ledger]);
+    let env = emulator_env(&emu, &[("SWITCHYARD_LEDGER_LOAD_EVERY_MS", "600000")]);
+    let mut gw = Gateway::start(&[("a", tenant(""))], &env, &["--ledger", ledger]);
     for stream in [false, true, false] {
         let mut body = chat("gpt-4o-mini", "keep me");
         body["stream"] = json!(stream);
@@ -668,10 +666,10 @@ async fn a_graceful_stop_moves_the_spool_into_the_database_file() {
     gw.run.signal("TERM");
     let status = gw.run.wait_exit(Duration::from_secs(10)).expect("stopped");
     assert!(status.success(), "{status:?}");
-    assert_eq!(rows_in_ledger_file(&db), 3);
+    assert_eq!(rows_in_ledger_file(&file.path), 3);
     // What stays in the spool is the one segment written (loaded; the next start deletes it),
     // not also a spare segment of zeros made ahead for writers that will not come.
-    let segments = std::fs::read_dir(dir.path().join("ledger.db-spool"))
+    let segments = std::fs::read_dir(format!("{}-spool", file.path.display()))
         .expect("the spool")
         .filter(|e| {
             e.as_ref()
@@ -1026,12 +1024,12 @@ async fn two_gateways_sharing_redis_never_spend_past_one_budget() {
 #[actix_web::test]
 async fn a_restarted_gateway_remembers_the_periods_spend_from_its_ledger() {
     let emu = emulator();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let file = LedgerFile::new();
+    let ledger = &file.url;
     let t = tenant("\n[[budgets]]\nusd = \"0.00003\"\nperiod = \"month\"\n");
     let mut body = chat("gpt-4o-mini", "hello there, how are you");
     body["max_tokens"] = json!(8);
-    let gw = start(&emu, t.clone(), &["--ledger", &ledger]);
+    let gw = start(&emu, t.clone(), &["--ledger", ledger]);
     let url = gw.url("/a/chat/v1/chat/completions");
     let mut answered = 0;
     loop {
@@ -1045,7 +1043,7 @@ async fn a_restarted_gateway_remembers_the_periods_spend_from_its_ledger() {
     }
     assert!(answered >= 1);
     drop(gw);
-    let gw = start(&emu, t, &["--ledger", &ledger]);
+    let gw = start(&emu, t, &["--ledger", ledger]);
     let r = post(gw.url("/a/chat/v1/chat/completions"), Some(KEY_A), body).await;
     r.assert_error(429, "budget_exhausted");
 }
@@ -1409,11 +1407,8 @@ model = "dead"
 target_model = "gpt-4o-mini"
 "#
     );
-    let env = [
-        ("A_OPENAI_KEY", EMULATOR_KEY.to_owned()),
-        ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
-        ("DOWN_BASE_URL", format!("{}/fault/status=503/v1", emu.base)),
-    ];
+    let down = format!("{}/fault/status=503/v1", emu.base);
+    let env = emulator_env(&emu, &[("DOWN_BASE_URL", &down)]);
     let args = [
         "--redis",
         redis.url.as_str(),
