@@ -770,36 +770,52 @@ async fn a_stalled_body_gets_a_408_and_connections_per_address_are_capped() {
 #[actix_web::test]
 async fn every_log_line_of_a_request_names_its_request_tenant_proxy_and_route() {
     let emu = emulator();
-    let log = tempfile::NamedTempFile::new().expect("log");
-    let gw = Gateway::start_logging(
-        &[("a", tenant_a("A_OPENAI_BASE_URL"))],
-        &[
-            ("A_OPENAI_KEY", "sk-not-the-emulators-key".into()),
-            ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
-        ],
-        &[],
-        Some(log.path()),
-    );
-    let r = send(
-        client()
-            .post(gw.url("/a/chat/v1/chat/completions"))
-            .insert_header(("authorization", format!("Bearer {KEY_A}")))
-            .insert_header(("x-request-id", "req-log-test-1")),
-        Some(Bytes::from(chat("gpt-4o", "hi").to_string())),
-    )
-    .await;
-    r.assert_error(502, "upstream_credentials_rejected");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let text = std::fs::read_to_string(log.path()).expect("read log");
-    let lines: Vec<&str> = text.lines().filter(|l| l.contains("credentials")).collect();
-    assert_eq!(lines.len(), 1, "{text}");
-    for field in [
-        "request_id=req-log-test-1",
-        "tenant=a",
-        "proxy=chat",
-        "route=big",
-    ] {
-        assert!(lines[0].contains(field), "{field} missing: {}", lines[0]);
+    for format in ["text", "json"] {
+        let log = tempfile::NamedTempFile::new().expect("log");
+        let gw = Gateway::start_logging(
+            &[("a", tenant_a("A_OPENAI_BASE_URL"))],
+            &[
+                ("A_OPENAI_KEY", "sk-not-the-emulators-key".into()),
+                ("A_OPENAI_BASE_URL", format!("{}/v1", emu.base)),
+            ],
+            &["--log-format", format],
+            Some(log.path()),
+        );
+        let r = send(
+            client()
+                .post(gw.url("/a/chat/v1/chat/completions"))
+                .insert_header(("authorization", format!("Bearer {KEY_A}")))
+                .insert_header(("x-request-id", "req-log-test-1")),
+            Some(Bytes::from(chat("gpt-4o", "hi").to_string())),
+        )
+        .await;
+        r.assert_error(502, "upstream_credentials_rejected");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let text = std::fs::read_to_string(log.path()).expect("read log");
+        // The provider actor's line, written while its call runs for the request.
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("credentials")).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let fields = [
+            ("request_id", "req-log-test-1"),
+            ("tenant", "a"),
+            ("proxy", "chat"),
+            ("route", "big"),
+        ];
+        if format == "text" {
+            let scope = "request{request_id=req-log-test-1 tenant=a proxy=chat route=big}: ";
+            assert!(lines[0].contains(scope), "{}", lines[0]);
+        } else {
+            let line: Value = serde_json::from_str(lines[0]).expect("one JSON object");
+            for (name, value) in fields {
+                assert_eq!(line[name], value, "{}", lines[0]);
+            }
+        }
+        // A line written outside any request names none.
+        let applied = text
+            .lines()
+            .find(|l| l.contains("configuration applied"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(!applied.contains("request"), "{applied}");
     }
 }
 

@@ -80,8 +80,9 @@ pub struct Call {
     pub provider: Arc<Provider>,
     pub request: UpstreamCall,
     pub limits: CallLimits,
-    /// The request's span: the call's log lines carry its request id, tenant, proxy, route.
-    pub span: tracing::Span,
+    /// The request's scope: the call's log lines name its request id, tenant, proxy, route
+    /// (and its attempts' spans are children of the request's when its trace is exported).
+    pub scope: crate::telemetry::scope::Scope,
     /// Resolves when the client's handler is dropped (the client went away): the call stops,
     /// closing its upstream connection, whatever stage it is in.
     pub client_gone: oneshot::Receiver<()>,

@@ -16,6 +16,7 @@ use crate::api::stream::UpstreamChunk;
 use crate::config::Provider;
 use crate::error::GatewayError;
 use crate::providers::{Adapter, ErrorAnswer, UpstreamBody, UpstreamCall, UpstreamResponse};
+use crate::telemetry::scope::Scope;
 use crate::telemetry::{names, otel};
 use actix::{Actor, Context, Handler, ResponseFuture};
 use actix_service::ServiceExt;
@@ -99,24 +100,21 @@ impl Handler<Call> for ProviderActor {
             provider,
             request,
             limits,
-            span,
+            scope,
             client_gone,
         } = msg;
         let client = self.client.clone();
         let name = provider.name.clone();
-        Box::pin(contained(
-            async move {
-                tokio::select! {
-                    biased;
-                    result = send_with_retries(client, provider, request, limits) => result,
-                    _ = client_gone => {
-                        tracing::info!(provider = %name, "client went away; upstream call cancelled");
-                        Err(GatewayError::ClientClosed)
-                    }
+        Box::pin(contained(scope.instrument(async move {
+            tokio::select! {
+                biased;
+                result = send_with_retries(client, provider, request, limits) => result,
+                _ = client_gone => {
+                    tracing::info!(provider = %name, "client went away; upstream call cancelled");
+                    Err(GatewayError::ClientClosed)
                 }
             }
-            .instrument(span),
-        ))
+        })))
     }
 }
 
@@ -274,7 +272,7 @@ async fn send_once(
             });
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        actix_web::rt::spawn(pump(resp, tx, provider.timeout, first).in_current_span());
+        actix_web::rt::spawn(Scope::current().instrument(pump(resp, tx, provider.timeout, first)));
         UpstreamBody::Stream(rx)
     } else {
         // awc puts no deadline on a body by default: a silent upstream must not hang the request.

@@ -22,6 +22,7 @@ use super::canonical::{Reply, ReplyBuilder, StreamDecoder, StreamEvent};
 use super::codec::FrontEncoder;
 use super::response_ids::IdRewriter;
 use super::usage::Ack;
+use crate::telemetry::scope::Scope;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use memchr::memmem;
@@ -46,8 +47,8 @@ pub struct RelayStream {
     closed: bool,
     /// Scopes Responses ids to the tenant (see `response_ids`).
     ids: Option<IdRewriter>,
-    /// The request's span: the relay runs after the handler returned, outside it.
-    span: tracing::Span,
+    /// The request's scope: the relay runs after the handler returned, outside it.
+    scope: Scope,
     /// Reads the stream's usage (and hides what the client did not ask for); reports it when
     /// the relay is dropped.
     usage: Option<super::usage::UsageTap>,
@@ -77,7 +78,7 @@ impl Held {
     }
 
     /// The events, once every write committed, failed or is late; logs the last two.
-    fn poll_release(&mut self, cx: &mut Context<'_>, span: &tracing::Span) -> Poll<Bytes> {
+    fn poll_release(&mut self, cx: &mut Context<'_>, scope: &Scope) -> Poll<Bytes> {
         use std::future::Future;
         let mut failed = false;
         self.acks.retain_mut(|ack| match Pin::new(ack).poll(cx) {
@@ -100,7 +101,7 @@ impl Held {
             None
         };
         if let Some(why) = outcome {
-            let _entered = span.enter();
+            let _entered = scope.enter();
             tracing::warn!("{why}");
         }
         Poll::Ready(std::mem::take(&mut self.events))
@@ -113,9 +114,9 @@ pub async fn settled(acks: Vec<Ack>) {
     if acks.is_empty() {
         return;
     }
-    let span = tracing::Span::current();
+    let scope = Scope::current();
     let mut held = Held::new(Bytes::new(), acks);
-    std::future::poll_fn(|cx| held.poll_release(cx, &span)).await;
+    std::future::poll_fn(|cx| held.poll_release(cx, &scope)).await;
 }
 
 impl RelayStream {
@@ -130,10 +131,10 @@ impl RelayStream {
         endpoint: Endpoint,
         provider: String,
         ids: Option<IdRewriter>,
-        span: tracing::Span,
+        scope: Scope,
     ) -> Self {
         Self {
-            span,
+            scope,
             rx,
             endpoint,
             provider,
@@ -211,7 +212,7 @@ impl RelayStream {
             return Some(out);
         }
         let why = failure.unwrap_or_else(|| "the connection closed before the final event".into());
-        let _entered = self.span.enter();
+        let _entered = self.scope.enter();
         tracing::warn!(provider = %self.provider, reason = %why, "upstream stream interrupted");
         Some(self.error_event(&why))
     }
@@ -277,7 +278,7 @@ impl Stream for RelayStream {
         let this = &mut *self;
         loop {
             if let Some(held) = &mut this.held {
-                let Poll::Ready(events) = held.poll_release(cx, &this.span) else {
+                let Poll::Ready(events) = held.poll_release(cx, &this.scope) else {
                     return Poll::Pending;
                 };
                 this.held = None;
@@ -375,7 +376,7 @@ pub struct TranslatedStream {
     closed: bool,
     /// The closing events, held until the writes the end hook returned are in.
     held: Option<Held>,
-    span: tracing::Span,
+    scope: Scope,
 }
 
 impl TranslatedStream {
@@ -385,7 +386,7 @@ impl TranslatedStream {
         encoder: Box<dyn FrontEncoder>,
         provider: String,
         on_end: OnEnd,
-        span: tracing::Span,
+        scope: Scope,
     ) -> Self {
         Self {
             rx,
@@ -397,7 +398,7 @@ impl TranslatedStream {
             on_end: Some(on_end),
             closed: false,
             held: None,
-            span,
+            scope,
         }
     }
 
@@ -420,7 +421,7 @@ impl TranslatedStream {
                 Ending::Complete
             }
             Some(why) => {
-                let _entered = self.span.enter();
+                let _entered = self.scope.enter();
                 tracing::warn!(provider = %self.provider, reason = %why, "upstream stream interrupted");
                 let message = format!(
                     "The upstream provider {} ended the stream early: {why}",
@@ -459,7 +460,7 @@ impl Stream for TranslatedStream {
         let this = &mut *self;
         loop {
             if let Some(held) = &mut this.held {
-                let Poll::Ready(events) = held.poll_release(cx, &this.span) else {
+                let Poll::Ready(events) = held.poll_release(cx, &this.scope) else {
                     return Poll::Pending;
                 };
                 this.held = None;
@@ -505,7 +506,7 @@ mod tests {
             tx.send(c).await.expect("send");
         }
         drop(tx);
-        RelayStream::new(rx, endpoint, "openai".into(), None, tracing::Span::none())
+        RelayStream::new(rx, endpoint, "openai".into(), None, Scope::default())
             .map(|r| r.expect("relay never fails"))
             .collect()
             .await
@@ -738,7 +739,7 @@ mod tests {
                 seen.lock().expect("lock").push((reply.text(), ending));
                 ack.into_iter().collect()
             }),
-            tracing::Span::none(),
+            Scope::default(),
         );
         (stream, tx)
     }

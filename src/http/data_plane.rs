@@ -24,6 +24,7 @@ use crate::governance::Meter;
 use crate::providers::{self, UpstreamBody, UpstreamResponse};
 use crate::routing::{self, Decision, semantic};
 use crate::telemetry::context::RequestContext;
+use crate::telemetry::scope::Scope;
 use crate::telemetry::{access, names, otel};
 use actix::Addr;
 use actix_web::http::Method;
@@ -153,7 +154,7 @@ async fn get_response(
                 limits,
                 request,
                 &provider,
-                &tracing::Span::current(),
+                &Scope::current(),
             )
             .await?
             {
@@ -177,13 +178,11 @@ async fn conversation(
     state: web::Data<AppState>,
     provider: web::Data<Addr<ProviderActor>>,
 ) -> Result<HttpResponse, GatewayError> {
-    let span = tracing::Span::current();
+    let scope = Scope::current();
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
-    span.record("tenant", tracing::field::display(&tenant));
     let proxy = find_proxy(auth.entry, &proxy_id)?;
-    span.record("proxy", tracing::field::display(&proxy_id));
-    access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
+    note_proxy(&req, proxy);
     // Governance: rate limits before any work, and the request's identity for its usage record.
     let governance = &auth.entry.tenant.governance;
     state
@@ -243,11 +242,14 @@ async fn conversation(
             decision = first.on_route(route, &proxy.providers)?;
         }
         let route = decision.route();
-        span.record("route", tracing::field::display(&route.name));
+        scope
+            .span()
+            .record("route", tracing::field::display(&route.name));
+        scope.set_route(decision.route);
         access::note_route(&req, &route.name);
         if otel::sampled(&req) {
             otel::routed(
-                &span,
+                scope.span(),
                 "chat",
                 route.provider_kind.as_str(),
                 route.upstream_model(),
@@ -262,7 +264,7 @@ async fn conversation(
             &decision,
             &traceparent,
             &provider,
-            &span,
+            &scope,
             &mut decoded,
             &meter,
         )
@@ -303,7 +305,7 @@ async fn attempt(
     decision: &Decision,
     traceparent: &str,
     provider: &Addr<ProviderActor>,
-    span: &tracing::Span,
+    scope: &Scope,
     decoded: &mut Option<Decoded>,
     meter: &Meter,
 ) -> Result<Result<HttpResponse, GatewayError>, GatewayError> {
@@ -318,7 +320,7 @@ async fn attempt(
         let request = providers::prepare(outgoing, decision, traceparent)?;
         let input_estimate = usage::estimate_tokens(&front.raw);
         let bill = (meter, endpoint, input_estimate);
-        let upstream = match send(req, decision, request, provider, span, bill).await? {
+        let upstream = match send(req, decision, request, provider, scope, bill).await? {
             Ok(upstream) => upstream,
             Err(err) => return Ok(Err(err)),
         };
@@ -360,7 +362,7 @@ async fn attempt(
         decision,
         request,
         provider,
-        span,
+        scope,
         (meter, endpoint, input_estimate),
     )
     .await?;
@@ -393,7 +395,7 @@ async fn send(
     decision: &Decision,
     request: providers::UpstreamCall,
     provider: &Addr<ProviderActor>,
-    span: &tracing::Span,
+    scope: &Scope,
     (meter, endpoint, input_estimate): (&Meter, Endpoint, u64),
 ) -> Result<Result<UpstreamResponse, GatewayError>, GatewayError> {
     let route = decision.route();
@@ -403,7 +405,7 @@ async fn send(
             .unwrap_or(decision.provider.timeout),
         deadline: route.deadline,
     };
-    let answer = call(req, &decision.provider, limits, request, provider, span).await?;
+    let answer = call(req, &decision.provider, limits, request, provider, scope).await?;
     if let Err(GatewayError::UpstreamIncomplete { .. }) = &answer {
         let estimate = Usage {
             input_tokens: input_estimate,
@@ -421,7 +423,7 @@ async fn call(
     limits: CallLimits,
     request: providers::UpstreamCall,
     provider: &Addr<ProviderActor>,
-    span: &tracing::Span,
+    scope: &Scope,
 ) -> Result<Result<UpstreamResponse, GatewayError>, GatewayError> {
     // Dropped with this handler when the client goes away, which cancels the upstream call.
     let (_client_alive, client_gone) = oneshot::channel();
@@ -431,7 +433,7 @@ async fn call(
             provider: upstream.clone(),
             request,
             limits,
-            span: span.clone(),
+            scope: scope.clone(),
             client_gone,
         })
         .await
@@ -554,7 +556,7 @@ async fn translated(
                 encoder,
                 decision.provider.name.clone(),
                 metered(on_end, on_usage, input_estimate),
-                stream_span(),
+                stream_scope(),
             );
             Ok(res
                 .insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
@@ -617,12 +619,9 @@ fn ending_hook(
             return Vec::new();
         }
         let (tx, rx) = oneshot::channel();
-        actix_web::rt::spawn(
-            async move {
-                let _ = tx.send(written(put.await));
-            }
-            .instrument(tracing::Span::current()),
-        );
+        actix_web::rt::spawn(Scope::current().instrument(async move {
+            let _ = tx.send(written(put.await));
+        }));
         vec![rx]
     })
 }
@@ -663,10 +662,12 @@ fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEn
     })
 }
 
-/// Names the request's tenant and proxy in the access log and the request's span.
+/// Names the request's tenant and proxy in the access log, its log scope and its span.
 fn note_proxy(req: &HttpRequest, proxy: &ProxyHandle) {
     access::note_proxy(req, &proxy.routes.tenant, &proxy.routes.id);
-    let span = tracing::Span::current();
+    let scope = Scope::current();
+    scope.set_proxy(&proxy.routes);
+    let span = scope.span();
     span.record("tenant", tracing::field::display(&proxy.routes.tenant));
     span.record("proxy", tracing::field::display(&proxy.routes.id));
 }
@@ -752,7 +753,7 @@ fn relay(
                 endpoint,
                 decision.provider.name.clone(),
                 ids,
-                stream_span(),
+                stream_scope(),
             )
             .with_usage_tap(tap),
         )
@@ -787,14 +788,15 @@ fn relay_whole(upstream: UpstreamResponse, ids: Option<IdRewriter>) -> HttpRespo
     res.insert_header((header::CONTENT_TYPE, ct)).body(bytes)
 }
 
-/// The span a stream is relayed in: a child of the request's, from the headers to the last
-/// byte, when trace export wants it; else the request's own (so log lines keep its fields).
-fn stream_span() -> tracing::Span {
+/// The scope a stream is relayed in: the request's, with a child of its span from the headers
+/// to the last byte when trace export wants one.
+fn stream_scope() -> Scope {
+    let scope = Scope::current();
     let span = tracing::debug_span!(names::SPAN_STREAM);
     if span.is_disabled() {
-        tracing::Span::current()
+        scope
     } else {
-        span
+        scope.with_span(span)
     }
 }
 

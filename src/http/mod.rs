@@ -17,6 +17,7 @@ use crate::actors::provider::ProviderActor;
 use crate::actors::supervisor::Supervisor;
 use crate::error::{GatewayError, quote};
 use crate::telemetry::context::RequestContext;
+use crate::telemetry::scope::Scope;
 use crate::telemetry::{access, names, otel};
 use actix::{Actor, Addr};
 use actix_http::{HttpService, Request};
@@ -33,7 +34,6 @@ use futures_util::future::Either;
 use std::net::{IpAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tracing::Instrument;
 use tracing::field::Empty;
 
 /// Default request body limit: room for a few base64 images.
@@ -127,21 +127,24 @@ pub fn server(
             .app_data(web::Data::new(provider))
             .wrap_fn(|req, srv| {
                 let mut ctx = RequestContext::from_headers(req.headers());
-                // Every log line while serving this request carries these fields; the handler
-                // fills in tenant, proxy and route as it learns them. At ERROR level so that the
-                // span is on whenever any log line is (a span below the filter is dropped).
                 // With trace export on, the sampler decides here, once: a sampled server span
                 // continues the caller's trace and its ids are what goes back and upstream; an
-                // unsampled one builds no OTel span and its traceparent says so (flags 00).
+                // unsampled request has no span, and its traceparent says so (flags 00). The
+                // span's fields are attributes (the handler fills in tenant, proxy and route).
                 let span = otel::start_request(&mut ctx, |ctx| {
                     tracing::error_span!(
+                        target: names::SERVER_SPAN_TARGET,
                         names::SPAN_REQUEST,
-                        request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
+                        request_id = ctx.request_id.to_str().unwrap_or_default(),
                         tenant = Empty,
                         proxy = Empty,
                         route = Empty,
                     )
                 });
+                // Every log line while serving this request names it (and, as the handler
+                // learns them, its tenant, proxy and route).
+                let scope =
+                    Scope::new(ctx.request_id.to_str().unwrap_or_default()).with_span(span.clone());
                 let refused = req
                     .conn_data::<ConnectionSlot>()
                     .and_then(|slot| slot.over)
@@ -151,23 +154,19 @@ pub fn server(
                     ctx.request_id.as_bytes(),
                     &ctx.traceparent,
                     req.path(),
-                    // Only an exported span is kept to the last byte and given attributes.
-                    if ctx.sampled {
-                        span.clone()
-                    } else {
-                        tracing::Span::none()
-                    },
+                    // Only an exported request has one: kept to the last byte.
+                    span,
                 );
-                let fut = match refused {
-                    None => Either::Left(span.in_scope(|| srv.call(req))),
-                    Some(err) => {
-                        let _entered = span.enter();
-                        Either::Right(std::future::ready(Ok(
+                let fut = {
+                    let _entered = scope.enter();
+                    match refused {
+                        None => Either::Left(srv.call(req)),
+                        Some(err) => Either::Right(std::future::ready(Ok(
                             req.into_response(err.error_response())
-                        )))
+                        ))),
                     }
                 };
-                async move {
+                let respond = async move {
                     let mut res = fut.await?;
                     let headers = res.headers_mut();
                     headers.insert(HeaderName::from_static("x-request-id"), ctx.request_id);
@@ -175,8 +174,8 @@ pub fn server(
                         headers.insert(HeaderName::from_static("traceparent"), tp);
                     }
                     Ok(pending.respond(res))
-                }
-                .instrument(span)
+                };
+                scope.instrument(respond)
             })
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))

@@ -42,6 +42,9 @@ pub const TRACE_EXPORT_FAILURES: &str = "switchyard_trace_export_failures";
 
 /// Span: the request, the gateway's server span (the root of what it exports).
 pub const SPAN_REQUEST: &str = "request";
+/// The target of the request's server span, made only when its trace is exported: the log
+/// never shows it (a log line names its request from `telemetry::scope`).
+pub const SERVER_SPAN_TARGET: &str = "switchyard::trace";
 /// Span: choosing the route (child of the request's server span).
 pub const SPAN_ROUTING: &str = "routing";
 /// Span: one upstream attempt, until the upstream's last byte (child of the request's span).

@@ -12,10 +12,10 @@
 //!
 //! Sampling is decided once per request, when its server span starts ([`start_request`]): the
 //! configured sampler (`OTEL_TRACES_SAMPLER`/`_ARG`, as the SDK reads them) sees the caller's
-//! parent and the request's trace id. A sampled request's spans are built as before; for an
-//! unsampled one the export layer's filter turns the server span and all its children away, so
-//! no OTel span data is built at all, and its `traceparent` (back to the client and upstream)
-//! keeps the trace id with the sampled flag clear.
+//! parent and the request's trace id. A sampled request's spans are built as before; an
+//! unsampled one has no server span at all, and the export layer's filter turns away any span
+//! without a parent it took, so no OTel span data is built, and its `traceparent` (back to the
+//! client and upstream) keeps the trace id with the sampled flag clear.
 //!
 //! Export never blocks a request: spans go to the SDK's batch processor, whose bounded queue
 //! drops when full; a failing collector costs one log line when it starts failing and a count
@@ -447,19 +447,21 @@ impl SpanExporter for Exporter {
     }
 }
 
-/// Starts the request's server span (`make` creates it) and decides once whether its trace
-/// is exported: the configured sampler sees the caller's parent (`ctx.remote_parent`) and the
-/// request's trace id. Sampled: the span continues the caller's trace with the request's own
-/// ids and `ctx.traceparent` names it. Unsampled (or export off): no OTel span is built, and
-/// `ctx.traceparent` keeps the trace id with the sampled flag clear, for the client and the
-/// upstream (W3C: propagate even when not sampling). Sets `ctx.sampled`.
+/// Decides once whether the request's trace is exported and, if so, starts its server span
+/// (`make` creates it): the configured sampler sees the caller's parent
+/// (`ctx.remote_parent`) and the request's trace id. Sampled: the span continues the caller's
+/// trace with the request's own ids and `ctx.traceparent` names it. Unsampled (or export
+/// off): no span at all (`Span::none()`; log lines name the request from its
+/// `telemetry::scope`), and `ctx.traceparent` keeps the trace id with the sampled flag clear,
+/// for the client and the upstream (W3C: propagate even when not sampling). Sets
+/// `ctx.sampled`.
 pub fn start_request(
     ctx: &mut RequestContext,
     make: impl FnOnce(&RequestContext) -> tracing::Span,
 ) -> tracing::Span {
     ctx.sampled = false;
     let Some(sampler) = SAMPLER.get().filter(|_| enabled()) else {
-        return make(ctx);
+        return tracing::Span::none();
     };
     // `00-<trace id>-<span id>-<flags>`, made by `RequestContext` (valid by construction).
     let ids = (
@@ -471,7 +473,7 @@ pub fn start_request(
             .and_then(|s| SpanId::from_hex(s).ok()),
     );
     let (Some(trace_id), Some(span_id)) = ids else {
-        return make(ctx);
+        return tracing::Span::none();
     };
     let remote = ctx
         .remote_parent
@@ -500,7 +502,7 @@ pub fn start_request(
     );
     if decision.decision != SamplingDecision::RecordAndSample {
         unsampled(&mut ctx.traceparent);
-        return make(ctx);
+        return tracing::Span::none();
     }
     ROOT_SAMPLED.set(true);
     let span = make(ctx);
