@@ -375,6 +375,9 @@ async fn attempt(
         && status.is_success()
     {
         let usage = usage::from_body(endpoint, body);
+        if let Some(u) = &usage {
+            access::note_tokens(req, u.input_tokens, u.output_tokens);
+        }
         if let Some(ack) = meter.record_durably(decision, endpoint, false, usage, false) {
             crate::governance::committed(ack).await;
         }

@@ -34,6 +34,9 @@ pub struct RequestRecord {
     pub route: RouteLabels,
     /// Time spent waiting on the provider actor's answer (retries included).
     pub upstream: Option<Duration>,
+    /// Input and output tokens of a whole answer's usage, when the data plane read it (else
+    /// they are read from the body's end).
+    pub tokens: Option<(u64, u64)>,
 }
 
 fn with_record(req: &actix_web::HttpRequest, f: impl FnOnce(&mut RequestRecord)) {
@@ -64,6 +67,12 @@ pub fn note_route(req: &actix_web::HttpRequest, route: &str) {
 /// The provider answered (or failed) after `took`.
 pub fn note_upstream(req: &actix_web::HttpRequest, took: Duration) {
     with_record(req, |r| r.upstream = Some(took));
+}
+
+/// The whole answer reports `input` and `output` tokens (read by the data plane for the
+/// ledger): the body's end need not be kept and searched for them.
+pub fn note_tokens(req: &actix_web::HttpRequest, input: u64, output: u64) {
+    with_record(req, |r| r.tokens = Some((input, output)));
 }
 
 /// A request being served; dropped without [`Pending::respond`] means the client went away
@@ -127,7 +136,9 @@ impl Pending {
             streaming,
             first_byte: None,
             bytes: 0,
-            tail: scan.then(BytesMut::new),
+            tokens: record.tokens,
+            // The end holds the usage, unless it is known, and a finish reason for the trace.
+            tail: (scan && (record.tokens.is_none() || !self.span.is_none())).then(BytesMut::new),
             head: (scan && !self.span.is_none()).then(BytesMut::new),
             span: std::mem::replace(&mut self.span, tracing::Span::none()),
         };
@@ -160,6 +171,7 @@ impl Drop for Pending {
             streaming: false,
             first_byte: None,
             bytes: 0,
+            tokens: None,
             tail: None,
             head: None,
             span: std::mem::replace(&mut self.span, tracing::Span::none()),
@@ -182,7 +194,9 @@ struct Finish {
     streaming: bool,
     first_byte: Option<Duration>,
     bytes: u64,
-    /// The body's last bytes, when its usage is wanted.
+    /// The answer's usage (input, output), when the data plane read it.
+    tokens: Option<(u64, u64)>,
+    /// The body's last bytes, when its usage (or the trace's finish reason) is wanted.
     tail: Option<BytesMut>,
     /// The body's first bytes, when traces want the response model.
     head: Option<BytesMut>,
@@ -259,7 +273,7 @@ impl Finish {
 
     fn emit(self, complete: bool) {
         let total = self.started.elapsed();
-        let tokens = self.tail.as_deref().and_then(usage);
+        let tokens = self.tokens.or_else(|| self.tail.as_deref().and_then(usage));
         let ttft = self.first_byte.filter(|_| self.streaming);
         metrics().request_finished(&FinishedRequest {
             route: &self.route,
@@ -463,6 +477,7 @@ mod tests {
             streaming: true,
             first_byte: None,
             bytes: 0,
+            tokens: None,
             tail: Some(BytesMut::new()),
             head: None,
             span: tracing::Span::none(),
