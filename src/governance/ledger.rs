@@ -314,8 +314,8 @@ static DIMS_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// The ids of the dimension tuples ([`DIM_COLUMNS`]) this ledger has written or read, by the
 /// tuple written as one string (each value length-prefixed, so no two tuples share a key). A
 /// look-up writes its key into a buffer kept for the next one: a known tuple costs no
-/// allocation. Forgotten when a transaction that may have added some fails (a rolled-back id
-/// may be given to another tuple).
+/// allocation. Forgotten when a SQLite transaction that may have added some fails (a
+/// rolled-back id may be given to another tuple).
 #[derive(Default)]
 pub(crate) struct DimIds {
     ids: std::collections::HashMap<String, i64>,
@@ -516,28 +516,31 @@ impl Store {
         })
     }
 
-    /// Appends `batch` to PostgreSQL in one transaction, [`ROWS_PER_INSERT`] rows a statement.
+    /// Appends `batch` to PostgreSQL in one transaction, [`ROWS_PER_INSERT`] rows a statement
+    /// (new dimension tuples first, see [`postgres_dims_id`]).
     async fn append_postgres(
         pool: PgPool,
         ids: &mut DimIds,
         batch: &[PricedRecord],
     ) -> Result<(), String> {
         let run = async {
+            let costs: Vec<Option<String>> = batch
+                .iter()
+                .map(|r| r.cost.map(|c| c.to_string()))
+                .collect();
+            let mut values = Vec::with_capacity(batch.len());
+            for (r, cost_usd) in batch.iter().zip(&costs) {
+                let v = RowValues::of(r, cost_usd);
+                let dims = postgres_dims_id(&pool, ids, &v).await?;
+                values.push((v, dims));
+            }
             let mut tx = pool.begin().await?;
-            for rows in batch.chunks(ROWS_PER_INSERT) {
-                let costs: Vec<Option<String>> =
-                    rows.iter().map(|r| r.cost.map(|c| c.to_string())).collect();
-                let mut values = Vec::with_capacity(rows.len());
-                for (r, cost_usd) in rows.iter().zip(&costs) {
-                    let v = RowValues::of(r, cost_usd);
-                    let dims = postgres_dims_id(&mut tx, ids, &v).await?;
-                    values.push((v, dims));
-                }
+            for rows in values.chunks(ROWS_PER_INSERT) {
                 let mut insert = sqlx::QueryBuilder::new(INSERT);
-                insert.push_values(values, |mut row, (v, dims)| {
+                insert.push_values(rows, |mut row, (v, dims)| {
                     row.push_bind(v.ints[0])
                         .push_bind(v.ints[2])
-                        .push_bind(dims)
+                        .push_bind(*dims)
                         .push_bind(v.text[0].to_owned())
                         .push_bind(v.optional_text[1].map(str::to_owned));
                     for x in v.optional_ints {
@@ -548,11 +551,7 @@ impl Store {
             }
             tx.commit().await
         };
-        let done = run.await.map_err(|e: sqlx::Error| e.to_string());
-        if done.is_err() {
-            ids.forget();
-        }
-        done
+        run.await.map_err(|e: sqlx::Error| e.to_string())
     }
 }
 
@@ -749,10 +748,12 @@ fn sqlite_dims_id<S: AsRef<str>>(
     Ok(id)
 }
 
-/// The id of `v`'s dimensions in PostgreSQL: known, else inserted unless another replica did
-/// (inside the caller's transaction) and read back.
+/// The id of `v`'s dimensions in PostgreSQL: known, else inserted unless another replica did,
+/// and read back. Each statement commits on its own, before the rows' transaction: inside it,
+/// two replicas inserting two new tuples in opposite orders would each wait for the other's
+/// transaction (a deadlock, and one batch lost); a tuple no row ends up using is harmless.
 async fn postgres_dims_id(
-    tx: &mut sqlx::PgConnection,
+    pool: &PgPool,
     ids: &mut DimIds,
     v: &RowValues<&str>,
 ) -> Result<i64, sqlx::Error> {
@@ -767,8 +768,8 @@ async fn postgres_dims_id(
         insert = insert.bind(s.to_owned());
         select = select.bind(s.to_owned());
     }
-    insert.bind(stream).execute(&mut *tx).await?;
-    let id = select.bind(stream).fetch_one(&mut *tx).await?;
+    insert.bind(stream).execute(pool).await?;
+    let id = select.bind(stream).fetch_one(pool).await?;
     ids.learn(id);
     Ok(id)
 }
