@@ -545,6 +545,126 @@ async fn the_postgres_ledger_records_each_request_once() {
     }
 }
 
+#[actix_web::test]
+async fn a_postgres_ledger_from_before_dims_is_migrated_and_its_rows_read_back() {
+    let Ok(pg) = std::env::var("SWITCHYARD_TEST_POSTGRES") else {
+        eprintln!(
+            "\n!!!! SKIPPED a_postgres_ledger_from_before_dims_is_migrated_and_its_rows_read_back: SWITCHYARD_TEST_POSTGRES is not set (scripts/test starts PostgreSQL and sets it) !!!!\n"
+        );
+        return;
+    };
+    let schema = PgSchema::create(&pg, "oldledger").await;
+    let id = format!("old{}", std::process::id());
+    // The ledger's one table of 20 columns, as a gateway from before `ledger_dims` left it.
+    let old = [
+        format!(
+            "CREATE TABLE {}.usage_ledger (
+                at_ms BIGINT NOT NULL, request_id TEXT NOT NULL, tenant TEXT NOT NULL,
+                proxy TEXT NOT NULL, route TEXT NOT NULL, provider TEXT NOT NULL,
+                provider_type TEXT NOT NULL, model TEXT NOT NULL, api_key TEXT NOT NULL,
+                topic TEXT, endpoint TEXT NOT NULL, stream BIGINT NOT NULL, input_tokens BIGINT,
+                cached_input_tokens BIGINT, cache_write_tokens BIGINT, output_tokens BIGINT,
+                reasoning_tokens BIGINT, cost_usd TEXT, cost_pusd BIGINT,
+                estimated BIGINT NOT NULL)",
+            schema.name
+        ),
+        format!(
+            "CREATE INDEX usage_ledger_tenant_at ON {}.usage_ledger (tenant, at_ms)",
+            schema.name
+        ),
+        format!(
+            "INSERT INTO {}.usage_ledger VALUES
+                (1000, 'old_1', '{id}', 'chat', 'mini', 'openai', 'openai', 'gpt-4o', 'demo',
+                 'billing', '/v1/chat/completions', 1, 100, 0, 0, 10, 0, '0.00035', 350000000, 1),
+                (2000, 'old_2', '{id}', 'chat', 'mini', 'openai', 'openai', 'gpt-4o-mini',
+                 'demo', NULL, '/v1/chat/completions', 0, 7, 0, 0, 3, 0, NULL, NULL, 0)",
+            schema.name
+        ),
+    ];
+    for sql in old {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&schema.pool)
+            .await
+            .expect("the old ledger");
+    }
+    let emu = emulator();
+    let gw = Gateway::start(
+        &[(id.as_str(), tenant(""))],
+        &emulator_env(&emu, &[]),
+        &["--ledger", &schema.url],
+    );
+    let r = post(
+        gw.url(&format!("/{id}/chat/v1/chat/completions")),
+        Some(KEY_A),
+        chat("gpt-4o-mini", "hello again"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let new = r.json()["usage"]["prompt_tokens"].as_i64().expect("usage");
+    let r = get(gw.url(&format!("/{id}/usage?group_by=model")), KEY_A).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let groups: Vec<(String, i64, i64, i64)> = r.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|g| {
+            let n = |k: &str| g[k].as_i64().expect("count");
+            let group = g["group"].as_str().expect("model").to_owned();
+            (
+                group,
+                n("requests"),
+                n("input_tokens"),
+                n("estimated_requests"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("gpt-4o".into(), 1, 100, 1),
+            ("gpt-4o-mini".into(), 2, 7 + new, 0)
+        ]
+    );
+    let r = get(gw.url(&format!("/{id}/usage?group_by=topic")), KEY_A).await;
+    let topics: Vec<Value> = r.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|g| json!([g["group"], g["requests"], g["cost_usd"]]))
+        .collect();
+    assert_eq!(topics.len(), 2, "{topics:?}");
+    assert_eq!(topics[0], json!(["billing", 1, "0.00035"]));
+    assert_eq!(topics[1][0], Value::Null);
+    // `usage_ledger` (now a view) still answers an operator's SQL with the old columns.
+    let rows = schema.ledger_rows(3).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let first = &rows[0];
+    assert_eq!(
+        (
+            first.request_id.as_str(),
+            first.tenant.as_str(),
+            first.model.as_str(),
+            first.stream,
+            first.input_tokens,
+            first.cost_usd.as_deref(),
+            first.estimated
+        ),
+        (
+            "old_1",
+            id.as_str(),
+            "gpt-4o",
+            true,
+            Some(100),
+            Some("0.00035"),
+            true
+        )
+    );
+    assert_eq!(rows[1].request_id, "old_2");
+    assert_eq!(rows[1].cost_usd, None);
+    drop(gw);
+    schema.drop_schema().await;
+}
+
 /// One request that may be cut by a crash: its request id and whole body when it arrived in
 /// full (a stream: through its `[DONE]`), `None` when it did not.
 async fn try_post(url: String, body: Value) -> Option<(String, String)> {
