@@ -82,6 +82,8 @@ pub struct Call {
     pub limits: CallLimits,
     /// The request's span: the call's log lines carry its request id, tenant, proxy, route.
     pub span: tracing::Span,
+    /// The request's exported server span: each attempt's is its child.
+    pub trace: crate::telemetry::otel::Trace,
     /// Resolves when the client's handler is dropped (the client went away): the call stops,
     /// closing its upstream connection, whatever stage it is in.
     pub client_gone: oneshot::Receiver<()>,

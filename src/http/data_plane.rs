@@ -30,6 +30,7 @@ use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::FutureExt;
+use opentelemetry::trace::SpanKind;
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -182,8 +183,7 @@ async fn conversation(
     let auth = authenticate(&dir, &tenant, req.headers())?;
     span.record("tenant", tracing::field::display(&tenant));
     let proxy = find_proxy(auth.entry, &proxy_id)?;
-    span.record("proxy", tracing::field::display(&proxy_id));
-    access::note_proxy(&req, &proxy.routes.tenant, &proxy.routes.id);
+    note_proxy(&req, proxy);
     // Governance: rate limits before any work, and the request's identity for its usage record.
     let governance = &auth.entry.tenant.governance;
     state
@@ -199,9 +199,13 @@ async fn conversation(
     );
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
+    let trace = otel::request_trace(&req);
+    let routing = trace.child(names::SPAN_ROUTING, SpanKind::Internal, Vec::new);
     let first = decide(&state, proxy, &front)
         .instrument(tracing::debug_span!(names::SPAN_ROUTING))
-        .await?;
+        .await;
+    drop(routing);
+    let first = first?;
     // Budgets: the estimated cost is reserved before any upstream call; an exhausted budget
     // refuses, or diverts to the proxy's fallback route when the tenant file says so.
     let (first, over_budget) = match meter.reserve(&first, &front.raw).await {
@@ -245,9 +249,10 @@ async fn conversation(
         let route = decision.route();
         span.record("route", tracing::field::display(&route.name));
         access::note_route(&req, &route.name);
-        if otel::sampled(&req) {
+        if trace.is_exported() {
             otel::routed(
-                &span,
+                &trace,
+                &route.name,
                 "chat",
                 route.provider_kind.as_str(),
                 route.upstream_model(),
@@ -432,6 +437,7 @@ async fn call(
             request,
             limits,
             span: span.clone(),
+            trace: otel::request_trace(req),
             client_gone,
         })
         .await
@@ -663,12 +669,17 @@ fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEn
     })
 }
 
-/// Names the request's tenant and proxy in the access log and the request's span.
+/// Names the request's tenant and proxy in the access log and the request's spans.
 fn note_proxy(req: &HttpRequest, proxy: &ProxyHandle) {
     access::note_proxy(req, &proxy.routes.tenant, &proxy.routes.id);
     let span = tracing::Span::current();
     span.record("tenant", tracing::field::display(&proxy.routes.tenant));
     span.record("proxy", tracing::field::display(&proxy.routes.id));
+    otel::named(
+        &otel::request_trace(req),
+        &proxy.routes.tenant,
+        &proxy.routes.id,
+    );
 }
 
 fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHandle, GatewayError> {
@@ -787,8 +798,8 @@ fn relay_whole(upstream: UpstreamResponse, ids: Option<IdRewriter>) -> HttpRespo
     res.insert_header((header::CONTENT_TYPE, ct)).body(bytes)
 }
 
-/// The span a stream is relayed in: a child of the request's, from the headers to the last
-/// byte, when trace export wants it; else the request's own (so log lines keep its fields).
+/// The span a stream is relayed in, for log lines: a child of the request's when the log level
+/// shows it; else the request's own (so log lines keep its fields).
 fn stream_span() -> tracing::Span {
     let span = tracing::debug_span!(names::SPAN_STREAM);
     if span.is_disabled() {

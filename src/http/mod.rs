@@ -131,17 +131,17 @@ pub fn server(
                 // fills in tenant, proxy and route as it learns them. At ERROR level so that the
                 // span is on whenever any log line is (a span below the filter is dropped).
                 // With trace export on, the sampler decides here, once: a sampled server span
-                // continues the caller's trace and its ids are what goes back and upstream; an
-                // unsampled one builds no OTel span and its traceparent says so (flags 00).
-                let span = otel::start_request(&mut ctx, |ctx| {
-                    tracing::error_span!(
-                        names::SPAN_REQUEST,
-                        request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
-                        tenant = Empty,
-                        proxy = Empty,
-                        route = Empty,
-                    )
-                });
+                // (`ctx.trace`) continues the caller's trace and its ids are what goes back and
+                // upstream; an unsampled one builds no OTel span and its traceparent says so
+                // (flags 00).
+                otel::start_request(&mut ctx);
+                let span = tracing::error_span!(
+                    names::SPAN_REQUEST,
+                    request_id = %String::from_utf8_lossy(ctx.request_id.as_bytes()),
+                    tenant = Empty,
+                    proxy = Empty,
+                    route = Empty,
+                );
                 let refused = req
                     .conn_data::<ConnectionSlot>()
                     .and_then(|slot| slot.over)
@@ -151,12 +151,7 @@ pub fn server(
                     ctx.request_id.as_bytes(),
                     &ctx.traceparent,
                     req.path(),
-                    // Only an exported span is kept to the last byte and given attributes.
-                    if ctx.sampled {
-                        span.clone()
-                    } else {
-                        tracing::Span::none()
-                    },
+                    ctx.trace.clone(),
                 );
                 let fut = match refused {
                     None => Either::Left(span.in_scope(|| srv.call(req))),

@@ -63,3 +63,11 @@ pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
 pub const SWITCHYARD_RETRIES: &str = "switchyard.retries";
 /// The proxy's fallback route served the request.
 pub const SWITCHYARD_FALLBACK: &str = "switchyard.fallback";
+/// The request's id, tenant, proxy and route (server span), and an attempt's number and
+/// provider (upstream span).
+pub const REQUEST_ID: &str = "request_id";
+pub const TENANT: &str = "tenant";
+pub const PROXY: &str = "proxy";
+pub const ROUTE: &str = "route";
+pub const ATTEMPT: &str = "attempt";
+pub const PROVIDER: &str = "provider";
