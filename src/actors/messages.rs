@@ -80,9 +80,10 @@ pub struct Call {
     pub provider: Arc<Provider>,
     pub request: UpstreamCall,
     pub limits: CallLimits,
-    /// The request's scope: the call's log lines name its request id, tenant, proxy, route
-    /// (and its attempts' spans are children of the request's when its trace is exported).
+    /// The request's scope: the call's log lines name its request id, tenant, proxy, route.
     pub scope: crate::telemetry::scope::Scope,
+    /// The request's exported server span: each attempt's is its child.
+    pub trace: crate::telemetry::otel::Trace,
     /// Resolves when the client's handler is dropped (the client went away): the call stops,
     /// closing its upstream connection, whatever stage it is in.
     pub client_gone: oneshot::Receiver<()>,

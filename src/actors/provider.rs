@@ -101,6 +101,7 @@ impl Handler<Call> for ProviderActor {
             request,
             limits,
             scope,
+            trace,
             client_gone,
         } = msg;
         let client = self.client.clone();
@@ -108,7 +109,7 @@ impl Handler<Call> for ProviderActor {
         Box::pin(contained(scope.instrument(async move {
             tokio::select! {
                 biased;
-                result = send_with_retries(client, provider, request, limits) => result,
+                result = send_with_retries(client, provider, request, limits, trace) => result,
                 _ = client_gone => {
                     tracing::info!(provider = %name, "client went away; upstream call cancelled");
                     Err(GatewayError::ClientClosed)
@@ -140,6 +141,7 @@ async fn send_with_retries(
     provider: Arc<Provider>,
     request: UpstreamCall,
     limits: CallLimits,
+    trace: otel::Trace,
 ) -> Result<UpstreamResponse, GatewayError> {
     let circuit = circuit::for_endpoint(&provider.base_url);
     let attempts = async {
@@ -153,13 +155,15 @@ async fn send_with_retries(
                         retry_in,
                     })?;
             let started = std::time::Instant::now();
-            // One span per attempt; it lasts until the upstream's last byte (the pump holds it).
-            let attempt_span = tracing::debug_span!(names::SPAN_UPSTREAM, otel.kind = "client", attempt = i64::from(attempt + 1), provider = %provider.name);
-            let sent = send_once(&client, &provider, &request, &limits)
-                .instrument(attempt_span.clone())
+            // One exported span per attempt; it lasts until the upstream's last byte (the pump
+            // holds it).
+            let attempt_trace = otel::upstream(&trace, attempt + 1, &provider.name);
+            let attempt_span = tracing::debug_span!(names::SPAN_UPSTREAM, attempt = i64::from(attempt + 1), provider = %provider.name);
+            let sent = send_once(&client, &provider, &request, &limits, &attempt_trace)
+                .instrument(attempt_span)
                 .await;
             crate::telemetry::metrics::upstream_attempt(&provider.name, &sent, started.elapsed());
-            otel::attempt(&attempt_span, &sent, attempt);
+            otel::attempt(&attempt_trace, &trace, &sent, attempt);
             let healthy = sent.as_ref().err().is_none_or(|e| !e.endpoint_failure());
             permit.record(healthy, &provider.circuit);
             let err = match sent {
@@ -208,6 +212,7 @@ async fn send_once(
     provider: &Provider,
     call: &UpstreamCall,
     limits: &CallLimits,
+    trace: &otel::Trace,
 ) -> Result<UpstreamResponse, GatewayError> {
     let adapter = call.adapter;
     // Built per attempt: a signature over the time must be fresh on every retry.
@@ -221,8 +226,8 @@ async fn send_once(
     for (name, value) in request.headers {
         builder = builder.insert_header((name, value));
     }
-    // With trace export on, the upstream sees this attempt's span as its parent.
-    if let Some(tp) = otel::traceparent(&tracing::Span::current()) {
+    // With the trace exported, the upstream sees this attempt's span as its parent.
+    if let Some(tp) = trace.traceparent() {
         builder = builder.insert_header(("traceparent", tp));
     }
     let resp = builder
@@ -272,7 +277,12 @@ async fn send_once(
             });
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        actix_web::rt::spawn(Scope::current().instrument(pump(resp, tx, provider.timeout, first)));
+        let held = trace.clone();
+        let pumped = pump(resp, tx, provider.timeout, first);
+        actix_web::rt::spawn(Scope::current().instrument(async move {
+            pumped.await;
+            drop(held);
+        }));
         UpstreamBody::Stream(rx)
     } else {
         // awc puts no deadline on a body by default: a silent upstream must not hang the request.
@@ -601,9 +611,15 @@ mod tests {
             first_byte_timeout: Duration::from_secs(5),
             deadline: None,
         };
-        let answer = send_with_retries(ProviderActor::new().client, provider, call, limits)
-            .await
-            .expect("answered on the third attempt");
+        let answer = send_with_retries(
+            ProviderActor::new().client,
+            provider,
+            call,
+            limits,
+            otel::Trace::default(),
+        )
+        .await
+        .expect("answered on the third attempt");
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(
             answer.request_id.as_ref().and_then(|v| v.to_str().ok()),

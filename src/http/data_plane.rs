@@ -31,6 +31,7 @@ use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::FutureExt;
+use opentelemetry::trace::SpanKind;
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -198,9 +199,13 @@ async fn conversation(
     );
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
+    let trace = otel::request_trace(&req);
+    let routing = trace.child(names::SPAN_ROUTING, SpanKind::Internal, Vec::new);
     let first = decide(&state, proxy, &front)
         .instrument(tracing::debug_span!(names::SPAN_ROUTING))
-        .await?;
+        .await;
+    drop(routing);
+    let first = first?;
     // Budgets: the estimated cost is reserved before any upstream call; an exhausted budget
     // refuses, or diverts to the proxy's fallback route when the tenant file says so.
     let (first, over_budget) = match meter.reserve(&first, &front.raw).await {
@@ -242,14 +247,12 @@ async fn conversation(
             decision = first.on_route(route, &proxy.providers)?;
         }
         let route = decision.route();
-        scope
-            .span()
-            .record("route", tracing::field::display(&route.name));
         scope.set_route(decision.route);
         access::note_route(&req, &route.name);
-        if otel::sampled(&req) {
+        if trace.is_exported() {
             otel::routed(
-                scope.span(),
+                &trace,
+                &route.name,
                 "chat",
                 route.provider_kind.as_str(),
                 route.upstream_model(),
@@ -437,6 +440,7 @@ async fn call(
             request,
             limits,
             scope: scope.clone(),
+            trace: otel::request_trace(req),
             client_gone,
         })
         .await
@@ -559,7 +563,7 @@ async fn translated(
                 encoder,
                 decision.provider.name.clone(),
                 metered(on_end, on_usage, input_estimate),
-                stream_scope(),
+                Scope::current(),
             );
             Ok(res
                 .insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
@@ -665,14 +669,15 @@ fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEn
     })
 }
 
-/// Names the request's tenant and proxy in the access log, its log scope and its span.
+/// Names the request's tenant and proxy in the access log, its log scope and its trace.
 fn note_proxy(req: &HttpRequest, proxy: &ProxyHandle) {
     access::note_proxy(req, &proxy.routes.tenant, &proxy.routes.id);
-    let scope = Scope::current();
-    scope.set_proxy(&proxy.routes);
-    let span = scope.span();
-    span.record("tenant", tracing::field::display(&proxy.routes.tenant));
-    span.record("proxy", tracing::field::display(&proxy.routes.id));
+    Scope::current().set_proxy(&proxy.routes);
+    otel::named(
+        &otel::request_trace(req),
+        &proxy.routes.tenant,
+        &proxy.routes.id,
+    );
 }
 
 fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHandle, GatewayError> {
@@ -756,7 +761,7 @@ fn relay(
                 endpoint,
                 decision.provider.name.clone(),
                 ids,
-                stream_scope(),
+                Scope::current(),
             )
             .with_usage_tap(tap),
         )
@@ -789,18 +794,6 @@ fn relay_whole(upstream: UpstreamResponse, ids: Option<IdRewriter>) -> HttpRespo
         .content_type
         .unwrap_or(HeaderValue::from_static("application/json"));
     res.insert_header((header::CONTENT_TYPE, ct)).body(bytes)
-}
-
-/// The scope a stream is relayed in: the request's, with a child of its span from the headers
-/// to the last byte when trace export wants one.
-fn stream_scope() -> Scope {
-    let scope = Scope::current();
-    let span = tracing::debug_span!(names::SPAN_STREAM);
-    if span.is_disabled() {
-        scope
-    } else {
-        scope.with_span(span)
-    }
 }
 
 /// `res` with the headers that explain a routing decision (design §1.1): the route that

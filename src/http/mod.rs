@@ -18,7 +18,7 @@ use crate::actors::supervisor::Supervisor;
 use crate::error::{GatewayError, quote};
 use crate::telemetry::context::RequestContext;
 use crate::telemetry::scope::Scope;
-use crate::telemetry::{access, names, otel};
+use crate::telemetry::{access, otel};
 use actix::{Actor, Addr};
 use actix_http::{HttpService, Request};
 use actix_server::Server;
@@ -34,7 +34,6 @@ use futures_util::future::Either;
 use std::net::{IpAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tracing::field::Empty;
 
 /// Default request body limit: room for a few base64 images.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -128,23 +127,13 @@ pub fn server(
             .wrap_fn(|req, srv| {
                 let mut ctx = RequestContext::from_headers(req.headers());
                 // With trace export on, the sampler decides here, once: a sampled server span
-                // continues the caller's trace and its ids are what goes back and upstream; an
-                // unsampled request has no span, and its traceparent says so (flags 00). The
-                // span's fields are attributes (the handler fills in tenant, proxy and route).
-                let span = otel::start_request(&mut ctx, |ctx| {
-                    tracing::error_span!(
-                        target: names::SERVER_SPAN_TARGET,
-                        names::SPAN_REQUEST,
-                        request_id = ctx.request_id.to_str().unwrap_or_default(),
-                        tenant = Empty,
-                        proxy = Empty,
-                        route = Empty,
-                    )
-                });
+                // (`ctx.trace`) continues the caller's trace and its ids are what goes back and
+                // upstream; an unsampled one builds no OTel span and its traceparent says so
+                // (flags 00).
+                otel::start_request(&mut ctx);
                 // Every log line while serving this request names it (and, as the handler
                 // learns them, its tenant, proxy and route).
-                let scope =
-                    Scope::new(ctx.request_id.to_str().unwrap_or_default()).with_span(span.clone());
+                let scope = Scope::new(ctx.request_id.to_str().unwrap_or_default());
                 let refused = req
                     .conn_data::<ConnectionSlot>()
                     .and_then(|slot| slot.over)
@@ -154,8 +143,7 @@ pub fn server(
                     ctx.request_id.as_bytes(),
                     &ctx.traceparent,
                     req.path(),
-                    // Only an exported request has one: kept to the last byte.
-                    span,
+                    ctx.trace.clone(),
                 );
                 let fut = {
                     let _entered = scope.enter();

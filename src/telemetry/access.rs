@@ -10,7 +10,8 @@
 //! relay is never parsed twice. The line names the request, never a key or a prompt.
 
 use super::metrics::{EndpointLabel, ErrorLabel, FinishedRequest, RouteLabels, metrics};
-use super::{names, otel};
+use super::names;
+use super::otel::Trace;
 use crate::error::ErrorSource;
 use actix_web::HttpMessage;
 use actix_web::body::{BodySize, MessageBody};
@@ -18,6 +19,7 @@ use actix_web::dev::ServiceResponse;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::{Finder, FinderRev};
 use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use std::pin::Pin;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
@@ -82,15 +84,15 @@ pub struct Pending {
     request_id: String,
     trace_id: String,
     endpoint: EndpointLabel,
-    /// The request's span when its trace is exported (else none): it ends (and is exported)
-    /// when the record finishes.
-    span: tracing::Span,
+    /// The request's server span when its trace is exported: it ends (and is exported) when
+    /// the record finishes.
+    trace: Trace,
     done: bool,
 }
 
 impl Pending {
     /// Starts the record of a request.
-    pub fn start(request_id: &[u8], traceparent: &str, path: &str, span: tracing::Span) -> Self {
+    pub fn start(request_id: &[u8], traceparent: &str, path: &str, trace: Trace) -> Self {
         metrics().request_started();
         Self {
             started: Instant::now(),
@@ -98,7 +100,7 @@ impl Pending {
             // `00-<trace id>-<span id>-<flags>`
             trace_id: traceparent.get(3..35).unwrap_or_default().to_owned(),
             endpoint: EndpointLabel::classify(path),
-            span,
+            trace,
             done: false,
         }
     }
@@ -138,17 +140,25 @@ impl Pending {
             bytes: 0,
             tokens: record.tokens,
             // The end holds the usage, unless it is known, and a finish reason for the trace.
-            tail: (scan && (record.tokens.is_none() || !self.span.is_none())).then(BytesMut::new),
-            head: (scan && !self.span.is_none()).then(BytesMut::new),
-            span: std::mem::replace(&mut self.span, tracing::Span::none()),
+            tail: (scan && (record.tokens.is_none() || self.trace.is_exported()))
+                .then(BytesMut::new),
+            head: (scan && self.trace.is_exported()).then(BytesMut::new),
+            trace: std::mem::take(&mut self.trace),
         };
-        let span = finish.span.clone();
+        let trace = finish.trace.clone();
+        // A stream's tail, from its headers to its last byte, is a span of its own.
+        let stream = if streaming {
+            trace.child(names::SPAN_STREAM, SpanKind::Internal, Vec::new)
+        } else {
+            Trace::default()
+        };
         res.map_body(|_, body| AccessBody {
             // An empty body may be dropped without ever being polled: that is its end.
             empty: matches!(body.size(), BodySize::None | BodySize::Sized(0)),
             inner: Some(body),
             finish: Some(finish),
-            span,
+            stream,
+            trace,
         })
     }
 }
@@ -174,7 +184,7 @@ impl Drop for Pending {
             tokens: None,
             tail: None,
             head: None,
-            span: std::mem::replace(&mut self.span, tracing::Span::none()),
+            trace: std::mem::take(&mut self.trace),
         };
         finish.emit(false);
     }
@@ -200,7 +210,7 @@ struct Finish {
     tail: Option<BytesMut>,
     /// The body's first bytes, when traces want the response model.
     head: Option<BytesMut>,
-    span: tracing::Span,
+    trace: Trace,
 }
 
 impl Finish {
@@ -238,8 +248,7 @@ impl Finish {
             .rfind(tail)
             .and_then(|at| string_value(&tail[at + FINISH_REASON.needle().len()..]));
         let failed = (self.status >= 500).then_some("server error");
-        otel::set_and_fail(
-            &self.span,
+        self.trace.set_and_fail(
             || {
                 let mut kv = vec![KeyValue::new(
                     names::HTTP_RESPONSE_STATUS_CODE,
@@ -285,7 +294,7 @@ impl Finish {
             overhead: self.overhead,
             tokens,
         });
-        if !self.span.is_none() {
+        if self.trace.is_exported() {
             self.trace(tokens);
         }
         let ms = |d: Option<Duration>| d.map(|d| tracing::field::display(Ms(d)));
@@ -327,7 +336,9 @@ pub struct AccessBody<B> {
     /// Taken only on drop, to drop it first.
     inner: Option<B>,
     finish: Option<Finish>,
-    span: tracing::Span,
+    /// A stream's span, then the request's server span, ended in that order after the body.
+    stream: Trace,
+    trace: Trace,
     empty: bool,
 }
 
@@ -337,11 +348,12 @@ impl<B> Drop for AccessBody<B> {
         if let Some(finish) = self.finish.take() {
             finish.emit(self.empty);
         }
-        // The body goes first (with a stream's span, which ends then), then the server span:
-        // an OTel span ends when its span closes, so the server span ends after its children,
-        // with the last byte, not when the handler returned.
+        // The body goes first, then the stream's span, then the server span: an OTel span
+        // ends when its last handle goes, so the server span ends after its children, with
+        // the last byte, not when the handler returned.
         drop(self.inner.take());
-        drop(std::mem::replace(&mut self.span, tracing::Span::none()));
+        drop(std::mem::take(&mut self.stream));
+        drop(std::mem::take(&mut self.trace));
     }
 }
 
@@ -480,7 +492,7 @@ mod tests {
             tokens: None,
             tail: Some(BytesMut::new()),
             head: None,
-            span: tracing::Span::none(),
+            trace: Trace::default(),
         };
         f.chunk(&Bytes::from(vec![b'a'; 3000]));
         f.chunk(&Bytes::from(vec![b'b'; 3000]));

@@ -16,10 +16,10 @@ pub struct RequestContext {
     /// The caller's `traceparent` as `(trace id, parent span id, flags)`, when it sent a valid
     /// one: the parent of the gateway's server span when traces are exported.
     pub remote_parent: Option<(String, String, String)>,
-    /// Whether this request's trace is exported (decided once, when its server span starts;
-    /// always false with export off). An unsampled request builds no OTel span at all, and
-    /// its `traceparent` carries flags with the sampled bit clear.
-    pub sampled: bool,
+    /// The request's exported server span (decided once, when it starts; empty with export
+    /// off). An unsampled request builds no OTel span at all, and its `traceparent` carries
+    /// flags with the sampled bit clear.
+    pub trace: super::otel::Trace,
 }
 
 impl RequestContext {
@@ -54,7 +54,7 @@ impl RequestContext {
             request_id,
             traceparent,
             remote_parent: parent.map(|(t, s, f)| (t.to_owned(), s.to_owned(), f.to_owned())),
-            sampled: false,
+            trace: super::otel::Trace::default(),
         }
     }
 }

@@ -20,14 +20,15 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber; `RUST_LOG` filters the log (default `info`). With `otel`
-/// (only `serve` passes it) and an OTLP endpoint configured, spans are also exported; the
-/// returned handle flushes them at exit.
+/// (only `serve` passes it) and an OTLP endpoint configured, trace export starts too (it is
+/// no part of the subscriber: `otel` builds its spans itself); the returned handle flushes
+/// them at exit.
 pub fn init_logging(
     format: LogFormat,
     otel: Option<&otel::OtelConfig>,
 ) -> Result<Option<otel::Otel>, String> {
     use std::io::IsTerminal;
-    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
@@ -43,35 +44,17 @@ pub fn init_logging(
         LogFormat::Text => fmt.event_format(scope::Text::default()).boxed(),
         LogFormat::Json => fmt.json().event_format(scope::Json::default()).boxed(),
     };
-    // The log's filter is the log's own: trace export sees spans the log level hides, and the
-    // log never sees an exported request's server span (the scope names the request). Levels
-    // per target (all `RUST_LOG` usually says) are a `Targets` filter, which does nothing when
-    // a span is entered or left; `EnvFilter`, needed only for span and field directives, looks
-    // each entered span up under a lock, and a request's spans are entered on every poll.
+    // Levels per target (all `RUST_LOG` usually says) are a `Targets` filter, which does
+    // nothing when a span is entered or left; `EnvFilter`, needed only for span and field
+    // directives, looks each entered span up under a lock, and a request's spans are entered
+    // on every poll.
     let fmt = match spec.parse::<Targets>() {
-        Ok(targets) => fmt
-            .with_filter(targets.with_target(names::SERVER_SPAN_TARGET, LevelFilter::OFF))
-            .boxed(),
-        Err(_) => {
-            let off = format!("{}=off", names::SERVER_SPAN_TARGET);
-            let filter =
-                EnvFilter::new(&spec).add_directive(off.parse().map_err(|e| format!("{e}"))?);
-            fmt.with_filter(filter).boxed()
-        }
+        Ok(targets) => fmt.with_filter(targets).boxed(),
+        Err(_) => fmt.with_filter(EnvFilter::new(&spec)).boxed(),
     };
-    let registry = tracing_subscriber::registry().with(fmt);
-    let exporter = match otel {
-        Some(config) => otel::init(config)?,
-        None => None,
-    };
-    match exporter {
-        Some((handle, layer)) => {
-            let _ = registry.with(layer).try_init();
-            Ok(Some(handle))
-        }
-        None => {
-            let _ = registry.try_init();
-            Ok(None)
-        }
+    let _ = tracing_subscriber::registry().with(fmt).try_init();
+    match otel {
+        Some(config) => otel::init(config),
+        None => Ok(None),
     }
 }

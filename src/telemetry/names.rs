@@ -42,9 +42,6 @@ pub const TRACE_EXPORT_FAILURES: &str = "switchyard_trace_export_failures";
 
 /// Span: the request, the gateway's server span (the root of what it exports).
 pub const SPAN_REQUEST: &str = "request";
-/// The target of the request's server span, made only when its trace is exported: the log
-/// never shows it (a log line names its request from `telemetry::scope`).
-pub const SERVER_SPAN_TARGET: &str = "switchyard::trace";
 /// Span: choosing the route (child of the request's server span).
 pub const SPAN_ROUTING: &str = "routing";
 /// Span: one upstream attempt, until the upstream's last byte (child of the request's span).
@@ -66,3 +63,11 @@ pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
 pub const SWITCHYARD_RETRIES: &str = "switchyard.retries";
 /// The proxy's fallback route served the request.
 pub const SWITCHYARD_FALLBACK: &str = "switchyard.fallback";
+/// The request's id, tenant, proxy and route (server span), and an attempt's number and
+/// provider (upstream span).
+pub const REQUEST_ID: &str = "request_id";
+pub const TENANT: &str = "tenant";
+pub const PROXY: &str = "proxy";
+pub const ROUTE: &str = "route";
+pub const ATTEMPT: &str = "attempt";
+pub const PROVIDER: &str = "provider";

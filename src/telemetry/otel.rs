@@ -1,21 +1,22 @@
 //! OpenTelemetry trace export over OTLP (gRPC or HTTP/protobuf), off unless configured.
 //!
-//! The gateway's tracing spans become OTel spans through `tracing-opentelemetry`: the `request`
-//! span made by the HTTP middleware is the server span (its parent is the caller's
-//! `traceparent` when there is one), with children for routing, each upstream attempt (whose
-//! context goes upstream as `traceparent`) and a stream's tail until its last byte. GenAI
-//! attributes are set directly on the OTel spans through the helpers here, so they never show
-//! in log lines, and the export layer takes spans only: log events, which may quote an
-//! upstream's error body, are never exported. Nothing here reads a key or a prompt. The export
-//! layer ignores span enters and exits (every poll of an instrumented future), so an OTel span
-//! ends when its `tracing` span closes: its last handle and its last child gone.
+//! The OTel spans are built here, directly with the SDK's tracer, where the gateway knows
+//! their fields; the `tracing` spans are for log lines only, and the log subscriber has no
+//! export layer. A request's exported spans hang off its [`Trace`] (kept in its
+//! `RequestContext`): the server span `request` (its parent is the caller's `traceparent`
+//! when there is one), with children for routing, each upstream attempt (whose context goes
+//! upstream as `traceparent`) and a stream's tail until its last byte. A span ends when the
+//! last clone of its [`Trace`] is dropped: the server span with the response's last byte (the
+//! access record's body holds it), an attempt with the upstream's last byte (the pump holds
+//! it). GenAI attributes are set through the helpers here; log events, which may quote an
+//! upstream's error body, are never exported, and nothing here reads a key or a prompt.
 //!
 //! Sampling is decided once per request, when its server span starts ([`start_request`]): the
 //! configured sampler (`OTEL_TRACES_SAMPLER`/`_ARG`, as the SDK reads them) sees the caller's
-//! parent and the request's trace id. A sampled request's spans are built as before; an
-//! unsampled one has no server span at all, and the export layer's filter turns away any span
-//! without a parent it took, so no OTel span data is built, and its `traceparent` (back to the
-//! client and upstream) keeps the trace id with the sampled flag clear.
+//! parent and the request's trace id. An unsampled request (or any, with export off) gets an
+//! empty [`Trace`], on which everything is a no-op: no OTel span is built at all, and its
+//! `traceparent` (back to the client and upstream) keeps the trace id with the sampled flag
+//! clear.
 //!
 //! Export never blocks a request: spans go to the SDK's batch processor, whose bounded queue
 //! drops when full; a failing collector costs one log line when it starts failing and a count
@@ -26,22 +27,21 @@ use super::context::RequestContext;
 use super::metrics::metrics;
 use super::names;
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
-    TracerProvider as _,
+    Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracerProvider, ShouldSample,
-    SpanData, SpanExporter,
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, SdkTracerProvider,
+    ShouldSample, SpanData, SpanExporter,
 };
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -67,10 +67,10 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The configured sampler; consulted once per request, by [`start_request`].
 static SAMPLER: OnceLock<Sampler> = OnceLock::new();
 
+/// The tracer every exported span is built with.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
 thread_local! {
-    /// Set while [`start_request`] creates a sampled server span: the export layer's filter
-    /// admits a `request` span only then.
-    static ROOT_SAMPLED: Cell<bool> = const { Cell::new(false) };
     /// The ids [`RequestIds`] hands to the next root span started on this thread (the
     /// request's own, so the exported trace is the one the sampler decided on).
     static NEXT_IDS: Cell<Option<(TraceId, SpanId)>> = const { Cell::new(None) };
@@ -167,13 +167,8 @@ fn resolve_protocol(config: &OtelConfig) -> Result<Protocol, String> {
     }
 }
 
-/// Builds the exporter and the tracing layer when an endpoint is configured.
-pub fn init<S>(
-    config: &OtelConfig,
-) -> Result<Option<(Otel, impl tracing_subscriber::Layer<S>)>, String>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
+/// Starts the exporter when an endpoint is configured.
+pub fn init(config: &OtelConfig) -> Result<Option<Otel>, String> {
     let configured = config.endpoint.is_some()
         || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
         || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
@@ -237,157 +232,10 @@ where
                 .build(),
         )
         .build();
-    let tracer = provider.tracer("switchyard");
-    // Spans only, from the gateway's own code, down to debug (the child spans are at debug so
-    // that they cost nothing when export is off and the log level is info), and only those of
-    // sampled requests: a server span when `start_request` says it is sampled, any other span
-    // when it has a parent this layer took (the filter sees only those), so the children of
-    // an unsampled request are never handed to the layer (and, below the log level, are not
-    // built at all).
-    let ours =
-        |meta: &tracing::Metadata<'_>| meta.is_span() && meta.target().starts_with("switchyard");
-    let filter = tracing_subscriber::filter::DynFilterFn::new(move |meta, cx| {
-        if !ours(meta) {
-            false
-        } else if meta.name() == names::SPAN_REQUEST {
-            ROOT_SAMPLED.get()
-        } else {
-            cx.lookup_current().is_some()
-        }
-    })
-    .with_callsite_filter(move |meta| {
-        if ours(meta) {
-            tracing::subscriber::Interest::sometimes()
-        } else {
-            tracing::subscriber::Interest::never()
-        }
-    });
-    use tracing_subscriber::Layer;
-    // Each option off saves work per span: no code location, thread, target or busy/idle
-    // attributes, and no OTel context attached on every enter of a span (every poll of an
-    // instrumented future); nothing here reads `Context::current()`.
-    let layer = NoEnterExit(
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_target(false)
-            .with_level(false)
-            .with_context_activation(false)
-            .with_filter(filter),
-    );
+    let _ = TRACER.set(provider.tracer("switchyard"));
     let _ = SAMPLER.set(sampler);
     ENABLED.store(true, Ordering::Relaxed);
-    Ok(Some((Otel { provider }, layer)))
-}
-
-/// The export layer without its enter and exit hooks: every poll of an instrumented future
-/// enters and exits its spans, and for each the filtered `tracing-opentelemetry` layer looked
-/// the span up twice (the filter's map, then the OTel data under a lock) and read the clock,
-/// only to note the exit as the span's end time. Without them an OTel span ends when its
-/// `tracing` span closes (its last handle and its last child gone): the request span with the
-/// response's last byte (the body holds it), an attempt span with the upstream's last byte
-/// (the pump holds it). Everything else is passed through, downcasts included (the span
-/// extension methods and the per-layer filter find the layers inside through them).
-struct NoEnterExit<L>(L);
-
-impl<S: tracing::Subscriber, L: tracing_subscriber::Layer<S>> tracing_subscriber::Layer<S>
-    for NoEnterExit<L>
-{
-    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
-        self.0.on_register_dispatch(subscriber);
-    }
-
-    fn on_layer(&mut self, subscriber: &mut S) {
-        self.0.on_layer(subscriber);
-    }
-
-    fn register_callsite(
-        &self,
-        metadata: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        self.0.register_callsite(metadata)
-    }
-
-    fn enabled(
-        &self,
-        metadata: &tracing::Metadata<'_>,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) -> bool {
-        self.0.enabled(metadata, ctx)
-    }
-
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        self.0.on_new_span(attrs, id, ctx);
-    }
-
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        self.0.max_level_hint()
-    }
-
-    fn on_record(
-        &self,
-        span: &tracing::span::Id,
-        values: &tracing::span::Record<'_>,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        self.0.on_record(span, values, ctx);
-    }
-
-    fn on_follows_from(
-        &self,
-        span: &tracing::span::Id,
-        follows: &tracing::span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        self.0.on_follows_from(span, follows, ctx);
-    }
-
-    fn event_enabled(
-        &self,
-        event: &tracing::Event<'_>,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) -> bool {
-        self.0.event_enabled(event, ctx)
-    }
-
-    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        self.0.on_event(event, ctx);
-    }
-
-    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
-        self.0.on_close(id, ctx);
-    }
-
-    fn on_id_change(
-        &self,
-        old: &tracing::span::Id,
-        new: &tracing::span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        self.0.on_id_change(old, new, ctx);
-    }
-
-    // A measured need for `unsafe` (see above): `Layer::downcast_raw` is an unsafe trait
-    // method, and a wrapper must forward it for the layers inside to be found.
-    #[expect(
-        unsafe_code,
-        reason = "forwarding Layer::downcast_raw, an unsafe trait method"
-    )]
-    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
-        if id == std::any::TypeId::of::<Self>() {
-            return Some(std::ptr::from_ref(self).cast());
-        }
-        // SAFETY: the inner layer answers for its own types and lives as long as `self`; the
-        // caller's contract is passed on unchanged.
-        unsafe { self.0.downcast_raw(id) }
-    }
+    Ok(Some(Otel { provider }))
 }
 
 /// The OTLP exporter, counting failures, with the gRPC one run on its own runtime.
@@ -447,22 +295,90 @@ impl SpanExporter for Exporter {
     }
 }
 
-/// Decides once whether the request's trace is exported and, if so, starts its server span
-/// (`make` creates it): the configured sampler sees the caller's parent
-/// (`ctx.remote_parent`) and the request's trace id. Sampled: the span continues the caller's
-/// trace with the request's own ids and `ctx.traceparent` names it. Unsampled (or export
-/// off): no span at all (`Span::none()`; log lines name the request from its
-/// `telemetry::scope`), and `ctx.traceparent` keeps the trace id with the sampled flag clear,
-/// for the client and the upstream (W3C: propagate even when not sampling). Sets
-/// `ctx.sampled`.
-pub fn start_request(
-    ctx: &mut RequestContext,
-    make: impl FnOnce(&RequestContext) -> tracing::Span,
-) -> tracing::Span {
-    ctx.sampled = false;
-    let Some(sampler) = SAMPLER.get().filter(|_| enabled()) else {
-        return tracing::Span::none();
+/// One exported span: the OTel context holding it, or nothing when its request's trace is not
+/// exported (everything on it is then a no-op). Clones share the span, which ends (and is
+/// queued for export) when the last one is dropped.
+#[derive(Clone, Default)]
+pub struct Trace(Option<Context>);
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Trace").field(&self.is_exported()).finish()
+    }
+}
+
+impl Trace {
+    /// Whether this span is exported.
+    pub fn is_exported(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// A child span named `name` with `attributes`, started now (none when this one is not
+    /// exported).
+    pub fn child(
+        &self,
+        name: &'static str,
+        kind: SpanKind,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Trace {
+        let (Some(parent), Some(tracer)) = (&self.0, TRACER.get()) else {
+            return Trace::default();
+        };
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes())
+            .start_with_context(tracer, parent);
+        Trace(Some(Context::new().with_span(span)))
+    }
+
+    /// Sets attributes on the span (built only when it is exported).
+    pub fn set(&self, attributes: impl FnOnce() -> Vec<KeyValue>) {
+        self.set_and_fail(attributes, None);
+    }
+
+    /// [`Trace::set`], and marks the span as failed (a 5xx answer) when `error` is given.
+    pub fn set_and_fail(
+        &self,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+        error: Option<&'static str>,
+    ) {
+        let Some(cx) = &self.0 else { return };
+        let span = cx.span();
+        span.set_attributes(attributes());
+        if let Some(description) = error {
+            span.set_status(opentelemetry::trace::Status::error(description));
+        }
+    }
+
+    /// The span's `traceparent`, when it is exported.
+    pub fn traceparent(&self) -> Option<String> {
+        let cx = self.0.as_ref()?;
+        let span = cx.span();
+        let sc = span.span_context();
+        Some(format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        ))
+    }
+}
+
+/// Starts the request's server span and decides once whether its trace is exported: the
+/// configured sampler sees the caller's parent (`ctx.remote_parent`) and the request's trace
+/// id. Sampled: `ctx.trace` is the server span, which continues the caller's trace with the
+/// request's own ids, and `ctx.traceparent` names it. Unsampled (or export off): `ctx.trace`
+/// is empty, and `ctx.traceparent` keeps the trace id with the sampled flag clear, for the
+/// client and the upstream (W3C: propagate even when not sampling).
+pub fn start_request(ctx: &mut RequestContext) {
+    ctx.trace = Trace::default();
+    let (Some(sampler), Some(tracer)) = (SAMPLER.get(), TRACER.get()) else {
+        return;
     };
+    if !enabled() {
+        return;
+    }
     // `00-<trace id>-<span id>-<flags>`, made by `RequestContext` (valid by construction).
     let ids = (
         ctx.traceparent
@@ -473,7 +389,7 @@ pub fn start_request(
             .and_then(|s| SpanId::from_hex(s).ok()),
     );
     let (Some(trace_id), Some(span_id)) = ids else {
-        return tracing::Span::none();
+        return;
     };
     let remote = ctx
         .remote_parent
@@ -501,105 +417,70 @@ pub fn start_request(
         &[],
     );
     if decision.decision != SamplingDecision::RecordAndSample {
-        unsampled(&mut ctx.traceparent);
-        return tracing::Span::none();
+        set_flags(&mut ctx.traceparent, |flags| flags & !1);
+        return;
     }
-    ROOT_SAMPLED.set(true);
-    let span = make(ctx);
-    ROOT_SAMPLED.set(false);
-    if let Some(remote) = remote {
-        let _ = span.set_parent(remote);
-    }
-    // Building the context starts the OTel span, here, with the request's ids.
+    let builder = tracer
+        .span_builder(names::SPAN_REQUEST)
+        .with_kind(SpanKind::Server)
+        .with_attributes(vec![KeyValue::new(
+            names::REQUEST_ID,
+            String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
+        )]);
+    // The span takes the request's ids (the trace id is the caller's when there is one).
     NEXT_IDS.set(Some((trace_id, span_id)));
-    let tp = traceparent(&span);
+    let span = builder.start_with_context(tracer, remote.as_ref().unwrap_or(&Context::new()));
     NEXT_IDS.set(None);
-    if let Some(tp) = tp {
-        ctx.traceparent = tp;
-        ctx.sampled = true;
-    }
-    span
+    let sampled = span.span_context().trace_flags().to_u8();
+    set_flags(&mut ctx.traceparent, |_| sampled);
+    ctx.trace = Trace(Some(Context::new().with_span(span)));
 }
 
-/// Clears the sampled bit of a `traceparent`'s flags.
-fn unsampled(traceparent: &mut String) {
+/// Rewrites the flags of a `traceparent` (its last two hex digits).
+fn set_flags(traceparent: &mut String, f: impl FnOnce(u8) -> u8) {
     if let Some(flags) = traceparent
         .get(53..55)
         .and_then(|f| u8::from_str_radix(f, 16).ok())
     {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let flags = flags & !1;
+        let flags = f(flags);
         traceparent.truncate(53);
         traceparent.push(char::from(HEX[usize::from(flags >> 4)]));
         traceparent.push(char::from(HEX[usize::from(flags & 15)]));
     }
 }
 
-/// Whether `req`'s trace is exported.
-pub fn sampled(req: &actix_web::HttpRequest) -> bool {
+/// `req`'s exported server span (empty when its trace is not exported).
+pub fn request_trace(req: &actix_web::HttpRequest) -> Trace {
     use actix_web::HttpMessage;
     req.extensions()
         .get::<RequestContext>()
-        .is_some_and(|c| c.sampled)
+        .map(|c| c.trace.clone())
+        .unwrap_or_default()
 }
 
-/// The `traceparent` of `span`'s OTel span, when export is on and the span is recorded.
-pub fn traceparent(span: &tracing::Span) -> Option<String> {
-    if !enabled() {
-        return None;
-    }
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
-}
-
-/// Runs `f` on `span`'s OTel span, found once (nothing when export is off or the span is not
-/// exported: an unexported span's context has no span, and `f` then sees a no-op one).
-fn with_otel_span(span: &tracing::Span, f: impl FnOnce(&opentelemetry::trace::SpanRef<'_>)) {
-    if !enabled() || span.is_disabled() {
-        return;
-    }
-    let cx = span.context();
-    f(&cx.span());
-}
-
-/// Sets attributes on `span`'s OTel span (nothing when export is off or the span is not
-/// exported), all in one look-up of the span.
-pub fn set(span: &tracing::Span, attributes: impl FnOnce() -> Vec<KeyValue>) {
-    with_otel_span(span, |s| s.set_attributes(attributes()));
-}
-
-/// [`set`], and marks the span as failed (a 5xx answer) when `error` is given.
-pub fn set_and_fail(
-    span: &tracing::Span,
-    attributes: impl FnOnce() -> Vec<KeyValue>,
-    error: Option<&'static str>,
-) {
-    with_otel_span(span, |s| {
-        s.set_attributes(attributes());
-        if let Some(description) = error {
-            s.set_status(opentelemetry::trace::Status::error(description));
-        }
+/// The tenant and proxy a request names, on its server span.
+pub fn named(trace: &Trace, tenant: &str, proxy: &str) {
+    trace.set(|| {
+        vec![
+            KeyValue::new(names::TENANT, tenant.to_owned()),
+            KeyValue::new(names::PROXY, proxy.to_owned()),
+        ]
     });
 }
 
-/// The GenAI attributes known once a request is routed.
+/// The GenAI attributes known once a request is routed, and its route, on its server span.
 pub fn routed(
-    span: &tracing::Span,
+    trace: &Trace,
+    route: &str,
     operation: &'static str,
     provider: &'static str,
     request_model: &str,
     fallback: bool,
 ) {
-    set(span, || {
+    trace.set(|| {
         vec![
+            KeyValue::new(names::ROUTE, route.to_owned()),
             KeyValue::new(names::GEN_AI_OPERATION_NAME, operation),
             KeyValue::new(names::GEN_AI_PROVIDER_NAME, provider),
             KeyValue::new(names::GEN_AI_REQUEST_MODEL, request_model.to_owned()),
@@ -608,15 +489,24 @@ pub fn routed(
     });
 }
 
-/// One upstream attempt's outcome on its span, and the retry count on the request's span
-/// (the current one: the provider actor's future runs in it).
+/// The span of one upstream attempt (number `attempt`, from 1) to `provider`.
+pub fn upstream(request: &Trace, attempt: u32, provider: &str) -> Trace {
+    request.child(names::SPAN_UPSTREAM, SpanKind::Client, || {
+        vec![
+            KeyValue::new(names::ATTEMPT, i64::from(attempt)),
+            KeyValue::new(names::PROVIDER, provider.to_owned()),
+        ]
+    })
+}
+
+/// One upstream attempt's outcome on its span, and the retry count on the request's span.
 pub fn attempt(
-    span: &tracing::Span,
+    span: &Trace,
+    request: &Trace,
     result: &Result<crate::providers::UpstreamResponse, crate::error::GatewayError>,
     retries: u32,
 ) {
-    // The attempt span is off unless the request is sampled (or the log level is debug).
-    if !enabled() || span.is_disabled() {
+    if !span.is_exported() {
         return;
     }
     use actix_web::ResponseError;
@@ -625,8 +515,7 @@ pub fn attempt(
         Err(err) => err.status_code().as_u16(),
     };
     let failed = result.is_err().then_some("upstream attempt failed");
-    set_and_fail(
-        span,
+    span.set_and_fail(
         || {
             vec![KeyValue::new(
                 names::HTTP_RESPONSE_STATUS_CODE,
@@ -635,7 +524,7 @@ pub fn attempt(
         },
         failed,
     );
-    tracing::Span::current().set_attribute(names::SWITCHYARD_RETRIES, i64::from(retries));
+    request.set(|| vec![KeyValue::new(names::SWITCHYARD_RETRIES, i64::from(retries))]);
 }
 
 #[cfg(test)]
@@ -646,7 +535,7 @@ mod tests {
     fn an_unsampled_traceparent_keeps_its_ids_and_clears_only_the_sampled_bit() {
         for (flags, cleared) in [("01", "00"), ("00", "00"), ("03", "02"), ("ff", "fe")] {
             let mut tp = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
-            unsampled(&mut tp);
+            set_flags(&mut tp, |f| f & !1);
             assert_eq!(
                 tp,
                 format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{cleared}")

@@ -7,10 +7,8 @@
 //! a string at creation and on each `record`, for log lines a healthy request never writes.
 //! A [`Scope`] is instead a shared record set as this thread's current one while the
 //! request's work is polled ([`Scope::instrument`], [`Scope::enter`]); the log formats here
-//! ([`Text`], [`Json`]) read it only when a line is written. A [`Scope`] also carries the
-//! request's `tracing` span, which exists only when its trace is exported (`otel`), so that
-//! work running outside the handler (the provider actor's call, a stream's relay) takes both
-//! along as one value.
+//! ([`Text`], [`Json`]) read it only when a line is written. Work for the request that runs
+//! outside its handler (the provider actor's call, a stream's relay) takes the scope along.
 
 use crate::config::Proxy;
 use std::cell::RefCell;
@@ -45,54 +43,28 @@ thread_local! {
     static CURRENT: RefCell<Option<Arc<Fields>>> = const { RefCell::new(None) };
 }
 
-/// A request's log scope and its `tracing` span (none unless its trace is exported).
-#[derive(Clone, Debug)]
+/// A request's log scope (the default scope names no request).
+#[derive(Clone, Debug, Default)]
 pub struct Scope {
     fields: Option<Arc<Fields>>,
-    span: tracing::Span,
-}
-
-/// No request: log lines name none, and no span.
-impl Default for Scope {
-    fn default() -> Self {
-        Self {
-            fields: None,
-            span: tracing::Span::none(),
-        }
-    }
 }
 
 impl Scope {
-    /// A new request's scope (its span is none: see [`Scope::with_span`]).
+    /// A new request's scope.
     pub fn new(request_id: &str) -> Self {
         Self {
             fields: Some(Arc::new(Fields {
                 request_id: request_id.into(),
                 names: Mutex::default(),
             })),
-            span: tracing::Span::none(),
         }
     }
 
-    /// The scope this thread is running in, with the current span.
+    /// The scope this thread is running in.
     pub fn current() -> Self {
         Self {
             fields: CURRENT.with_borrow(Clone::clone),
-            span: tracing::Span::current(),
         }
-    }
-
-    /// The same log scope with `span` as its span.
-    #[must_use]
-    pub fn with_span(&self, span: tracing::Span) -> Self {
-        Self {
-            fields: self.fields.clone(),
-            span,
-        }
-    }
-
-    pub fn span(&self) -> &tracing::Span {
-        &self.span
     }
 
     fn names(&self, f: impl FnOnce(&mut Names)) {
@@ -111,12 +83,10 @@ impl Scope {
         self.names(|n| n.route = Some(index));
     }
 
-    /// Makes this scope (and its span) current until the guard is dropped.
-    pub fn enter(&self) -> Entered<'_> {
-        let previous = CURRENT.replace(self.fields.clone());
+    /// Makes this scope current until the guard is dropped.
+    pub fn enter(&self) -> Entered {
         Entered {
-            previous,
-            _span: self.span.enter(),
+            previous: CURRENT.replace(self.fields.clone()),
         }
     }
 
@@ -130,12 +100,11 @@ impl Scope {
 }
 
 /// A [`Scope`] made current by [`Scope::enter`]; dropping it restores the one before.
-pub struct Entered<'a> {
+pub struct Entered {
     previous: Option<Arc<Fields>>,
-    _span: tracing::span::Entered<'a>,
 }
 
-impl Drop for Entered<'_> {
+impl Drop for Entered {
     fn drop(&mut self) {
         CURRENT.set(self.previous.take());
     }
