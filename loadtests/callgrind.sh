@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Instructions per request: the gateway's user-space instructions (every thread), counted by
+# valgrind's callgrind over N non-streaming chat requests at concurrency 8, after 300 requests
+# of warm-up that are not counted. Unlike CPU time, the count repeats to a fraction of a
+# percent whatever else the machine is doing, so two builds (or two settings) compare on a
+# noisy machine. It overweights what a CPU does in one instruction but valgrind emulates in
+# many (`rep stosb` memsets, SHA-NI hashing): confirm a relative weight with `perf` before
+# acting on it.
+#
+# The emulator (1 worker) and hey run on core 1; the gateway under valgrind on core 0, with one
+# worker and the tenant of loadtests/otel.sh (one OpenAI route to the emulator).
+#
+# Usage: loadtests/callgrind.sh [--bin PATH] [-n N] [--ledger off|sqlite] [--otel off|all|none|tenth]
+#                               [--keep DIR]
+#   --ledger  sqlite (default): a SQLite ledger in a temporary directory; off: --ledger off
+#   --otel    off (default); all / none / tenth: OTLP/gRPC to tests/otlp/receiver.py with every
+#             trace, none, or 10% sampled (needs a Python with opentelemetry-proto and grpcio:
+#             SWITCHYARD_TEST_PYTHON or python3)
+#   --keep    copy the callgrind output there (for callgrind_annotate)
+# Prints one line: "instructions/request N (total T over R requests)".
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+BIN="$REPO/target/release/switchyard"
+N=2000
+LEDGER=sqlite
+OTEL=off
+KEEP=""
+while (($#)); do
+    case "$1" in
+        --bin) BIN="$2" ;;
+        -n) N="$2" ;;
+        --ledger) LEDGER="$2" ;;
+        --otel) OTEL="$2" ;;
+        --keep) KEEP="$2" ;;
+        *) sed -n '2,/^set/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
+    esac
+    shift 2
+done
+PY="${SWITCHYARD_TEST_PYTHON:-python3}"
+[[ -x "$BIN" ]] || { echo "build first: cargo build --release --bin switchyard" >&2; exit 1; }
+for tool in valgrind callgrind_control hey taskset; do
+    command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install valgrind hey)" >&2; exit 1; }
+done
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The first line a process prints that matches $2, within 60 s (valgrind starts slowly).
+wait_line() {
+    local file="$1" pattern="$2"
+    for _ in $(seq 600); do
+        if grep -m1 -E "$pattern" "$file" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "timed out waiting for $pattern in $file" >&2; cat "$file" >&2; exit 1
+}
+
+taskset -c 1 "$BIN" emulate --listen 127.0.0.1:0 --workers 1 >"$WORK/emu.out" 2>/dev/null &
+PIDS+=($!)
+EMU="$(wait_line "$WORK/emu.out" 'emulator listening on' | sed 's/.*on //')"
+
+ENV=(BENCH_OPENAI_KEY=sk-emulator-openai RUST_LOG=warn)
+case "$OTEL" in
+    off) ;;
+    all | none | tenth)
+        mkfifo "$WORK/rx.in"
+        taskset -c 1 "$PY" "$REPO/tests/otlp/receiver.py" --count-only <"$WORK/rx.in" >"$WORK/rx.out" &
+        PIDS+=($!)
+        exec 3>"$WORK/rx.in"
+        GRPC="$(wait_line "$WORK/rx.out" '^listening' | sed 's/.*grpc=\([0-9]*\).*/\1/')"
+        ENV+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$GRPC" OTEL_EXPORTER_OTLP_PROTOCOL=grpc)
+        case "$OTEL" in
+            none) ENV+=(OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0) ;;
+            tenth) ENV+=(OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1) ;;
+        esac
+        ;;
+    *) echo "--otel is off, all, none or tenth" >&2; exit 2 ;;
+esac
+case "$LEDGER" in
+    sqlite) LEDGER_ARG="sqlite://$WORK/ledger.db" ;;
+    off) LEDGER_ARG=off ;;
+    *) echo "--ledger is off or sqlite" >&2; exit 2 ;;
+esac
+
+mkdir "$WORK/tenants"
+cat >"$WORK/tenants/bench.toml" <<TOML
+[[api_keys]]
+name = "bench"
+sha256 = "$(printf 'sk-bench' | sha256sum | cut -d' ' -f1)"
+[providers.openai]
+type = "openai"
+api_key_env = "BENCH_OPENAI_KEY"
+base_url = "$EMU/v1"
+[proxies.chat]
+[[proxies.chat.routes]]
+name = "mini"
+provider = "openai"
+model = "gpt-4o-mini"
+TOML
+
+env "${ENV[@]}" taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$WORK/cg.out" \
+    "$BIN" serve --tenants "$WORK/tenants" --listen 127.0.0.1:0 --workers 1 --no-watch \
+    --ledger "$LEDGER_ARG" >"$WORK/gw.out" 2>"$WORK/gw.err" &
+GW=$!
+PIDS+=("$GW")
+URL="$(wait_line "$WORK/gw.out" 'switchyard listening on' | sed 's/.*on //')/bench/chat/v1/chat/completions"
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+load() {
+    taskset -c 1 hey -n "$1" -c 8 -m POST -H "Authorization: Bearer sk-bench" \
+        -T application/json -d "$BODY" "$URL" >"$WORK/hey.txt"
+    local ok
+    ok="$(grep -E '^\s+\[200\]' "$WORK/hey.txt" | awk '{print $2}')"
+    [[ "${ok:-0}" == "$1" ]] || { echo "expected $1 answers of 200:" >&2; cat "$WORK/hey.txt" >&2; exit 1; }
+}
+load 300
+sleep 0.5
+callgrind_control -i on "$GW" >/dev/null
+load "$N"
+# Let the ledger's and the exporter's rounds for these requests run (they are counted too).
+sleep 1.5
+callgrind_control -i off "$GW" >/dev/null
+kill -TERM "$GW"; wait "$GW" 2>/dev/null || true
+TOTAL="$(awk '/^(summary|totals):/ {print $2; exit}' "$WORK/cg.out")"
+[[ -n "$KEEP" ]] && mkdir -p "$KEEP" && cp "$WORK/cg.out" "$KEEP/"
+awk -v t="$TOTAL" -v n="$N" 'BEGIN { printf "instructions/request %.0f (total %d over %d requests)\n", t / n, t, n }'
