@@ -136,16 +136,370 @@ pub fn estimate_tokens(text: &[u8]) -> u64 {
 }
 
 /// The usage in a whole (non-streamed) answer body of `endpoint`.
+///
+/// Only the top-level `usage` member is read, by [`top_level_member`] and [`plain_usage`]: the
+/// rest of the body (the answer's text, most of its bytes) is skipped without being decoded,
+/// which serde would do to check it (so a value malformed inside is not noticed there; see
+/// [`members`]). What they cannot vouch for is left to serde, on the usage object or on the
+/// whole body.
 pub fn from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
-    match endpoint {
-        Endpoint::ChatCompletions => serde_json::from_slice::<WithChatUsage>(body)
-            .ok()?
-            .usage
-            .map(Usage::from),
-        Endpoint::Responses => serde_json::from_slice::<WithResponsesUsage>(body)
-            .ok()?
-            .usage
-            .map(Usage::from),
+    match top_level_member(body, b"usage") {
+        Member::Found(value) => plain_usage(endpoint, value).unwrap_or_else(|| match endpoint {
+            Endpoint::ChatCompletions => serde_json::from_slice::<Option<ChatUsage>>(value)
+                .ok()?
+                .map(Usage::from),
+            Endpoint::Responses => serde_json::from_slice::<Option<ResponsesUsage>>(value)
+                .ok()?
+                .map(Usage::from),
+        }),
+        Member::Absent => None,
+        Member::Unsure => match endpoint {
+            Endpoint::ChatCompletions => serde_json::from_slice::<WithChatUsage>(body)
+                .ok()?
+                .usage
+                .map(Usage::from),
+            Endpoint::Responses => serde_json::from_slice::<WithResponsesUsage>(body)
+                .ok()?
+                .usage
+                .map(Usage::from),
+        },
+    }
+}
+
+/// Where a count goes in [`plain_usage`]'s array.
+const INPUT: usize = 0;
+const CACHED: usize = 1;
+const CACHE_WRITE: usize = 2;
+const OUTPUT: usize = 3;
+const REASONING: usize = 4;
+
+/// A member of a usage object that [`plain_usage`] reads: a count, or a details object of
+/// optional counts.
+enum Field {
+    Count(usize),
+    Details(&'static [(&'static [u8], usize)]),
+}
+
+/// The members of [`ChatUsage`] and [`ResponsesUsage`], as serde reads them.
+const CHAT_FIELDS: [(&[u8], Field); 4] = [
+    (b"prompt_tokens", Field::Count(INPUT)),
+    (b"completion_tokens", Field::Count(OUTPUT)),
+    (
+        b"prompt_tokens_details",
+        Field::Details(&[(b"cached_tokens", CACHED)]),
+    ),
+    (
+        b"completion_tokens_details",
+        Field::Details(&[(b"reasoning_tokens", REASONING)]),
+    ),
+];
+const RESPONSES_FIELDS: [(&[u8], Field); 4] = [
+    (b"input_tokens", Field::Count(INPUT)),
+    (b"output_tokens", Field::Count(OUTPUT)),
+    (
+        b"input_tokens_details",
+        Field::Details(&[
+            (b"cached_tokens", CACHED),
+            (b"cache_write_tokens", CACHE_WRITE),
+        ]),
+    ),
+    (
+        b"output_tokens_details",
+        Field::Details(&[(b"reasoning_tokens", REASONING)]),
+    ),
+];
+
+/// A usage object (or `null`) read without serde when it is plain: each known member once, a
+/// count a plain unsigned integer (or `null` where serde takes `null`, in a details object), a
+/// details object or `null`. `None` when it is not: serde then reads it, and decides.
+fn plain_usage(endpoint: Endpoint, value: &[u8]) -> Option<Option<Usage>> {
+    if value == b"null" {
+        return Some(None);
+    }
+    let fields = match endpoint {
+        Endpoint::ChatCompletions => &CHAT_FIELDS,
+        Endpoint::Responses => &RESPONSES_FIELDS,
+    };
+    let mut counts = [0u64; 5];
+    let mut seen = 0u8;
+    let mut plain = true;
+    members(value, |key, value| {
+        let Some(i) = fields.iter().position(|(name, _)| *name == key) else {
+            return true;
+        };
+        plain &= seen & (1 << i) == 0;
+        seen |= 1 << i;
+        match &fields[i].1 {
+            Field::Count(slot) => match plain_count(value) {
+                Some(n) => counts[*slot] = n,
+                None => plain = false,
+            },
+            Field::Details(_) if value == b"null" => {}
+            Field::Details(details) => {
+                let mut seen = 0u8;
+                let read = members(value, |key, value| {
+                    let Some(j) = details.iter().position(|(name, _)| *name == key) else {
+                        return true;
+                    };
+                    plain &= seen & (1 << j) == 0;
+                    seen |= 1 << j;
+                    match plain_count(value) {
+                        Some(n) => counts[details[j].1] = n,
+                        None => plain &= value == b"null",
+                    }
+                    plain
+                });
+                plain &= read.is_some();
+            }
+        }
+        plain
+    })?;
+    plain.then_some(Some(Usage {
+        input_tokens: counts[INPUT],
+        cached_input_tokens: counts[CACHED],
+        cache_write_tokens: counts[CACHE_WRITE],
+        output_tokens: counts[OUTPUT],
+        reasoning_tokens: counts[REASONING],
+    }))
+}
+
+/// A JSON number that is a plain `u64` (digits, no sign, fraction, exponent or leading zero).
+fn plain_count(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || (value.len() > 1 && value[0] == b'0') {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &c| {
+        c.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(c - b'0')))
+            .flatten()
+    })
+}
+
+/// What [`top_level_member`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Member<'a> {
+    /// The member's raw value (not yet checked beyond its extent).
+    Found(&'a [u8]),
+    /// The body is an object without the member.
+    Absent,
+    /// The body is not an object as far as the scan checks, or a key is spelt with an escape:
+    /// leave it to a full parse.
+    Unsure,
+}
+
+/// The raw value of the top-level member `key` of the JSON object `body`, found by walking the
+/// object's members backwards from its closing brace: providers put `usage` at or near the
+/// end, after the answer's text, so the text is not even skipped. Values are skipped by their
+/// structure (a string back to its unescaped opening quote, an object or array by counting
+/// brackets outside strings, a scalar back to its delimiter), and the walk stops at the last
+/// member named `key`, as JSON parsers that keep the last of duplicate keys do (serde refuses
+/// duplicates). So what lies before that member is not checked beyond the opening brace.
+fn top_level_member<'a>(body: &'a [u8], key: &[u8]) -> Member<'a> {
+    let ws_back = |mut end: usize| {
+        while end > 0 && body[end - 1].is_ascii_whitespace() {
+            end -= 1;
+        }
+        end
+    };
+    let first = body.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    if body.get(first) != Some(&b'{') {
+        return Member::Unsure;
+    }
+    // `end` is always just past what is to be read next, going backwards.
+    let mut end = ws_back(body.len());
+    if end == first + 1 || body.get(end.wrapping_sub(1)) != Some(&b'}') {
+        return Member::Unsure;
+    }
+    end = ws_back(end - 1);
+    if end == first + 1 {
+        return Member::Absent;
+    }
+    loop {
+        let Some(start) = value_start(body, end) else {
+            return Member::Unsure;
+        };
+        let value = &body[start..end];
+        end = ws_back(start);
+        if end == 0 || body[end - 1] != b':' {
+            return Member::Unsure;
+        }
+        end = ws_back(end - 1);
+        if end == 0 || body[end - 1] != b'"' {
+            return Member::Unsure;
+        }
+        let Some(open) = string_start(body, end - 1) else {
+            return Member::Unsure;
+        };
+        let name = &body[open + 1..end - 1];
+        if name.contains(&b'\\') {
+            return Member::Unsure;
+        }
+        if name == key {
+            return Member::Found(value);
+        }
+        end = ws_back(open);
+        match end.checked_sub(1).map(|i| body[i]) {
+            Some(b',') => end = ws_back(end - 1),
+            Some(b'{') if end - 1 == first => return Member::Absent,
+            _ => return Member::Unsure,
+        }
+    }
+}
+
+/// The opening quote of the string whose closing quote is at `close`: the nearest quote
+/// before it that an even number of backslashes precedes.
+fn string_start(body: &[u8], close: usize) -> Option<usize> {
+    let mut at = close;
+    loop {
+        at = memchr::memrchr(b'"', &body[..at])?;
+        let escapes = body[..at].iter().rev().take_while(|c| **c == b'\\').count();
+        if escapes % 2 == 0 {
+            return Some(at);
+        }
+    }
+}
+
+/// The start of the value that ends just before `end` (see [`top_level_member`] for how far
+/// it is checked).
+fn value_start(body: &[u8], end: usize) -> Option<usize> {
+    match body[..end].last()? {
+        b'"' => string_start(body, end - 1),
+        b'}' | b']' => {
+            let mut depth = 0usize;
+            let mut at = end;
+            while at > 0 {
+                at -= 1;
+                match body[at] {
+                    b'"' => at = string_start(body, at)?,
+                    b'}' | b']' => depth += 1,
+                    b'{' | b'[' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None
+        }
+        _ => {
+            // A number, `true`, `false` or `null`, after a delimiter.
+            let len = body[..end]
+                .iter()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'+' | b'-'))
+                .count();
+            let start = end - len;
+            let after_delimiter = start > 0
+                && (matches!(body[start - 1], b':' | b',' | b'[' | b'{')
+                    || body[start - 1].is_ascii_whitespace());
+            (len > 0 && after_delimiter).then_some(start)
+        }
+    }
+}
+
+/// Calls `f` with each member's key (as spelt, without its quotes) and raw value, in order, of
+/// the JSON object `obj` (which only whitespace may surround). Values are skipped by their
+/// structure alone: a string by a search for its closing quote, an object or array by counting
+/// brackets outside strings, a scalar up to its delimiter, so a value that is malformed inside
+/// (a bad number or escape) is not noticed, unlike in a full parse. `None` when the object's
+/// structure does not close, a key is spelt with an escape, or `f` returns false.
+fn members<'a>(obj: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8]) -> bool) -> Option<()> {
+    let ws = |at: usize| {
+        at + obj[at..]
+            .iter()
+            .take_while(|c| c.is_ascii_whitespace())
+            .count()
+    };
+    let mut at = ws(0);
+    if obj.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = ws(at + 1);
+    if obj.get(at) == Some(&b'}') {
+        return (ws(at + 1) == obj.len()).then_some(());
+    }
+    loop {
+        if obj.get(at) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(obj, at)?;
+        let key = &obj[at + 1..key_end - 1];
+        if key.contains(&b'\\') {
+            return None;
+        }
+        at = ws(key_end);
+        if obj.get(at) != Some(&b':') {
+            return None;
+        }
+        let start = ws(at + 1);
+        let end = value_end(obj, start)?;
+        if !f(key, &obj[start..end]) {
+            return None;
+        }
+        at = ws(end);
+        match obj.get(at) {
+            Some(b',') => at = ws(at + 1),
+            Some(b'}') if ws(at + 1) == obj.len() => return Some(()),
+            _ => return None,
+        }
+    }
+}
+
+/// The end (past the closing quote) of the string opening at `at`.
+fn string_end(body: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        // Keys and most values are short: a plain loop first, a vector search for the rest.
+        let head = &body[i..body.len().min(i + 32)];
+        i += match head.iter().position(|c| matches!(c, b'"' | b'\\')) {
+            Some(n) => n,
+            None => head.len() + memchr::memchr2(b'"', b'\\', &body[i + head.len()..])?,
+        };
+        if body[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2;
+        if i > body.len() {
+            return None;
+        }
+    }
+}
+
+/// The end of the value starting at `at` (see [`members`] for how far it is checked).
+fn value_end(body: &[u8], at: usize) -> Option<usize> {
+    match body.get(at)? {
+        b'"' => string_end(body, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            while let Some(&c) = body.get(i) {
+                match c {
+                    b'"' => {
+                        i = string_end(body, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let len = body[at..]
+                .iter()
+                .take_while(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+                .count();
+            (len > 0).then_some(at + len)
+        }
     }
 }
 
@@ -509,6 +863,116 @@ mod tests {
         );
         assert_eq!(from_body(Endpoint::Responses, b"{\"usage\":null}"), None);
         assert_eq!(from_body(Endpoint::Responses, b"not json"), None);
+    }
+
+    #[test]
+    fn finds_only_the_top_level_member_and_leaves_doubtful_bodies_to_serde() {
+        let usage = br#"{"prompt_tokens":19}"#;
+        let m = |b: &'static [u8]| top_level_member(b, b"usage");
+        // Strings with escaped quotes and brackets, and a `usage` nested in an array or an
+        // object, are skipped; the value is returned byte for byte.
+        assert_eq!(
+            m(br#" { "usage" : {"prompt_tokens":19} , "a" : "x\"}]\\", "b":[{"usage":1},"]"], "c":{"usage":{}} , "d":-1.5e3, "e":null } "#),
+            Member::Found(usage)
+        );
+        assert_eq!(m(br#"{"usage":null}"#), Member::Found(b"null"));
+        assert_eq!(m(br#"{"a":[1,{"b":"}"}],"n":true}"#), Member::Absent);
+        assert_eq!(m(b"{ }"), Member::Absent);
+        for doubtful in [
+            &br#"{"\u0075sage":{"prompt_tokens":1}}"#[..], // an escaped key: serde decodes it
+            br#"{"a":"unterminated}"#,
+            br#"{"a":[1,2}"#,
+            br#"{"a":1"#,
+            br#"{"a":1} x"#,
+            br#"{"a" 1}"#,
+            br#"{"a":1,}"#,
+            br#"{"a":}"#,
+            b"[1]",
+            b"",
+        ] {
+            assert_eq!(
+                m(doubtful),
+                Member::Unsure,
+                "{}",
+                String::from_utf8_lossy(doubtful)
+            );
+        }
+        // Of duplicate members, the last counts (serde would refuse the body).
+        assert_eq!(m(br#"{"usage":1,"usage":2}"#), Member::Found(b"2"));
+        // The escaped key is the usage, as serde reads it.
+        assert_eq!(
+            from_body(
+                Endpoint::ChatCompletions,
+                br#"{"\u0075sage":{"prompt_tokens":7}}"#
+            )
+            .map(|u| u.input_tokens),
+            Some(7)
+        );
+        assert_eq!(
+            from_body(
+                Endpoint::ChatCompletions,
+                br#"{"usage":null,"usage":{"prompt_tokens":7}}"#
+            )
+            .map(|u| u.input_tokens),
+            Some(7)
+        );
+        // Plain usage objects are read without serde, with serde's answer; the others are
+        // left to serde.
+        let serde_chat = |v: &[u8]| {
+            serde_json::from_slice::<Option<ChatUsage>>(v)
+                .ok()
+                .map(|u| u.map(Usage::from))
+        };
+        for (usage, plain) in [
+            (&br#"{"prompt_tokens":5,"completion_tokens":12,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":4,"x":[1]}}"#[..], true),
+            (br#" { "prompt_tokens" : 18446744073709551615 } "#, true),
+            (br#"{"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":null}}"#, true),
+            (b"{}", true),
+            (b"null", true),
+            (br#"{"prompt_tokens":18446744073709551616}"#, false), // past u64: serde refuses
+            (br#"{"prompt_tokens":null}"#, false),
+            (br#"{"prompt_tokens":1.0}"#, false),
+            (br#"{"prompt_tokens":-1}"#, false),
+            (br#"{"prompt_tokens":01}"#, false),
+            (br#"{"prompt_tokens":1,"prompt_tokens":2}"#, false),
+            (br#"{"prompt_tokens_details":{"cached_tokens":1,"cached_tokens":1}}"#, false),
+            (br#"{"prompt_tokens_details":7}"#, false),
+            (br#"{"prompt_tokens_details":{"cached_tokens":"7"}}"#, false),
+            (b"[]", false),
+        ] {
+            let text = String::from_utf8_lossy(usage);
+            match plain_usage(Endpoint::ChatCompletions, usage) {
+                Some(u) => {
+                    assert!(plain, "{text} was read without serde");
+                    assert_eq!(Some(u), serde_chat(usage), "{text}");
+                }
+                None => assert!(!plain, "{text} was left to serde"),
+            }
+        }
+        let responses = br#"{"input_tokens":9,"input_tokens_details":{"cached_tokens":2,"cache_write_tokens":5},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":16}"#;
+        assert_eq!(
+            plain_usage(Endpoint::Responses, responses),
+            Some(Some(Usage {
+                input_tokens: 9,
+                cached_input_tokens: 2,
+                cache_write_tokens: 5,
+                output_tokens: 7,
+                reasoning_tokens: 1,
+            }))
+        );
+        // Whatever the path, the same answer as a full parse, for every prefix of a body.
+        for end in 0..=CHAT_BODY.len() {
+            let body = &CHAT_BODY.as_bytes()[..end];
+            let full = serde_json::from_slice::<WithChatUsage>(body)
+                .ok()
+                .and_then(|w| w.usage)
+                .map(Usage::from);
+            assert_eq!(
+                from_body(Endpoint::ChatCompletions, body),
+                full,
+                "prefix {end}"
+            );
+        }
     }
 
     #[test]

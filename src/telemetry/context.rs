@@ -65,11 +65,14 @@ fn is_sane_request_id(v: &[u8]) -> bool {
 
 /// Appends the low `digits` hex digits of `v`, lower case and zero-padded (what `{:032x}`
 /// writes, without the formatting machinery: this runs for every request).
-fn push_hex(out: &mut String, v: u128, digits: u32) {
+fn push_hex(out: &mut String, v: u128, digits: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for i in (0..digits).rev() {
-        out.push(char::from(HEX[((v >> (4 * i)) & 0xf) as usize]));
+    let mut buf = [0u8; 32];
+    let buf = &mut buf[..digits];
+    for (i, digit) in buf.iter_mut().rev().enumerate() {
+        *digit = HEX[((v >> (4 * i)) & 0xf) as usize];
     }
+    out.push_str(std::str::from_utf8(buf).unwrap_or_default());
 }
 
 /// `(trace_id, parent_id, flags)` of a valid version-00 `traceparent`.

@@ -11,7 +11,7 @@
 //! outside its handler (the provider actor's call, a stream's relay) takes the scope along.
 
 use crate::config::Proxy;
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
@@ -40,7 +40,7 @@ struct Names {
 
 thread_local! {
     /// The scope whose work this thread is running, if any.
-    static CURRENT: RefCell<Option<Arc<Fields>>> = const { RefCell::new(None) };
+    static CURRENT: Cell<Option<Arc<Fields>>> = const { Cell::new(None) };
 }
 
 /// A request's log scope (the default scope names no request).
@@ -63,7 +63,11 @@ impl Scope {
     /// The scope this thread is running in.
     pub fn current() -> Self {
         Self {
-            fields: CURRENT.with_borrow(Clone::clone),
+            fields: CURRENT.with(|current| {
+                let fields = current.take();
+                current.set(fields.clone());
+                fields
+            }),
         }
     }
 
@@ -124,25 +128,49 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _entered = this.scope.enter();
+        // The scope's record is moved into the thread-local for the poll and back after it,
+        // not cloned: a request's futures are polled many times, and each clone and drop of
+        // the `Arc` would be an atomic increment and decrement.
+        let _lent = Lent {
+            previous: CURRENT.replace(this.scope.fields.take()),
+            home: &mut this.scope.fields,
+        };
         this.future.poll(cx)
+    }
+}
+
+/// A [`Scoped`] future's record while it is current: put back when the poll ends (or
+/// unwinds), and the previous one made current again.
+struct Lent<'a> {
+    home: &'a mut Option<Arc<Fields>>,
+    previous: Option<Arc<Fields>>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        *self.home = CURRENT.replace(self.previous.take());
     }
 }
 
 /// Calls `f` with the current scope's fields as `(name, value)` pairs, those known so far.
 fn with_current_fields<R>(f: impl FnOnce(&[(&str, &str)]) -> R) -> Option<R> {
-    CURRENT.with_borrow(|current| {
-        let fields = current.as_ref()?;
-        let names = fields.names.lock().unwrap_or_else(|e| e.into_inner());
-        let mut pairs: Vec<(&str, &str)> = vec![("request_id", &fields.request_id)];
-        if let Some(proxy) = &names.proxy {
-            pairs.push(("tenant", &proxy.tenant));
-            pairs.push(("proxy", &proxy.id));
-            if let Some(route) = names.route.and_then(|i| proxy.routes.get(i)) {
-                pairs.push(("route", &route.name));
+    CURRENT.with(|current| {
+        // Taken for the look-up and put back; nothing here makes another scope current.
+        let taken = current.take();
+        let out = taken.as_ref().map(|fields| {
+            let names = fields.names.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pairs: Vec<(&str, &str)> = vec![("request_id", &fields.request_id)];
+            if let Some(proxy) = &names.proxy {
+                pairs.push(("tenant", &proxy.tenant));
+                pairs.push(("proxy", &proxy.id));
+                if let Some(route) = names.route.and_then(|i| proxy.routes.get(i)) {
+                    pairs.push(("route", &route.name));
+                }
             }
-        }
-        Some(f(&pairs))
+            f(&pairs)
+        });
+        current.set(taken);
+        out
     })
 }
 
@@ -306,10 +334,26 @@ mod tests {
                 let first = with_current_fields(|f| f[0].1.to_owned());
                 tokio::task::yield_now().await;
                 let second = with_current_fields(|f| f[0].1.to_owned());
-                (first, second)
+                // A nested scope is current inside, on every poll, and the outer one after.
+                let nested = Scope::new("req-4")
+                    .instrument(async {
+                        tokio::task::yield_now().await;
+                        with_current_fields(|f| f[0].1.to_owned())
+                    })
+                    .await;
+                let after = Scope::current().fields.map(|f| f.request_id.to_string());
+                (first, second, nested, after)
             })
             .await;
-        assert_eq!(seen, (Some("req-3".into()), Some("req-3".into())));
+        assert_eq!(
+            seen,
+            (
+                Some("req-3".into()),
+                Some("req-3".into()),
+                Some("req-4".into()),
+                Some("req-3".into())
+            )
+        );
         assert_eq!(with_current_fields(|f| f.len()), None);
     }
 }
