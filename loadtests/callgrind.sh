@@ -11,11 +11,13 @@
 # worker and the tenant of loadtests/otel.sh (one OpenAI route to the emulator).
 #
 # Usage: loadtests/callgrind.sh [--bin PATH] [-n N] [--ledger off|sqlite] [--otel off|all|none|tenth]
-#                               [--keep DIR]
+#                               [--tokens N] [--keep DIR]
 #   --ledger  sqlite (default): a SQLite ledger in a temporary directory; off: --ledger off
 #   --otel    off (default); all / none / tenth: OTLP/gRPC to tests/otlp/receiver.py with every
 #             trace, none, or 10% sampled (needs a Python with opentelemetry-proto and grpcio:
 #             SWITCHYARD_TEST_PYTHON or python3)
+#   --tokens  answers of N words (the emulator's `tokens` marker in the prompt; default: its
+#             12-word answer)
 #   --keep    copy the callgrind output there (for callgrind_annotate)
 # Prints one line: "instructions/request N (total T over R requests)".
 set -euo pipefail
@@ -26,6 +28,7 @@ N=2000
 LEDGER=sqlite
 OTEL=off
 KEEP=""
+PROMPT="Hello"
 while (($#)); do
     case "$1" in
         --bin) BIN="$2" ;;
@@ -33,6 +36,7 @@ while (($#)); do
         --ledger) LEDGER="$2" ;;
         --otel) OTEL="$2" ;;
         --keep) KEEP="$2" ;;
+        --tokens) PROMPT="Hello [emulator:tokens=$2]" ;;
         *) sed -n '2,/^set/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
     esac
     shift 2
@@ -112,7 +116,7 @@ env "${ENV[@]}" taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
 GW=$!
 PIDS+=("$GW")
 URL="$(wait_line "$WORK/gw.out" 'switchyard listening on' | sed 's/.*on //')/bench/chat/v1/chat/completions"
-BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"'"$PROMPT"'"}]}'
 load() {
     taskset -c 1 hey -n "$1" -c 8 -m POST -H "Authorization: Bearer sk-bench" \
         -T application/json -d "$BODY" "$URL" >"$WORK/hey.txt"
