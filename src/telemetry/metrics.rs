@@ -236,15 +236,17 @@ where
         }
     }
 
-    /// The series of `labels`, created at first use.
-    fn get(&self, labels: &L) -> M {
+    /// Calls `f` with the series of `labels`, created at first use (lent, not cloned: a clone
+    /// and its drop would be two more atomic operations).
+    fn with<R>(&self, labels: &L, f: impl FnOnce(&M) -> R) -> R {
         let kept = self.kept.get_or_default();
         if let Some(series) = kept.borrow().get(labels) {
-            return series.clone();
+            return f(series);
         }
         let series = self.family.get_or_create(labels).clone();
-        kept.borrow_mut().insert(labels.clone(), series.clone());
-        series
+        let out = f(&series);
+        kept.borrow_mut().insert(labels.clone(), series);
+        out
     }
 }
 
@@ -468,10 +470,10 @@ impl Metrics {
             model: Name::from(model),
         };
         if !priced {
-            self.unpriced.get(&labels).inc();
+            self.unpriced.with(&labels, |c| c.inc());
         }
         if let Some(c) = cost.and_then(|c| rust_decimal::prelude::ToPrimitive::to_f64(&c)) {
-            self.cost.get(&labels).inc_by(c);
+            self.cost.with(&labels, |s| s.inc_by(c));
         }
         let Some(u) = usage else {
             return;
@@ -489,14 +491,15 @@ impl Metrics {
             ("reasoning", u.reasoning_tokens),
         ] {
             if n > 0 {
-                self.usage_tokens
-                    .get(&UsageLabels {
+                self.usage_tokens.with(
+                    &UsageLabels {
                         tenant: tenant.clone(),
                         provider,
                         model: model.clone(),
                         kind,
-                    })
-                    .inc_by(n);
+                    },
+                    |m| m.inc_by(n),
+                );
             }
         }
     }
@@ -518,40 +521,43 @@ impl Metrics {
     pub fn request_finished(&self, done: &FinishedRequest<'_>) {
         self.in_flight.dec();
         let l = done.route;
-        self.requests
-            .get(&RequestLabels {
+        self.requests.with(
+            &RequestLabels {
                 tenant: l.tenant.clone(),
                 proxy: l.proxy.clone(),
                 route: l.route.clone(),
                 endpoint: done.endpoint,
                 status: done.status,
                 error: done.error,
-            })
-            .inc();
-        self.duration
-            .get(&DurationLabels {
+            },
+            |m| m.inc(),
+        );
+        self.duration.with(
+            &DurationLabels {
                 tenant: l.tenant.clone(),
                 proxy: l.proxy.clone(),
                 route: l.route.clone(),
                 endpoint: done.endpoint,
-            })
-            .observe(done.total.as_secs_f64());
+            },
+            |m| m.observe(done.total.as_secs_f64()),
+        );
         if let Some(ttft) = done.ttft {
-            self.ttft.get(l).observe(ttft.as_secs_f64());
+            self.ttft.with(l, |h| h.observe(ttft.as_secs_f64()));
         }
         if let Some(overhead) = done.overhead {
-            self.overhead.get(l).observe(overhead.as_secs_f64());
+            self.overhead.with(l, |h| h.observe(overhead.as_secs_f64()));
         }
         if let Some((input, output)) = done.tokens {
             for (kind, n) in [("input", input), ("output", output)] {
-                self.tokens
-                    .get(&TokenLabels {
+                self.tokens.with(
+                    &TokenLabels {
                         tenant: l.tenant.clone(),
                         proxy: l.proxy.clone(),
                         route: l.route.clone(),
                         kind,
-                    })
-                    .inc_by(n);
+                    },
+                    |m| m.inc_by(n),
+                );
             }
         }
     }
@@ -569,10 +575,9 @@ impl Metrics {
             status,
             outcome,
         };
-        self.upstream_attempts.get(&labels).inc();
+        self.upstream_attempts.with(&labels, |m| m.inc());
         self.upstream_duration
-            .get(&labels)
-            .observe(took.as_secs_f64());
+            .with(&labels, |m| m.observe(took.as_secs_f64()));
     }
 
     /// A reload attempt ended: `applied`, `invalid` or `refused`.
