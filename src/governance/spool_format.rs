@@ -39,7 +39,7 @@ const STRINGS: usize = 11;
 /// The body's fixed part: the 3 integers, 2 presence bytes, 6 optional integers, 11 lengths.
 const FIXED: usize = 3 * 8 + 2 + 6 * 8 + STRINGS * 4;
 
-/// Whether a segment whose bytes start with `first` holds JSON lines (an older gateway's).
+/// Whether `segment` (its bytes from the start) holds JSON lines (an older gateway's).
 pub(crate) fn is_json(segment: &[u8]) -> bool {
     segment.first() == Some(&b'{')
 }
