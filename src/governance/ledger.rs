@@ -13,6 +13,7 @@
 //! sent).
 
 use super::spool::{Spool, Written};
+use super::spool_format::{self, Records};
 use super::{PricedRecord, now_ms};
 use actix::prelude::*;
 use rusqlite::OptionalExtension;
@@ -312,14 +313,15 @@ static DIMS_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// The ids of the dimension tuples ([`DIM_COLUMNS`]) this ledger has written or read, by the
-/// tuple written as one string (each value length-prefixed, so no two tuples share a key). A
-/// look-up writes its key into a buffer kept for the next one: a known tuple costs no
-/// allocation. Forgotten when a SQLite transaction that may have added some fails (a
-/// rolled-back id may be given to another tuple).
+/// tuple written as one byte string (each value prefixed with its length, so no two tuples
+/// share a key; the bytes copied, not formatted: `write!` cost the ledger thread 3,600
+/// instructions a row). A look-up writes its key into a buffer kept for the next one: a
+/// known tuple costs no allocation. Forgotten when a SQLite transaction that may have added
+/// some fails (a rolled-back id may be given to another tuple).
 #[derive(Default)]
 pub(crate) struct DimIds {
-    ids: std::collections::HashMap<String, i64>,
-    key: String,
+    ids: std::collections::HashMap<Vec<u8>, i64>,
+    key: Vec<u8>,
 }
 
 /// A row's dimensions in [`DIM_COLUMNS`]' order (`''` for no topic), then its stream flag.
@@ -328,14 +330,13 @@ type Dims<'a> = ([&'a str; 9], i64);
 impl DimIds {
     /// The id of `dims` if known; its key stays for [`DimIds::learn`].
     fn known(&mut self, (text, stream): &Dims<'_>) -> Option<i64> {
-        use std::fmt::Write;
         self.key.clear();
         for s in text {
-            // Writing into a String cannot fail.
-            let _ = write!(self.key, "{}:{s}", s.len());
+            self.key.extend_from_slice(&s.len().to_le_bytes());
+            self.key.extend_from_slice(s.as_bytes());
         }
-        let _ = write!(self.key, "{stream}");
-        self.ids.get(self.key.as_str()).copied()
+        self.key.extend_from_slice(&stream.to_le_bytes());
+        self.ids.get(self.key.as_slice()).copied()
     }
 
     /// Remembers `id` for the tuple [`DimIds::known`] looked up last.
@@ -353,13 +354,15 @@ impl DimIds {
 const ROWS_PER_INSERT: usize = 64;
 
 /// One ledger row's values in `INSERT`'s column order, built once and bound by either store;
-/// also the spool's line (JSON), read back with strings borrowed from it where it can.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// also what a spool record holds (`governance::spool_format`), read back with strings
+/// borrowed from the segment. An older gateway's spool held it as JSON lines (serde's
+/// derived form), still read at start-up.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RowValues<S> {
-    ints: [i64; 3],
-    text: [S; 9],
-    optional_text: [Option<S>; 2],
-    optional_ints: [Option<i64>; 6],
+    pub(super) ints: [i64; 3],
+    pub(super) text: [S; 9],
+    pub(super) optional_text: [Option<S>; 2],
+    pub(super) optional_ints: [Option<i64>; 6],
 }
 
 impl<'a> RowValues<&'a str> {
@@ -408,14 +411,12 @@ impl<S: AsRef<str>> RowValues<S> {
     }
 }
 
-/// `record` as one spool line (see [`super::spool`]): its row as JSON, newline-terminated.
-pub(crate) fn spool_line(record: &PricedRecord) -> Vec<u8> {
+/// `record` as one spool record (see [`super::spool`] and [`spool_format`]).
+pub(crate) fn spool_record(record: &PricedRecord) -> Vec<u8> {
     let cost_usd = record.cost.map(|c| c.to_string());
-    let mut line = Vec::with_capacity(384);
-    // Serialising plain strings and integers into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut line, &RowValues::of(record, &cost_usd));
-    line.push(b'\n');
-    line
+    let mut out = Vec::new();
+    spool_format::encode(&RowValues::of(record, &cost_usd), &mut out);
+    out
 }
 
 /// The store behind the ledger. SQLite is driven synchronously on the ledger's own thread
@@ -785,7 +786,8 @@ struct Loaded {
     /// Closed segments loaded and deleted: their marks can go next time.
     gone: Vec<String>,
     rows: usize,
-    /// Lines that did not parse (a row torn by a crash), skipped.
+    /// Records (or an older segment's lines) that did not read back whole (a row torn by a
+    /// crash), skipped.
     torn: usize,
 }
 
@@ -793,9 +795,10 @@ struct Loaded {
 /// moving each segment's mark in `ledger_spool` to its written end in the same transaction
 /// (so no row is loaded twice, whether the process crashes before or after), then deletes the
 /// closed segments' files. `forget` are segments loaded and deleted earlier, whose marks can
-/// go. On error nothing is deleted (the next round tries again). Past a segment's last newline
-/// there is its zero tail (a segment is created full of zeros) and maybe a line torn by a
-/// crash: skipped, as is a line that does not parse, and logged.
+/// go. On error nothing is deleted (the next round tries again). Past a segment's last whole
+/// record there is its zero tail (a segment is created full of zeros) and maybe a record torn
+/// by a crash: skipped and logged ([`spool_format::Records`]). A segment an older gateway left
+/// holds JSON lines instead ([`load_json_lines`]).
 fn load_segments(
     db: &rusqlite::Connection,
     ids: &mut DimIds,
@@ -821,45 +824,19 @@ fn load_segments(
             };
             if from < segment.end() {
                 let bytes = segment.bytes(from);
-                let (lines, tail) = match bytes.iter().rposition(|b| *b == b'\n') {
-                    Some(last) => bytes.split_at(last + 1),
-                    None => (&[][..], bytes),
-                };
-                let mut torn = usize::from(tail.iter().any(|b| *b != 0));
                 let mut insert = sqlite_insert(db)?;
-                // UTF-8 checked once for all the lines (per string, the parser's check cost
-                // more than the rest of its work); line by line only when some are not.
-                let texts: Vec<Option<&str>> = match std::str::from_utf8(lines) {
-                    Ok(text) => text.split('\n').map(Some).collect(),
-                    Err(_) => lines
-                        .split(|b| *b == b'\n')
-                        .map(|l| std::str::from_utf8(l).ok())
-                        .collect(),
-                };
-                for line in texts {
-                    let Some(line) = line else {
-                        torn += 1;
-                        continue;
-                    };
-                    if line.is_empty() {
-                        continue;
+                let torn = if spool_format::is_json(segment.bytes(0)) {
+                    load_json_lines(db, &mut insert, ids, bytes, &mut loaded.rows)?
+                } else {
+                    let mut records = Records::new(bytes);
+                    for row in records.by_ref() {
+                        insert_sqlite(db, &mut insert, ids, &row)?;
+                        loaded.rows += 1;
                     }
-                    // Strings borrowed from the segment; owned only where JSON escaped something.
-                    let inserted = match serde_json::from_str::<RowValues<&str>>(line) {
-                        Ok(row) => insert_sqlite(db, &mut insert, ids, &row),
-                        Err(_) => match serde_json::from_str::<RowValues<String>>(line) {
-                            Ok(row) => insert_sqlite(db, &mut insert, ids, &row),
-                            Err(_) => {
-                                torn += 1;
-                                continue;
-                            }
-                        },
-                    };
-                    inserted?;
-                    loaded.rows += 1;
-                }
+                    records.torn()
+                };
                 if torn > 0 {
-                    tracing::error!(segment = %segment.path().display(), lines = torn, "ledger spool lines that do not parse are skipped");
+                    tracing::error!(segment = %segment.path().display(), records = torn, "torn ledger spool records are skipped");
                     loaded.torn += torn;
                 }
                 db.prepare_cached(
@@ -891,6 +868,54 @@ fn load_segments(
         }
     }
     Ok(loaded)
+}
+
+/// Inserts the rows of an older gateway's segment, JSON lines, from `bytes` (from a line's
+/// start to the written end) and returns how many lines did not parse (skipped). Past the last
+/// newline there is the zero tail and maybe a line torn by a crash.
+fn load_json_lines(
+    db: &rusqlite::Connection,
+    insert: &mut rusqlite::Statement<'_>,
+    ids: &mut DimIds,
+    bytes: &[u8],
+    rows: &mut usize,
+) -> Result<usize, String> {
+    let (lines, tail) = match bytes.iter().rposition(|b| *b == b'\n') {
+        Some(last) => bytes.split_at(last + 1),
+        None => (&[][..], bytes),
+    };
+    let mut torn = usize::from(tail.iter().any(|b| *b != 0));
+    // UTF-8 checked once for all the lines; line by line only when some are not.
+    let texts: Vec<Option<&str>> = match std::str::from_utf8(lines) {
+        Ok(text) => text.split('\n').map(Some).collect(),
+        Err(_) => lines
+            .split(|b| *b == b'\n')
+            .map(|l| std::str::from_utf8(l).ok())
+            .collect(),
+    };
+    for line in texts {
+        let Some(line) = line else {
+            torn += 1;
+            continue;
+        };
+        if line.is_empty() {
+            continue;
+        }
+        // Strings borrowed from the segment; owned only where JSON escaped something.
+        let inserted = match serde_json::from_str::<RowValues<&str>>(line) {
+            Ok(row) => insert_sqlite(db, insert, ids, &row),
+            Err(_) => match serde_json::from_str::<RowValues<String>>(line) {
+                Ok(row) => insert_sqlite(db, insert, ids, &row),
+                Err(_) => {
+                    torn += 1;
+                    continue;
+                }
+            },
+        };
+        inserted?;
+        *rows += 1;
+    }
+    Ok(torn)
 }
 
 /// Copies the SQLite ledger's WAL into the database file every [`CHECKPOINT_EVERY`], on a
@@ -1303,17 +1328,21 @@ mod tests {
             load_segments(&db, &mut DimIds::default(), &disk.spool.written(), &[]).expect("load")
         };
         for i in 0..2 {
-            disk.spool.append(&spool_line(&priced(i))).expect("append");
+            disk.spool
+                .append(&spool_record(&priced(i)))
+                .expect("append");
         }
         assert_eq!(load().rows, 2);
         // Loaded again with one more row: only the new one goes in.
-        disk.spool.append(&spool_line(&priced(2))).expect("append");
+        disk.spool
+            .append(&spool_record(&priced(2)))
+            .expect("append");
         let loaded = load();
         assert_eq!((loaded.rows, loaded.torn), (1, 0));
         assert_eq!(load().rows, 0);
         assert_eq!(counts(&db), ((3, Some(3 * 1_425_000)), 1));
         // The segment's file as a crash would leave it (the mapping is its page cache): its
-        // mark says all three rows are in, and its zero tail is not a torn line.
+        // mark says all three rows are in, and its zero tail is not a torn record.
         let written = disk.spool.written();
         let file = Written::from_file(written[0].path().to_owned()).expect("read");
         assert_eq!(file.end(), super::super::spool::SEGMENT_BYTES);
@@ -1323,12 +1352,68 @@ mod tests {
         assert_eq!(counts(&db).0.0, 3);
     }
 
+    /// `record` as an older gateway spooled it: its row as a JSON line.
+    fn json_line(record: &PricedRecord) -> Vec<u8> {
+        let cost_usd = record.cost.map(|c| c.to_string());
+        let mut line = serde_json::to_vec(&RowValues::of(record, &cost_usd)).expect("json");
+        line.push(b'\n');
+        line
+    }
+
     #[actix_web::test]
-    async fn a_crashed_segment_is_loaded_once_its_torn_line_skipped_and_its_zero_tail_ignored() {
+    async fn a_crashed_segment_is_loaded_once_its_torn_record_skipped_and_its_zero_tail_ignored() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("ledger.db");
         let (db, _disk) = open_file(&path).await;
         // Another gateway's spool (another file beside it), killed mid-row.
+        let crashed = dir.path().join("crashed.db");
+        let (spool, _) = Spool::open(&crashed).expect("spool");
+        // A key of quotes, a backslash, a control character and more than ASCII.
+        let odd = "k \"quoted\" \\ \u{1} ключ";
+        for i in 0..3 {
+            let mut r = priced(i);
+            if i == 2 {
+                r.record.api_key = odd.into();
+            }
+            spool.append(&spool_record(&r)).expect("append");
+        }
+        // A crash in the middle of a copy leaves part of a record, then the segment's zeros.
+        let torn = spool_record(&priced(3));
+        spool.append(&torn[..torn.len() / 2]).expect("append");
+        drop(spool);
+        let (_spool, left) = Spool::open(&crashed).expect("reopen");
+        assert_eq!(left.len(), 1);
+        let segment = left[0].path().to_owned();
+        let copy = dir.path().join("copy");
+        std::fs::copy(&segment, &copy).expect("copy");
+        let loaded = load_segments(&db, &mut DimIds::default(), &left, &[]).expect("load");
+        assert_eq!((loaded.rows, loaded.torn), (3, 1));
+        assert_eq!(counts(&db), ((3, Some(3 * 1_425_000)), 1));
+        let key: String = db
+            .query_row(
+                "SELECT api_key FROM usage_ledger WHERE request_id = 'req_2'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("key");
+        assert_eq!(key, odd);
+        assert!(!segment.exists(), "a loaded closed segment is deleted");
+        // A crash after the commit but before the delete: the file is back, and not loaded twice.
+        std::fs::rename(&copy, &segment).expect("restore");
+        let again = Written::from_file(segment.clone()).expect("read");
+        let reloaded = load_segments(&db, &mut DimIds::default(), &[again], &[]).expect("again");
+        assert_eq!((reloaded.rows, reloaded.torn, counts(&db).0.0), (0, 0, 3));
+        assert_eq!(counts(&db).1, 1);
+        load_segments(&db, &mut DimIds::default(), &[], &reloaded.gone).expect("forget");
+        assert_eq!(counts(&db).1, 0);
+    }
+
+    #[actix_web::test]
+    async fn an_older_gateways_json_segment_is_loaded_its_torn_and_bad_lines_skipped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ledger.db");
+        let (db, _disk) = open_file(&path).await;
+        // An older gateway's spool (another file beside it), killed mid-row.
         let crashed = dir.path().join("crashed.db");
         let (spool, _) = Spool::open(&crashed).expect("spool");
         // One key JSON must escape (its row cannot borrow its strings from the segment).
@@ -1338,7 +1423,7 @@ mod tests {
             if i == 2 {
                 r.record.api_key = escaped.into();
             }
-            spool.append(&spool_line(&r)).expect("append");
+            spool.append(&json_line(&r)).expect("append");
             if i == 0 {
                 // A line that is not even UTF-8: skipped, and the others still load.
                 spool.append(b"\xff\xfe{\n").expect("append");
@@ -1348,10 +1433,6 @@ mod tests {
         spool.append(b"{\"ints\":[1,0").expect("append");
         drop(spool);
         let (_spool, left) = Spool::open(&crashed).expect("reopen");
-        assert_eq!(left.len(), 1);
-        let segment = left[0].path().to_owned();
-        let copy = dir.path().join("copy");
-        std::fs::copy(&segment, &copy).expect("copy");
         let loaded = load_segments(&db, &mut DimIds::default(), &left, &[]).expect("load");
         assert_eq!((loaded.rows, loaded.torn), (3, 2));
         assert_eq!(counts(&db), ((3, Some(3 * 1_425_000)), 1));
@@ -1363,15 +1444,6 @@ mod tests {
             )
             .expect("key");
         assert_eq!(key, escaped);
-        assert!(!segment.exists(), "a loaded closed segment is deleted");
-        // A crash after the commit but before the delete: the file is back, and not loaded twice.
-        std::fs::rename(&copy, &segment).expect("restore");
-        let again = Written::from_file(segment.clone()).expect("read");
-        let reloaded = load_segments(&db, &mut DimIds::default(), &[again], &[]).expect("again");
-        assert_eq!((reloaded.rows, counts(&db).0.0), (0, 3));
-        assert_eq!(counts(&db).1, 1);
-        load_segments(&db, &mut DimIds::default(), &[], &reloaded.gone).expect("forget");
-        assert_eq!(counts(&db).1, 0);
     }
 
     #[actix_web::test]
@@ -1391,8 +1463,9 @@ mod tests {
         }
         let spool = dir.path().join("ledger.db-spool");
         std::fs::create_dir_all(&spool).expect("spool dir");
-        std::fs::write(spool.join("0-000000000.rows"), spool_line(&priced(0))).expect("seg");
-        std::fs::write(spool.join("0-000000001.rows"), spool_line(&priced(1))).expect("seg");
+        // Its rows as it spooled them, JSON lines: loaded at start-up all the same.
+        std::fs::write(spool.join("0-000000000.rows"), json_line(&priced(0))).expect("seg");
+        std::fs::write(spool.join("0-000000001.rows"), json_line(&priced(1))).expect("seg");
         let (db, _disk) = open_file(&path).await;
         let ids: Vec<String> = db
             .prepare("SELECT request_id FROM usage_ledger")

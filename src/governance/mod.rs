@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod limits;
 pub mod pricing;
 pub mod spool;
+mod spool_format;
 
 use crate::api::Endpoint;
 use crate::api::canonical::Usage;
@@ -181,7 +182,7 @@ impl Governance {
         if let Some(spool) = &self.spool {
             // One write to the page cache, on the worker: durable against a crash of the
             // process once it returns, so nothing waits for the database.
-            if let Err(err) = spool.append(&ledger::spool_line(&priced)) {
+            if let Err(err) = spool.append(&ledger::spool_record(&priced)) {
                 tracing::error!(%err, request_id = %priced.record.request_id, "ledger spool write failed: a usage record is lost");
             }
             return;

@@ -3,7 +3,7 @@
 //!
 //! A SQLite commit per answer (or per group of answers) cost more CPU than the request it
 //! records: WAL page writes, file locks and two thread hand-offs. The spool is a series of
-//! segment files of ledger rows, one line each, beside the database (`<db>-spool/`). A segment
+//! segment files of ledger rows, one record each, beside the database (`<db>-spool/`). A segment
 //! is created at [`SEGMENT_BYTES`] (a sparse file of zeros, its pages faulted in once) and
 //! mapped shared: the worker that finishes a request copies its row into the mapping under a
 //! short lock, and the answer goes out. A shared mapping's pages are the file's page cache,
@@ -11,10 +11,10 @@
 //! commit with `synchronous=NORMAL` does); a copy costs no system call. A full segment is
 //! closed and the next one (prepared ahead by the ledger, [`Spool::prepare`]) takes over.
 //! The ledger actor reads what was written since its last round straight from the mappings
-//! ([`Spool::written`]: every byte below a segment's written length is a whole line and never
-//! changes again) and loads it into SQLite, remembering per segment how far it loaded; it
+//! ([`Spool::written`]: every byte below a segment's written length is in a whole record and
+//! never changes again) and loads it into SQLite, remembering per segment how far it loaded; it
 //! deletes a closed segment once all of it is in. At start-up it loads whatever an earlier
-//! process left: whole lines up to the zero tail, a torn last line skipped. A segment is
+//! process left: whole records up to the zero tail, a torn last record skipped. A segment is
 //! created and deleted every few seconds under load, not every round: creating and unlinking
 //! a file each 10 ms round cost the ledger thread more than the rows. A lock file keeps one
 //! gateway per ledger file. This module only owns the files; the row format and the loading
@@ -52,7 +52,7 @@ pub struct Spool {
 #[derive(Debug)]
 struct State {
     current: Arc<Segment>,
-    /// Bytes of `current` that hold whole lines.
+    /// Bytes of `current` that hold whole records.
     written: usize,
     /// Full segments and their lengths, not yet taken by [`Spool::written`].
     closed: Vec<(Arc<Segment>, usize)>,
@@ -69,8 +69,8 @@ pub struct Segment {
     map: MmapRaw,
 }
 
-/// Rows to load: a segment's first `end` bytes (whole lines, then possibly a torn line and
-/// zeros when an earlier process left it).
+/// Rows to load: a segment's first `end` bytes (whole records, then possibly a torn record
+/// and zeros when an earlier process left it).
 #[derive(Debug)]
 pub struct Written {
     path: PathBuf,
@@ -110,7 +110,7 @@ impl Written {
         let from = from.min(self.end);
         match &self.bytes {
             Bytes::Read(bytes) => &bytes[from..self.end],
-            // SAFETY: below `end` the mapping holds whole lines no writer touches again.
+            // SAFETY: below `end` the mapping holds whole records no writer touches again.
             Bytes::Mapped(segment) => unsafe {
                 std::slice::from_raw_parts(segment.map.as_ptr().add(from), self.end - from)
             },
@@ -185,8 +185,8 @@ impl Spool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends `line` (one row, newline-terminated): a copy into the segment's mapping. Once
-    /// this returns the row survives a crash of the process.
+    /// Appends `line` (one row's record, `governance::spool_format`): a copy into the segment's
+    /// mapping. Once this returns the row survives a crash of the process.
     #[expect(
         unsafe_code,
         reason = "a copy into a shared mapping costs a fifth of a write(2) (measured)"
@@ -219,7 +219,7 @@ impl Spool {
     }
 
     /// What the writers have written so far: the closed segments not yet taken (oldest first),
-    /// then the one being written, up to its last whole line.
+    /// then the one being written, up to its last whole record.
     pub fn written(&self) -> Vec<Written> {
         let mut state = self.lock();
         let mut out: Vec<Written> = state
