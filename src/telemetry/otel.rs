@@ -1,15 +1,15 @@
 //! OpenTelemetry trace export over OTLP (gRPC or HTTP/protobuf), off unless configured.
 //!
-//! The OTel spans are built here, directly with the SDK's tracer, where the gateway knows
-//! their fields; the `tracing` spans are for log lines only, and the log subscriber has no
-//! export layer. A request's exported spans hang off its [`Trace`] (kept in its
-//! `RequestContext`): the server span `request` (its parent is the caller's `traceparent`
-//! when there is one), with children for routing, each upstream attempt (whose context goes
-//! upstream as `traceparent`) and a stream's tail until its last byte. A span ends when the
-//! last clone of its [`Trace`] is dropped: the server span with the response's last byte (the
-//! access record's body holds it), an attempt with the upstream's last byte (the pump holds
-//! it). GenAI attributes are set through the helpers here; log events, which may quote an
-//! upstream's error body, are never exported, and nothing here reads a key or a prompt.
+//! The OTel spans are built here, where the gateway knows their fields; the `tracing` spans are
+//! for log lines only, and the log subscriber has no export layer. A request's exported spans
+//! hang off its [`Trace`] (kept in its `RequestContext`): the server span `request` (its parent
+//! is the caller's `traceparent` when there is one), with children for routing, each upstream
+//! attempt (whose context goes upstream as `traceparent`) and a stream's tail until its last
+//! byte. A span ends when the last clone of its [`Trace`] is dropped: the server span with the
+//! response's last byte (the access record's body holds it), an attempt with the upstream's
+//! last byte (the pump holds it). GenAI attributes are set through the helpers here; log
+//! events, which may quote an upstream's error body, are never exported, and nothing here reads
+//! a key or a prompt.
 //!
 //! Sampling is decided once per request, when its server span starts ([`start_request`]): the
 //! configured sampler (`OTEL_TRACES_SAMPLER`/`_ARG`, as the SDK reads them) sees the caller's
@@ -20,8 +20,8 @@
 //!
 //! The spans are the gateway's own lean records (ids, times, name, kind, parent, attributes,
 //! status), not the SDK tracer's: with every trace sampled, the SDK's span machinery (a
-//! `Context` per span, builders, dynamic dispatch, per-attribute locking) was most of the
-//! worker's extra cost (loadtests/README.md, "Telemetry cost"). The SDK's sampler still
+//! `Context` per span, builders, dynamic dispatch, per-attribute locking) was a large part
+//! of the request thread's extra cost (loadtests/README.md, "Telemetry cost"). The SDK's sampler still
 //! decides, and a finished span becomes the SDK's `SpanData` for the encoder.
 //!
 //! Export never blocks a request: a finished span goes to a bounded queue
