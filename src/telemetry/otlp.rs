@@ -353,7 +353,7 @@ impl Encoder {
                     .iter()
                     .map(|l| field_len(*l))
                     .sum::<usize>()
-                + run.0.schema_url().map_or(0, |u| opt_str_len(u));
+                + run.0.schema_url().map_or(0, opt_str_len);
             rs_len += field_len(run.3);
         }
         let mut out = Vec::with_capacity(field_len(rs_len));
@@ -390,7 +390,7 @@ fn opt_str_len(s: &str) -> usize {
 /// `InstrumentationScope { name = 1, version = 2, attributes = 3 }`.
 fn scope_len(scope: &InstrumentationScope) -> usize {
     opt_str_len(scope.name())
-        + scope.version().map_or(0, |v| opt_str_len(v))
+        + scope.version().map_or(0, opt_str_len)
         + scope
             .attributes()
             .map(|kv| field_len(key_value_len(kv.key.as_str(), &kv.value)))
@@ -618,7 +618,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[cfg(test)]
@@ -644,11 +644,11 @@ mod tests {
         let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789);
         SpanData {
             span_context: SpanContext::new(
-                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("valid"),
+                SpanId::from_hex("00f067aa0ba902b7").expect("valid"),
                 TraceFlags::SAMPLED,
                 false,
-                TraceState::from_key_value([("vendor", "x1")]).unwrap(),
+                TraceState::from_key_value([("vendor", "x1")]).expect("valid"),
             ),
             parent_span_id: parent,
             parent_span_is_remote: remote,
@@ -670,7 +670,7 @@ mod tests {
             span(
                 "request",
                 SpanKind::Server,
-                SpanId::from_hex("b7ad6b7169203331").unwrap(),
+                SpanId::from_hex("b7ad6b7169203331").expect("valid"),
                 true,
                 vec![
                     KeyValue::new("switchyard.request_id", "r-1"),
@@ -692,7 +692,7 @@ mod tests {
             span(
                 "upstream",
                 SpanKind::Client,
-                SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+                SpanId::from_hex("00f067aa0ba902b7").expect("valid"),
                 false,
                 vec![KeyValue::new("http.response.status_code", 502_i64)],
                 Status::error("upstream attempt failed"),
