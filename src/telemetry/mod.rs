@@ -10,6 +10,7 @@ pub mod context;
 pub mod metrics;
 pub mod names;
 pub mod otel;
+mod otlp;
 pub mod scope;
 
 /// Log output format.

@@ -1,15 +1,15 @@
 //! OpenTelemetry trace export over OTLP (gRPC or HTTP/protobuf), off unless configured.
 //!
-//! The OTel spans are built here, directly with the SDK's tracer, where the gateway knows
-//! their fields; the `tracing` spans are for log lines only, and the log subscriber has no
-//! export layer. A request's exported spans hang off its [`Trace`] (kept in its
-//! `RequestContext`): the server span `request` (its parent is the caller's `traceparent`
-//! when there is one), with children for routing, each upstream attempt (whose context goes
-//! upstream as `traceparent`) and a stream's tail until its last byte. A span ends when the
-//! last clone of its [`Trace`] is dropped: the server span with the response's last byte (the
-//! access record's body holds it), an attempt with the upstream's last byte (the pump holds
-//! it). GenAI attributes are set through the helpers here; log events, which may quote an
-//! upstream's error body, are never exported, and nothing here reads a key or a prompt.
+//! The OTel spans are built here, where the gateway knows their fields; the `tracing` spans are
+//! for log lines only, and the log subscriber has no export layer. A request's exported spans
+//! hang off its [`Trace`] (kept in its `RequestContext`): the server span `request` (its parent
+//! is the caller's `traceparent` when there is one), with children for routing, each upstream
+//! attempt (whose context goes upstream as `traceparent`) and a stream's tail until its last
+//! byte. A span ends when the last clone of its [`Trace`] is dropped: the server span with the
+//! response's last byte (the access record's body holds it), an attempt with the upstream's
+//! last byte (the pump holds it). GenAI attributes are set through the helpers here; log
+//! events, which may quote an upstream's error body, are never exported, and nothing here reads
+//! a key or a prompt.
 //!
 //! Sampling is decided once per request, when its server span starts ([`start_request`]): the
 //! configured sampler (`OTEL_TRACES_SAMPLER`/`_ARG`, as the SDK reads them) sees the caller's
@@ -18,30 +18,35 @@
 //! `traceparent` (back to the client and upstream) keeps the trace id with the sampled flag
 //! clear.
 //!
-//! Export never blocks a request: spans go to the SDK's batch processor, whose bounded queue
-//! drops when full; a failing collector costs one log line when it starts failing and a count
-//! in `switchyard_trace_export_failures_total`. The gRPC exporter (tonic) runs on a runtime of
-//! its own: under actix's current-thread runtimes its exports never complete.
+//! The spans are the gateway's own lean records (ids, times, name, kind, parent, attributes,
+//! status), not the SDK tracer's: with every trace sampled, the SDK's span machinery (a
+//! `Context` per span, builders, dynamic dispatch, per-attribute locking) was a large part
+//! of the request thread's extra cost (loadtests/README.md, "Telemetry cost"). The SDK's sampler still
+//! decides, and a finished span becomes the SDK's `SpanData` for the encoder.
+//!
+//! Export never blocks a request: a finished span goes to a bounded queue
+//! (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048), dropped when it is full; the export thread
+//! sends a batch when it holds `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (default 512) or every
+//! `OTEL_BSP_SCHEDULE_DELAY` ms (default 5000), and everything queued at shutdown. A failing
+//! collector costs one log line when it starts failing and a count in
+//! `switchyard_trace_export_failures_total`. Encoding and transport are [`super::otlp`]'s.
 
 use super::context::RequestContext;
 use super::metrics::metrics;
 use super::names;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer as _, TracerProvider as _,
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, SdkTracerProvider,
-    ShouldSample, SpanData, SpanExporter,
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample, SpanData, SpanEvents,
+    SpanLinks,
 };
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -67,14 +72,31 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The configured sampler; consulted once per request, by [`start_request`].
 static SAMPLER: OnceLock<Sampler> = OnceLock::new();
 
-/// The tracer every exported span is built with.
-static TRACER: OnceLock<SdkTracer> = OnceLock::new();
-
-thread_local! {
-    /// The ids [`RequestIds`] hands to the next root span started on this thread (the
-    /// request's own, so the exported trace is the one the sampler decided on).
-    static NEXT_IDS: Cell<Option<(TraceId, SpanId)>> = const { Cell::new(None) };
+/// Where finished spans go: the export thread's bounded queue, and the thread to wake.
+struct Queue {
+    spans: SyncSender<SpanData>,
+    /// A batch's size: the thread is woken when this many spans are waiting.
+    batch: usize,
+    thread: std::thread::Thread,
 }
+
+static QUEUE: OnceLock<Queue> = OnceLock::new();
+
+/// Spans queued and not yet taken by the export thread. The thread sleeps until its timer
+/// or until a batch is waiting, so a span's end costs a queue slot, not a wake-up.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Set by [`Otel::shutdown`]: the export thread sends what is queued and stops.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Spans dropped because the queue was full (logged at shutdown).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The instrumentation scope of every exported span.
+static SCOPE: OnceLock<InstrumentationScope> = OnceLock::new();
+
+/// The SDK's limit on a span's attributes (more are counted as dropped).
+const MAX_ATTRIBUTES: usize = 128;
 
 /// The sampler `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` name (the SDK's reading of
 /// them: default `parentbased_always_on`, a missing or bad ratio is 1.0).
@@ -102,26 +124,6 @@ fn sampler_from_env() -> Result<Sampler, String> {
     })
 }
 
-/// Root spans take the ids [`start_request`] left for them; everything else is random.
-#[derive(Debug)]
-struct RequestIds;
-
-impl IdGenerator for RequestIds {
-    fn new_trace_id(&self) -> TraceId {
-        match NEXT_IDS.get() {
-            Some((trace, _)) => trace,
-            None => RandomIdGenerator::default().new_trace_id(),
-        }
-    }
-
-    fn new_span_id(&self) -> SpanId {
-        match NEXT_IDS.get() {
-            Some((_, span)) => span,
-            None => RandomIdGenerator::default().new_span_id(),
-        }
-    }
-}
-
 /// Whether spans are exported (cheap; checked on the hot path).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
@@ -129,7 +131,9 @@ pub fn enabled() -> bool {
 
 /// The running exporter; [`Otel::shutdown`] flushes what is queued.
 pub struct Otel {
-    provider: SdkTracerProvider,
+    thread: std::thread::JoinHandle<()>,
+    /// Answered by the export thread once it has sent what was queued.
+    flushed: Receiver<()>,
 }
 
 impl std::fmt::Debug for Otel {
@@ -141,8 +145,17 @@ impl std::fmt::Debug for Otel {
 impl Otel {
     /// Exports what is still queued (bounded by the exporter's timeout) and stops.
     pub fn shutdown(self) {
-        if let Err(err) = self.provider.shutdown() {
-            tracing::warn!(error = %err, "flushing traces at shutdown failed");
+        ENABLED.store(false, Ordering::Relaxed);
+        STOPPING.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        if self.flushed.recv_timeout(Duration::from_secs(30)).is_ok() {
+            let _ = self.thread.join();
+        } else {
+            tracing::warn!("flushing traces at shutdown failed");
+        }
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(dropped, "spans were dropped: the export queue was full");
         }
     }
 }
@@ -176,72 +189,52 @@ pub fn init(config: &OtelConfig) -> Result<Option<Otel>, String> {
         return Ok(None);
     }
     let protocol = resolve_protocol(config)?;
-    let exporter = match protocol {
-        Protocol::Grpc => {
-            // tonic needs a tokio runtime to build its channel and to run exports.
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("otlp-export")
-                .enable_all()
-                .build()
-                .map_err(|err| format!("cannot start the OTLP runtime: {err}"))?;
-            let inner = {
-                let _guard = rt.enter();
-                let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-                if let Some(e) = &config.endpoint {
-                    b = b.with_endpoint(e.clone());
-                }
-                b.build()
-            }
-            .map_err(|err| format!("cannot build the OTLP/gRPC exporter: {err}"))?;
-            Exporter {
-                inner,
-                rt: Some(Arc::new(rt)),
-                failing: AtomicBool::new(false),
-            }
-        }
-        Protocol::HttpProtobuf => {
-            let mut b = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
-            if let Some(e) = &config.endpoint {
-                b = b.with_endpoint(e.clone());
-            }
-            let inner = b
-                .build()
-                .map_err(|err| format!("cannot build the OTLP/HTTP exporter: {err}"))?;
-            Exporter {
-                inner,
-                rt: None,
-                failing: AtomicBool::new(false),
-            }
-        }
+    let inner = match protocol {
+        Protocol::Grpc => super::otlp::Exporter::grpc(config.endpoint.as_deref())?,
+        Protocol::HttpProtobuf => super::otlp::Exporter::http(config.endpoint.as_deref())?,
+    };
+    let mut exporter = Exporter {
+        inner,
+        failing: AtomicBool::new(false),
     };
     let sampler = sampler_from_env()?;
     let service = env("OTEL_SERVICE_NAME").unwrap_or_else(|| "switchyard".into());
-    // The sampler is applied once per request by `start_request`; whatever reaches the SDK
-    // was sampled (a child follows its parent), so the SDK's own sampler is always-on.
-    let provider = SdkTracerProvider::builder()
-        .with_sampler(Sampler::AlwaysOn)
-        .with_id_generator(RequestIds)
-        .with_batch_exporter(exporter)
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service)
-                .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-                .build(),
-        )
-        .build();
-    let _ = TRACER.set(provider.tracer("switchyard"));
+    exporter.inner.set_resource(
+        &Resource::builder()
+            .with_service_name(service)
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build(),
+    );
+    let number = |name: &str, default: u64| {
+        env(name)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let queue = usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2048).max(1)).unwrap_or(2048);
+    let batch = usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).max(1))
+        .unwrap_or(512)
+        .min(queue);
+    let delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000));
+    let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+    let (done, flushed) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("otel-batch".into())
+        .spawn(move || exporter.run(&rx, batch, delay, &done))
+        .map_err(|err| format!("cannot start the trace export thread: {err}"))?;
+    let _ = SCOPE.set(InstrumentationScope::builder("switchyard").build());
+    let _ = QUEUE.set(Queue {
+        spans: tx,
+        batch,
+        thread: thread.thread().clone(),
+    });
     let _ = SAMPLER.set(sampler);
     ENABLED.store(true, Ordering::Relaxed);
-    Ok(Some(Otel { provider }))
+    Ok(Some(Otel { thread, flushed }))
 }
 
-/// The OTLP exporter, counting failures, with the gRPC one run on its own runtime.
+/// The OTLP exporter ([`super::otlp`]), counting failures.
 struct Exporter {
-    inner: opentelemetry_otlp::SpanExporter,
-    rt: Option<Arc<tokio::runtime::Runtime>>,
+    inner: super::otlp::Exporter,
     /// The last export failed (so only the first failure of a run is logged).
     failing: AtomicBool,
 }
@@ -253,7 +246,7 @@ impl std::fmt::Debug for Exporter {
 }
 
 impl Exporter {
-    fn note(&self, result: &OTelSdkResult, spans: usize) {
+    fn note(&self, result: &Result<(), String>, spans: usize) {
         match result {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
@@ -270,40 +263,152 @@ impl Exporter {
     }
 }
 
-impl SpanExporter for Exporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
-        // Called on the SDK's batch thread, never on a request's.
-        let result = match &self.rt {
-            Some(rt) => rt.block_on(self.inner.export(batch)),
-            None => self.inner.export(batch).await,
-        };
-        self.note(&result, spans);
-        result
+impl Exporter {
+    /// The export thread: batches of up to `batch` spans, sent when full, every `delay`, and
+    /// at shutdown (then `done` is answered).
+    fn run(self, rx: &Receiver<SpanData>, batch: usize, delay: Duration, done: &SyncSender<()>) {
+        let mut spans: Vec<SpanData> = Vec::with_capacity(batch);
+        let mut due = Instant::now() + delay;
+        loop {
+            let stopping = STOPPING.load(Ordering::Acquire);
+            while let Ok(span) = rx.try_recv() {
+                PENDING.fetch_sub(1, Ordering::Relaxed);
+                spans.push(span);
+                if spans.len() >= batch {
+                    self.export(&mut spans);
+                }
+            }
+            let now = Instant::now();
+            if stopping || now >= due {
+                self.export(&mut spans);
+                due = now + delay;
+            }
+            if stopping {
+                let _ = done.send(());
+                return;
+            }
+            std::thread::park_timeout(due.saturating_duration_since(Instant::now()));
+        }
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+    fn export(&self, spans: &mut Vec<SpanData>) {
+        if spans.is_empty() {
+            return;
+        }
+        let result = self.inner.send(spans);
+        self.note(&result, spans.len());
+        spans.clear();
     }
 }
 
-/// One exported span: the OTel context holding it, or nothing when its request's trace is not
-/// exported (everything on it is then a no-op). Clones share the span, which ends (and is
-/// queued for export) when the last one is dropped.
+/// One exported span, or nothing when its request's trace is not exported (everything on it
+/// is then a no-op). Clones share the span, which ends (and is queued for export) when the
+/// last one is dropped.
 #[derive(Clone, Default)]
-pub struct Trace(Option<Context>);
+pub struct Trace(Option<Arc<Span>>);
 
 impl std::fmt::Debug for Trace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("Trace").field(&self.is_exported()).finish()
+    }
+}
+
+/// A started span: what it is, and what is set on it until it ends.
+struct Span {
+    context: SpanContext,
+    parent: SpanId,
+    parent_is_remote: bool,
+    name: &'static str,
+    kind: SpanKind,
+    start: SystemTime,
+    fields: Mutex<Fields>,
+}
+
+#[derive(Default)]
+struct Fields {
+    attributes: Vec<KeyValue>,
+    dropped_attributes: u32,
+    status: Status,
+}
+
+impl Fields {
+    fn add(&mut self, attributes: Vec<KeyValue>) {
+        if self.attributes.len() + attributes.len() <= MAX_ATTRIBUTES {
+            self.attributes.extend(attributes);
+            return;
+        }
+        for kv in attributes {
+            if self.attributes.len() < MAX_ATTRIBUTES {
+                self.attributes.push(kv);
+            } else {
+                self.dropped_attributes += 1;
+            }
+        }
+    }
+}
+
+impl Span {
+    fn start(
+        context: SpanContext,
+        parent: SpanId,
+        parent_is_remote: bool,
+        name: &'static str,
+        kind: SpanKind,
+        attributes: Vec<KeyValue>,
+    ) -> Span {
+        // Room for what the gateway sets later (a request's span gets about 14 attributes),
+        // so setting them does not grow the vector step by step.
+        let capacity = if kind == SpanKind::Server { 16 } else { 4 };
+        let mut fields = Fields {
+            attributes: Vec::with_capacity(capacity.max(attributes.len())),
+            ..Fields::default()
+        };
+        fields.add(attributes);
+        Span {
+            context,
+            parent,
+            parent_is_remote,
+            name,
+            kind,
+            start: SystemTime::now(),
+            fields: Mutex::new(fields),
+        }
+    }
+}
+
+impl Drop for Span {
+    /// The span ends: it is queued for export, or dropped (and counted) when the queue is full.
+    fn drop(&mut self) {
+        let (Some(queue), Some(scope)) = (QUEUE.get(), SCOPE.get()) else {
+            return;
+        };
+        let fields = std::mem::take(self.fields.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let data = SpanData {
+            span_context: self.context.clone(),
+            parent_span_id: self.parent,
+            parent_span_is_remote: self.parent_is_remote,
+            span_kind: self.kind.clone(),
+            name: self.name.into(),
+            start_time: self.start,
+            end_time: SystemTime::now(),
+            attributes: fields.attributes,
+            dropped_attributes_count: fields.dropped_attributes,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: fields.status,
+            instrumentation_scope: scope.clone(),
+        };
+        match queue.spans.try_send(data) {
+            Ok(()) => {
+                if PENDING.fetch_add(1, Ordering::Relaxed) + 1 == queue.batch {
+                    queue.thread.unpark();
+                }
+            }
+            Err(TrySendError::Full(_)) => {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
     }
 }
 
@@ -321,15 +426,25 @@ impl Trace {
         kind: SpanKind,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> Trace {
-        let (Some(parent), Some(tracer)) = (&self.0, TRACER.get()) else {
+        let Some(parent) = &self.0 else {
             return Trace::default();
         };
-        let span = tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(attributes())
-            .start_with_context(tracer, parent);
-        Trace(Some(Context::new().with_span(span)))
+        let pc = &parent.context;
+        let context = SpanContext::new(
+            pc.trace_id(),
+            RandomIdGenerator::default().new_span_id(),
+            pc.trace_flags().with_sampled(true),
+            false,
+            pc.trace_state().clone(),
+        );
+        Trace(Some(Arc::new(Span::start(
+            context,
+            pc.span_id(),
+            false,
+            name,
+            kind,
+            attributes(),
+        ))))
     }
 
     /// Sets attributes on the span (built only when it is exported).
@@ -343,26 +458,46 @@ impl Trace {
         attributes: impl FnOnce() -> Vec<KeyValue>,
         error: Option<&'static str>,
     ) {
-        let Some(cx) = &self.0 else { return };
-        let span = cx.span();
-        span.set_attributes(attributes());
+        let Some(span) = &self.0 else { return };
+        let attributes = attributes();
+        let mut fields = span.fields.lock().unwrap_or_else(|e| e.into_inner());
+        fields.add(attributes);
         if let Some(description) = error {
-            span.set_status(opentelemetry::trace::Status::error(description));
+            // The SDK's order: Ok > Error > Unset.
+            let status = Status::error(description);
+            if status > fields.status {
+                fields.status = status;
+            }
         }
     }
 
     /// The span's `traceparent`, when it is exported.
     pub fn traceparent(&self) -> Option<String> {
-        let cx = self.0.as_ref()?;
-        let span = cx.span();
-        let sc = span.span_context();
-        Some(format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
+        let sc = &self.0.as_ref()?.context;
+        Some(format_traceparent(
+            &sc.trace_id().to_bytes(),
+            &sc.span_id().to_bytes(),
+            sc.trace_flags().to_u8(),
         ))
     }
+}
+
+/// `00-<trace id>-<span id>-<flags>` in lower-case hex.
+fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> String {
+    fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in bytes {
+            out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    hex(&mut out, trace);
+    out.push(b'-');
+    hex(&mut out, span);
+    out.push(b'-');
+    hex(&mut out, &[flags]);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Starts the request's server span and decides once whether its trace is exported: the
@@ -373,7 +508,7 @@ impl Trace {
 /// client and the upstream (W3C: propagate even when not sampling).
 pub fn start_request(ctx: &mut RequestContext) {
     ctx.trace = Trace::default();
-    let (Some(sampler), Some(tracer)) = (SAMPLER.get(), TRACER.get()) else {
+    let Some(sampler) = SAMPLER.get() else {
         return;
     };
     if !enabled() {
@@ -395,21 +530,19 @@ pub fn start_request(ctx: &mut RequestContext) {
         .remote_parent
         .as_ref()
         .and_then(|(trace, parent, flags)| {
-            let (t, s, f) = (
+            Some(SpanContext::new(
                 TraceId::from_hex(trace).ok()?,
                 SpanId::from_hex(parent).ok()?,
-                u8::from_str_radix(flags, 16).ok()?,
-            );
-            Some(Context::new().with_remote_span_context(SpanContext::new(
-                t,
-                s,
-                TraceFlags::new(f),
+                TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
                 true,
                 TraceState::default(),
-            )))
+            ))
         });
+    let remote_cx = remote
+        .as_ref()
+        .map(|sc| Context::new().with_remote_span_context(sc.clone()));
     let decision = sampler.should_sample(
-        remote.as_ref(),
+        remote_cx.as_ref(),
         trace_id,
         names::SPAN_REQUEST,
         &SpanKind::Server,
@@ -420,20 +553,30 @@ pub fn start_request(ctx: &mut RequestContext) {
         set_flags(&mut ctx.traceparent, |flags| flags & !1);
         return;
     }
-    let builder = tracer
-        .span_builder(names::SPAN_REQUEST)
-        .with_kind(SpanKind::Server)
-        .with_attributes(vec![KeyValue::new(
+    // The span takes the request's ids (the trace id is the caller's when there is one) and,
+    // as the SDK's does, its parent's flags with the sampled bit set.
+    let (parent, parent_flags) = remote
+        .as_ref()
+        .map_or((SpanId::INVALID, TraceFlags::default()), |sc| {
+            (sc.span_id(), sc.trace_flags())
+        });
+    let flags = parent_flags.with_sampled(true);
+    let span = Span::start(
+        SpanContext::new(trace_id, span_id, flags, false, decision.trace_state),
+        parent,
+        remote.is_some(),
+        names::SPAN_REQUEST,
+        SpanKind::Server,
+        vec![KeyValue::new(
             names::REQUEST_ID,
-            String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
-        )]);
-    // The span takes the request's ids (the trace id is the caller's when there is one).
-    NEXT_IDS.set(Some((trace_id, span_id)));
-    let span = builder.start_with_context(tracer, remote.as_ref().unwrap_or(&Context::new()));
-    NEXT_IDS.set(None);
-    let sampled = span.span_context().trace_flags().to_u8();
-    set_flags(&mut ctx.traceparent, |_| sampled);
-    ctx.trace = Trace(Some(Context::new().with_span(span)));
+            std::str::from_utf8(ctx.request_id.as_bytes()).map_or_else(
+                |_| String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
+                str::to_owned,
+            ),
+        )],
+    );
+    set_flags(&mut ctx.traceparent, |_| flags.to_u8());
+    ctx.trace = Trace(Some(Arc::new(span)));
 }
 
 /// Rewrites the flags of a `traceparent` (its last two hex digits).
@@ -530,6 +673,16 @@ pub fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_traceparent_is_lower_case_hex() {
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("id");
+        let span = SpanId::from_hex("00f067aa0ba902b7").expect("id");
+        assert_eq!(
+            format_traceparent(&trace.to_bytes(), &span.to_bytes(), 0x0b),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0b"
+        );
+    }
 
     #[test]
     fn an_unsampled_traceparent_keeps_its_ids_and_clears_only_the_sampled_bit() {

@@ -1,0 +1,773 @@
+//! The OTLP trace exporter: a batch of the SDK's finished spans, encoded straight into an
+//! `ExportTraceServiceRequest`'s protobuf bytes and sent over gRPC (tonic, on a runtime of its
+//! own) or HTTP/protobuf (a blocking client), with the `OTEL_EXPORTER_OTLP_*` settings.
+//!
+//! Why not the OTLP crate's exporter: it converts every span into the generated protobuf
+//! structs (a `String` or `Vec` per id, name and attribute) and prost then recomputes nested
+//! lengths level by level; with every trace sampled that was most of the export's cost
+//! (loadtests/README.md, "Telemetry cost"). The message layout is small and stable, so the
+//! encoder here writes it by hand, once, from the `SpanData` the batch processor hands over;
+//! a unit test decodes its bytes with the protobuf definitions and compares them with the
+//! SDK's own conversion field by field. This module owns encoding and transport only: which
+//! spans exist and what they carry is `otel`'s.
+
+use opentelemetry::trace::Status;
+use opentelemetry::{Array, InstrumentationScope, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SpanData;
+use std::time::{Duration, SystemTime};
+
+/// OTLP's default gRPC endpoint (no path: the service's method is the path).
+const GRPC_DEFAULT: &str = "http://localhost:4317";
+/// OTLP's default HTTP base; traces go to `/v1/traces` under it.
+const HTTP_DEFAULT: &str = "http://localhost:4318";
+const HTTP_PATH: &str = "/v1/traces";
+const GRPC_METHOD: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`'s default.
+const TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The trace endpoint as the OTLP exporters read it: the configured one as is, else
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as is, else `OTEL_EXPORTER_OTLP_ENDPOINT` (with
+/// `/v1/traces` appended over HTTP), else the protocol's default.
+fn endpoint(configured: Option<&str>, grpc: bool) -> String {
+    if let Some(e) = configured.filter(|e| !e.is_empty()) {
+        return e.to_owned();
+    }
+    if let Some(e) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return e;
+    }
+    let base = env("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .unwrap_or_else(|| (if grpc { GRPC_DEFAULT } else { HTTP_DEFAULT }).to_owned());
+    if grpc {
+        base
+    } else if base.ends_with('/') {
+        format!("{base}{}", &HTTP_PATH[1..])
+    } else {
+        format!("{base}{HTTP_PATH}")
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds).
+fn timeout() -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .into_iter()
+    .find_map(|v| env(v)?.parse().ok())
+    .map_or(TIMEOUT_DEFAULT, Duration::from_millis)
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`: `k=v,k2=v2`, values
+/// percent-decoded, empty keys or values skipped.
+fn headers() -> Vec<(String, String)> {
+    let Some(raw) =
+        env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS"))
+    else {
+        return Vec::new();
+    };
+    raw.split_terminator(',')
+        .filter_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            let (k, v) = (k.trim(), v.trim());
+            let v = percent_decode(v).unwrap_or_else(|| v.to_owned());
+            (!k.is_empty() && !v.is_empty()).then(|| (k.to_owned(), v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let (mut out, bytes) = (Vec::with_capacity(s.len()), s.as_bytes());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Where and how a batch goes.
+enum Transport {
+    Grpc {
+        rt: tokio::runtime::Runtime,
+        channel: tonic::transport::Channel,
+        metadata: tonic::metadata::MetadataMap,
+    },
+    Http {
+        client: reqwest::blocking::Client,
+        url: String,
+        headers: reqwest::header::HeaderMap,
+    },
+}
+
+/// Sends encoded batches; its failures are `otel`'s to count and log.
+pub struct Exporter {
+    transport: Transport,
+    /// The resource's and scope's part of every request, encoded once ([`Encoder`]).
+    encoder: Encoder,
+}
+
+impl Exporter {
+    /// OTLP/gRPC to `configured` (or the environment's endpoint), from a runtime of its own:
+    /// under actix's current-thread runtimes tonic's calls never complete.
+    pub fn grpc(configured: Option<&str>) -> Result<Exporter, String> {
+        let url = endpoint(configured, true);
+        if url.starts_with("https:") {
+            return Err(format!(
+                "OTLP endpoint {url:?}: TLS is not built in (use http://)"
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("otlp-export")
+            .enable_all()
+            .build()
+            .map_err(|err| format!("cannot start the OTLP runtime: {err}"))?;
+        let channel = {
+            let _guard = rt.enter();
+            tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|err| format!("invalid OTLP endpoint {url:?}: {err}"))?
+                .timeout(timeout())
+                .connect_lazy()
+        };
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        for (k, v) in headers() {
+            if let (Ok(k), Ok(v)) = (
+                k.to_ascii_lowercase()
+                    .parse::<tonic::metadata::MetadataKey<_>>(),
+                v.parse(),
+            ) {
+                metadata.append(k, v);
+            }
+        }
+        Ok(Exporter {
+            transport: Transport::Grpc {
+                rt,
+                channel,
+                metadata,
+            },
+            encoder: Encoder::default(),
+        })
+    }
+
+    /// OTLP/HTTP with protobuf bodies to `configured` (or the environment's endpoint).
+    pub fn http(configured: Option<&str>) -> Result<Exporter, String> {
+        let url = endpoint(configured, false);
+        reqwest::Url::parse(&url).map_err(|err| format!("invalid OTLP endpoint {url:?}: {err}"))?;
+        let timeout = timeout();
+        // The blocking client owns a runtime, which may not be built inside another one.
+        let client = std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .build()
+        })
+        .join()
+        .map_err(|_| "building the OTLP/HTTP client panicked".to_owned())?
+        .map_err(|err| format!("cannot build the OTLP/HTTP client: {err}"))?;
+        let mut map = reqwest::header::HeaderMap::new();
+        for (k, v) in headers() {
+            if let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()),
+                reqwest::header::HeaderValue::from_str(&v),
+            ) {
+                map.insert(k, v);
+            }
+        }
+        map.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/x-protobuf"),
+        );
+        Ok(Exporter {
+            transport: Transport::Http {
+                client,
+                url,
+                headers: map,
+            },
+            encoder: Encoder::default(),
+        })
+    }
+
+    /// Encodes the resource once, for every request after.
+    pub fn set_resource(&mut self, resource: &Resource) {
+        self.encoder = Encoder::new(resource);
+    }
+
+    /// Encodes and sends one batch (blocking the calling thread: the SDK's batch thread).
+    pub fn send(&self, batch: &[SpanData]) -> Result<(), String> {
+        let body = self.encoder.request(batch);
+        match &self.transport {
+            Transport::Grpc {
+                rt,
+                channel,
+                metadata,
+            } => rt.block_on(async {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                grpc.ready().await.map_err(|err| err.to_string())?;
+                let mut request = tonic::Request::new(bytes::Bytes::from(body));
+                *request.metadata_mut() = metadata.clone();
+                grpc.unary(
+                    request,
+                    tonic::codegen::http::uri::PathAndQuery::from_static(GRPC_METHOD),
+                    Raw,
+                )
+                .await
+                .map(drop)
+                .map_err(|status| format!("{}: {}", status.code(), status.message()))
+            }),
+            Transport::Http {
+                client,
+                url,
+                headers,
+            } => {
+                let response = client
+                    .post(url)
+                    .headers(headers.clone())
+                    .body(body)
+                    .send()
+                    .map_err(|err| err.to_string())?;
+                let status = response.status();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "HTTP export failed with status code: {}",
+                        status.as_u16()
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// A gRPC codec that passes the request's bytes through and ignores the response's.
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = bytes::Bytes;
+    type Decode = ();
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        use bytes::Buf;
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+/// Writes `ExportTraceServiceRequest` bytes (opentelemetry-proto's `trace.proto`,
+/// `resource.proto`, `common.proto`), proto3 style as prost does: default scalars are left out,
+/// a span's `status` is always present. Spans' events and links are not written (the gateway
+/// adds none).
+#[derive(Default)]
+struct Encoder {
+    /// `ResourceSpans.resource` and `.schema_url`, whole fields.
+    resource: Vec<u8>,
+    schema_url: Vec<u8>,
+}
+
+// Field keys: (field number << 3) | wire type (0 varint, 1 fixed64, 2 bytes, 5 fixed32).
+const LEN: u8 = 2;
+const fn key(field: u8, wire: u8) -> u8 {
+    (field << 3) | wire
+}
+
+impl Encoder {
+    fn new(resource: &Resource) -> Encoder {
+        let mut attrs = Vec::new();
+        for (k, v) in resource.iter() {
+            put_key_value(&mut attrs, key(1, LEN), k.as_str(), v);
+        }
+        // Resource { attributes = 1 } as ResourceSpans.resource = 1.
+        let mut field = Vec::new();
+        put_bytes(&mut field, key(1, LEN), &attrs);
+        let mut schema_url = Vec::new();
+        if let Some(url) = resource.schema_url().filter(|u| !u.is_empty()) {
+            put_bytes(&mut schema_url, key(3, LEN), url.as_bytes());
+        }
+        Encoder {
+            resource: field,
+            schema_url,
+        }
+    }
+
+    /// One `ExportTraceServiceRequest` with one `ResourceSpans` holding the batch, one
+    /// `ScopeSpans` per run of spans from the same instrumentation scope. Every length is
+    /// computed first, so each byte is written once, in place.
+    fn request(&self, batch: &[SpanData]) -> Vec<u8> {
+        let lens: Vec<usize> = batch.iter().map(span_len).collect();
+        // Runs of spans sharing a scope: (scope, first, end, ScopeSpans body length).
+        let mut runs: Vec<(&InstrumentationScope, usize, usize, usize)> = Vec::new();
+        for (i, span) in batch.iter().enumerate() {
+            let scope = &span.instrumentation_scope;
+            match runs.last_mut() {
+                Some(run) if std::ptr::eq(run.0, scope) || run.0 == scope => run.2 = i + 1,
+                _ => runs.push((scope, i, i + 1, 0)),
+            }
+        }
+        let mut rs_len = self.resource.len() + self.schema_url.len();
+        for run in &mut runs {
+            run.3 = field_len(scope_len(run.0))
+                + lens[run.1..run.2]
+                    .iter()
+                    .map(|l| field_len(*l))
+                    .sum::<usize>()
+                + run.0.schema_url().map_or(0, opt_str_len);
+            rs_len += field_len(run.3);
+        }
+        let mut out = Vec::with_capacity(field_len(rs_len));
+        put_len(&mut out, key(1, LEN), rs_len);
+        out.extend_from_slice(&self.resource);
+        for &(scope, first, end, len) in &runs {
+            put_len(&mut out, key(2, LEN), len);
+            put_len(&mut out, key(1, LEN), scope_len(scope));
+            put_scope(&mut out, scope);
+            for (span, len) in batch[first..end].iter().zip(&lens[first..end]) {
+                put_len(&mut out, key(2, LEN), *len);
+                put_span(&mut out, span);
+            }
+            if let Some(url) = scope.schema_url().filter(|u| !u.is_empty()) {
+                put_str(&mut out, key(3, LEN), url);
+            }
+        }
+        out.extend_from_slice(&self.schema_url);
+        debug_assert_eq!(out.len(), field_len(rs_len));
+        out
+    }
+}
+
+/// The length of a length-delimited field whose body is `n` bytes (one-byte key).
+fn field_len(n: usize) -> usize {
+    1 + varint_len(n as u64) + n
+}
+
+/// A string field's length, or 0 when it is empty (proto3 leaves it out).
+fn opt_str_len(s: &str) -> usize {
+    if s.is_empty() { 0 } else { field_len(s.len()) }
+}
+
+/// `InstrumentationScope { name = 1, version = 2, attributes = 3 }`.
+fn scope_len(scope: &InstrumentationScope) -> usize {
+    opt_str_len(scope.name())
+        + scope.version().map_or(0, opt_str_len)
+        + scope
+            .attributes()
+            .map(|kv| field_len(key_value_len(kv.key.as_str(), &kv.value)))
+            .sum::<usize>()
+}
+
+fn put_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
+    if !scope.name().is_empty() {
+        put_str(out, key(1, LEN), scope.name());
+    }
+    if let Some(v) = scope.version().filter(|v| !v.is_empty()) {
+        put_str(out, key(2, LEN), v);
+    }
+    for kv in scope.attributes() {
+        put_key_value(out, key(3, LEN), kv.key.as_str(), &kv.value);
+    }
+}
+
+fn kind(span: &SpanData) -> u64 {
+    match span.span_kind {
+        opentelemetry::trace::SpanKind::Internal => 1,
+        opentelemetry::trace::SpanKind::Server => 2,
+        opentelemetry::trace::SpanKind::Client => 3,
+        opentelemetry::trace::SpanKind::Producer => 4,
+        opentelemetry::trace::SpanKind::Consumer => 5,
+    }
+}
+
+/// A span's status: code (0 unset, 1 ok, 2 error) and message.
+fn status(span: &SpanData) -> (u64, &str) {
+    match &span.status {
+        Status::Unset => (0, ""),
+        Status::Ok => (1, ""),
+        Status::Error { description } => (2, description.as_ref()),
+    }
+}
+
+fn status_len(code: u64, message: &str) -> usize {
+    opt_str_len(message) + if code != 0 { 1 + varint_len(code) } else { 0 }
+}
+
+/// The length of a `Span` message's body, as [`put_span`] writes it.
+fn span_len(span: &SpanData) -> usize {
+    let sc = &span.span_context;
+    let state = sc.trace_state().header();
+    let (code, message) = status(span);
+    let fixed = |t: SystemTime| if nanos(t) != 0 { 9 } else { 0 };
+    field_len(16)
+        + field_len(8)
+        + opt_str_len(&state)
+        + if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
+            field_len(8)
+        } else {
+            0
+        }
+        + 2
+        + 4
+        + opt_str_len(&span.name)
+        + 1
+        + varint_len(kind(span))
+        + fixed(span.start_time)
+        + fixed(span.end_time)
+        + span
+            .attributes
+            .iter()
+            .map(|kv| field_len(key_value_len(kv.key.as_str(), &kv.value)))
+            .sum::<usize>()
+        + if span.dropped_attributes_count != 0 {
+            1 + varint_len(u64::from(span.dropped_attributes_count))
+        } else {
+            0
+        }
+        + field_len(status_len(code, message))
+}
+
+/// A `Span` message's body, its fields in the order prost writes them (by number).
+fn put_span(out: &mut Vec<u8>, span: &SpanData) {
+    let sc = &span.span_context;
+    put_bytes(out, key(1, LEN), &sc.trace_id().to_bytes());
+    put_bytes(out, key(2, LEN), &sc.span_id().to_bytes());
+    let state = sc.trace_state().header();
+    if !state.is_empty() {
+        put_str(out, key(3, LEN), &state);
+    }
+    if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
+        put_bytes(out, key(4, LEN), &span.parent_span_id.to_bytes());
+    }
+    if !span.name.is_empty() {
+        put_str(out, key(5, LEN), &span.name);
+    }
+    out.push(key(6, 0));
+    put_varint(out, kind(span));
+    put_fixed64(out, key(7, 1), nanos(span.start_time));
+    put_fixed64(out, key(8, 1), nanos(span.end_time));
+    for kv in &span.attributes {
+        put_key_value(out, key(9, LEN), kv.key.as_str(), &kv.value);
+    }
+    if span.dropped_attributes_count != 0 {
+        out.push(key(10, 0));
+        put_varint(out, u64::from(span.dropped_attributes_count));
+    }
+    let (code, message) = status(span);
+    put_len(out, key(15, LEN), status_len(code, message));
+    if !message.is_empty() {
+        put_str(out, key(2, LEN), message);
+    }
+    if code != 0 {
+        out.push(key(3, 0));
+        put_varint(out, code);
+    }
+    // flags = 16 (fixed32, a two-byte key; last, as prost writes it): the trace flags, and that the parent's
+    // remoteness is known (0x100) and whether it is remote (0x200).
+    let mut flags = u32::from(sc.trace_flags().to_u8()) | 0x100;
+    if span.parent_span_is_remote {
+        flags |= 0x200;
+    }
+    out.extend_from_slice(&[0x85, 0x01]);
+    out.extend_from_slice(&flags.to_le_bytes());
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// `KeyValue { key = 1, value = 2 }`'s body length.
+fn key_value_len(k: &str, v: &Value) -> usize {
+    opt_str_len(k) + field_len(any_len(v))
+}
+
+/// A `KeyValue` as field `field` of its parent.
+fn put_key_value(out: &mut Vec<u8>, field: u8, k: &str, v: &Value) {
+    put_len(out, field, key_value_len(k, v));
+    if !k.is_empty() {
+        put_str(out, key(1, LEN), k);
+    }
+    put_len(out, key(2, LEN), any_len(v));
+    put_any_body(out, v);
+}
+
+/// `AnyValue`'s body length: one of string = 1, bool = 2, int = 3, double = 4, array = 5
+/// (`ArrayValue { values = 1 }`); a oneof member is written even when it is its default.
+fn any_len(v: &Value) -> usize {
+    match v {
+        Value::String(s) => field_len(s.as_str().len()),
+        Value::Bool(_) => 2,
+        Value::I64(i) => 1 + varint_len(*i as u64),
+        Value::F64(_) => 9,
+        Value::Array(a) => field_len(array_len(a)),
+        _ => 0,
+    }
+}
+
+fn array_len(a: &Array) -> usize {
+    match a {
+        Array::Bool(v) => v.len() * field_len(2),
+        Array::I64(v) => v.iter().map(|i| field_len(1 + varint_len(*i as u64))).sum(),
+        Array::F64(v) => v.len() * field_len(9),
+        Array::String(v) => v
+            .iter()
+            .map(|s| field_len(field_len(s.as_str().len())))
+            .sum(),
+        _ => 0,
+    }
+}
+
+fn put_any_body(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::String(s) => put_str(out, key(1, LEN), s.as_str()),
+        Value::Bool(b) => out.extend_from_slice(&[key(2, 0), u8::from(*b)]),
+        Value::I64(i) => {
+            out.push(key(3, 0));
+            put_varint(out, *i as u64);
+        }
+        Value::F64(f) => {
+            out.push(key(4, 1));
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        Value::Array(a) => {
+            put_len(out, key(5, LEN), array_len(a));
+            let mut each = |v: Value| {
+                put_len(out, key(1, LEN), any_len(&v));
+                put_any_body(out, &v);
+            };
+            match a {
+                Array::Bool(v) => v.iter().for_each(|b| each(Value::Bool(*b))),
+                Array::I64(v) => v.iter().for_each(|i| each(Value::I64(*i))),
+                Array::F64(v) => v.iter().for_each(|f| each(Value::F64(*f))),
+                Array::String(v) => v.iter().for_each(|s| each(Value::String(s.clone()))),
+                _ => {}
+            }
+        }
+        // A value kind this encoder does not know: an empty `AnyValue`.
+        _ => {}
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, field: u8, len: usize) {
+    out.push(field);
+    put_varint(out, len as u64);
+}
+
+fn put_str(out: &mut Vec<u8>, field: u8, s: &str) {
+    put_bytes(out, field, s.as_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u8, b: &[u8]) {
+    put_len(out, field, b.len());
+    out.extend_from_slice(b);
+}
+
+fn put_fixed64(out: &mut Vec<u8>, field: u8, v: u64) {
+    if v != 0 {
+        out.push(field);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use prost::Message;
+    use std::borrow::Cow;
+
+    fn span(
+        name: &'static str,
+        kind: SpanKind,
+        parent: SpanId,
+        remote: bool,
+        attributes: Vec<KeyValue>,
+        status: Status,
+    ) -> SpanData {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789);
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("valid"),
+                SpanId::from_hex("00f067aa0ba902b7").expect("valid"),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::from_key_value([("vendor", "x1")]).expect("valid"),
+            ),
+            parent_span_id: parent,
+            parent_span_is_remote: remote,
+            span_kind: kind,
+            name: Cow::Borrowed(name),
+            start_time: start,
+            end_time: start + Duration::from_micros(1_234_567),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: InstrumentationScope::builder("switchyard").build(),
+        }
+    }
+
+    fn batch() -> Vec<SpanData> {
+        vec![
+            span(
+                "request",
+                SpanKind::Server,
+                SpanId::from_hex("b7ad6b7169203331").expect("valid"),
+                true,
+                vec![
+                    KeyValue::new("switchyard.request_id", "r-1"),
+                    KeyValue::new("gen_ai.request.model", "gpt-4o-mini"),
+                    KeyValue::new("switchyard.fallback", false),
+                    KeyValue::new("switchyard.retries", 0_i64),
+                    KeyValue::new("gen_ai.usage.input_tokens", 300_000_i64),
+                    KeyValue::new("negative", -5_i64),
+                    KeyValue::new("ratio", 0.25),
+                    KeyValue::new("long", "é".repeat(100)),
+                    KeyValue::new(
+                        "list",
+                        Value::Array(Array::String(vec!["a".into(), "bc".into()])),
+                    ),
+                    KeyValue::new("ints", Value::Array(Array::I64(vec![1, -1]))),
+                ],
+                Status::Unset,
+            ),
+            span(
+                "upstream",
+                SpanKind::Client,
+                SpanId::from_hex("00f067aa0ba902b7").expect("valid"),
+                false,
+                vec![KeyValue::new("http.response.status_code", 502_i64)],
+                Status::error("upstream attempt failed"),
+            ),
+            span(
+                "routing",
+                SpanKind::Internal,
+                SpanId::INVALID,
+                false,
+                vec![],
+                Status::Ok,
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_hand_encoded_request_decodes_to_what_the_sdks_conversion_builds() {
+        let resource = Resource::builder()
+            .with_service_name("switchyard-test")
+            .with_attribute(KeyValue::new("service.version", "1.2.3"))
+            .build();
+        let encoded = Encoder::new(&resource).request(&batch());
+        let decoded = ExportTraceServiceRequest::decode(encoded.as_slice()).expect("decodes");
+        let expected = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(
+                batch(),
+                &ResourceAttributesWithSchema::from(&resource),
+            ),
+        };
+        assert_eq!(decoded.resource_spans.len(), 1);
+        let (got, want) = (&decoded.resource_spans[0], &expected.resource_spans[0]);
+        assert_eq!(got.resource, want.resource);
+        assert_eq!(got.schema_url, want.schema_url);
+        assert_eq!(got.scope_spans.len(), 1);
+        assert_eq!(got.scope_spans[0].scope, want.scope_spans[0].scope);
+        assert_eq!(got.scope_spans[0].spans.len(), 3);
+        for (g, w) in got.scope_spans[0]
+            .spans
+            .iter()
+            .zip(&want.scope_spans[0].spans)
+        {
+            assert_eq!(g, w, "span {}", w.name);
+        }
+        assert_eq!(decoded, expected);
+        // Byte for byte too: the same fields in the same order as prost writes them.
+        assert_eq!(encoded, expected.encode_to_vec());
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn endpoints_follow_the_otlp_rules() {
+        assert_eq!(endpoint(Some("http://c:1/x"), false), "http://c:1/x");
+        assert_eq!(endpoint(Some("http://c:1"), true), "http://c:1");
+    }
+
+    #[test]
+    fn header_values_are_percent_decoded() {
+        assert_eq!(percent_decode("a%20b%2Cc").as_deref(), Some("a b,c"));
+        assert_eq!(percent_decode("bad%2"), None);
+    }
+}
