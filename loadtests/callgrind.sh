@@ -47,38 +47,15 @@ for tool in valgrind callgrind_control hey taskset; do
     command -v "$tool" >/dev/null || { echo "$tool is needed (apt-get install valgrind hey)" >&2; exit 1; }
 done
 
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# The first line a process prints that matches $2, within 60 s (valgrind starts slowly).
-wait_line() {
-    local file="$1" pattern="$2"
-    for _ in $(seq 600); do
-        if grep -m1 -E "$pattern" "$file" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for $pattern in $file" >&2; cat "$file" >&2; exit 1
-}
-
-taskset -c 1 "$BIN" emulate --listen 127.0.0.1:0 --workers 1 >"$WORK/emu.out" 2>/dev/null &
-PIDS+=($!)
-EMU="$(wait_line "$WORK/emu.out" 'emulator listening on' | sed 's/.*on //')"
+# shellcheck source=loadtests/bench-env.sh
+source "$HERE/bench-env.sh"
+start_emulator
 
 ENV=(BENCH_OPENAI_KEY=sk-emulator-openai RUST_LOG=warn)
 case "$OTEL" in
     off) ;;
     all | none | tenth)
-        mkfifo "$WORK/rx.in"
-        taskset -c 1 "$PY" "$REPO/tests/otlp/receiver.py" --count-only <"$WORK/rx.in" >"$WORK/rx.out" &
-        PIDS+=($!)
-        exec 3>"$WORK/rx.in"
-        GRPC="$(wait_line "$WORK/rx.out" '^listening' | sed 's/.*grpc=\([0-9]*\).*/\1/')"
+        start_receiver
         ENV+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$GRPC" OTEL_EXPORTER_OTLP_PROTOCOL=grpc)
         case "$OTEL" in
             none) ENV+=(OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0) ;;
@@ -93,21 +70,7 @@ case "$LEDGER" in
     *) echo "--ledger is off or sqlite" >&2; exit 2 ;;
 esac
 
-mkdir "$WORK/tenants"
-cat >"$WORK/tenants/bench.toml" <<TOML
-[[api_keys]]
-name = "bench"
-sha256 = "$(printf 'sk-bench' | sha256sum | cut -d' ' -f1)"
-[providers.openai]
-type = "openai"
-api_key_env = "BENCH_OPENAI_KEY"
-base_url = "$EMU/v1"
-[proxies.chat]
-[[proxies.chat.routes]]
-name = "mini"
-provider = "openai"
-model = "gpt-4o-mini"
-TOML
+write_bench_tenant
 
 env "${ENV[@]}" taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$WORK/cg.out" \

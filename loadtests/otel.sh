@@ -33,53 +33,14 @@ done
 PY="${SWITCHYARD_TEST_PYTHON:-python3}"
 DURATION="${1:-10}"
 CLK_TCK="$(getconf CLK_TCK)"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
 [[ -x "$BIN" ]] || { echo "build first: cargo build --release --bin switchyard" >&2; exit 1; }
 command -v hey >/dev/null || { echo "hey is needed (apt-get install hey)" >&2; exit 1; }
 
-# The first line a process prints that matches $2, within 30 s.
-wait_line() {
-    local file="$1" pattern="$2"
-    for _ in $(seq 300); do
-        if grep -m1 -E "$pattern" "$file" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "timed out waiting for $pattern in $file" >&2; cat "$file" >&2; exit 1
-}
-
-taskset -c 1 "$BIN" emulate --listen 127.0.0.1:0 --workers 1 >"$WORK/emu.out" 2>/dev/null &
-PIDS+=($!)
-EMU="$(wait_line "$WORK/emu.out" 'emulator listening on' | sed 's/.*on //')"
-
-mkfifo "$WORK/rx.in"
-taskset -c 1 "$PY" "$REPO/tests/otlp/receiver.py" --count-only <"$WORK/rx.in" >"$WORK/rx.out" &
-PIDS+=($!)
-exec 3>"$WORK/rx.in"
-GRPC="$(wait_line "$WORK/rx.out" '^listening' | sed 's/.*grpc=\([0-9]*\).*/\1/')"
-
-mkdir "$WORK/tenants"
-cat >"$WORK/tenants/bench.toml" <<TOML
-[[api_keys]]
-name = "bench"
-sha256 = "$(printf 'sk-bench' | sha256sum | cut -d' ' -f1)"
-[providers.openai]
-type = "openai"
-api_key_env = "BENCH_OPENAI_KEY"
-base_url = "$EMU/v1"
-[proxies.chat]
-[[proxies.chat.routes]]
-name = "mini"
-provider = "openai"
-model = "gpt-4o-mini"
-TOML
+# shellcheck source=loadtests/bench-env.sh
+source "$HERE/bench-env.sh"
+start_emulator
+start_receiver
+write_bench_tenant
 
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 
