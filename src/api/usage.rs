@@ -14,8 +14,9 @@
 use super::Endpoint;
 use super::canonical::Usage;
 use bytes::{Bytes, BytesMut};
-use memchr::memmem;
+use memchr::memmem::{self, Finder};
 use serde::Deserialize;
+use std::sync::LazyLock;
 
 /// Chat Completions' usage object.
 #[derive(Debug, Default, Deserialize)]
@@ -561,6 +562,11 @@ pub fn ask_for_usage(endpoint: Endpoint, stream: bool, body: &mut Bytes) -> bool
     }
 }
 
+/// Searchers built once: a stream's events are searched for these in every chunk, and building
+/// a searcher per search cost more than the search.
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static DELTA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"delta\""));
+
 /// Reads the usage out of a passthrough stream as it passes, and hides the usage the client
 /// did not ask for.
 #[derive(Debug)]
@@ -591,15 +597,16 @@ impl StreamUsage {
     /// Reads a run of whole SSE events; returns what the client should get.
     pub fn events(&mut self, events: Bytes) -> Bytes {
         if self.usage.is_none() {
-            self.deltas += memmem::find_iter(&events, b"\"delta\"").count() as u64;
+            self.deltas += DELTA.find_iter(&events).count() as u64;
         }
-        if memmem::find(&events, b"\"usage\"").is_none() {
+        if USAGE.find(&events).is_none() {
             return events;
         }
         let mut out: Option<BytesMut> = None;
         let mut start = 0;
         while start < events.len() {
-            let end = next_boundary(&events[start..]).map_or(events.len(), |e| start + e);
+            let end =
+                super::stream::first_boundary(&events[start..]).map_or(events.len(), |e| start + e);
             let event = &events[start..end];
             let kept = self.event(event);
             match (&mut out, kept) {
@@ -625,7 +632,7 @@ impl StreamUsage {
     }
 
     fn event(&mut self, event: &[u8]) -> Kept {
-        let Some(at) = memmem::find(event, b"\"usage\"") else {
+        let Some(at) = USAGE.find(event) else {
             return Kept::Same;
         };
         match self.endpoint {
@@ -685,16 +692,6 @@ enum Kept {
 fn skip_ws(b: &[u8]) -> &[u8] {
     let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
     &b[n..]
-}
-
-/// End (blank line included) of the first event in `buf`.
-fn next_boundary(buf: &[u8]) -> Option<usize> {
-    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 /// The `data:` payload of a one-line-data event.

@@ -15,6 +15,8 @@ use crate::error::GatewayError;
 use crate::routing::Decision;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use memchr::memmem::Finder;
+use std::sync::LazyLock;
 
 /// The OpenAI adapter.
 pub struct OpenAi;
@@ -97,10 +99,17 @@ fn retry_hint(headers: &HeaderMap) -> Option<std::time::Duration> {
     super::seconds_header(headers, "retry-after-ms", 0.001).or_else(|| super::retry_after(headers))
 }
 
+static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+
 /// The message of an error event that opens a stream (OpenAI's `data: {"error":…}`, or a
 /// Responses `error` / `response.failed` event), if the first event is one.
 pub(super) fn error_in_first_event(buf: &[u8]) -> Option<String> {
     let (_, name, data) = first_sse_event(buf)?;
+    // Most streams open with a chunk that names no error: not worth parsing.
+    let named = matches!(name, Some("error" | "response.failed"));
+    if !named && ERROR_KEY.find(data.as_bytes()).is_none() {
+        return None;
+    }
     let json: serde_json::Value = serde_json::from_str(&data).ok()?;
     let message = |v: &serde_json::Value| {
         v.as_str()
