@@ -365,6 +365,13 @@ async fn metrics_and_one_access_line_per_request() {
     let data = sse_data(&streamed.text());
     let stream_usage: Value = serde_json::from_str(&data[data.len() - 2]).expect("usage chunk");
     let stream_usage = stream_usage["usage"].clone();
+    // The same stream without asking for usage: the gateway asks on its behalf and hides the
+    // report, which the access line, the metrics and the ledger still count.
+    let mut body = chat("gpt-4o-mini", secret_prompt);
+    body["stream"] = json!(true);
+    let hidden = post_chat(&gw, body).await;
+    assert_eq!(hidden.status, 200);
+    assert!(!hidden.text().contains("\"usage\""), "{}", hidden.text());
     let denied = send(
         client()
             .post(gw.url("/a/chat/v1/chat/completions"))
@@ -384,7 +391,7 @@ async fn metrics_and_one_access_line_per_request() {
         [
             "switchyard_requests_total{tenant=\"\",proxy=\"\",route=\"\",endpoint=\"chat_completions\",status=\"401\",error=\"client\"} 1",
             "switchyard_requests_total{tenant=\"a\",proxy=\"chat\",route=\"big\",endpoint=\"chat_completions\",status=\"200\",error=\"none\"} 1",
-            "switchyard_requests_total{tenant=\"a\",proxy=\"chat\",route=\"mini\",endpoint=\"chat_completions\",status=\"200\",error=\"none\"} 1",
+            "switchyard_requests_total{tenant=\"a\",proxy=\"chat\",route=\"mini\",endpoint=\"chat_completions\",status=\"200\",error=\"none\"} 2",
         ]
     );
     let n = |v: &Value| v.as_u64().expect("token count");
@@ -403,18 +410,18 @@ async fn metrics_and_one_access_line_per_request() {
             ),
             format!(
                 "switchyard_tokens_total{{tenant=\"a\",proxy=\"chat\",route=\"mini\",kind=\"input\"}} {}",
-                n(&stream_usage["prompt_tokens"])
+                2 * n(&stream_usage["prompt_tokens"])
             ),
             format!(
                 "switchyard_tokens_total{{tenant=\"a\",proxy=\"chat\",route=\"mini\",kind=\"output\"}} {}",
-                n(&stream_usage["completion_tokens"])
+                2 * n(&stream_usage["completion_tokens"])
             ),
         ]
     );
     assert_eq!(
         series(&text, "switchyard_time_to_first_token_seconds_count{"),
         [
-            "switchyard_time_to_first_token_seconds_count{tenant=\"a\",proxy=\"chat\",route=\"mini\"} 1"
+            "switchyard_time_to_first_token_seconds_count{tenant=\"a\",proxy=\"chat\",route=\"mini\"} 2"
         ]
     );
     let mut overhead = series(&text, "switchyard_gateway_overhead_seconds_count{");
@@ -423,12 +430,12 @@ async fn metrics_and_one_access_line_per_request() {
         overhead,
         [
             "switchyard_gateway_overhead_seconds_count{tenant=\"a\",proxy=\"chat\",route=\"big\"} 1",
-            "switchyard_gateway_overhead_seconds_count{tenant=\"a\",proxy=\"chat\",route=\"mini\"} 1",
+            "switchyard_gateway_overhead_seconds_count{tenant=\"a\",proxy=\"chat\",route=\"mini\"} 2",
         ]
     );
     assert_eq!(
         series(&text, "switchyard_upstream_attempts_total{"),
-        ["switchyard_upstream_attempts_total{provider=\"openai\",status=\"200\",outcome=\"ok\"} 2"]
+        ["switchyard_upstream_attempts_total{provider=\"openai\",status=\"200\",outcome=\"ok\"} 3"]
     );
     // This scrape is the one request in flight.
     assert_eq!(
@@ -446,12 +453,12 @@ async fn metrics_and_one_access_line_per_request() {
         .lines()
         .filter(|l| l.contains("switchyard::access"))
         .collect();
-    // The three requests and the scrape.
-    assert_eq!(access.len(), 4, "{logged}");
+    // The four requests and the scrape.
+    assert_eq!(access.len(), 5, "{logged}");
     assert!(
-        access[3].contains("endpoint=\"metrics\"") && access[3].contains("status=200"),
+        access[4].contains("endpoint=\"metrics\"") && access[4].contains("status=200"),
         "{}",
-        access[3]
+        access[4]
     );
     assert!(!logged.contains(secret_prompt), "a prompt reached the log");
     assert!(
@@ -472,15 +479,21 @@ async fn metrics_and_one_access_line_per_request() {
     ] {
         assert!(plain_line.contains(&field), "{field} missing: {plain_line}");
     }
+    // Both streams' lines carry the provider's report, hidden from the second client or not.
+    for line in &access[1..3] {
+        for field in [
+            "route=mini".to_owned(),
+            "ttft_ms=".into(),
+            format!("input_tokens={}", n(&stream_usage["prompt_tokens"])),
+            format!("output_tokens={}", n(&stream_usage["completion_tokens"])),
+        ] {
+            assert!(line.contains(&field), "{field} missing: {line}");
+        }
+    }
     assert!(
-        access[1].contains("route=mini") && access[1].contains("ttft_ms="),
+        access[3].contains("request_id=req-denied-1") && access[3].contains("status=401"),
         "{}",
-        access[1]
-    );
-    assert!(
-        access[2].contains("request_id=req-denied-1") && access[2].contains("status=401"),
-        "{}",
-        access[2]
+        access[3]
     );
 }
 

@@ -328,7 +328,7 @@ async fn attempt(
             Err(err) => return Ok(Err(err)),
         };
         let stream = matches!(upstream.body, UpstreamBody::Stream(_));
-        let on_usage = meter.on_usage(decision, endpoint, stream);
+        let on_usage = noting(req, meter.on_usage(decision, endpoint, stream));
         return Ok(translated(
             translator,
             decision,
@@ -387,7 +387,7 @@ async fn attempt(
     }
     let rewriter = ids.map(|scope| IdRewriter::new(scope, previous));
     let tap = (meter, hide_usage, input_estimate);
-    Ok(answer.map(|upstream| relay(endpoint, decision, upstream, rewriter, tap)))
+    Ok(answer.map(|upstream| relay(req, endpoint, decision, upstream, rewriter, tap)))
 }
 
 /// Hands a prepared call to this worker's provider actor, with the route's time limits, and
@@ -733,6 +733,7 @@ async fn decide(
 /// A stream's usage goes to `meter` through the usage tap (a whole answer's was recorded
 /// before).
 fn relay(
+    req: &HttpRequest,
     endpoint: Endpoint,
     decision: &Decision,
     upstream: UpstreamResponse,
@@ -746,7 +747,7 @@ fn relay(
         endpoint,
         hide_usage,
         input_estimate,
-        meter.on_usage(decision, endpoint, true),
+        noting(req, meter.on_usage(decision, endpoint, true)),
     );
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
@@ -765,6 +766,17 @@ fn relay(
             )
             .with_usage_tap(tap),
         )
+}
+
+/// `on_usage`, noting the provider's reported tokens for the access record as they pass.
+fn noting(req: &HttpRequest, on_usage: usage::OnUsage) -> usage::OnUsage {
+    let slot = access::token_slot(req);
+    Box::new(move |report: usage::Report| {
+        if let (Some(u), false) = (&report.usage, report.estimated) {
+            slot.note(u.input_tokens, u.output_tokens);
+        }
+        on_usage(report)
+    })
 }
 
 /// The gateway's id of this request (`x-request-id`).

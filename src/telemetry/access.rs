@@ -6,8 +6,9 @@
 //! [`AccessBody`], which finishes the record when the last byte has been handed to the
 //! connection, or when the body is dropped unfinished (the client went away). A stream is
 //! therefore logged and measured at its end, with its time to first byte and the tokens of the
-//! provider's `usage` report, which is read from the last few kilobytes of the body, so the
-//! relay is never parsed twice. The line names the request, never a key or a prompt.
+//! provider's `usage` report: noted by the data plane, which reads it for the ledger (a stream's
+//! as it passes, [`token_slot`]), else read from the last few kilobytes of the body. The
+//! line names the request, never a key or a prompt.
 
 use super::metrics::{EndpointLabel, ErrorLabel, FinishedRequest, RouteLabels, metrics};
 use super::names;
@@ -21,7 +22,7 @@ use memchr::memmem::{Finder, FinderRev};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,20 @@ pub struct RequestRecord {
     /// Input and output tokens of a whole answer's usage, when the data plane read it (else
     /// they are read from the body's end).
     pub tokens: Option<(u64, u64)>,
+    /// Where a translated answer's or a stream's usage is noted when it passes ([`token_slot`]).
+    pub token_slot: Option<TokenSlot>,
+}
+
+/// An answer's input and output tokens, noted when the provider's report passes, which for a
+/// stream is after the response headers (the usage the gateway asked for on the client's behalf
+/// never reaches the body, so it could not be read there).
+#[derive(Clone, Debug, Default)]
+pub struct TokenSlot(Arc<OnceLock<(u64, u64)>>);
+
+impl TokenSlot {
+    pub fn note(&self, input: u64, output: u64) {
+        let _ = self.0.set((input, output));
+    }
 }
 
 fn with_record(req: &actix_web::HttpRequest, f: impl FnOnce(&mut RequestRecord)) {
@@ -75,6 +90,16 @@ pub fn note_upstream(req: &actix_web::HttpRequest, took: Duration) {
 /// ledger): the body's end need not be kept and searched for them.
 pub fn note_tokens(req: &actix_web::HttpRequest, input: u64, output: u64) {
     with_record(req, |r| r.tokens = Some((input, output)));
+}
+
+/// Where this request's answer notes its tokens when they are known only after the handler
+/// returns (a stream's) or in a form other than the body's (a translated answer's).
+pub fn token_slot(req: &actix_web::HttpRequest) -> TokenSlot {
+    let mut slot = None;
+    with_record(req, |r| {
+        slot = Some(r.token_slot.get_or_insert_default().clone())
+    });
+    slot.unwrap_or_default()
 }
 
 /// A request being served; dropped without [`Pending::respond`] means the client went away
@@ -138,10 +163,14 @@ impl Pending {
             streaming,
             first_byte: None,
             bytes: 0,
+            // The end holds the usage, unless the data plane notes it, and a finish reason for
+            // the trace.
+            tail: (scan
+                && ((record.tokens.is_none() && record.token_slot.is_none())
+                    || self.trace.is_exported()))
+            .then(BytesMut::new),
             tokens: record.tokens,
-            // The end holds the usage, unless it is known, and a finish reason for the trace.
-            tail: (scan && (record.tokens.is_none() || self.trace.is_exported()))
-                .then(BytesMut::new),
+            token_slot: record.token_slot,
             head: (scan && self.trace.is_exported()).then(BytesMut::new),
             trace: std::mem::take(&mut self.trace),
         };
@@ -182,6 +211,7 @@ impl Drop for Pending {
             first_byte: None,
             bytes: 0,
             tokens: None,
+            token_slot: None,
             tail: None,
             head: None,
             trace: std::mem::take(&mut self.trace),
@@ -206,6 +236,7 @@ struct Finish {
     bytes: u64,
     /// The answer's usage (input, output), when the data plane read it.
     tokens: Option<(u64, u64)>,
+    token_slot: Option<TokenSlot>,
     /// The body's last bytes, when its usage (or the trace's finish reason) is wanted.
     tail: Option<BytesMut>,
     /// The body's first bytes, when traces want the response model.
@@ -282,7 +313,10 @@ impl Finish {
 
     fn emit(self, complete: bool) {
         let total = self.started.elapsed();
-        let tokens = self.tokens.or_else(|| self.tail.as_deref().and_then(usage));
+        let tokens = self
+            .tokens
+            .or_else(|| self.token_slot.as_ref().and_then(|t| t.0.get().copied()))
+            .or_else(|| self.tail.as_deref().and_then(usage));
         let ttft = self.first_byte.filter(|_| self.streaming);
         metrics().request_finished(&FinishedRequest {
             route: &self.route,
@@ -490,6 +524,7 @@ mod tests {
             first_byte: None,
             bytes: 0,
             tokens: None,
+            token_slot: None,
             tail: Some(BytesMut::new()),
             head: None,
             trace: Trace::default(),
