@@ -11,13 +11,14 @@
 # worker and the tenant of loadtests/otel.sh (one OpenAI route to the emulator).
 #
 # Usage: loadtests/callgrind.sh [--bin PATH] [-n N] [--ledger off|sqlite] [--otel off|all|none|tenth]
-#                               [--tokens N] [--keep DIR]
+#                               [--tokens N] [--stream on] [--keep DIR]
 #   --ledger  sqlite (default): a SQLite ledger in a temporary directory; off: --ledger off
 #   --otel    off (default); all / none / tenth: OTLP/gRPC to tests/otlp/receiver.py with every
 #             trace, none, or 10% sampled (needs a Python with opentelemetry-proto and grpcio:
 #             SWITCHYARD_TEST_PYTHON or python3)
 #   --tokens  answers of N words (the emulator's `tokens` marker in the prompt; default: its
 #             12-word answer)
+#   --stream  on: streamed answers (`"stream": true`), each relayed event by event
 #   --keep    copy the callgrind output there (for callgrind_annotate)
 # Prints one line: "instructions/request N (total T over R requests)".
 set -euo pipefail
@@ -29,6 +30,7 @@ LEDGER=sqlite
 OTEL=off
 KEEP=""
 PROMPT="Hello"
+STREAM=false
 while (($#)); do
     case "$1" in
         --bin) BIN="$2" ;;
@@ -37,6 +39,7 @@ while (($#)); do
         --otel) OTEL="$2" ;;
         --keep) KEEP="$2" ;;
         --tokens) PROMPT="Hello [emulator:tokens=$2]" ;;
+        --stream) [[ "$2" == on ]] && STREAM=true ;;
         *) sed -n '2,/^set/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
     esac
     shift 2
@@ -79,7 +82,7 @@ env "${ENV[@]}" taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
 GW=$!
 PIDS+=("$GW")
 URL="$(wait_line "$WORK/gw.out" 'switchyard listening on' | sed 's/.*on //')/bench/chat/v1/chat/completions"
-BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"'"$PROMPT"'"}]}'
+BODY='{"model":"gpt-4o-mini","stream":'"$STREAM"',"messages":[{"role":"user","content":"'"$PROMPT"'"}]}'
 load() {
     taskset -c 1 hey -n "$1" -c 8 -m POST -H "Authorization: Bearer sk-bench" \
         -T application/json -d "$BODY" "$URL" >"$WORK/hey.txt"
