@@ -479,15 +479,16 @@ fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     // Filled in place, then one copy: pushing byte by byte cost several times more.
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    let digits = trace
-        .iter()
-        .chain(span)
-        .chain(std::iter::once(&flags))
-        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-    let slots = (3..35).chain(36..52).chain(53..55);
-    for (at, digit) in slots.zip(digits) {
-        out[at] = digit;
+    for (at, b) in (3..).step_by(2).zip(trace) {
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 15)];
     }
+    for (at, b) in (36..).step_by(2).zip(span) {
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 15)];
+    }
+    out[53] = HEX[usize::from(flags >> 4)];
+    out[54] = HEX[usize::from(flags & 15)];
     String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
