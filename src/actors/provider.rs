@@ -228,7 +228,7 @@ async fn send_once(
     }
     // With the trace exported, the upstream sees this attempt's span as its parent.
     if let Some(tp) = trace.traceparent() {
-        builder = builder.insert_header(("traceparent", tp));
+        builder = builder.insert_header((header::HeaderName::from_static("traceparent"), tp));
     }
     let resp = builder
         .send_body(request.body)

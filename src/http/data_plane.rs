@@ -200,7 +200,7 @@ async fn conversation(
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
     let trace = otel::request_trace(&req);
-    let routing = trace.child(names::SPAN_ROUTING, SpanKind::Internal, Vec::new);
+    let routing = trace.child(names::SPAN_ROUTING, SpanKind::Internal, |_| {});
     let first = decide(&state, proxy, &front)
         .instrument(tracing::debug_span!(names::SPAN_ROUTING))
         .await;

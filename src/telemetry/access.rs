@@ -19,7 +19,6 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::ServiceResponse;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::{Finder, FinderRev};
-use opentelemetry::KeyValue;
 use opentelemetry::trace::SpanKind;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -177,7 +176,7 @@ impl Pending {
         let trace = finish.trace.clone();
         // A stream's tail, from its headers to its last byte, is a span of its own.
         let stream = if streaming {
-            trace.child(names::SPAN_STREAM, SpanKind::Internal, Vec::new)
+            trace.child(names::SPAN_STREAM, SpanKind::Internal, |_| {})
         } else {
             Trace::default()
         };
@@ -275,37 +274,22 @@ impl Finish {
         let head = self.head.as_deref().unwrap_or_default();
         let tail = self.tail.as_deref().unwrap_or_default();
         let model = string_after(head, &MODEL).or_else(|| string_after(tail, &MODEL));
-        let finish_reason = FINISH_REASON
-            .rfind(tail)
+        let finish_reason = last_finish_reason(tail, self.streaming)
             .and_then(|at| string_value(&tail[at + FINISH_REASON.needle().len()..]));
         let failed = (self.status >= 500).then_some("server error");
         self.trace.set_and_fail(
-            || {
-                let mut kv = vec![KeyValue::new(
-                    names::HTTP_RESPONSE_STATUS_CODE,
-                    i64::from(self.status),
-                )];
+            |a| {
+                a.int(names::HTTP_RESPONSE_STATUS_CODE, i64::from(self.status));
                 if let Some((input, output)) = tokens {
-                    kv.push(KeyValue::new(
-                        names::GEN_AI_USAGE_INPUT_TOKENS,
-                        input as i64,
-                    ));
-                    kv.push(KeyValue::new(
-                        names::GEN_AI_USAGE_OUTPUT_TOKENS,
-                        output as i64,
-                    ));
+                    a.int(names::GEN_AI_USAGE_INPUT_TOKENS, input as i64);
+                    a.int(names::GEN_AI_USAGE_OUTPUT_TOKENS, output as i64);
                 }
                 if let Some(m) = model {
-                    kv.push(KeyValue::new(names::GEN_AI_RESPONSE_MODEL, m.to_owned()));
+                    a.str(names::GEN_AI_RESPONSE_MODEL, m);
                 }
                 if let Some(r) = finish_reason {
-                    let reasons = opentelemetry::Array::String(vec![r.to_owned().into()]);
-                    kv.push(KeyValue::new(
-                        names::GEN_AI_RESPONSE_FINISH_REASONS,
-                        opentelemetry::Value::Array(reasons),
-                    ));
+                    a.strs(names::GEN_AI_RESPONSE_FINISH_REASONS, &[r]);
                 }
-                kv
             },
             failed,
         );
@@ -434,7 +418,9 @@ impl<B: MessageBody + Unpin> MessageBody for AccessBody<B> {
 /// Searchers built once: building one per search was a visible item of the request path's
 /// CPU profile (`memmem::Searcher::new`).
 static USAGE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\""));
-static FINISH_REASON: LazyLock<FinderRev<'static>> =
+static FINISH_REASON: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"finish_reason\""));
+static FINISH_REASON_REV: LazyLock<FinderRev<'static>> =
     LazyLock::new(|| FinderRev::new(b"\"finish_reason\""));
 static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
 static PROMPT_TOKENS: LazyLock<Finder<'static>> =
@@ -444,6 +430,18 @@ static COMPLETION_TOKENS: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"completion_tokens\""));
 static OUTPUT_TOKENS: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"output_tokens\""));
+
+/// Where the last `"finish_reason"` in `tail` starts. A stream's tail holds one per chunk and
+/// the last is near its end: searched backwards. A whole answer holds one per choice, before
+/// its `usage`: the forward search (vectorised, unlike the backward one) over the whole tail
+/// costs less than the backward one over the usage object.
+fn last_finish_reason(tail: &[u8], streaming: bool) -> Option<usize> {
+    if streaming {
+        FINISH_REASON_REV.rfind(tail)
+    } else {
+        FINISH_REASON.find_iter(tail).last()
+    }
+}
 
 /// `(input, output)` tokens of the last `usage` object in `tail` (Chat's `prompt_tokens` and
 /// `completion_tokens`, or Responses' `input_tokens` and `output_tokens`).

@@ -22,7 +22,9 @@
 //! status), not the SDK tracer's: with every trace sampled, the SDK's span machinery (a
 //! `Context` per span, builders, dynamic dispatch, per-attribute locking) was a large part
 //! of the request thread's extra cost (loadtests/README.md, "Telemetry cost"). The SDK's sampler still
-//! decides, and a finished span becomes the SDK's `SpanData` for the encoder.
+//! decides. Attributes are written in their OTLP form as they are set ([`Attributes`]), so a
+//! span allocates no string per attribute, and a finished span goes to the export thread as a
+//! [`super::otlp::Finished`].
 //!
 //! Export never blocks a request: a finished span goes to a bounded queue
 //! (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048), dropped when it is full; the export thread
@@ -34,19 +36,21 @@
 use super::context::RequestContext;
 use super::metrics::metrics;
 use super::names;
+use super::otlp::Finished;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample, SpanData, SpanEvents,
-    SpanLinks,
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample,
 };
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
+
+pub use super::otlp::Attributes;
 
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -72,31 +76,28 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The configured sampler; consulted once per request, by [`start_request`].
 static SAMPLER: OnceLock<Sampler> = OnceLock::new();
 
-/// Where finished spans go: the export thread's bounded queue, and the thread to wake.
+/// Where finished spans go: the export thread's bounded queue. A span's end pushes under an
+/// uncontended lock (the export thread holds it only to swap the vector out), which cost less
+/// than a channel's send and receive. The thread sleeps until its timer or until a batch is
+/// waiting, so a span's end costs a queue slot, not a wake-up.
 struct Queue {
-    spans: SyncSender<SpanData>,
+    spans: Mutex<Vec<Finished>>,
+    /// At most this many spans wait; more are dropped.
+    capacity: usize,
     /// A batch's size: the thread is woken when this many spans are waiting.
     batch: usize,
-    thread: std::thread::Thread,
 }
 
 static QUEUE: OnceLock<Queue> = OnceLock::new();
 
-/// Spans queued and not yet taken by the export thread. The thread sleeps until its timer
-/// or until a batch is waiting, so a span's end costs a queue slot, not a wake-up.
-static PENDING: AtomicUsize = AtomicUsize::new(0);
+/// The export thread, to wake when a batch is waiting.
+static EXPORT_THREAD: OnceLock<std::thread::Thread> = OnceLock::new();
 
 /// Set by [`Otel::shutdown`]: the export thread sends what is queued and stops.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// Spans dropped because the queue was full (logged at shutdown).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
-
-/// The instrumentation scope of every exported span.
-static SCOPE: OnceLock<InstrumentationScope> = OnceLock::new();
-
-/// The SDK's limit on a span's attributes (more are counted as dropped).
-const MAX_ATTRIBUTES: usize = 128;
 
 /// The sampler `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` name (the SDK's reading of
 /// them: default `parentbased_always_on`, a missing or bad ratio is 1.0).
@@ -204,6 +205,7 @@ pub fn init(config: &OtelConfig) -> Result<Option<Otel>, String> {
             .with_service_name(service)
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build(),
+        &InstrumentationScope::builder("switchyard").build(),
     );
     let number = |name: &str, default: u64| {
         env(name)
@@ -215,18 +217,17 @@ pub fn init(config: &OtelConfig) -> Result<Option<Otel>, String> {
         .unwrap_or(512)
         .min(queue);
     let delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000));
-    let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+    let _ = QUEUE.set(Queue {
+        spans: Mutex::new(Vec::with_capacity(batch)),
+        capacity: queue,
+        batch,
+    });
     let (done, flushed) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("otel-batch".into())
-        .spawn(move || exporter.run(&rx, batch, delay, &done))
+        .spawn(move || exporter.run(batch, delay, &done))
         .map_err(|err| format!("cannot start the trace export thread: {err}"))?;
-    let _ = SCOPE.set(InstrumentationScope::builder("switchyard").build());
-    let _ = QUEUE.set(Queue {
-        spans: tx,
-        batch,
-        thread: thread.thread().clone(),
-    });
+    let _ = EXPORT_THREAD.set(thread.thread().clone());
     let _ = SAMPLER.set(sampler);
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Some(Otel { thread, flushed }))
@@ -266,13 +267,22 @@ impl Exporter {
 impl Exporter {
     /// The export thread: batches of up to `batch` spans, sent when full, every `delay`, and
     /// at shutdown (then `done` is answered).
-    fn run(self, rx: &Receiver<SpanData>, batch: usize, delay: Duration, done: &SyncSender<()>) {
-        let mut spans: Vec<SpanData> = Vec::with_capacity(batch);
+    fn run(self, batch: usize, delay: Duration, done: &SyncSender<()>) {
+        let Some(queue) = QUEUE.get() else {
+            let _ = done.send(());
+            return;
+        };
+        let mut spans: Vec<Finished> = Vec::with_capacity(batch);
+        // What was queued, taken whole (the queue keeps this vector's allocation in exchange).
+        let mut taken: Vec<Finished> = Vec::with_capacity(batch);
         let mut due = Instant::now() + delay;
         loop {
             let stopping = STOPPING.load(Ordering::Acquire);
-            while let Ok(span) = rx.try_recv() {
-                PENDING.fetch_sub(1, Ordering::Relaxed);
+            std::mem::swap(
+                &mut *queue.spans.lock().unwrap_or_else(|e| e.into_inner()),
+                &mut taken,
+            );
+            for span in taken.drain(..) {
                 spans.push(span);
                 if spans.len() >= batch {
                     self.export(&mut spans);
@@ -291,7 +301,7 @@ impl Exporter {
         }
     }
 
-    fn export(&self, spans: &mut Vec<SpanData>) {
+    fn export(&self, spans: &mut Vec<Finished>) {
         if spans.is_empty() {
             return;
         }
@@ -320,31 +330,15 @@ struct Span {
     parent_is_remote: bool,
     name: &'static str,
     kind: SpanKind,
-    start: SystemTime,
+    /// Nanoseconds since the Unix epoch.
+    start: u64,
     fields: Mutex<Fields>,
 }
 
 #[derive(Default)]
 struct Fields {
-    attributes: Vec<KeyValue>,
-    dropped_attributes: u32,
+    attributes: Attributes,
     status: Status,
-}
-
-impl Fields {
-    fn add(&mut self, attributes: Vec<KeyValue>) {
-        if self.attributes.len() + attributes.len() <= MAX_ATTRIBUTES {
-            self.attributes.extend(attributes);
-            return;
-        }
-        for kv in attributes {
-            if self.attributes.len() < MAX_ATTRIBUTES {
-                self.attributes.push(kv);
-            } else {
-                self.dropped_attributes += 1;
-            }
-        }
-    }
 }
 
 impl Span {
@@ -354,23 +348,23 @@ impl Span {
         parent_is_remote: bool,
         name: &'static str,
         kind: SpanKind,
-        attributes: Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes),
     ) -> Span {
-        // Room for what the gateway sets later (a request's span gets about 14 attributes),
-        // so setting them does not grow the vector step by step.
-        let capacity = if kind == SpanKind::Server { 16 } else { 4 };
+        // Room for what the gateway sets later (a request's span gets about 14 attributes, some
+        // 500 bytes), so setting them does not grow the buffer step by step.
+        let capacity = if kind == SpanKind::Server { 640 } else { 128 };
         let mut fields = Fields {
-            attributes: Vec::with_capacity(capacity.max(attributes.len())),
+            attributes: Attributes::with_capacity(capacity),
             ..Fields::default()
         };
-        fields.add(attributes);
+        attributes(&mut fields.attributes);
         Span {
             context,
             parent,
             parent_is_remote,
             name,
             kind,
-            start: SystemTime::now(),
+            start: super::otlp::nanos(SystemTime::now()),
             fields: Mutex::new(fields),
         }
     }
@@ -379,35 +373,34 @@ impl Span {
 impl Drop for Span {
     /// The span ends: it is queued for export, or dropped (and counted) when the queue is full.
     fn drop(&mut self) {
-        let (Some(queue), Some(scope)) = (QUEUE.get(), SCOPE.get()) else {
+        let Some(queue) = QUEUE.get() else {
             return;
         };
         let fields = std::mem::take(self.fields.get_mut().unwrap_or_else(|e| e.into_inner()));
-        let data = SpanData {
-            span_context: self.context.clone(),
-            parent_span_id: self.parent,
-            parent_span_is_remote: self.parent_is_remote,
-            span_kind: self.kind.clone(),
-            name: self.name.into(),
-            start_time: self.start,
-            end_time: SystemTime::now(),
+        let data = Finished {
+            trace_id: self.context.trace_id(),
+            span_id: self.context.span_id(),
+            parent: self.parent,
+            parent_is_remote: self.parent_is_remote,
+            flags: self.context.trace_flags(),
+            trace_state: self.context.trace_state().header(),
+            name: self.name,
+            kind: self.kind.clone(),
+            start: self.start,
+            end: super::otlp::nanos(SystemTime::now()),
             attributes: fields.attributes,
-            dropped_attributes_count: fields.dropped_attributes,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
             status: fields.status,
-            instrumentation_scope: scope.clone(),
         };
-        match queue.spans.try_send(data) {
-            Ok(()) => {
-                if PENDING.fetch_add(1, Ordering::Relaxed) + 1 == queue.batch {
-                    queue.thread.unpark();
-                }
-            }
-            Err(TrySendError::Full(_)) => {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
+        let mut spans = queue.spans.lock().unwrap_or_else(|e| e.into_inner());
+        if spans.len() >= queue.capacity {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        spans.push(data);
+        let wake = spans.len() == queue.batch;
+        drop(spans);
+        if wake && let Some(thread) = EXPORT_THREAD.get() {
+            thread.unpark();
         }
     }
 }
@@ -424,7 +417,7 @@ impl Trace {
         &self,
         name: &'static str,
         kind: SpanKind,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes),
     ) -> Trace {
         let Some(parent) = &self.0 else {
             return Trace::default();
@@ -443,25 +436,24 @@ impl Trace {
             false,
             name,
             kind,
-            attributes(),
+            attributes,
         ))))
     }
 
-    /// Sets attributes on the span (built only when it is exported).
-    pub fn set(&self, attributes: impl FnOnce() -> Vec<KeyValue>) {
+    /// Sets attributes on the span (written only when it is exported).
+    pub fn set(&self, attributes: impl FnOnce(&mut Attributes)) {
         self.set_and_fail(attributes, None);
     }
 
     /// [`Trace::set`], and marks the span as failed (a 5xx answer) when `error` is given.
     pub fn set_and_fail(
         &self,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes),
         error: Option<&'static str>,
     ) {
         let Some(span) = &self.0 else { return };
-        let attributes = attributes();
         let mut fields = span.fields.lock().unwrap_or_else(|e| e.into_inner());
-        fields.add(attributes);
+        attributes(&mut fields.attributes);
         if let Some(description) = error {
             // The SDK's order: Ok > Error > Unset.
             let status = Status::error(description);
@@ -484,20 +476,20 @@ impl Trace {
 
 /// `00-<trace id>-<span id>-<flags>` in lower-case hex.
 fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> String {
-    fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for b in bytes {
-            out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Filled in place, then one copy: pushing byte by byte cost several times more.
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    for (at, b) in (3..).step_by(2).zip(trace) {
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 15)];
     }
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    hex(&mut out, trace);
-    out.push(b'-');
-    hex(&mut out, span);
-    out.push(b'-');
-    hex(&mut out, &[flags]);
-    String::from_utf8(out).unwrap_or_default()
+    for (at, b) in (36..).step_by(2).zip(span) {
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 15)];
+    }
+    out[53] = HEX[usize::from(flags >> 4)];
+    out[54] = HEX[usize::from(flags & 15)];
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// Starts the request's server span and decides once whether its trace is exported: the
@@ -515,13 +507,14 @@ pub fn start_request(ctx: &mut RequestContext) {
         return;
     }
     // `00-<trace id>-<span id>-<flags>`, made by `RequestContext` (valid by construction).
+    let tp = ctx.traceparent.as_bytes();
     let ids = (
-        ctx.traceparent
-            .get(3..35)
-            .and_then(|t| TraceId::from_hex(t).ok()),
-        ctx.traceparent
-            .get(36..52)
-            .and_then(|s| SpanId::from_hex(s).ok()),
+        tp.get(3..35)
+            .and_then(from_hex::<16>)
+            .map(TraceId::from_bytes),
+        tp.get(36..52)
+            .and_then(from_hex::<8>)
+            .map(SpanId::from_bytes),
     );
     let (Some(trace_id), Some(span_id)) = ids else {
         return;
@@ -567,16 +560,39 @@ pub fn start_request(ctx: &mut RequestContext) {
         remote.is_some(),
         names::SPAN_REQUEST,
         SpanKind::Server,
-        vec![KeyValue::new(
-            names::REQUEST_ID,
-            std::str::from_utf8(ctx.request_id.as_bytes()).map_or_else(
-                |_| String::from_utf8_lossy(ctx.request_id.as_bytes()).into_owned(),
-                str::to_owned,
-            ),
-        )],
+        |a| {
+            let id = ctx.request_id.as_bytes();
+            // Always ASCII in practice (a sane client id or our own); the lossy form is the
+            // fallback, not the first try: it walks the bytes much more slowly.
+            match std::str::from_utf8(id) {
+                Ok(id) => a.str(names::REQUEST_ID, id),
+                Err(_) => a.str(names::REQUEST_ID, &String::from_utf8_lossy(id)),
+            }
+        },
     );
     set_flags(&mut ctx.traceparent, |_| flags.to_u8());
     ctx.trace = Trace(Some(Arc::new(span)));
+}
+
+/// `N` bytes from `2 * N` lower- or upper-case hex digits (`TraceId::from_hex` goes through
+/// `from_str_radix`, several times slower, and this runs for every sampled request).
+fn from_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    if hex.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 /// Rewrites the flags of a `traceparent` (its last two hex digits).
@@ -604,11 +620,9 @@ pub fn request_trace(req: &actix_web::HttpRequest) -> Trace {
 
 /// The tenant and proxy a request names, on its server span.
 pub fn named(trace: &Trace, tenant: &str, proxy: &str) {
-    trace.set(|| {
-        vec![
-            KeyValue::new(names::TENANT, tenant.to_owned()),
-            KeyValue::new(names::PROXY, proxy.to_owned()),
-        ]
+    trace.set(|a| {
+        a.str(names::TENANT, tenant);
+        a.str(names::PROXY, proxy);
     });
 }
 
@@ -621,24 +635,20 @@ pub fn routed(
     request_model: &str,
     fallback: bool,
 ) {
-    trace.set(|| {
-        vec![
-            KeyValue::new(names::ROUTE, route.to_owned()),
-            KeyValue::new(names::GEN_AI_OPERATION_NAME, operation),
-            KeyValue::new(names::GEN_AI_PROVIDER_NAME, provider),
-            KeyValue::new(names::GEN_AI_REQUEST_MODEL, request_model.to_owned()),
-            KeyValue::new(names::SWITCHYARD_FALLBACK, fallback),
-        ]
+    trace.set(|a| {
+        a.str(names::ROUTE, route);
+        a.str(names::GEN_AI_OPERATION_NAME, operation);
+        a.str(names::GEN_AI_PROVIDER_NAME, provider);
+        a.str(names::GEN_AI_REQUEST_MODEL, request_model);
+        a.bool(names::SWITCHYARD_FALLBACK, fallback);
     });
 }
 
 /// The span of one upstream attempt (number `attempt`, from 1) to `provider`.
 pub fn upstream(request: &Trace, attempt: u32, provider: &str) -> Trace {
-    request.child(names::SPAN_UPSTREAM, SpanKind::Client, || {
-        vec![
-            KeyValue::new(names::ATTEMPT, i64::from(attempt)),
-            KeyValue::new(names::PROVIDER, provider.to_owned()),
-        ]
+    request.child(names::SPAN_UPSTREAM, SpanKind::Client, |a| {
+        a.int(names::ATTEMPT, i64::from(attempt));
+        a.str(names::PROVIDER, provider);
     })
 }
 
@@ -659,15 +669,10 @@ pub fn attempt(
     };
     let failed = result.is_err().then_some("upstream attempt failed");
     span.set_and_fail(
-        || {
-            vec![KeyValue::new(
-                names::HTTP_RESPONSE_STATUS_CODE,
-                i64::from(status),
-            )]
-        },
+        |a| a.int(names::HTTP_RESPONSE_STATUS_CODE, i64::from(status)),
         failed,
     );
-    request.set(|| vec![KeyValue::new(names::SWITCHYARD_RETRIES, i64::from(retries))]);
+    request.set(|a| a.int(names::SWITCHYARD_RETRIES, i64::from(retries)));
 }
 
 #[cfg(test)]
@@ -682,6 +687,19 @@ mod tests {
             format_traceparent(&trace.to_bytes(), &span.to_bytes(), 0x0b),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0b"
         );
+    }
+
+    #[test]
+    fn hex_ids_decode_as_the_sdk_decodes_them() {
+        let hex = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let trace = from_hex::<16>(hex.as_bytes()).map(TraceId::from_bytes);
+        assert_eq!(trace, Some(TraceId::from_hex(hex).expect("id")));
+        assert_eq!(
+            from_hex::<8>(b"00F067aa0ba902b7").map(SpanId::from_bytes),
+            Some(SpanId::from_hex("00f067aa0ba902b7").expect("id"))
+        );
+        assert_eq!(from_hex::<8>(b"00f067aa0ba902bg"), None);
+        assert_eq!(from_hex::<8>(b"00f067aa0ba902b"), None);
     }
 
     #[test]

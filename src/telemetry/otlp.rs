@@ -1,4 +1,4 @@
-//! The OTLP trace exporter: a batch of the SDK's finished spans, encoded straight into an
+//! The OTLP trace exporter: a batch of finished spans ([`Finished`]), encoded straight into an
 //! `ExportTraceServiceRequest`'s protobuf bytes and sent over gRPC (tonic, on a runtime of its
 //! own) or HTTP/protobuf (a blocking client), with the `OTEL_EXPORTER_OTLP_*` settings.
 //!
@@ -6,16 +6,117 @@
 //! structs (a `String` or `Vec` per id, name and attribute) and prost then recomputes nested
 //! lengths level by level; with every trace sampled that was most of the export's cost
 //! (loadtests/README.md, "Telemetry cost"). The message layout is small and stable, so the
-//! encoder here writes it by hand, once, from the `SpanData` the batch processor hands over;
-//! a unit test decodes its bytes with the protobuf definitions and compares them with the
-//! SDK's own conversion field by field. This module owns encoding and transport only: which
-//! spans exist and what they carry is `otel`'s.
+//! encoder here writes it by hand. A span's attributes are encoded as they are set
+//! ([`Attributes`]): no `String` or `Value` is made per attribute on the request thread and
+//! freed on the export thread, and a span's attributes are one copy when the batch is
+//! written. The resource and the instrumentation scope are encoded once. A unit test decodes
+//! the bytes with the protobuf definitions and compares them with the SDK's own conversion of
+//! the same spans, field by field and byte for byte. This module owns encoding and transport
+//! only: which spans exist and what they carry is `otel`'s.
 
-use opentelemetry::trace::Status;
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceFlags, TraceId};
 use opentelemetry::{Array, InstrumentationScope, Value};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SpanData;
 use std::time::{Duration, SystemTime};
+
+/// The SDK's limit on a span's attributes (more are counted as dropped).
+const MAX_ATTRIBUTES: u32 = 128;
+
+/// A span's attributes, written as they are set in the form its OTLP `Span` carries them
+/// (repeated `KeyValue attributes = 9`, each `AnyValue` as prost writes it): the export thread
+/// copies them whole. Beyond [`MAX_ATTRIBUTES`] they are counted as dropped, as the SDK does.
+#[derive(Debug, Default)]
+pub struct Attributes {
+    bytes: Vec<u8>,
+    count: u32,
+    dropped: u32,
+}
+
+impl Attributes {
+    /// Room for about `bytes` of attributes, so setting them does not grow the buffer step
+    /// by step.
+    pub fn with_capacity(bytes: usize) -> Attributes {
+        Attributes {
+            bytes: Vec::with_capacity(bytes),
+            ..Attributes::default()
+        }
+    }
+
+    /// A string attribute.
+    pub fn str(&mut self, k: &str, value: &str) {
+        // AnyValue { string_value = 1 }
+        if self.open(k, field_len(value.len())) {
+            put_str(&mut self.bytes, key(1, LEN), value);
+        }
+    }
+
+    /// An integer attribute.
+    pub fn int(&mut self, k: &str, value: i64) {
+        // AnyValue { int_value = 3 }
+        if self.open(k, 1 + varint_len(value as u64)) {
+            self.bytes.push(key(3, 0));
+            put_varint(&mut self.bytes, value as u64);
+        }
+    }
+
+    /// A boolean attribute.
+    pub fn bool(&mut self, k: &str, value: bool) {
+        // AnyValue { bool_value = 2 }
+        if self.open(k, 2) {
+            self.bytes.extend_from_slice(&[key(2, 0), u8::from(value)]);
+        }
+    }
+
+    /// An attribute holding a list of strings.
+    pub fn strs(&mut self, k: &str, values: &[&str]) {
+        // AnyValue { array_value = 5 }, ArrayValue { values = 1 }, each an AnyValue string.
+        let array: usize = values.iter().map(|v| field_len(field_len(v.len()))).sum();
+        if self.open(k, field_len(array)) {
+            put_len(&mut self.bytes, key(5, LEN), array);
+            for v in values {
+                put_len(&mut self.bytes, key(1, LEN), field_len(v.len()));
+                put_str(&mut self.bytes, key(1, LEN), v);
+            }
+        }
+    }
+
+    /// Starts a `KeyValue` whose `AnyValue` body is `any` bytes, up to its value's first byte;
+    /// false (and counted as dropped) when the span has no room left.
+    fn open(&mut self, k: &str, any: usize) -> bool {
+        if self.count >= MAX_ATTRIBUTES {
+            self.dropped += 1;
+            return false;
+        }
+        self.count += 1;
+        let out = &mut self.bytes;
+        put_len(out, key(9, LEN), opt_str_len(k) + field_len(any));
+        if !k.is_empty() {
+            put_str(out, key(1, LEN), k);
+        }
+        put_len(out, key(2, LEN), any);
+        true
+    }
+}
+
+/// A span that has ended, as the export thread encodes it.
+#[derive(Debug)]
+pub struct Finished {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// `SpanId::INVALID` for a root span.
+    pub parent: SpanId,
+    pub parent_is_remote: bool,
+    pub flags: TraceFlags,
+    /// The W3C `tracestate` header (empty when there is none).
+    pub trace_state: String,
+    pub name: &'static str,
+    pub kind: SpanKind,
+    /// Nanoseconds since the Unix epoch ([`nanos`]).
+    pub start: u64,
+    pub end: u64,
+    pub attributes: Attributes,
+    pub status: Status,
+}
 
 /// OTLP's default gRPC endpoint (no path: the service's method is the path).
 const GRPC_DEFAULT: &str = "http://localhost:4317";
@@ -197,13 +298,13 @@ impl Exporter {
         })
     }
 
-    /// Encodes the resource once, for every request after.
-    pub fn set_resource(&mut self, resource: &Resource) {
-        self.encoder = Encoder::new(resource);
+    /// Encodes the resource and the spans' instrumentation scope once, for every request after.
+    pub fn set_resource(&mut self, resource: &Resource, scope: &InstrumentationScope) {
+        self.encoder = Encoder::new(resource, scope);
     }
 
-    /// Encodes and sends one batch (blocking the calling thread: the SDK's batch thread).
-    pub fn send(&self, batch: &[SpanData]) -> Result<(), String> {
+    /// Encodes and sends one batch (blocking the calling thread: `otel`'s export thread).
+    pub fn send(&self, batch: &[Finished]) -> Result<(), String> {
         let body = self.encoder.request(batch);
         match &self.transport {
             Transport::Grpc {
@@ -305,6 +406,9 @@ struct Encoder {
     /// `ResourceSpans.resource` and `.schema_url`, whole fields.
     resource: Vec<u8>,
     schema_url: Vec<u8>,
+    /// `ScopeSpans.scope` and `.schema_url`, whole fields (every span has the same scope).
+    scope: Vec<u8>,
+    scope_schema_url: Vec<u8>,
 }
 
 // Field keys: (field number << 3) | wire type (0 varint, 1 fixed64, 2 bytes, 5 fixed32).
@@ -314,7 +418,7 @@ const fn key(field: u8, wire: u8) -> u8 {
 }
 
 impl Encoder {
-    fn new(resource: &Resource) -> Encoder {
+    fn new(resource: &Resource, scope: &InstrumentationScope) -> Encoder {
         let mut attrs = Vec::new();
         for (k, v) in resource.iter() {
             put_key_value(&mut attrs, key(1, LEN), k.as_str(), v);
@@ -326,51 +430,40 @@ impl Encoder {
         if let Some(url) = resource.schema_url().filter(|u| !u.is_empty()) {
             put_bytes(&mut schema_url, key(3, LEN), url.as_bytes());
         }
+        // InstrumentationScope as ScopeSpans.scope = 1, its schema URL as ScopeSpans.schema_url = 3.
+        let mut scope_field = Vec::new();
+        put_len(&mut scope_field, key(1, LEN), scope_len(scope));
+        put_scope(&mut scope_field, scope);
+        let mut scope_schema_url = Vec::new();
+        if let Some(url) = scope.schema_url().filter(|u| !u.is_empty()) {
+            put_str(&mut scope_schema_url, key(3, LEN), url);
+        }
         Encoder {
             resource: field,
             schema_url,
+            scope: scope_field,
+            scope_schema_url,
         }
     }
 
-    /// One `ExportTraceServiceRequest` with one `ResourceSpans` holding the batch, one
-    /// `ScopeSpans` per run of spans from the same instrumentation scope. Every length is
-    /// computed first, so each byte is written once, in place.
-    fn request(&self, batch: &[SpanData]) -> Vec<u8> {
+    /// One `ExportTraceServiceRequest` with one `ResourceSpans` holding one `ScopeSpans` with
+    /// the batch. Every length is computed first, so each byte is written once, in place.
+    fn request(&self, batch: &[Finished]) -> Vec<u8> {
         let lens: Vec<usize> = batch.iter().map(span_len).collect();
-        // Runs of spans sharing a scope: (scope, first, end, ScopeSpans body length).
-        let mut runs: Vec<(&InstrumentationScope, usize, usize, usize)> = Vec::new();
-        for (i, span) in batch.iter().enumerate() {
-            let scope = &span.instrumentation_scope;
-            match runs.last_mut() {
-                Some(run) if std::ptr::eq(run.0, scope) || run.0 == scope => run.2 = i + 1,
-                _ => runs.push((scope, i, i + 1, 0)),
-            }
-        }
-        let mut rs_len = self.resource.len() + self.schema_url.len();
-        for run in &mut runs {
-            run.3 = field_len(scope_len(run.0))
-                + lens[run.1..run.2]
-                    .iter()
-                    .map(|l| field_len(*l))
-                    .sum::<usize>()
-                + run.0.schema_url().map_or(0, opt_str_len);
-            rs_len += field_len(run.3);
-        }
+        let ss_len = self.scope.len()
+            + lens.iter().map(|l| field_len(*l)).sum::<usize>()
+            + self.scope_schema_url.len();
+        let rs_len = self.resource.len() + field_len(ss_len) + self.schema_url.len();
         let mut out = Vec::with_capacity(field_len(rs_len));
         put_len(&mut out, key(1, LEN), rs_len);
         out.extend_from_slice(&self.resource);
-        for &(scope, first, end, len) in &runs {
-            put_len(&mut out, key(2, LEN), len);
-            put_len(&mut out, key(1, LEN), scope_len(scope));
-            put_scope(&mut out, scope);
-            for (span, len) in batch[first..end].iter().zip(&lens[first..end]) {
-                put_len(&mut out, key(2, LEN), *len);
-                put_span(&mut out, span);
-            }
-            if let Some(url) = scope.schema_url().filter(|u| !u.is_empty()) {
-                put_str(&mut out, key(3, LEN), url);
-            }
+        put_len(&mut out, key(2, LEN), ss_len);
+        out.extend_from_slice(&self.scope);
+        for (span, len) in batch.iter().zip(&lens) {
+            put_len(&mut out, key(2, LEN), *len);
+            put_span(&mut out, span);
         }
+        out.extend_from_slice(&self.scope_schema_url);
         out.extend_from_slice(&self.schema_url);
         debug_assert_eq!(out.len(), field_len(rs_len));
         out
@@ -378,11 +471,13 @@ impl Encoder {
 }
 
 /// The length of a length-delimited field whose body is `n` bytes (one-byte key).
+#[inline]
 fn field_len(n: usize) -> usize {
     1 + varint_len(n as u64) + n
 }
 
 /// A string field's length, or 0 when it is empty (proto3 leaves it out).
+#[inline]
 fn opt_str_len(s: &str) -> usize {
     if s.is_empty() { 0 } else { field_len(s.len()) }
 }
@@ -409,18 +504,18 @@ fn put_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
     }
 }
 
-fn kind(span: &SpanData) -> u64 {
-    match span.span_kind {
-        opentelemetry::trace::SpanKind::Internal => 1,
-        opentelemetry::trace::SpanKind::Server => 2,
-        opentelemetry::trace::SpanKind::Client => 3,
-        opentelemetry::trace::SpanKind::Producer => 4,
-        opentelemetry::trace::SpanKind::Consumer => 5,
+fn kind(span: &Finished) -> u64 {
+    match span.kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
     }
 }
 
 /// A span's status: code (0 unset, 1 ok, 2 error) and message.
-fn status(span: &SpanData) -> (u64, &str) {
+fn status(span: &Finished) -> (u64, &str) {
     match &span.status {
         Status::Unset => (0, ""),
         Status::Ok => (1, ""),
@@ -433,33 +528,27 @@ fn status_len(code: u64, message: &str) -> usize {
 }
 
 /// The length of a `Span` message's body, as [`put_span`] writes it.
-fn span_len(span: &SpanData) -> usize {
-    let sc = &span.span_context;
-    let state = sc.trace_state().header();
+fn span_len(span: &Finished) -> usize {
     let (code, message) = status(span);
-    let fixed = |t: SystemTime| if nanos(t) != 0 { 9 } else { 0 };
+    let fixed = |t: u64| if t != 0 { 9 } else { 0 };
     field_len(16)
         + field_len(8)
-        + opt_str_len(&state)
-        + if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
+        + opt_str_len(&span.trace_state)
+        + if span.parent != SpanId::INVALID {
             field_len(8)
         } else {
             0
         }
         + 2
         + 4
-        + opt_str_len(&span.name)
+        + opt_str_len(span.name)
         + 1
         + varint_len(kind(span))
-        + fixed(span.start_time)
-        + fixed(span.end_time)
-        + span
-            .attributes
-            .iter()
-            .map(|kv| field_len(key_value_len(kv.key.as_str(), &kv.value)))
-            .sum::<usize>()
-        + if span.dropped_attributes_count != 0 {
-            1 + varint_len(u64::from(span.dropped_attributes_count))
+        + fixed(span.start)
+        + fixed(span.end)
+        + span.attributes.bytes.len()
+        + if span.attributes.dropped != 0 {
+            1 + varint_len(u64::from(span.attributes.dropped))
         } else {
             0
         }
@@ -467,30 +556,27 @@ fn span_len(span: &SpanData) -> usize {
 }
 
 /// A `Span` message's body, its fields in the order prost writes them (by number).
-fn put_span(out: &mut Vec<u8>, span: &SpanData) {
-    let sc = &span.span_context;
-    put_bytes(out, key(1, LEN), &sc.trace_id().to_bytes());
-    put_bytes(out, key(2, LEN), &sc.span_id().to_bytes());
-    let state = sc.trace_state().header();
-    if !state.is_empty() {
-        put_str(out, key(3, LEN), &state);
+fn put_span(out: &mut Vec<u8>, span: &Finished) {
+    put_bytes(out, key(1, LEN), &span.trace_id.to_bytes());
+    put_bytes(out, key(2, LEN), &span.span_id.to_bytes());
+    if !span.trace_state.is_empty() {
+        put_str(out, key(3, LEN), &span.trace_state);
     }
-    if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        put_bytes(out, key(4, LEN), &span.parent_span_id.to_bytes());
+    if span.parent != SpanId::INVALID {
+        put_bytes(out, key(4, LEN), &span.parent.to_bytes());
     }
     if !span.name.is_empty() {
-        put_str(out, key(5, LEN), &span.name);
+        put_str(out, key(5, LEN), span.name);
     }
     out.push(key(6, 0));
     put_varint(out, kind(span));
-    put_fixed64(out, key(7, 1), nanos(span.start_time));
-    put_fixed64(out, key(8, 1), nanos(span.end_time));
-    for kv in &span.attributes {
-        put_key_value(out, key(9, LEN), kv.key.as_str(), &kv.value);
-    }
-    if span.dropped_attributes_count != 0 {
+    put_fixed64(out, key(7, 1), span.start);
+    put_fixed64(out, key(8, 1), span.end);
+    // attributes = 9, already encoded.
+    out.extend_from_slice(&span.attributes.bytes);
+    if span.attributes.dropped != 0 {
         out.push(key(10, 0));
-        put_varint(out, u64::from(span.dropped_attributes_count));
+        put_varint(out, u64::from(span.attributes.dropped));
     }
     let (code, message) = status(span);
     put_len(out, key(15, LEN), status_len(code, message));
@@ -503,15 +589,16 @@ fn put_span(out: &mut Vec<u8>, span: &SpanData) {
     }
     // flags = 16 (fixed32, a two-byte key; last, as prost writes it): the trace flags, and that the parent's
     // remoteness is known (0x100) and whether it is remote (0x200).
-    let mut flags = u32::from(sc.trace_flags().to_u8()) | 0x100;
-    if span.parent_span_is_remote {
+    let mut flags = u32::from(span.flags.to_u8()) | 0x100;
+    if span.parent_is_remote {
         flags |= 0x200;
     }
     out.extend_from_slice(&[0x85, 0x01]);
     out.extend_from_slice(&flags.to_le_bytes());
 }
 
-fn nanos(t: SystemTime) -> u64 {
+/// A time as OTLP writes it: nanoseconds since the Unix epoch (0 before it).
+pub fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
@@ -588,15 +675,18 @@ fn put_any_body(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
+#[inline]
 fn put_len(out: &mut Vec<u8>, field: u8, len: usize) {
     out.push(field);
     put_varint(out, len as u64);
 }
 
+#[inline]
 fn put_str(out: &mut Vec<u8>, field: u8, s: &str) {
     put_bytes(out, field, s.as_bytes());
 }
 
+#[inline]
 fn put_bytes(out: &mut Vec<u8>, field: u8, b: &[u8]) {
     put_len(out, field, b.len());
     out.extend_from_slice(b);
@@ -609,6 +699,7 @@ fn put_fixed64(out: &mut Vec<u8>, field: u8, v: u64) {
     }
 }
 
+#[inline]
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -617,6 +708,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+#[inline]
 fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
@@ -625,11 +717,11 @@ fn varint_len(v: u64) -> usize {
 mod tests {
     use super::*;
     use opentelemetry::KeyValue;
-    use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{SpanContext, TraceState};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
     use prost::Message;
     use std::borrow::Cow;
 
@@ -679,13 +771,11 @@ mod tests {
                     KeyValue::new("switchyard.retries", 0_i64),
                     KeyValue::new("gen_ai.usage.input_tokens", 300_000_i64),
                     KeyValue::new("negative", -5_i64),
-                    KeyValue::new("ratio", 0.25),
                     KeyValue::new("long", "é".repeat(100)),
                     KeyValue::new(
                         "list",
                         Value::Array(Array::String(vec!["a".into(), "bc".into()])),
                     ),
-                    KeyValue::new("ints", Value::Array(Array::I64(vec![1, -1]))),
                 ],
                 Status::Unset,
             ),
@@ -708,13 +798,54 @@ mod tests {
         ]
     }
 
+    /// The same span as [`Finished`], its attributes set through [`Attributes`].
+    fn lean(span: &SpanData) -> Finished {
+        let mut attributes = Attributes::default();
+        for kv in &span.attributes {
+            let k = kv.key.as_str();
+            match &kv.value {
+                Value::String(v) => attributes.str(k, v.as_str()),
+                Value::I64(i) => attributes.int(k, *i),
+                Value::Bool(b) => attributes.bool(k, *b),
+                Value::Array(Array::String(v)) => {
+                    attributes.strs(k, &v.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+                }
+                other => panic!("the gateway sets no such attribute: {other:?}"),
+            }
+        }
+        let Cow::Borrowed(name) = span.name else {
+            panic!("span names are static")
+        };
+        let sc = &span.span_context;
+        Finished {
+            trace_id: sc.trace_id(),
+            span_id: sc.span_id(),
+            parent: span.parent_span_id,
+            parent_is_remote: span.parent_span_is_remote,
+            flags: sc.trace_flags(),
+            trace_state: sc.trace_state().header(),
+            name,
+            kind: span.span_kind.clone(),
+            start: nanos(span.start_time),
+            end: nanos(span.end_time),
+            attributes,
+            status: span.status.clone(),
+        }
+    }
+
     #[test]
     fn the_hand_encoded_request_decodes_to_what_the_sdks_conversion_builds() {
+        // The resource is encoded by the generic `Value` writer: every kind it knows.
         let resource = Resource::builder()
             .with_service_name("switchyard-test")
             .with_attribute(KeyValue::new("service.version", "1.2.3"))
+            .with_attribute(KeyValue::new("ratio", 0.25))
+            .with_attribute(KeyValue::new("flag", true))
+            .with_attribute(KeyValue::new("ints", Value::Array(Array::I64(vec![1, -1]))))
             .build();
-        let encoded = Encoder::new(&resource).request(&batch());
+        let scope = InstrumentationScope::builder("switchyard").build();
+        let lean: Vec<Finished> = batch().iter().map(lean).collect();
+        let encoded = Encoder::new(&resource, &scope).request(&lean);
         let decoded = ExportTraceServiceRequest::decode(encoded.as_slice()).expect("decodes");
         let expected = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(
@@ -739,6 +870,17 @@ mod tests {
         assert_eq!(decoded, expected);
         // Byte for byte too: the same fields in the same order as prost writes them.
         assert_eq!(encoded, expected.encode_to_vec());
+    }
+
+    #[test]
+    fn attributes_beyond_the_limit_are_counted_as_dropped() {
+        let mut a = Attributes::default();
+        for i in 0..130 {
+            a.int("n", i);
+        }
+        assert_eq!((a.count, a.dropped), (128, 2));
+        // Each `n = i` (i < 128) is 9 bytes: field key and length, `n`'s field (3), the value's (4).
+        assert_eq!(a.bytes.len(), 128 * 9);
     }
 
     #[test]
