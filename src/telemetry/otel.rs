@@ -476,20 +476,21 @@ impl Trace {
 
 /// `00-<trace id>-<span id>-<flags>` in lower-case hex.
 fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     // Filled in place, then one copy: pushing byte by byte cost several times more.
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    for (at, b) in (3..).step_by(2).zip(trace) {
-        out[at] = HEX[usize::from(b >> 4)];
-        out[at + 1] = HEX[usize::from(b & 15)];
-    }
-    for (at, b) in (36..).step_by(2).zip(span) {
-        out[at] = HEX[usize::from(b >> 4)];
-        out[at + 1] = HEX[usize::from(b & 15)];
-    }
-    out[53] = HEX[usize::from(flags >> 4)];
-    out[54] = HEX[usize::from(flags & 15)];
+    put_hex(&mut out[3..35], trace);
+    put_hex(&mut out[36..52], span);
+    put_hex(&mut out[53..55], &[flags]);
     String::from_utf8(out.to_vec()).unwrap_or_default()
+}
+
+/// Writes `bytes` into `out` as lower-case hex, two digits a byte.
+fn put_hex(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
+    }
 }
 
 /// Starts the request's server span and decides once whether its trace is exported: the
@@ -524,9 +525,9 @@ pub fn start_request(ctx: &mut RequestContext) {
         .as_ref()
         .and_then(|(trace, parent, flags)| {
             Some(SpanContext::new(
-                TraceId::from_hex(trace).ok()?,
-                SpanId::from_hex(parent).ok()?,
-                TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
+                TraceId::from_bytes(from_hex(trace.as_bytes())?),
+                SpanId::from_bytes(from_hex(parent.as_bytes())?),
+                TraceFlags::new(from_hex::<1>(flags.as_bytes())?[0]),
                 true,
                 TraceState::default(),
             ))
@@ -597,15 +598,14 @@ fn from_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
 
 /// Rewrites the flags of a `traceparent` (its last two hex digits).
 fn set_flags(traceparent: &mut String, f: impl FnOnce(u8) -> u8) {
-    if let Some(flags) = traceparent
+    if let Some([flags]) = traceparent
         .get(53..55)
-        .and_then(|f| u8::from_str_radix(f, 16).ok())
+        .and_then(|f| from_hex::<1>(f.as_bytes()))
     {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let flags = f(flags);
+        let mut hex = [0u8; 2];
+        put_hex(&mut hex, &[f(flags)]);
         traceparent.truncate(53);
-        traceparent.push(char::from(HEX[usize::from(flags >> 4)]));
-        traceparent.push(char::from(HEX[usize::from(flags & 15)]));
+        traceparent.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     }
 }
 
