@@ -14,7 +14,7 @@
 use super::Endpoint;
 use super::canonical::Usage;
 use bytes::{Bytes, BytesMut};
-use memchr::memmem::{self, Finder};
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use std::sync::LazyLock;
 
@@ -520,7 +520,7 @@ pub fn ask_for_usage(endpoint: Endpoint, stream: bool, body: &mut Bytes) -> bool
         stream_options: Option<serde_json::Map<String, serde_json::Value>>,
     }
     // The common case (no stream_options at all) is a splice after the opening brace.
-    if memmem::find(body, b"\"stream_options\"").is_none() {
+    if STREAM_OPTIONS.find(body).is_none() {
         let Some(open) = body.iter().position(|b| *b == b'{') else {
             return false;
         };
@@ -563,9 +563,22 @@ pub fn ask_for_usage(endpoint: Endpoint, stream: bool, body: &mut Bytes) -> bool
 }
 
 /// Searchers built once: a stream's events are searched for these in every chunk, and building
-/// a searcher per search cost more than the search.
+/// a searcher per search cost more than the search. The others are searched once a request or
+/// once a stream, where building the searcher was still most of the search's cost.
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 static DELTA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"delta\""));
+static DATA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"data:"));
+static NO_CHOICES: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\":[]"));
+static STREAM_OPTIONS: LazyLock<Finder<'static>> =
+    LazyLock::new(|| Finder::new(b"\"stream_options\""));
+/// The names of the Responses events that end a stream with the response, usage included.
+static TERMINAL: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
+    [
+        Finder::new(b"\"response.completed\""),
+        Finder::new(b"\"response.incomplete\""),
+        Finder::new(b"\"response.failed\""),
+    ]
+});
 
 /// Reads the usage out of a passthrough stream as it passes, and hides the usage the client
 /// did not ask for.
@@ -649,12 +662,9 @@ impl StreamUsage {
                         Kept::Same
                     };
                 }
-                if let Some(u) = data_of(event)
-                    .and_then(|d| serde_json::from_slice::<WithChatUsage>(d).ok())
-                    .and_then(|w| w.usage)
-                {
-                    self.usage = Some(u.into());
-                    let no_choices = memmem::find(event, b"\"choices\":[]").is_some();
+                if let Some(u) = data_of(event).and_then(|d| from_body(self.endpoint, d)) {
+                    self.usage = Some(u);
+                    let no_choices = NO_CHOICES.find(event).is_some();
                     if self.hide && no_choices {
                         return Kept::Dropped;
                     }
@@ -662,20 +672,9 @@ impl StreamUsage {
                 Kept::Same
             }
             Endpoint::Responses => {
-                let terminal = [
-                    &b"\"response.completed\""[..],
-                    b"\"response.incomplete\"",
-                    b"\"response.failed\"",
-                ]
-                .iter()
-                .any(|m| memmem::find(event, m).is_some());
-                if terminal
-                    && let Some(u) = data_of(event)
-                        .and_then(|d| serde_json::from_slice::<ResponseEvent>(d).ok())
-                        .and_then(|e| e.response)
-                        .and_then(|r| r.usage)
-                {
-                    self.usage = Some(u.into());
+                let terminal = TERMINAL.iter().any(|m| m.find(event).is_some());
+                if terminal && let Some(u) = data_of(event).and_then(terminal_usage) {
+                    self.usage = Some(u);
                 }
                 Kept::Same
             }
@@ -696,10 +695,24 @@ fn skip_ws(b: &[u8]) -> &[u8] {
 
 /// The `data:` payload of a one-line-data event.
 fn data_of(event: &[u8]) -> Option<&[u8]> {
-    let at = memmem::find(event, b"data:")?;
+    let at = DATA.find(event)?;
     let rest = &event[at + 5..];
     let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
     Some(skip_ws(&rest[..end]))
+}
+
+/// The usage of a Responses stream's terminal event, `response.usage`, read as [`from_body`]
+/// reads a whole answer's (the event's other members, and the response's output, are skipped).
+fn terminal_usage(data: &[u8]) -> Option<Usage> {
+    match top_level_member(data, b"response") {
+        Member::Found(response) => from_body(Endpoint::Responses, response),
+        Member::Absent => None,
+        Member::Unsure => serde_json::from_slice::<ResponseEvent>(data)
+            .ok()?
+            .response?
+            .usage
+            .map(Usage::from),
+    }
 }
 
 /// `event` without its `,"usage":null` (the key at `at`, already known to hold `null`), the
@@ -1052,6 +1065,65 @@ mod tests {
         assert_eq!(out, events.as_bytes());
         let u = tap.usage().expect("usage");
         assert_eq!((u.input_tokens, u.output_tokens), (9, 3));
+    }
+
+    /// The stream's usage events are read by the walk that reads whole answers; it must find
+    /// what serde found in the event's data, for every shape of event here.
+    #[test]
+    fn stream_usage_events_are_read_as_serde_reads_them() {
+        let chat = [
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
+            r#"{"usage":{"prompt_tokens":5,"completion_tokens":2},"id":"c","choices":[]}"#,
+            r#"{ "id" : "c" , "choices" : [ ] , "usage" : { "prompt_tokens" : 5 , "completion_tokens" : 2 ,
+               "prompt_tokens_details" : { "cached_tokens" : 3 } , "completion_tokens_details" : { "reasoning_tokens" : 1 } } }"#,
+            r#"{"id":"c","choices":[{"delta":{"content":"\"usage\":{}"}}],"usage":{"prompt_tokens":1,"completion_tokens":4}}"#,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":5.0,"completion_tokens":2}}"#,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":-5,"completion_tokens":2}}"#,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":null,"completion_tokens":2}}"#,
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}"#,
+            r#"{"id":"c","choices":[],"usage":"none"}"#,
+            r#"{"id":"c","choices":[],"usage":{}}"#,
+        ];
+        let responses = [
+            r#"{"type":"response.completed","response":{"id":"r","output":[{"content":[{"text":"\"usage\":{\"input_tokens\":1}"}]}],"usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":2,"cache_write_tokens":1},"output_tokens":3,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":12}},"sequence_number":7}"#,
+            r#"{"type":"response.incomplete","sequence_number":7,"response":{"usage":{"input_tokens":9,"output_tokens":3},"id":"r","status":"incomplete"}}"#,
+            r#"{"type":"response.failed","response":{"id":"r","usage":null}}"#,
+            r#"{"type":"response.completed","response":null}"#,
+            r#"{"type":"response.completed","resp\u006fnse":{"usage":{"input_tokens":9,"output_tokens":3}}}"#,
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":9,"output_tokens":3.5}}}"#,
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":9,"output_tokens":3}}"#,
+        ];
+        let by_serde_chat = |d: &str| {
+            serde_json::from_slice::<WithChatUsage>(d.as_bytes())
+                .ok()
+                .and_then(|w| w.usage)
+                .map(Usage::from)
+        };
+        let by_serde_responses = |d: &str| {
+            serde_json::from_slice::<ResponseEvent>(d.as_bytes())
+                .ok()
+                .and_then(|e| e.response)
+                .and_then(|r| r.usage)
+                .map(Usage::from)
+        };
+        let mut found = 0;
+        for (endpoint, data, expected) in chat
+            .iter()
+            .map(|d| (Endpoint::ChatCompletions, d, by_serde_chat(d)))
+            .chain(
+                responses
+                    .iter()
+                    .map(|d| (Endpoint::Responses, d, by_serde_responses(d))),
+            )
+        {
+            let mut tap = StreamUsage::new(endpoint, false);
+            let event = format!("data: {}\n\n", data.replace('\n', " "));
+            assert_eq!(tap.events(Bytes::from(event.clone())), event.as_bytes());
+            assert_eq!(tap.usage(), expected, "{endpoint:?} {data}");
+            found += usize::from(expected.is_some());
+        }
+        // Not a vacuous agreement: most of these carry a usage serde reads.
+        assert_eq!(found, 8);
     }
 
     #[test]
