@@ -637,17 +637,22 @@ main() {
         fi
     done
 
-    # Streams paced as a model paces them (20 chunks 5 ms apart, 16 at once): the time to the
-    # first event shows any socket that holds small writes back (Nagle's algorithm waiting on a
-    # delayed ACK), which the back-to-back streams above cannot.
-    log "stream time to first event, paced upstream (loadtests/ttft.py, ${DURATION}s per target)"
+    # Streams paced as a model paces them (20 chunks 5 ms apart), one at a time and 16 at once:
+    # the time to the first event shows any socket that holds small writes back (Nagle's
+    # algorithm waiting on a delayed ACK), which the back-to-back streams above cannot, and c1
+    # shows the latency each hop adds on an otherwise idle core.
     local ttft_args=()
     for target in "${TARGETS[@]}"; do
         ttft_args+=(--target "$target=$(url_of "$target" | sed 's#/chat/completions$##')" --key "$(key_of "$target")")
     done
-    timeout $((DURATION * ${#TARGETS[@]} + 60)) taskset -c "$LOAD_CORE" python3 "$HERE/ttft.py" \
-        --concurrency 16 --duration "$DURATION" --chunk-ms 5 --tokens 20 "${ttft_args[@]}" \
-        | tee "$RESULTS/ttft.txt"
+    : >"$RESULTS/ttft.txt"
+    local conc
+    for conc in 1 16; do
+        log "stream time to first event at c$conc, paced upstream (loadtests/ttft.py, ${WARMUP}s + ${DURATION}s per target)"
+        timeout $(((WARMUP + DURATION) * ${#TARGETS[@]} + 60)) taskset -c "$LOAD_CORE" python3 "$HERE/ttft.py" \
+            --concurrency "$conc" --warmup "$WARMUP" --duration "$DURATION" --chunk-ms 5 --tokens 20 \
+            "${ttft_args[@]}" | tee -a "$RESULTS/ttft.txt"
+    done
 
     # The gateway must still be alive and well after the load.
     kill -0 "$GW_PID" 2>/dev/null || die "gateway died during the run"
