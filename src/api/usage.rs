@@ -141,7 +141,7 @@ pub fn estimate_tokens(text: &[u8]) -> u64 {
 /// Only the top-level `usage` member is read, by [`top_level_member`] and [`plain_usage`]: the
 /// rest of the body (the answer's text, most of its bytes) is skipped without being decoded,
 /// which serde would do to check it (so a value malformed inside is not noticed there; see
-/// [`members`]). What they cannot vouch for is left to serde, on the usage object or on the
+/// [`Cursor`]). What they cannot vouch for is left to serde, on the usage object or on the
 /// whole body.
 pub fn from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
     match top_level_member(body, b"usage") {
@@ -223,45 +223,129 @@ fn plain_usage(endpoint: Endpoint, value: &[u8]) -> Option<Option<Usage>> {
     };
     let mut counts = [0u64; 5];
     let mut seen = 0u8;
-    let mut plain = true;
-    members(value, |key, value| {
+    let mut c = Cursor { b: value, at: 0 };
+    c.members(|c, key| {
         let Some(i) = fields.iter().position(|(name, _)| *name == key) else {
-            return true;
+            return c.skip_value();
         };
-        plain &= seen & (1 << i) == 0;
+        if seen & (1 << i) != 0 {
+            return None;
+        }
         seen |= 1 << i;
         match &fields[i].1 {
-            Field::Count(slot) => match plain_count(value) {
-                Some(n) => counts[*slot] = n,
-                None => plain = false,
-            },
-            Field::Details(_) if value == b"null" => {}
+            Field::Count(slot) => counts[*slot] = plain_count(c.scalar())?,
             Field::Details(details) => {
+                if c.b.get(c.at) != Some(&b'{') {
+                    return (c.scalar() == b"null").then_some(());
+                }
                 let mut seen = 0u8;
-                let read = members(value, |key, value| {
+                c.members(|c, key| {
                     let Some(j) = details.iter().position(|(name, _)| *name == key) else {
-                        return true;
+                        return c.skip_value();
                     };
-                    plain &= seen & (1 << j) == 0;
-                    seen |= 1 << j;
-                    match plain_count(value) {
-                        Some(n) => counts[details[j].1] = n,
-                        None => plain &= value == b"null",
+                    if seen & (1 << j) != 0 {
+                        return None;
                     }
-                    plain
-                });
-                plain &= read.is_some();
+                    seen |= 1 << j;
+                    match c.scalar() {
+                        b"null" => {}
+                        count => counts[details[j].1] = plain_count(count)?,
+                    }
+                    Some(())
+                })?;
             }
         }
-        plain
+        Some(())
     })?;
-    plain.then_some(Some(Usage {
+    c.ws();
+    (c.at == value.len()).then_some(Some(Usage {
         input_tokens: counts[INPUT],
         cached_input_tokens: counts[CACHED],
         cache_write_tokens: counts[CACHE_WRITE],
         output_tokens: counts[OUTPUT],
         reasoning_tokens: counts[REASONING],
     }))
+}
+
+/// A forward pass over a usage object for [`plain_usage`]: each byte is looked at once, the
+/// values it reads are read in place and the others skipped by their structure ([`value_end`]),
+/// so a value that is malformed inside (a bad number or escape) in a member it does not read is
+/// not noticed, unlike in a full parse.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn ws(&mut self) {
+        while self.b.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+            self.at += 1;
+        }
+    }
+
+    /// The object at the cursor (after whitespace), member by member: `member` is called with
+    /// the cursor at each value (past the colon and whitespace) and the key as spelt, and must
+    /// leave the cursor past the value. `None` when the object's structure does not close, a
+    /// key is spelt with an escape (serde decodes those), or `member` returns `None`.
+    fn members(&mut self, mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
+        self.ws();
+        if self.b.get(self.at) != Some(&b'{') {
+            return None;
+        }
+        self.at += 1;
+        self.ws();
+        if self.b.get(self.at) == Some(&b'}') {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            if self.b.get(self.at) != Some(&b'"') {
+                return None;
+            }
+            let from = self.at + 1;
+            let len = memchr::memchr2(b'"', b'\\', &self.b[from..])?;
+            if self.b[from + len] != b'"' {
+                return None;
+            }
+            self.at = from + len + 1;
+            self.ws();
+            if self.b.get(self.at) != Some(&b':') {
+                return None;
+            }
+            self.at += 1;
+            self.ws();
+            member(self, &self.b[from..from + len])?;
+            self.ws();
+            match self.b.get(self.at) {
+                Some(b',') => {
+                    self.at += 1;
+                    self.ws();
+                }
+                Some(b'}') => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Past the value at the cursor, whatever it is.
+    fn skip_value(&mut self) -> Option<()> {
+        self.at = value_end(self.b, self.at)?;
+        Some(())
+    }
+
+    /// The scalar at the cursor: up to its delimiter, as [`value_end`] takes one.
+    fn scalar(&mut self) -> &'a [u8] {
+        let rest = &self.b[self.at..];
+        let len = rest
+            .iter()
+            .take_while(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+            .count();
+        self.at += len;
+        &rest[..len]
+    }
 }
 
 /// A JSON number that is a plain `u64` (digits, no sign, fraction, exponent or leading zero).
@@ -400,54 +484,6 @@ fn value_start(body: &[u8], end: usize) -> Option<usize> {
     }
 }
 
-/// Calls `f` with each member's key (as spelt, without its quotes) and raw value, in order, of
-/// the JSON object `obj` (which only whitespace may surround). Values are skipped by their
-/// structure alone: a string by a search for its closing quote, an object or array by counting
-/// brackets outside strings, a scalar up to its delimiter, so a value that is malformed inside
-/// (a bad number or escape) is not noticed, unlike in a full parse. `None` when the object's
-/// structure does not close, a key is spelt with an escape, or `f` returns false.
-fn members<'a>(obj: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8]) -> bool) -> Option<()> {
-    let ws = |at: usize| {
-        at + obj[at..]
-            .iter()
-            .take_while(|c| c.is_ascii_whitespace())
-            .count()
-    };
-    let mut at = ws(0);
-    if obj.get(at) != Some(&b'{') {
-        return None;
-    }
-    at = ws(at + 1);
-    if obj.get(at) == Some(&b'}') {
-        return (ws(at + 1) == obj.len()).then_some(());
-    }
-    loop {
-        if obj.get(at) != Some(&b'"') {
-            return None;
-        }
-        let key_end = string_end(obj, at)?;
-        let key = &obj[at + 1..key_end - 1];
-        if key.contains(&b'\\') {
-            return None;
-        }
-        at = ws(key_end);
-        if obj.get(at) != Some(&b':') {
-            return None;
-        }
-        let start = ws(at + 1);
-        let end = value_end(obj, start)?;
-        if !f(key, &obj[start..end]) {
-            return None;
-        }
-        at = ws(end);
-        match obj.get(at) {
-            Some(b',') => at = ws(at + 1),
-            Some(b'}') if ws(at + 1) == obj.len() => return Some(()),
-            _ => return None,
-        }
-    }
-}
-
 /// The end (past the closing quote) of the string opening at `at`.
 fn string_end(body: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
@@ -468,7 +504,7 @@ fn string_end(body: &[u8], at: usize) -> Option<usize> {
     }
 }
 
-/// The end of the value starting at `at` (see [`members`] for how far it is checked).
+/// The end of the value starting at `at` (see [`Cursor`] for how far it is checked).
 fn value_end(body: &[u8], at: usize) -> Option<usize> {
     match body.get(at)? {
         b'"' => string_end(body, at),
@@ -949,6 +985,13 @@ mod tests {
             (br#"{"prompt_tokens_details":7}"#, false),
             (br#"{"prompt_tokens_details":{"cached_tokens":"7"}}"#, false),
             (b"[]", false),
+            (br#" { "completion_tokens_details" : { "reasoning_tokens" : 2 , "x" : {"y":"}{"} } , "z" : [ {"prompt_tokens":9} ] , "prompt_tokens" : 3 } "#, true),
+            (br#"{"prompt_tokens_details":"x"}"#, false),
+            (br#"{"prompt_t\u006fkens":5}"#, false), // an escaped key: serde decodes it
+            (br#"{"prompt_tokens":5}x"#, false),
+            (br#"{"prompt_tokens":5 "completion_tokens":1}"#, false),
+            (br#"{"prompt_tokens":5,}"#, false),
+            (br#"{"completion_tokens_details":{"reasoning_tokens":2}"#, false),
         ] {
             let text = String::from_utf8_lossy(usage);
             match plain_usage(Endpoint::ChatCompletions, usage) {
