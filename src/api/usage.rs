@@ -648,29 +648,52 @@ impl StreamUsage {
         if self.usage.is_none() {
             self.deltas += DELTA.find_iter(&events).count() as u64;
         }
-        if USAGE.find(&events).is_none() {
+        // One search through the run: each event is only looked into when the next `"usage"`
+        // is in it, and the search goes on from the end of that event.
+        let Some(mut hit) = USAGE.find(&events) else {
             return events;
-        }
+        };
         let mut out: Option<BytesMut> = None;
         let mut start = 0;
         while start < events.len() {
             let end =
                 super::stream::first_boundary(&events[start..]).map_or(events.len(), |e| start + e);
             let event = &events[start..end];
-            let kept = self.event(event);
+            let kept = if hit < end {
+                let kept = self.event(event, hit - start);
+                hit = match USAGE.find(&events[end..]) {
+                    Some(next) => end + next,
+                    None => usize::MAX,
+                };
+                kept
+            } else {
+                Kept::Same
+            };
             match (&mut out, kept) {
                 (None, Kept::Same) => {}
                 (None, other) => {
                     let mut o = BytesMut::with_capacity(events.len());
                     o.extend_from_slice(&events[..start]);
-                    if let Kept::Rewritten(r) = other {
-                        o.extend_from_slice(&r);
+                    if let Kept::Without(cut) = other {
+                        o.extend_from_slice(&event[..cut.start]);
+                        o.extend_from_slice(&event[cut.end..]);
                     }
                     out = Some(o);
                 }
                 (Some(o), Kept::Same) => o.extend_from_slice(event),
-                (Some(o), Kept::Rewritten(r)) => o.extend_from_slice(&r),
+                (Some(o), Kept::Without(cut)) => {
+                    o.extend_from_slice(&event[..cut.start]);
+                    o.extend_from_slice(&event[cut.end..]);
+                }
                 (Some(_), Kept::Dropped) => {}
+            }
+            if hit == usize::MAX {
+                // Nothing more to look at: the rest passes as it is.
+                match &mut out {
+                    Some(o) => o.extend_from_slice(&events[end..]),
+                    None => return events,
+                }
+                break;
             }
             start = end;
         }
@@ -680,10 +703,8 @@ impl StreamUsage {
         }
     }
 
-    fn event(&mut self, event: &[u8]) -> Kept {
-        let Some(at) = USAGE.find(event) else {
-            return Kept::Same;
-        };
+    /// One event, with the first `"usage"` in it at `at`.
+    fn event(&mut self, event: &[u8], at: usize) -> Kept {
         match self.endpoint {
             Endpoint::ChatCompletions => {
                 let value = skip_ws(&event[at + 7..]);
@@ -693,7 +714,7 @@ impl StreamUsage {
                 let value = skip_ws(value);
                 if value.starts_with(b"null") {
                     return if self.hide {
-                        Kept::Rewritten(without_null_usage(event, at))
+                        Kept::Without(null_usage(event, at))
                     } else {
                         Kept::Same
                     };
@@ -718,9 +739,10 @@ impl StreamUsage {
     }
 }
 
+/// What becomes of an event: passed as it is, passed without a range of its bytes, or dropped.
 enum Kept {
     Same,
-    Rewritten(Vec<u8>),
+    Without(std::ops::Range<usize>),
     Dropped,
 }
 
@@ -751,9 +773,9 @@ fn terminal_usage(data: &[u8]) -> Option<Usage> {
     }
 }
 
-/// `event` without its `,"usage":null` (the key at `at`, already known to hold `null`), the
-/// comma before it (or, when it is the first member, the one after it) included.
-fn without_null_usage(event: &[u8], at: usize) -> Vec<u8> {
+/// The bytes of `event` that make its `,"usage":null` (the key at `at`, already known to hold
+/// `null`), the comma before it (or, when it is the first member, the one after it) included.
+fn null_usage(event: &[u8], at: usize) -> std::ops::Range<usize> {
     let ws = |b: &[u8]| b.iter().take_while(|c| c.is_ascii_whitespace()).count();
     let mut end = at + b"\"usage\"".len();
     end += ws(&event[end..]) + 1; // the colon
@@ -771,10 +793,7 @@ fn without_null_usage(event: &[u8], at: usize) -> Vec<u8> {
         }
         from = at;
     }
-    let mut out = Vec::with_capacity(event.len());
-    out.extend_from_slice(&event[..from]);
-    out.extend_from_slice(&event[end..]);
-    out
+    from..end
 }
 
 /// Hears `true` once a usage record is committed to the ledger.
@@ -1096,6 +1115,52 @@ mod tests {
         assert!(!String::from_utf8_lossy(&out).contains("usage"));
         assert!(String::from_utf8_lossy(&out).ends_with("data: [DONE]\n\n"));
         assert_eq!(hidden.usage().map(|u| u.total()), Some(7));
+    }
+
+    /// However the events are batched, the hidden stream reads the same and the client gets the
+    /// same bytes as event by event.
+    #[test]
+    fn any_batching_of_a_hidden_stream_gives_the_same_bytes() {
+        let mut events =
+            vec!["data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n"];
+        events.extend(chat_stream());
+        events.insert(
+            3,
+            "data: {\"id\":\"c\",\"usage\" : null , \"choices\":[]}\n\n",
+        );
+        let one_by_one: Vec<u8> = {
+            let mut tap = StreamUsage::new(Endpoint::ChatCompletions, true);
+            events
+                .iter()
+                .flat_map(|e| tap.events(Bytes::from_static(e.as_bytes())).to_vec())
+                .collect()
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&one_by_one),
+            "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n\
+             data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n\
+             data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n\
+             data: {\"id\":\"c\" , \"choices\":[]}\n\n\
+             data: [DONE]\n\n"
+        );
+        // Each of the 2^5 ways of cutting the six events into consecutive batches.
+        for cuts in 0u32..1 << (events.len() - 1) {
+            let mut tap = StreamUsage::new(Endpoint::ChatCompletions, true);
+            let mut out = Vec::new();
+            let mut batch = String::new();
+            for (i, e) in events.iter().enumerate() {
+                batch.push_str(e);
+                if i == events.len() - 1 || cuts & (1 << i) != 0 {
+                    out.extend_from_slice(&tap.events(Bytes::from(std::mem::take(&mut batch))));
+                }
+            }
+            assert_eq!(out, one_by_one, "cuts {cuts:b}");
+            assert_eq!(
+                tap.usage().map(|u| (u.input_tokens, u.output_tokens)),
+                Some((5, 2))
+            );
+            assert_eq!(tap.deltas, 3);
+        }
     }
 
     #[test]
