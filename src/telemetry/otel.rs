@@ -272,25 +272,35 @@ impl Exporter {
             let _ = done.send(());
             return;
         };
-        let mut spans: Vec<Finished> = Vec::with_capacity(batch);
-        // What was queued, taken whole (the queue keeps this vector's allocation in exchange).
+        // Spans waiting to be sent (fewer than a batch between sends).
+        let mut spans: Vec<Finished> = Vec::new();
+        // What was queued, taken whole, the queue getting this empty vector in exchange. Each
+        // span is moved as part of a whole vector, not one by one, and a batch goes to the
+        // exporter as it is (which gRPC encodes straight into its send buffer).
         let mut taken: Vec<Finished> = Vec::with_capacity(batch);
         let mut due = Instant::now() + delay;
         loop {
             let stopping = STOPPING.load(Ordering::Acquire);
+            if taken.capacity() < batch {
+                // Room for a batch, so that spans ending do not grow the queue step by step.
+                taken.reserve(batch);
+            }
             std::mem::swap(
                 &mut *queue.spans.lock().unwrap_or_else(|e| e.into_inner()),
                 &mut taken,
             );
-            for span in taken.drain(..) {
-                spans.push(span);
-                if spans.len() >= batch {
-                    self.export(&mut spans);
-                }
+            if spans.is_empty() {
+                std::mem::swap(&mut spans, &mut taken);
+            } else {
+                spans.append(&mut taken);
+            }
+            while spans.len() >= batch {
+                let rest = spans.split_off(batch);
+                self.export(std::mem::replace(&mut spans, rest));
             }
             let now = Instant::now();
             if stopping || now >= due {
-                self.export(&mut spans);
+                self.export(std::mem::take(&mut spans));
                 due = now + delay;
             }
             if stopping {
@@ -301,13 +311,13 @@ impl Exporter {
         }
     }
 
-    fn export(&self, spans: &mut Vec<Finished>) {
+    fn export(&self, spans: Vec<Finished>) {
         if spans.is_empty() {
             return;
         }
+        let count = spans.len();
         let result = self.inner.send(spans);
-        self.note(&result, spans.len());
-        spans.clear();
+        self.note(&result, count);
     }
 }
 
