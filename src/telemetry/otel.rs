@@ -529,19 +529,6 @@ pub fn start_request(ctx: &mut RequestContext) {
     if !enabled() {
         return;
     }
-    // `00-<trace id>-<span id>-<flags>`, made by `RequestContext` (valid by construction).
-    let tp = ctx.traceparent.as_bytes();
-    let ids = (
-        tp.get(3..35)
-            .and_then(from_hex::<16>)
-            .map(TraceId::from_bytes),
-        tp.get(36..52)
-            .and_then(from_hex::<8>)
-            .map(SpanId::from_bytes),
-    );
-    let (Some(trace_id), Some(span_id)) = ids else {
-        return;
-    };
     let remote = ctx
         .remote_parent
         .as_ref()
@@ -554,6 +541,14 @@ pub fn start_request(ctx: &mut RequestContext) {
                 TraceState::default(),
             ))
         });
+    // The ids `RequestContext` wrote into the `traceparent`: the trace id is the caller's when
+    // it continues one.
+    let trace_id = match (ctx.trace_id, &remote) {
+        (Some(id), _) => TraceId::from_bytes(id.to_be_bytes()),
+        (None, Some(sc)) => sc.trace_id(),
+        (None, None) => return,
+    };
+    let span_id = SpanId::from_bytes(ctx.span_id.to_be_bytes());
     let remote_cx = remote
         .as_ref()
         .map(|sc| Context::new().with_remote_span_context(sc.clone()));
