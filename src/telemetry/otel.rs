@@ -359,13 +359,13 @@ impl Span {
         parent_is_remote: bool,
         name: &'static str,
         kind: SpanKind,
+        room: usize,
         attributes: impl FnOnce(&mut Attributes),
     ) -> Span {
-        // Room for what the gateway sets later (a request's span gets about 14 attributes, some
-        // 500 bytes), so setting them does not grow the buffer step by step.
-        let capacity = if kind == SpanKind::Server { 640 } else { 128 };
+        // Room for what the gateway sets later, so setting them does not grow the buffer step
+        // by step.
         let mut fields = Fields {
-            attributes: Attributes::with_capacity(capacity),
+            attributes: Attributes::with_capacity(room),
             ..Fields::default()
         };
         attributes(&mut fields.attributes);
@@ -423,11 +423,13 @@ impl Trace {
     }
 
     /// A child span named `name` with `attributes`, started now (none when this one is not
-    /// exported).
+    /// exported); `room` is about how many bytes of attributes it will get (0 for none: no
+    /// buffer is allocated then).
     pub fn child(
         &self,
         name: &'static str,
         kind: SpanKind,
+        room: usize,
         attributes: impl FnOnce(&mut Attributes),
     ) -> Trace {
         let Some(parent) = &self.0 else {
@@ -447,6 +449,7 @@ impl Trace {
             false,
             name,
             kind,
+            room,
             attributes,
         ))))
     }
@@ -578,6 +581,8 @@ pub fn start_request(ctx: &mut RequestContext) {
         remote.is_some(),
         names::SPAN_REQUEST,
         SpanKind::Server,
+        // A request's span gets about 14 attributes, some 500 bytes.
+        640,
         |a| {
             let id = ctx.request_id.as_bytes();
             // Always ASCII in practice (a sane client id or our own); the lossy form is the
@@ -663,7 +668,7 @@ pub fn routed(
 
 /// The span of one upstream attempt (number `attempt`, from 1) to `provider`.
 pub fn upstream(request: &Trace, attempt: u32, provider: &str) -> Trace {
-    request.child(names::SPAN_UPSTREAM, SpanKind::Client, |a| {
+    request.child(names::SPAN_UPSTREAM, SpanKind::Client, 128, |a| {
         a.int(names::ATTEMPT, i64::from(attempt));
         a.str(names::PROVIDER, provider);
     })
