@@ -223,11 +223,16 @@ async fn send_once(
     if !request.body.is_empty() {
         builder = builder.insert_header((header::CONTENT_TYPE, "application/json"));
     }
-    for (name, value) in request.headers {
+    // With the trace exported, the upstream sees this attempt's span as its parent: its
+    // `traceparent` takes the place of the request's (one header insert, not two).
+    let mut traceparent = trace.traceparent();
+    for (name, mut value) in request.headers {
+        if traceparent.is_some() && name.as_str() == "traceparent" {
+            value = traceparent.take().unwrap_or(value);
+        }
         builder = builder.insert_header((name, value));
     }
-    // With the trace exported, the upstream sees this attempt's span as its parent.
-    if let Some(tp) = trace.traceparent() {
+    if let Some(tp) = traceparent {
         builder = builder.insert_header((header::HeaderName::from_static("traceparent"), tp));
     }
     let resp = builder

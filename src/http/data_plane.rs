@@ -106,7 +106,7 @@ async fn models(
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
     let proxy = find_proxy(auth.entry, &proxy_id)?;
-    note_proxy(&req, proxy);
+    note_proxy(&req, proxy, &otel::request_trace(&req));
     let data: Vec<_> = routing::model::served_models(&proxy.routes)
         .into_iter()
         .map(|(id, owner)| json!({"id": id, "object": "model", "created": state.started_at, "owned_by": owner}))
@@ -129,7 +129,8 @@ async fn get_response(
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
     let proxy = find_proxy(auth.entry, &proxy_id)?;
-    note_proxy(&req, proxy);
+    let trace = otel::request_trace(&req);
+    note_proxy(&req, proxy, &trace);
     if let Some(stored) = state.responses.get(&tenant, &id).await? {
         return Ok(HttpResponse::Ok()
             .content_type("application/json")
@@ -156,6 +157,7 @@ async fn get_response(
                 request,
                 &provider,
                 &Scope::current(),
+                &trace,
             )
             .await?
             {
@@ -183,7 +185,13 @@ async fn conversation(
     let dir = state.directory.current();
     let auth = authenticate(&dir, &tenant, req.headers())?;
     let proxy = find_proxy(auth.entry, &proxy_id)?;
-    note_proxy(&req, proxy);
+    // The request's exported span and its `traceparent`, read from its context once.
+    let (trace, traceparent) = req
+        .extensions()
+        .get::<RequestContext>()
+        .map(|c| (c.trace.clone(), c.traceparent.clone()))
+        .unwrap_or_default();
+    note_proxy(&req, proxy, &trace);
     // Governance: rate limits before any work, and the request's identity for its usage record.
     let governance = &auth.entry.tenant.governance;
     state
@@ -199,8 +207,7 @@ async fn conversation(
     );
     let body = read_limited(payload, req.headers(), &state.body_limits).await?;
     let front = FrontRequest::parse(endpoint, body)?;
-    let trace = otel::request_trace(&req);
-    let routing = trace.child(names::SPAN_ROUTING, SpanKind::Internal, |_| {});
+    let routing = trace.child(names::SPAN_ROUTING, SpanKind::Internal, 0, |_| {});
     let first = decide(&state, proxy, &front)
         .instrument(tracing::debug_span!(names::SPAN_ROUTING))
         .await;
@@ -219,11 +226,6 @@ async fn conversation(
         },
     };
     tracing::debug!(key = auth.key_name, fallback = first.fallback, "routed");
-    let traceparent = req
-        .extensions()
-        .get::<RequestContext>()
-        .map(|c| c.traceparent.clone())
-        .unwrap_or_default();
     // The routed route, then its fallbacks in order, for failures that its `fallback_on` names
     // and that happened before any byte reached the client.
     let primary = first.route();
@@ -265,7 +267,7 @@ async fn conversation(
             &tenant,
             &front,
             &decision,
-            &traceparent,
+            (&traceparent, &trace),
             &provider,
             &scope,
             &mut decoded,
@@ -306,7 +308,7 @@ async fn attempt(
     tenant: &str,
     front: &FrontRequest,
     decision: &Decision,
-    traceparent: &str,
+    (traceparent, trace): (&str, &otel::Trace),
     provider: &Addr<ProviderActor>,
     scope: &Scope,
     decoded: &mut Option<Decoded>,
@@ -323,7 +325,7 @@ async fn attempt(
         let request = providers::prepare(outgoing, decision, traceparent)?;
         let input_estimate = usage::estimate_tokens(&front.raw);
         let bill = (meter, endpoint, input_estimate);
-        let upstream = match send(req, decision, request, provider, scope, bill).await? {
+        let upstream = match send(req, decision, request, provider, scope, trace, bill).await? {
             Ok(upstream) => upstream,
             Err(err) => return Ok(Err(err)),
         };
@@ -366,6 +368,7 @@ async fn attempt(
         request,
         provider,
         scope,
+        trace,
         (meter, endpoint, input_estimate),
     )
     .await?;
@@ -378,9 +381,8 @@ async fn attempt(
         && status.is_success()
     {
         let usage = usage::from_body(endpoint, body);
-        if let Some(u) = &usage {
-            access::note_tokens(req, u.input_tokens, u.output_tokens);
-        }
+        let tokens = usage.as_ref().map(|u| (u.input_tokens, u.output_tokens));
+        access::note_answer(req, tokens, trace, body);
         if let Some(ack) = meter.record_durably(decision, endpoint, false, usage, false) {
             crate::governance::committed(ack).await;
         }
@@ -402,6 +404,7 @@ async fn send(
     request: providers::UpstreamCall,
     provider: &Addr<ProviderActor>,
     scope: &Scope,
+    trace: &otel::Trace,
     (meter, endpoint, input_estimate): (&Meter, Endpoint, u64),
 ) -> Result<Result<UpstreamResponse, GatewayError>, GatewayError> {
     let route = decision.route();
@@ -411,7 +414,16 @@ async fn send(
             .unwrap_or(decision.provider.timeout),
         deadline: route.deadline,
     };
-    let answer = call(req, &decision.provider, limits, request, provider, scope).await?;
+    let answer = call(
+        req,
+        &decision.provider,
+        limits,
+        request,
+        provider,
+        scope,
+        trace,
+    )
+    .await?;
     if let Err(GatewayError::UpstreamIncomplete { .. }) = &answer {
         let estimate = Usage {
             input_tokens: input_estimate,
@@ -430,6 +442,7 @@ async fn call(
     request: providers::UpstreamCall,
     provider: &Addr<ProviderActor>,
     scope: &Scope,
+    trace: &otel::Trace,
 ) -> Result<Result<UpstreamResponse, GatewayError>, GatewayError> {
     // Dropped with this handler when the client goes away, which cancels the upstream call.
     let (_client_alive, client_gone) = oneshot::channel();
@@ -440,7 +453,7 @@ async fn call(
             request,
             limits,
             scope: scope.clone(),
-            trace: otel::request_trace(req),
+            trace: trace.clone(),
             client_gone,
         })
         .await
@@ -670,14 +683,10 @@ fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEn
 }
 
 /// Names the request's tenant and proxy in the access log, its log scope and its trace.
-fn note_proxy(req: &HttpRequest, proxy: &ProxyHandle) {
+fn note_proxy(req: &HttpRequest, proxy: &ProxyHandle, trace: &otel::Trace) {
     access::note_proxy(req, &proxy.routes.tenant, &proxy.routes.id);
     Scope::current().set_proxy(&proxy.routes);
-    otel::named(
-        &otel::request_trace(req),
-        &proxy.routes.tenant,
-        &proxy.routes.id,
-    );
+    otel::named(trace, &proxy.routes.tenant, &proxy.routes.id);
 }
 
 fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHandle, GatewayError> {

@@ -41,6 +41,9 @@ pub struct RequestRecord {
     pub tokens: Option<(u64, u64)>,
     /// Where a translated answer's or a stream's usage is noted when it passes ([`token_slot`]).
     pub token_slot: Option<TokenSlot>,
+    /// The data plane put the answer's response model and finish reason on the trace (it had
+    /// the body whole), so the body's start and end need not be kept for them.
+    pub answer_traced: bool,
 }
 
 /// An answer's input and output tokens, noted when the provider's report passes, which for a
@@ -85,10 +88,31 @@ pub fn note_upstream(req: &actix_web::HttpRequest, took: Duration) {
     with_record(req, |r| r.upstream = Some(took));
 }
 
-/// The whole answer reports `input` and `output` tokens (read by the data plane for the
-/// ledger): the body's end need not be kept and searched for them.
-pub fn note_tokens(req: &actix_web::HttpRequest, input: u64, output: u64) {
-    with_record(req, |r| r.tokens = Some((input, output)));
+/// A whole answer `body`, read by the data plane for the ledger: its `tokens` (input, output)
+/// when it reports them, and, when the request's trace is exported, its response model and
+/// finish reason, set on the trace here from the body in place. The body's start and end then
+/// need not be copied as it passes and searched at its end.
+pub fn note_answer(
+    req: &actix_web::HttpRequest,
+    tokens: Option<(u64, u64)>,
+    trace: &Trace,
+    body: &[u8],
+) {
+    let traced = trace.is_exported();
+    if traced {
+        let head = &body[..body.len().min(HEAD_BYTES)];
+        let tail = &body[body.len().saturating_sub(TAIL_BYTES)..];
+        let (model, finish_reason) = answer_facts(head, tail, false);
+        trace.set(|a| answer_attributes(a, model, finish_reason));
+    }
+    if tokens.is_some() || traced {
+        with_record(req, |r| {
+            if tokens.is_some() {
+                r.tokens = tokens;
+            }
+            r.answer_traced = traced;
+        });
+    }
 }
 
 /// Where this request's answer notes its tokens when they are known only after the handler
@@ -148,6 +172,8 @@ impl Pending {
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         // Usage is read only where a provider reported it: a successful conversation.
         let scan = self.endpoint.is_conversation() && res.status().is_success();
+        // The answer's model and finish reason are still to be read from the body.
+        let answer_untraced = self.trace.is_exported() && !record.answer_traced;
         let headers_at = self.started.elapsed();
         let finish = Finish {
             started: self.started,
@@ -165,18 +191,18 @@ impl Pending {
             // The end holds the usage, unless the data plane notes it, and a finish reason for
             // the trace.
             tail: (scan
-                && ((record.tokens.is_none() && record.token_slot.is_none())
-                    || self.trace.is_exported()))
-            .then(BytesMut::new),
+                && ((record.tokens.is_none() && record.token_slot.is_none()) || answer_untraced))
+                .then(BytesMut::new),
             tokens: record.tokens,
             token_slot: record.token_slot,
-            head: (scan && self.trace.is_exported()).then(BytesMut::new),
+            head: (scan && answer_untraced).then(BytesMut::new),
+            answer_traced: record.answer_traced,
             trace: std::mem::take(&mut self.trace),
         };
         let trace = finish.trace.clone();
         // A stream's tail, from its headers to its last byte, is a span of its own.
         let stream = if streaming {
-            trace.child(names::SPAN_STREAM, SpanKind::Internal, |_| {})
+            trace.child(names::SPAN_STREAM, SpanKind::Internal, 0, |_| {})
         } else {
             Trace::default()
         };
@@ -213,6 +239,7 @@ impl Drop for Pending {
             token_slot: None,
             tail: None,
             head: None,
+            answer_traced: false,
             trace: std::mem::take(&mut self.trace),
         };
         finish.emit(false);
@@ -240,6 +267,8 @@ struct Finish {
     tail: Option<BytesMut>,
     /// The body's first bytes, when traces want the response model.
     head: Option<BytesMut>,
+    /// The response model and finish reason are on the trace already ([`note_answer`]).
+    answer_traced: bool,
     trace: Trace,
 }
 
@@ -271,11 +300,15 @@ impl Finish {
 
     /// The request span's closing attributes: status, usage, response model, finish reason.
     fn trace(&self, tokens: Option<(u64, u64)>) {
-        let head = self.head.as_deref().unwrap_or_default();
-        let tail = self.tail.as_deref().unwrap_or_default();
-        let model = string_after(head, &MODEL).or_else(|| string_after(tail, &MODEL));
-        let finish_reason = last_finish_reason(tail, self.streaming)
-            .and_then(|at| string_value(&tail[at + FINISH_REASON.needle().len()..]));
+        let (model, finish_reason) = if self.answer_traced {
+            (None, None)
+        } else {
+            answer_facts(
+                self.head.as_deref().unwrap_or_default(),
+                self.tail.as_deref().unwrap_or_default(),
+                self.streaming,
+            )
+        };
         let failed = (self.status >= 500).then_some("server error");
         self.trace.set_and_fail(
             |a| {
@@ -284,12 +317,7 @@ impl Finish {
                     a.int(names::GEN_AI_USAGE_INPUT_TOKENS, input as i64);
                     a.int(names::GEN_AI_USAGE_OUTPUT_TOKENS, output as i64);
                 }
-                if let Some(m) = model {
-                    a.str(names::GEN_AI_RESPONSE_MODEL, m);
-                }
-                if let Some(r) = finish_reason {
-                    a.strs(names::GEN_AI_RESPONSE_FINISH_REASONS, &[r]);
-                }
+                answer_attributes(a, model, finish_reason);
             },
             failed,
         );
@@ -431,6 +459,33 @@ static COMPLETION_TOKENS: LazyLock<Finder<'static>> =
 static OUTPUT_TOKENS: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"output_tokens\""));
 
+/// The response model (the first `"model"` in `head`, else in `tail`) and the last finish
+/// reason in `tail`, of an answer whose first and last bytes these are.
+fn answer_facts<'a>(
+    head: &'a [u8],
+    tail: &'a [u8],
+    streaming: bool,
+) -> (Option<&'a str>, Option<&'a str>) {
+    let model = string_after(head, &MODEL).or_else(|| string_after(tail, &MODEL));
+    let finish_reason = last_finish_reason(tail, streaming)
+        .and_then(|at| string_value(&tail[at + FINISH_REASON.needle().len()..]));
+    (model, finish_reason)
+}
+
+/// [`answer_facts`] as the request span's attributes.
+fn answer_attributes(
+    a: &mut super::otel::Attributes,
+    model: Option<&str>,
+    finish_reason: Option<&str>,
+) {
+    if let Some(m) = model {
+        a.str(names::GEN_AI_RESPONSE_MODEL, m);
+    }
+    if let Some(r) = finish_reason {
+        a.strs(names::GEN_AI_RESPONSE_FINISH_REASONS, &[r]);
+    }
+}
+
 /// Where the last `"finish_reason"` in `tail` starts. A stream's tail holds one per chunk and
 /// the last is near its end: searched backwards. A whole answer holds one per choice, before
 /// its `usage`: the forward search (vectorised, unlike the backward one) over the whole tail
@@ -507,6 +562,22 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_answers_model_and_last_finish_reason_are_found() {
+        let body = format!(
+            r#"{{"id":"c","model":"gpt-4o-2024-08-06","choices":[{{"message":{{"content":"{}"}},"finish_reason":"length"}},{{"finish_reason":"stop"}}],"usage":{{}}}}"#,
+            "x".repeat(5000)
+        );
+        let body = body.as_bytes();
+        // As `note_answer` cuts them: the model is only in the head, the reasons in the tail.
+        let (head, tail) = (&body[..HEAD_BYTES], &body[body.len() - TAIL_BYTES..]);
+        assert_eq!(
+            answer_facts(head, tail, false),
+            (Some("gpt-4o-2024-08-06"), Some("stop"))
+        );
+        assert_eq!(answer_facts(b"", tail, false), (None, Some("stop")));
+    }
+
+    #[test]
     fn the_tail_keeps_the_last_bytes_across_chunks() {
         let mut f = Finish {
             started: Instant::now(),
@@ -525,6 +596,7 @@ mod tests {
             token_slot: None,
             tail: Some(BytesMut::new()),
             head: None,
+            answer_traced: false,
             trace: Trace::default(),
         };
         f.chunk(&Bytes::from(vec![b'a'; 3000]));

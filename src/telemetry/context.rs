@@ -16,6 +16,11 @@ pub struct RequestContext {
     /// The caller's `traceparent` as `(trace id, parent span id, flags)`, when it sent a valid
     /// one: the parent of the gateway's server span when traces are exported.
     pub remote_parent: Option<(String, String, String)>,
+    /// The trace id in `traceparent` when the gateway started the trace (`None`: the caller's,
+    /// in `remote_parent`), and the gateway span's id, kept as numbers so that the exported
+    /// span does not read them back from the hex.
+    pub trace_id: Option<u128>,
+    pub span_id: u64,
     /// The request's exported server span (decided once, when it starts; empty with export
     /// off). An unsampled request builds no OTel span at all, and its `traceparent` carries
     /// flags with the sampled bit clear.
@@ -42,18 +47,28 @@ impl RequestContext {
             .and_then(parse_traceparent);
         let mut traceparent = String::with_capacity(55);
         traceparent.push_str("00-");
-        match parent {
-            Some((trace_id, _, _)) => traceparent.push_str(trace_id),
-            None => push_hex(&mut traceparent, fastrand::u128(1..), 32),
-        }
+        let trace_id = match parent {
+            Some((trace_id, _, _)) => {
+                traceparent.push_str(trace_id);
+                None
+            }
+            None => {
+                let id = fastrand::u128(1..);
+                push_hex(&mut traceparent, id, 32);
+                Some(id)
+            }
+        };
         traceparent.push('-');
-        push_hex(&mut traceparent, u128::from(fastrand::u64(1..)), 16);
+        let span_id = fastrand::u64(1..);
+        push_hex(&mut traceparent, u128::from(span_id), 16);
         traceparent.push('-');
         traceparent.push_str(parent.map_or("01", |(_, _, flags)| flags));
         Self {
             request_id,
             traceparent,
             remote_parent: parent.map(|(t, s, f)| (t.to_owned(), s.to_owned(), f.to_owned())),
+            trace_id,
+            span_id,
             trace: super::otel::Trace::default(),
         }
     }
@@ -140,6 +155,19 @@ mod tests {
         );
         assert!(c.traceparent.ends_with("-01"));
         assert!(!c.traceparent.contains("00f067aa0ba902b7"));
+    }
+
+    #[test]
+    fn the_kept_ids_are_the_ones_in_the_traceparent() {
+        let c = ctx(&[]);
+        let id = c.trace_id.expect("a new trace");
+        assert_eq!(c.traceparent, format!("00-{id:032x}-{:016x}-01", c.span_id));
+        let c = ctx(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]);
+        assert_eq!(c.trace_id, None);
+        assert_eq!(&c.traceparent[36..52], format!("{:016x}", c.span_id));
     }
 
     #[test]

@@ -14,9 +14,11 @@
 //! the same spans, field by field and byte for byte. This module owns encoding and transport
 //! only: which spans exist and what they carry is `otel`'s.
 
+use bytes::BufMut;
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceFlags, TraceId};
 use opentelemetry::{Array, InstrumentationScope, Value};
 use opentelemetry_sdk::Resource;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The SDK's limit on a span's attributes (more are counted as dropped).
@@ -46,7 +48,7 @@ impl Attributes {
     pub fn str(&mut self, k: &str, value: &str) {
         // AnyValue { string_value = 1 }
         if self.open(k, field_len(value.len())) {
-            put_str(&mut self.bytes, key(1, LEN), value);
+            put_short_str(&mut self.bytes, key(1, LEN), value);
         }
     }
 
@@ -72,10 +74,10 @@ impl Attributes {
         // AnyValue { array_value = 5 }, ArrayValue { values = 1 }, each an AnyValue string.
         let array: usize = values.iter().map(|v| field_len(field_len(v.len()))).sum();
         if self.open(k, field_len(array)) {
-            put_len(&mut self.bytes, key(5, LEN), array);
+            put_short_len(&mut self.bytes, key(5, LEN), array);
             for v in values {
-                put_len(&mut self.bytes, key(1, LEN), field_len(v.len()));
-                put_str(&mut self.bytes, key(1, LEN), v);
+                put_short_len(&mut self.bytes, key(1, LEN), field_len(v.len()));
+                put_short_str(&mut self.bytes, key(1, LEN), v);
             }
         }
     }
@@ -89,7 +91,19 @@ impl Attributes {
         }
         self.count += 1;
         let out = &mut self.bytes;
-        put_len(out, key(9, LEN), opt_str_len(k) + field_len(any));
+        // The usual case, a short key and value: every length fits a one-byte varint, and the
+        // bytes around the key go in as two small arrays, after one reservation for the whole
+        // attribute.
+        let short = 2 + k.len() + 2 + any;
+        if short < 128 && !k.is_empty() {
+            out.reserve(2 + short);
+            out.extend_from_slice(&[key(9, LEN), short as u8, key(1, LEN), k.len() as u8]);
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(&[key(2, LEN), any as u8]);
+            return true;
+        }
+        let kv = opt_str_len(k) + field_len(any);
+        put_len(out, key(9, LEN), kv);
         if !k.is_empty() {
             put_str(out, key(1, LEN), k);
         }
@@ -214,8 +228,9 @@ enum Transport {
 /// Sends encoded batches; its failures are `otel`'s to count and log.
 pub struct Exporter {
     transport: Transport,
-    /// The resource's and scope's part of every request, encoded once ([`Encoder`]).
-    encoder: Encoder,
+    /// The resource's and scope's part of every request, encoded once ([`Encoder`]); shared
+    /// with the gRPC codec, which encodes a batch straight into tonic's buffer.
+    encoder: Arc<Encoder>,
 }
 
 impl Exporter {
@@ -257,7 +272,7 @@ impl Exporter {
                 channel,
                 metadata,
             },
-            encoder: Encoder::default(),
+            encoder: Arc::default(),
         })
     }
 
@@ -294,18 +309,17 @@ impl Exporter {
                 url,
                 headers: map,
             },
-            encoder: Encoder::default(),
+            encoder: Arc::default(),
         })
     }
 
     /// Encodes the resource and the spans' instrumentation scope once, for every request after.
     pub fn set_resource(&mut self, resource: &Resource, scope: &InstrumentationScope) {
-        self.encoder = Encoder::new(resource, scope);
+        self.encoder = Arc::new(Encoder::new(resource, scope));
     }
 
     /// Encodes and sends one batch (blocking the calling thread: `otel`'s export thread).
-    pub fn send(&self, batch: &[Finished]) -> Result<(), String> {
-        let body = self.encoder.request(batch);
+    pub fn send(&self, batch: Vec<Finished>) -> Result<(), String> {
         match &self.transport {
             Transport::Grpc {
                 rt,
@@ -314,7 +328,12 @@ impl Exporter {
             } => rt.block_on(async {
                 let mut grpc = tonic::client::Grpc::new(channel.clone());
                 grpc.ready().await.map_err(|err| err.to_string())?;
-                let mut request = tonic::Request::new(bytes::Bytes::from(body));
+                // Encoded by the codec, into the buffer tonic sends from: one copy fewer
+                // than a body encoded first.
+                let mut request = tonic::Request::new(Batch {
+                    encoder: self.encoder.clone(),
+                    spans: batch,
+                });
                 *request.metadata_mut() = metadata.clone();
                 grpc.unary(
                     request,
@@ -330,6 +349,8 @@ impl Exporter {
                 url,
                 headers,
             } => {
+                let body = self.encoder.request(&batch);
+                drop(batch);
                 let response = client
                     .post(url)
                     .headers(headers.clone())
@@ -350,11 +371,17 @@ impl Exporter {
     }
 }
 
-/// A gRPC codec that passes the request's bytes through and ignores the response's.
+/// A batch on its way through the gRPC codec.
+struct Batch {
+    encoder: Arc<Encoder>,
+    spans: Vec<Finished>,
+}
+
+/// A gRPC codec that encodes a [`Batch`] and ignores the response's bytes.
 struct Raw;
 
 impl tonic::codec::Codec for Raw {
-    type Encode = bytes::Bytes;
+    type Encode = Batch;
     type Decode = ();
     type Encoder = Raw;
     type Decoder = Raw;
@@ -369,16 +396,15 @@ impl tonic::codec::Codec for Raw {
 }
 
 impl tonic::codec::Encoder for Raw {
-    type Item = bytes::Bytes;
+    type Item = Batch;
     type Error = tonic::Status;
 
     fn encode(
         &mut self,
-        item: bytes::Bytes,
+        item: Batch,
         dst: &mut tonic::codec::EncodeBuf<'_>,
     ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put(item);
+        item.encoder.write(&item.spans, dst);
         Ok(())
     }
 }
@@ -447,26 +473,32 @@ impl Encoder {
     }
 
     /// One `ExportTraceServiceRequest` with one `ResourceSpans` holding one `ScopeSpans` with
-    /// the batch. Every length is computed first, so each byte is written once, in place.
+    /// the batch, as a body of its own (OTLP/HTTP).
     fn request(&self, batch: &[Finished]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write(batch, &mut out);
+        out
+    }
+
+    /// [`Encoder::request`] written into `out`. Every length is computed first, so `out` grows
+    /// once and each byte is written once, in place.
+    fn write(&self, batch: &[Finished], out: &mut impl Out) {
         let lens: Vec<usize> = batch.iter().map(span_len).collect();
         let ss_len = self.scope.len()
             + lens.iter().map(|l| field_len(*l)).sum::<usize>()
             + self.scope_schema_url.len();
         let rs_len = self.resource.len() + field_len(ss_len) + self.schema_url.len();
-        let mut out = Vec::with_capacity(field_len(rs_len));
-        put_len(&mut out, key(1, LEN), rs_len);
-        out.extend_from_slice(&self.resource);
-        put_len(&mut out, key(2, LEN), ss_len);
-        out.extend_from_slice(&self.scope);
+        out.reserve(field_len(rs_len));
+        put_len(out, key(1, LEN), rs_len);
+        out.put_slice(&self.resource);
+        put_len(out, key(2, LEN), ss_len);
+        out.put_slice(&self.scope);
         for (span, len) in batch.iter().zip(&lens) {
-            put_len(&mut out, key(2, LEN), *len);
-            put_span(&mut out, span);
+            put_len(out, key(2, LEN), *len);
+            put_span(out, span);
         }
-        out.extend_from_slice(&self.scope_schema_url);
-        out.extend_from_slice(&self.schema_url);
-        debug_assert_eq!(out.len(), field_len(rs_len));
-        out
+        out.put_slice(&self.scope_schema_url);
+        out.put_slice(&self.schema_url);
     }
 }
 
@@ -556,7 +588,7 @@ fn span_len(span: &Finished) -> usize {
 }
 
 /// A `Span` message's body, its fields in the order prost writes them (by number).
-fn put_span(out: &mut Vec<u8>, span: &Finished) {
+fn put_span(out: &mut impl BufMut, span: &Finished) {
     put_bytes(out, key(1, LEN), &span.trace_id.to_bytes());
     put_bytes(out, key(2, LEN), &span.span_id.to_bytes());
     if !span.trace_state.is_empty() {
@@ -568,14 +600,14 @@ fn put_span(out: &mut Vec<u8>, span: &Finished) {
     if !span.name.is_empty() {
         put_str(out, key(5, LEN), span.name);
     }
-    out.push(key(6, 0));
+    out.put_u8(key(6, 0));
     put_varint(out, kind(span));
     put_fixed64(out, key(7, 1), span.start);
     put_fixed64(out, key(8, 1), span.end);
     // attributes = 9, already encoded.
-    out.extend_from_slice(&span.attributes.bytes);
+    out.put_slice(&span.attributes.bytes);
     if span.attributes.dropped != 0 {
-        out.push(key(10, 0));
+        out.put_u8(key(10, 0));
         put_varint(out, u64::from(span.attributes.dropped));
     }
     let (code, message) = status(span);
@@ -584,7 +616,7 @@ fn put_span(out: &mut Vec<u8>, span: &Finished) {
         put_str(out, key(2, LEN), message);
     }
     if code != 0 {
-        out.push(key(3, 0));
+        out.put_u8(key(3, 0));
         put_varint(out, code);
     }
     // flags = 16 (fixed32, a two-byte key; last, as prost writes it): the trace flags, and that the parent's
@@ -593,8 +625,8 @@ fn put_span(out: &mut Vec<u8>, span: &Finished) {
     if span.parent_is_remote {
         flags |= 0x200;
     }
-    out.extend_from_slice(&[0x85, 0x01]);
-    out.extend_from_slice(&flags.to_le_bytes());
+    out.put_slice(&[0x85, 0x01]);
+    out.put_slice(&flags.to_le_bytes());
 }
 
 /// A time as OTLP writes it: nanoseconds since the Unix epoch (0 before it).
@@ -675,42 +707,85 @@ fn put_any_body(out: &mut Vec<u8>, v: &Value) {
     }
 }
 
+/// Where a batch is encoded: a `Vec` (an OTLP/HTTP body) or tonic's buffer (gRPC), grown once
+/// to the batch's length.
+trait Out: BufMut {
+    fn reserve(&mut self, additional: usize);
+}
+
+impl Out for Vec<u8> {
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional);
+    }
+}
+
+impl Out for tonic::codec::EncodeBuf<'_> {
+    fn reserve(&mut self, additional: usize) {
+        tonic::codec::EncodeBuf::reserve(self, additional);
+    }
+}
+
+// The writers take any `BufMut`: a `Vec` (attributes, HTTP bodies) or tonic's buffer, which
+// a gRPC batch is encoded straight into.
+
 #[inline]
-fn put_len(out: &mut Vec<u8>, field: u8, len: usize) {
-    out.push(field);
+fn put_len(out: &mut impl BufMut, field: u8, len: usize) {
+    out.put_u8(field);
     put_varint(out, len as u64);
 }
 
+/// [`put_len`] into a `Vec`, a short length as one plain byte (no varint loop).
 #[inline]
-fn put_str(out: &mut Vec<u8>, field: u8, s: &str) {
+fn put_short_len(out: &mut Vec<u8>, field: u8, len: usize) {
+    if len < 128 {
+        out.extend_from_slice(&[field, len as u8]);
+    } else {
+        put_len(out, field, len);
+    }
+}
+
+/// [`put_str`] into a `Vec`, a short string's length as one plain byte.
+#[inline]
+fn put_short_str(out: &mut Vec<u8>, field: u8, s: &str) {
+    put_short_len(out, field, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+#[inline]
+fn put_str(out: &mut impl BufMut, field: u8, s: &str) {
     put_bytes(out, field, s.as_bytes());
 }
 
 #[inline]
-fn put_bytes(out: &mut Vec<u8>, field: u8, b: &[u8]) {
+fn put_bytes(out: &mut impl BufMut, field: u8, b: &[u8]) {
     put_len(out, field, b.len());
-    out.extend_from_slice(b);
+    out.put_slice(b);
 }
 
-fn put_fixed64(out: &mut Vec<u8>, field: u8, v: u64) {
+fn put_fixed64(out: &mut impl BufMut, field: u8, v: u64) {
     if v != 0 {
-        out.push(field);
-        out.extend_from_slice(&v.to_le_bytes());
+        out.put_u8(field);
+        out.put_slice(&v.to_le_bytes());
     }
 }
 
 #[inline]
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+fn put_varint(out: &mut impl BufMut, mut v: u64) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.put_u8((v as u8) | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.put_u8(v as u8);
 }
 
 #[inline]
 fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    // Most lengths are short: one byte, without the arithmetic.
+    if v < 0x80 {
+        1
+    } else {
+        (64 - v.leading_zeros() as usize).div_ceil(7)
+    }
 }
 
 #[cfg(test)]
@@ -870,6 +945,57 @@ mod tests {
         assert_eq!(decoded, expected);
         // Byte for byte too: the same fields in the same order as prost writes them.
         assert_eq!(encoded, expected.encode_to_vec());
+    }
+
+    #[test]
+    fn a_batch_written_after_other_bytes_is_the_same_request() {
+        // tonic's buffer may hold bytes before the batch (the gRPC frame header).
+        let resource = Resource::builder().with_service_name("s").build();
+        let encoder = Encoder::new(
+            &resource,
+            &InstrumentationScope::builder("switchyard").build(),
+        );
+        let spans: Vec<Finished> = batch().iter().map(lean).collect();
+        let mut out = vec![7u8; 5];
+        encoder.write(&spans, &mut out);
+        assert_eq!(&out[..5], &[7u8; 5]);
+        assert_eq!(out[5..], encoder.request(&spans));
+        let one: Vec<Finished> = batch()[..1].iter().map(lean).collect();
+        assert_ne!(encoder.request(&one), encoder.request(&spans));
+    }
+
+    #[test]
+    fn long_and_short_attributes_are_written_as_prost_writes_them() {
+        // Lengths on either side of one-byte varints, for the key, the value and the whole.
+        for (k, v) in [
+            (1, 1),
+            (1, 100),
+            (1, 120),
+            (1, 127),
+            (1, 128),
+            (100, 20),
+            (127, 1),
+            (130, 1),
+            (1, 300),
+        ] {
+            let (k, v) = ("k".repeat(k), "v".repeat(v));
+            let mut a = Attributes::default();
+            a.str(&k, &v);
+            a.int(&k, 300);
+            a.bool(&k, true);
+            a.strs(&k, &[&v]);
+            let mut want = Vec::new();
+            let list = Value::Array(Array::String(vec![v.clone().into()]));
+            for value in [
+                Value::from(v.clone()),
+                Value::I64(300),
+                Value::Bool(true),
+                list,
+            ] {
+                put_key_value(&mut want, key(9, LEN), &k, &value);
+            }
+            assert_eq!(a.bytes, want, "key {} value {}", k.len(), v.len());
+        }
     }
 
     #[test]
