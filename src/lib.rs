@@ -5,10 +5,8 @@
 //! proxies and the upstream connection pools, `routing` decides where a request goes,
 //! `providers` speak each upstream's wire format, and `emulator` is the strict stand-in for the
 //! paid providers that the tests, the README and the load tests run against.
-// `deny`, not `forbid`: the measured exceptions carry `#[expect(unsafe_code)]`: the ledger
-// spool's shared mapping (`governance::spool`) and the upstream `traceparent` header value,
-// built from bytes known to be hex digits and dashes without validating them again
-// (`telemetry::otel`).
+// `deny`, not `forbid`: the measured exception carries `#[expect(unsafe_code)]`: the ledger
+// spool's shared mapping (`governance::spool`).
 #![deny(unsafe_code)]
 
 pub mod actors;
