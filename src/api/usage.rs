@@ -669,23 +669,21 @@ impl StreamUsage {
             } else {
                 Kept::Same
             };
-            match (&mut out, kept) {
-                (None, Kept::Same) => {}
-                (None, other) => {
-                    let mut o = BytesMut::with_capacity(events.len());
-                    o.extend_from_slice(&events[..start]);
-                    if let Kept::Without(cut) = other {
+            if out.is_none() && !matches!(kept, Kept::Same) {
+                // The first change: what passed so far, then everything from here.
+                let mut o = BytesMut::with_capacity(events.len());
+                o.extend_from_slice(&events[..start]);
+                out = Some(o);
+            }
+            if let Some(o) = &mut out {
+                match kept {
+                    Kept::Same => o.extend_from_slice(event),
+                    Kept::Without(cut) => {
                         o.extend_from_slice(&event[..cut.start]);
                         o.extend_from_slice(&event[cut.end..]);
                     }
-                    out = Some(o);
+                    Kept::Dropped => {}
                 }
-                (Some(o), Kept::Same) => o.extend_from_slice(event),
-                (Some(o), Kept::Without(cut)) => {
-                    o.extend_from_slice(&event[..cut.start]);
-                    o.extend_from_slice(&event[cut.end..]);
-                }
-                (Some(_), Kept::Dropped) => {}
             }
             if hit == usize::MAX {
                 // Nothing more to look at: the rest passes as it is.
