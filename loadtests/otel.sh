@@ -13,7 +13,11 @@
 # per second: CPU per request is then comparable across runs even when the load core is busy
 # (uncapped, a slower run batches less and spends more CPU per request).
 #
-# Usage: loadtests/otel.sh [--bin PATH] [--rate N] [DURATION]   (needs target/release/switchyard, or the
+# With --ledger off the gateways run without the usage ledger, whose own CPU per request (a
+# commit every 10 ms, shared by however many rows came in) varies with the load and blurs a
+# small difference.
+#
+# Usage: loadtests/otel.sh [--bin PATH] [--rate N] [--ledger off|sqlite] [DURATION]   (needs target/release/switchyard, or the
 #        binary PATH names, e.g. another build to compare; hey; and a Python with
 #        opentelemetry-proto and grpcio: SWITCHYARD_TEST_PYTHON or python3)
 set -euo pipefail
@@ -21,11 +25,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 BIN="$REPO/target/release/switchyard"
 RATE=()
+LEDGER=sqlite
 while [[ "${1:-}" == --* ]]; do
     case "$1" in
         --bin) BIN="$2" ;;
         # hey's -q is per worker.
         --rate) RATE=(-q "$(( ($2 + 63) / 64 ))") ;;
+        --ledger) LEDGER="$2" ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift 2
@@ -44,12 +50,14 @@ write_bench_tenant
 
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
 
+ledger_arg() { [[ "$LEDGER" == off ]] && echo off || echo "sqlite://$WORK/ledger-$1.db"; }
+
 # run NAME [ENV...]: one gateway, warm-up, one measured run; prints "NAME req/s cpu_ms/req".
 run() {
     local name="$1"; shift
     env BENCH_OPENAI_KEY=sk-emulator-openai RUST_LOG=warn "$@" \
         taskset -c 0 "$BIN" serve --tenants "$WORK/tenants" --listen 127.0.0.1:0 --workers 1 \
-        --no-watch --ledger "sqlite://$WORK/ledger-$name.db" >"$WORK/gw-$name.out" 2>"$WORK/gw-$name.err" &
+        --no-watch --ledger "$(ledger_arg "$name")" >"$WORK/gw-$name.out" 2>"$WORK/gw-$name.err" &
     local pid=$!
     PIDS+=("$pid")
     local gw
