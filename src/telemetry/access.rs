@@ -6,9 +6,10 @@
 //! [`AccessBody`], which finishes the record when the last byte has been handed to the
 //! connection, or when the body is dropped unfinished (the client went away). A stream is
 //! therefore logged and measured at its end, with its time to first byte and the tokens of the
-//! provider's `usage` report: noted by the data plane, which reads it for the ledger (a stream's
-//! as it passes, [`token_slot`]), else read from the last few kilobytes of the body. The
-//! line names the request, never a key or a prompt.
+//! provider's `usage` report, noted by the data plane, which reads it for the ledger (a whole
+//! answer's before it goes out, a stream's or a translated answer's as it passes,
+//! [`token_slot`]): the body is not read for it a second time. The line names the request,
+//! never a key or a prompt.
 
 use super::metrics::{EndpointLabel, ErrorLabel, FinishedRequest, RouteLabels, metrics};
 use super::names;
@@ -25,7 +26,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// How much of a body's end is kept to find the provider's `usage` report in.
+/// How much of a body's end is kept to find the finish reason in (traces only).
 const TAIL_BYTES: usize = 4096;
 /// How much of a body's start is kept to find the response model in (traces only).
 const HEAD_BYTES: usize = 1024;
@@ -36,8 +37,7 @@ pub struct RequestRecord {
     pub route: RouteLabels,
     /// Time spent waiting on the provider actor's answer (retries included).
     pub upstream: Option<Duration>,
-    /// Input and output tokens of a whole answer's usage, when the data plane read it (else
-    /// they are read from the body's end).
+    /// Input and output tokens of a whole answer's usage, when the data plane read it.
     pub tokens: Option<(u64, u64)>,
     /// Where a translated answer's or a stream's usage is noted when it passes ([`token_slot`]).
     pub token_slot: Option<TokenSlot>,
@@ -188,11 +188,8 @@ impl Pending {
             streaming,
             first_byte: None,
             bytes: 0,
-            // The end holds the usage, unless the data plane notes it, and a finish reason for
-            // the trace.
-            tail: (scan
-                && ((record.tokens.is_none() && record.token_slot.is_none()) || answer_untraced))
-                .then(BytesMut::new),
+            // The start holds the response model, the end the finish reason.
+            tail: (scan && answer_untraced).then(BytesMut::new),
             tokens: record.tokens,
             token_slot: record.token_slot,
             head: (scan && answer_untraced).then(BytesMut::new),
@@ -263,7 +260,7 @@ struct Finish {
     /// The answer's usage (input, output), when the data plane read it.
     tokens: Option<(u64, u64)>,
     token_slot: Option<TokenSlot>,
-    /// The body's last bytes, when its usage (or the trace's finish reason) is wanted.
+    /// The body's last bytes, when the trace wants the finish reason.
     tail: Option<BytesMut>,
     /// The body's first bytes, when traces want the response model.
     head: Option<BytesMut>,
@@ -327,8 +324,7 @@ impl Finish {
         let total = self.started.elapsed();
         let tokens = self
             .tokens
-            .or_else(|| self.token_slot.as_ref().and_then(|t| t.0.get().copied()))
-            .or_else(|| self.tail.as_deref().and_then(usage));
+            .or_else(|| self.token_slot.as_ref().and_then(|t| t.0.get().copied()));
         let ttft = self.first_byte.filter(|_| self.streaming);
         metrics().request_finished(&FinishedRequest {
             route: &self.route,
@@ -445,20 +441,11 @@ impl<B: MessageBody + Unpin> MessageBody for AccessBody<B> {
 
 /// Searchers built once: building one per search was a visible item of the request path's
 /// CPU profile (`memmem::Searcher::new`).
-static USAGE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\""));
 static FINISH_REASON: LazyLock<Finder<'static>> =
     LazyLock::new(|| Finder::new(b"\"finish_reason\""));
 static FINISH_REASON_REV: LazyLock<FinderRev<'static>> =
     LazyLock::new(|| FinderRev::new(b"\"finish_reason\""));
 static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
-static PROMPT_TOKENS: LazyLock<Finder<'static>> =
-    LazyLock::new(|| Finder::new(b"\"prompt_tokens\""));
-static INPUT_TOKENS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"input_tokens\""));
-static COMPLETION_TOKENS: LazyLock<Finder<'static>> =
-    LazyLock::new(|| Finder::new(b"\"completion_tokens\""));
-static OUTPUT_TOKENS: LazyLock<Finder<'static>> =
-    LazyLock::new(|| Finder::new(b"\"output_tokens\""));
-
 /// The response model (the first `"model"` in `head`, else in `tail`) and the last finish
 /// reason in `tail`, of an answer whose first and last bytes these are.
 fn answer_facts<'a>(
@@ -498,17 +485,6 @@ fn last_finish_reason(tail: &[u8], streaming: bool) -> Option<usize> {
     }
 }
 
-/// `(input, output)` tokens of the last `usage` object in `tail` (Chat's `prompt_tokens` and
-/// `completion_tokens`, or Responses' `input_tokens` and `output_tokens`).
-pub fn usage(tail: &[u8]) -> Option<(u64, u64)> {
-    let at = USAGE.rfind(tail)?;
-    let rest = &tail[at..];
-    let input = number_after(rest, &PROMPT_TOKENS).or_else(|| number_after(rest, &INPUT_TOKENS))?;
-    let output =
-        number_after(rest, &COMPLETION_TOKENS).or_else(|| number_after(rest, &OUTPUT_TOKENS))?;
-    Some((input, output))
-}
-
 /// The short string value after the first `"key"` (what `key` finds) in `hay`.
 fn string_after<'h>(hay: &'h [u8], key: &Finder<'_>) -> Option<&'h str> {
     string_value(&hay[key.find(hay)? + key.needle().len()..])
@@ -525,30 +501,9 @@ fn string_value(rest: &[u8]) -> Option<&str> {
     plain.then(|| std::str::from_utf8(value).ok()).flatten()
 }
 
-/// The integer after `"key"` (what `key` finds) and a colon in `hay`.
-fn number_after(hay: &[u8], key: &Finder<'_>) -> Option<u64> {
-    let at = key.find(hay)? + key.needle().len();
-    let rest = hay[at..].trim_ascii_start().strip_prefix(b":")?;
-    let rest = rest.trim_ascii_start();
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_chat_and_responses_usage_and_ignores_null() {
-        let chat = br#"data: {"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":0}}}"#;
-        assert_eq!(usage(chat), Some((9, 12)));
-        let responses = br#"{"output":[],"usage":{"input_tokens": 5, "input_tokens_details":{"cached_tokens":0},"output_tokens" : 30}}"#;
-        assert_eq!(usage(responses), Some((5, 30)));
-        let null =
-            br#"data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\ndata: {"usage":null}"#;
-        assert_eq!(usage(null), None, "the last report counts, and it is null");
-        assert_eq!(usage(b"data: [DONE]"), None);
-    }
 
     #[test]
     fn reads_short_plain_strings_only() {
