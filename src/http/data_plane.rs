@@ -189,7 +189,7 @@ async fn conversation(
     let (trace, traceparent) = req
         .extensions()
         .get::<RequestContext>()
-        .map(|c| (c.trace.clone(), c.traceparent.clone()))
+        .map(|c| (c.trace.clone(), Some(c.traceparent.clone())))
         .unwrap_or_default();
     note_proxy(&req, proxy, &trace);
     // Governance: rate limits before any work, and the request's identity for its usage record.
@@ -267,7 +267,7 @@ async fn conversation(
             &tenant,
             &front,
             &decision,
-            (&traceparent, &trace),
+            (traceparent.as_ref(), &trace),
             &provider,
             &scope,
             &mut decoded,
@@ -308,7 +308,7 @@ async fn attempt(
     tenant: &str,
     front: &FrontRequest,
     decision: &Decision,
-    (traceparent, trace): (&str, &otel::Trace),
+    (traceparent, trace): (Option<&HeaderValue>, &otel::Trace),
     provider: &Addr<ProviderActor>,
     scope: &Scope,
     decoded: &mut Option<Decoded>,

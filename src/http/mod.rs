@@ -16,9 +16,9 @@ use crate::actors::directory::DirectoryHandle;
 use crate::actors::provider::ProviderActor;
 use crate::actors::supervisor::Supervisor;
 use crate::error::{GatewayError, quote};
+use crate::telemetry::access;
 use crate::telemetry::context::RequestContext;
 use crate::telemetry::scope::Scope;
-use crate::telemetry::{access, otel};
 use actix::{Actor, Addr};
 use actix_http::{HttpService, Request};
 use actix_server::Server;
@@ -125,12 +125,11 @@ pub fn server(
             .app_data(web::Data::new(state))
             .app_data(web::Data::new(provider))
             .wrap_fn(|req, srv| {
-                let mut ctx = RequestContext::from_headers(req.headers());
                 // With trace export on, the sampler decides here, once: a sampled server span
                 // (`ctx.trace`) continues the caller's trace and its ids are what goes back and
                 // upstream; an unsampled one builds no OTel span and its traceparent says so
-                // (flags 00).
-                otel::start_request(&mut ctx);
+                // (the sampled flag clear).
+                let ctx = RequestContext::start(req.headers());
                 // Every log line while serving this request names it (and, as the handler
                 // learns them, its tenant, proxy and route).
                 let scope = Scope::new(ctx.request_id.to_str().unwrap_or_default());
@@ -141,7 +140,7 @@ pub fn server(
                 req.extensions_mut().insert(ctx.clone());
                 let pending = access::Pending::start(
                     ctx.request_id.as_bytes(),
-                    &ctx.traceparent,
+                    ctx.traceparent.to_str().unwrap_or_default(),
                     req.path(),
                     ctx.trace.clone(),
                 );
@@ -158,9 +157,7 @@ pub fn server(
                     let mut res = fut.await?;
                     let headers = res.headers_mut();
                     headers.insert(HeaderName::from_static("x-request-id"), ctx.request_id);
-                    if let Ok(tp) = ctx.traceparent.parse() {
-                        headers.insert(HeaderName::from_static("traceparent"), tp);
-                    }
+                    headers.insert(HeaderName::from_static("traceparent"), ctx.traceparent);
                     Ok(pending.respond(res))
                 };
                 scope.instrument(respond)

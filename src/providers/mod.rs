@@ -243,7 +243,7 @@ pub fn adapter(kind: ProviderKind) -> Option<&'static dyn Adapter> {
 pub fn prepare(
     outgoing: Outgoing<'_>,
     decision: &Decision,
-    traceparent: &str,
+    traceparent: Option<&HeaderValue>,
 ) -> Result<UpstreamCall, GatewayError> {
     let kind = decision.provider.kind();
     let unserved = || GatewayError::NotImplemented {
@@ -272,9 +272,9 @@ pub fn prepare(
             kind.as_str()
         ))),
     }?;
-    if let Ok(tp) = HeaderValue::from_str(traceparent) {
+    if let Some(tp) = traceparent {
         call.headers
-            .push((HeaderName::from_static("traceparent"), tp));
+            .push((HeaderName::from_static("traceparent"), tp.clone()));
     }
     Ok(call)
 }

@@ -7,69 +7,65 @@
 
 use actix_web::http::header::{HeaderMap, HeaderValue};
 
+use super::otel;
+
 /// Per-request identity, stored in the request's extensions by the HTTP layer.
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     pub request_id: HeaderValue,
-    /// The gateway span's `traceparent`.
-    pub traceparent: String,
-    /// The caller's `traceparent` as `(trace id, parent span id, flags)`, when it sent a valid
-    /// one: the parent of the gateway's server span when traces are exported.
-    pub remote_parent: Option<(String, String, String)>,
-    /// The trace id in `traceparent` when the gateway started the trace (`None`: the caller's,
-    /// in `remote_parent`), and the gateway span's id, kept as numbers so that the exported
-    /// span does not read them back from the hex.
-    pub trace_id: Option<u128>,
-    pub span_id: u64,
+    /// The gateway span's ids, and the caller's parent span when it sent a valid
+    /// `traceparent` (whose trace id the gateway's span then continues).
+    pub ids: TraceIds,
+    /// `00-<trace id>-<gateway span id>-<flags>`: what goes back to the client and upstream.
+    pub traceparent: HeaderValue,
     /// The request's exported server span (decided once, when it starts; empty with export
     /// off). An unsampled request builds no OTel span at all, and its `traceparent` carries
     /// flags with the sampled bit clear.
-    pub trace: super::otel::Trace,
+    pub trace: otel::Trace,
+}
+
+/// A request's trace ids, as bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceIds {
+    /// The caller's trace id when it sent one, else a new one.
+    pub trace: [u8; 16],
+    /// The gateway's own span, new for every request.
+    pub span: [u8; 8],
+    /// The caller's `(parent span id, flags)`.
+    pub parent: Option<([u8; 8], u8)>,
 }
 
 impl RequestContext {
-    /// Reads or creates the request id and trace context from incoming headers.
-    pub fn from_headers(headers: &HeaderMap) -> Self {
+    /// Reads or creates the request id and trace ids from incoming headers, and starts the
+    /// request's trace: the sampler decides once whether it is exported, which sets the
+    /// `traceparent`'s flags.
+    pub fn start(headers: &HeaderMap) -> Self {
         let request_id = headers
             .get("x-request-id")
             .filter(|v| is_sane_request_id(v.as_bytes()))
             .cloned()
             .unwrap_or_else(|| {
-                let mut id = String::with_capacity(36);
-                id.push_str("req_");
-                push_hex(&mut id, fastrand::u128(..), 32);
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
-                    .unwrap_or(HeaderValue::from_static("req_unknown"))
+                let mut id = *b"req_00000000000000000000000000000000";
+                otel::put_hex(&mut id[4..], &fastrand::u128(..).to_be_bytes());
+                HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("req_unknown"))
             });
-        let parent = headers
+        let caller = headers
             .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_traceparent);
-        let mut traceparent = String::with_capacity(55);
-        traceparent.push_str("00-");
-        let trace_id = match parent {
-            Some((trace_id, _, _)) => {
-                traceparent.push_str(trace_id);
-                None
-            }
-            None => {
-                let id = fastrand::u128(1..);
-                push_hex(&mut traceparent, id, 32);
-                Some(id)
-            }
+            .and_then(|v| parse_traceparent(v.as_bytes()));
+        let ids = TraceIds {
+            trace: caller.map_or_else(|| fastrand::u128(1..).to_be_bytes(), |c| c.0),
+            span: fastrand::u64(1..).to_be_bytes(),
+            parent: caller.map(|(_, span, flags)| (span, flags)),
         };
-        traceparent.push('-');
-        let span_id = fastrand::u64(1..);
-        push_hex(&mut traceparent, u128::from(span_id), 16);
-        traceparent.push('-');
-        traceparent.push_str(parent.map_or("01", |(_, _, flags)| flags));
+        let (trace, flags) = otel::start_request(&ids, request_id.as_bytes());
+        let traceparent = otel::format_traceparent(&ids.trace, &ids.span, flags);
         Self {
+            // Never fails: hex digits and dashes.
+            traceparent: HeaderValue::from_bytes(&traceparent)
+                .unwrap_or(HeaderValue::from_static("")),
             request_id,
-            traceparent,
-            remote_parent: parent.map(|(t, s, f)| (t.to_owned(), s.to_owned(), f.to_owned())),
-            trace_id,
-            span_id,
-            trace: super::otel::Trace::default(),
+            ids,
+            trace,
         }
     }
 }
@@ -78,58 +74,23 @@ fn is_sane_request_id(v: &[u8]) -> bool {
     (1..=128).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic())
 }
 
-/// Appends the low `digits` hex digits of `v`, lower case and zero-padded (what `{:032x}`
-/// writes, without the formatting machinery: this runs for every request).
-fn push_hex(out: &mut String, v: u128, digits: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 32];
-    let buf = &mut buf[..digits];
-    for (i, digit) in buf.iter_mut().rev().enumerate() {
-        *digit = HEX[((v >> (4 * i)) & 0xf) as usize];
+/// `(trace id, parent span id, flags)` of a valid version-00 `traceparent` (lower-case hex,
+/// neither id all zeros).
+fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
+    let v = v.trim_ascii();
+    let lower = v.iter().all(|b| !b.is_ascii_uppercase());
+    let valid = v.len() == 55 && lower && v.starts_with(b"00-") && v[35] == b'-' && v[52] == b'-';
+    if !valid {
+        return None;
     }
-    out.push_str(std::str::from_utf8(buf).unwrap_or_default());
-}
-
-/// `(trace_id, parent_id, flags)` of a valid version-00 `traceparent`.
-fn parse_traceparent(v: &str) -> Option<(&str, &str, &str)> {
-    let mut parts = v.trim().split('-');
-    let (version, trace_id, parent_id, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let valid = version == "00"
-        && parts.next().is_none()
-        && hex(trace_id, 32)
-        && trace_id != "0".repeat(32)
-        && hex(parent_id, 16)
-        && parent_id != "0".repeat(16)
-        && hex(flags, 2);
-    valid.then_some((trace_id, parent_id, flags))
+    let trace = otel::from_hex::<16>(&v[3..35])?;
+    let parent = otel::from_hex::<8>(&v[36..52])?;
+    let [flags] = otel::from_hex::<1>(&v[53..55])?;
+    (trace != [0; 16] && parent != [0; 8]).then_some((trace, parent, flags))
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn push_hex_writes_what_the_formatter_writes() {
-        for v in [
-            0u128,
-            1,
-            0xabc,
-            u128::from(u64::MAX),
-            u128::MAX,
-            0x0f00_0000_0000_0000_0000_0000_0000_00e1,
-        ] {
-            let (mut a, mut b) = (String::new(), String::new());
-            super::push_hex(&mut a, v, 32);
-            super::push_hex(&mut b, v & u128::from(u64::MAX), 16);
-            assert_eq!(a, format!("{v:032x}"));
-            assert_eq!(b, format!("{:016x}", v & u128::from(u64::MAX)));
-        }
-    }
-
     use super::*;
 
     fn ctx(pairs: &[(&'static str, &'static str)]) -> RequestContext {
@@ -140,34 +101,52 @@ mod tests {
                 HeaderValue::from_static(v),
             );
         }
-        RequestContext::from_headers(&h)
+        RequestContext::start(&h)
+    }
+
+    fn tp(c: &RequestContext) -> &str {
+        c.traceparent.to_str().expect("ASCII")
     }
 
     #[test]
     fn continues_a_valid_trace_with_a_new_span() {
         let c = ctx(&[(
             "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03 ",
         )]);
-        assert!(
-            c.traceparent
-                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        assert_eq!(
+            c.ids.parent,
+            Some((0x00f0_67aa_0ba9_02b7_u64.to_be_bytes(), 3))
         );
-        assert!(c.traceparent.ends_with("-01"));
-        assert!(!c.traceparent.contains("00f067aa0ba902b7"));
+        assert_eq!(
+            c.ids.trace,
+            0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128.to_be_bytes()
+        );
+        // Export off: the caller's flags are kept.
+        assert_eq!(
+            tp(&c),
+            format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-{:016x}-03",
+                u64::from_be_bytes(c.ids.span)
+            )
+        );
+        assert_ne!(c.ids.span, c.ids.parent.expect("parent").0);
     }
 
     #[test]
-    fn the_kept_ids_are_the_ones_in_the_traceparent() {
+    fn a_new_trace_names_its_ids_in_the_traceparent() {
         let c = ctx(&[]);
-        let id = c.trace_id.expect("a new trace");
-        assert_eq!(c.traceparent, format!("00-{id:032x}-{:016x}-01", c.span_id));
-        let c = ctx(&[(
-            "traceparent",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-        )]);
-        assert_eq!(c.trace_id, None);
-        assert_eq!(&c.traceparent[36..52], format!("{:016x}", c.span_id));
+        assert_eq!(c.ids.parent, None);
+        assert_eq!(
+            tp(&c),
+            format!(
+                "00-{:032x}-{:016x}-01",
+                u128::from_be_bytes(c.ids.trace),
+                u64::from_be_bytes(c.ids.span)
+            )
+        );
+        assert_ne!(c.ids.trace, [0; 16]);
+        assert_ne!(c.ids.span, [0; 8]);
     }
 
     #[test]
@@ -175,28 +154,32 @@ mod tests {
         for bad in [
             "garbage",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
         ] {
-            let mut h = HeaderMap::new();
-            h.insert(
-                actix_web::http::header::HeaderName::from_static("traceparent"),
-                HeaderValue::from_static(bad),
-            );
-            let c = RequestContext::from_headers(&h);
-            assert_eq!(c.traceparent.len(), 55, "{bad}");
-            assert!(!c.traceparent.contains("4bf92f35"), "{bad}");
+            let c = ctx(&[("traceparent", bad)]);
+            assert_eq!(c.ids.parent, None, "{bad}");
+            assert_eq!(tp(&c).len(), 55, "{bad}");
+            assert!(!tp(&c).contains("4bf92f35"), "{bad}");
         }
     }
 
     #[test]
     fn echoes_sane_request_ids_only() {
         assert_eq!(ctx(&[("x-request-id", "abc-123")]).request_id, "abc-123");
+        let own = ctx(&[("x-request-id", "a b")]).request_id;
+        let own = own.to_str().expect("ASCII");
+        assert_eq!(own.len(), 36, "{own}");
+        assert!(own.starts_with("req_"), "{own}");
         assert!(
-            ctx(&[])
-                .request_id
-                .to_str()
-                .unwrap_or("")
-                .starts_with("req_")
+            own[4..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
     }
 }

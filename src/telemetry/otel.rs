@@ -33,7 +33,7 @@
 //! collector costs one log line when it starts failing and a count in
 //! `switchyard_trace_export_failures_total`. Encoding and transport are [`super::otlp`]'s.
 
-use super::context::RequestContext;
+use super::context::{RequestContext, TraceIds};
 use super::metrics::metrics;
 use super::names;
 use super::otlp::Finished;
@@ -492,7 +492,7 @@ impl Trace {
 }
 
 /// `00-<trace id>-<span id>-<flags>` in lower-case hex.
-fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> [u8; 55] {
+pub(super) fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> [u8; 55] {
     // Filled in place: pushing byte by byte cost several times more.
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
     put_hex(&mut out[3..35], trace);
@@ -502,7 +502,7 @@ fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> [u8; 55] {
 }
 
 /// Writes `bytes` into `out` as lower-case hex, two digits a byte.
-fn put_hex(out: &mut [u8], bytes: &[u8]) {
+pub(super) fn put_hex(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair[0] = HEX[usize::from(b >> 4)];
@@ -511,39 +511,27 @@ fn put_hex(out: &mut [u8], bytes: &[u8]) {
 }
 
 /// Starts the request's server span and decides once whether its trace is exported: the
-/// configured sampler sees the caller's parent (`ctx.remote_parent`) and the request's trace
-/// id. Sampled: `ctx.trace` is the server span, which continues the caller's trace with the
-/// request's own ids, and `ctx.traceparent` names it. Unsampled (or export off): `ctx.trace`
-/// is empty, and `ctx.traceparent` keeps the trace id with the sampled flag clear, for the
-/// client and the upstream (W3C: propagate even when not sampling).
-pub fn start_request(ctx: &mut RequestContext) {
-    ctx.trace = Trace::default();
-    let Some(sampler) = SAMPLER.get() else {
-        return;
+/// configured sampler sees the caller's parent and the request's trace id. Returns the span
+/// (empty unless sampled) and the flags its `traceparent` carries. Sampled: the span
+/// continues the caller's trace with the request's own ids, and its flags are the parent's
+/// with the sampled bit set. Unsampled: the caller's flags with the sampled bit clear.
+/// Export off: the caller's flags unchanged, or sampled for a new trace (W3C: propagate
+/// even when not sampling).
+pub fn start_request(ids: &TraceIds, request_id: &[u8]) -> (Trace, u8) {
+    let caller_flags = ids.parent.map_or(1, |(_, flags)| flags);
+    let Some(sampler) = SAMPLER.get().filter(|_| enabled()) else {
+        return (Trace::default(), caller_flags);
     };
-    if !enabled() {
-        return;
-    }
-    let remote = ctx
-        .remote_parent
-        .as_ref()
-        .and_then(|(trace, parent, flags)| {
-            Some(SpanContext::new(
-                TraceId::from_bytes(from_hex(trace.as_bytes())?),
-                SpanId::from_bytes(from_hex(parent.as_bytes())?),
-                TraceFlags::new(from_hex::<1>(flags.as_bytes())?[0]),
-                true,
-                TraceState::default(),
-            ))
-        });
-    // The ids `RequestContext` wrote into the `traceparent`: the trace id is the caller's when
-    // it continues one.
-    let trace_id = match (ctx.trace_id, &remote) {
-        (Some(id), _) => TraceId::from_bytes(id.to_be_bytes()),
-        (None, Some(sc)) => sc.trace_id(),
-        (None, None) => return,
-    };
-    let span_id = SpanId::from_bytes(ctx.span_id.to_be_bytes());
+    let trace_id = TraceId::from_bytes(ids.trace);
+    let remote = ids.parent.map(|(span, flags)| {
+        SpanContext::new(
+            trace_id,
+            SpanId::from_bytes(span),
+            TraceFlags::new(flags),
+            true,
+            TraceState::default(),
+        )
+    });
     let remote_cx = remote
         .as_ref()
         .map(|sc| Context::new().with_remote_span_context(sc.clone()));
@@ -556,19 +544,21 @@ pub fn start_request(ctx: &mut RequestContext) {
         &[],
     );
     if decision.decision != SamplingDecision::RecordAndSample {
-        set_flags(&mut ctx.traceparent, |flags| flags & !1);
-        return;
+        return (Trace::default(), caller_flags & !1);
     }
-    // The span takes the request's ids (the trace id is the caller's when there is one) and,
-    // as the SDK's does, its parent's flags with the sampled bit set.
-    let (parent, parent_flags) = remote
-        .as_ref()
-        .map_or((SpanId::INVALID, TraceFlags::default()), |sc| {
-            (sc.span_id(), sc.trace_flags())
-        });
-    let flags = parent_flags.with_sampled(true);
+    // As the SDK's does, the span takes its parent's flags with the sampled bit set.
+    let (parent, parent_flags) = ids.parent.map_or((SpanId::INVALID, 0), |(span, flags)| {
+        (SpanId::from_bytes(span), flags)
+    });
+    let flags = TraceFlags::new(parent_flags).with_sampled(true);
     let span = Span::start(
-        SpanContext::new(trace_id, span_id, flags, false, decision.trace_state),
+        SpanContext::new(
+            trace_id,
+            SpanId::from_bytes(ids.span),
+            flags,
+            false,
+            decision.trace_state,
+        ),
         parent,
         remote.is_some(),
         names::SPAN_REQUEST,
@@ -576,22 +566,20 @@ pub fn start_request(ctx: &mut RequestContext) {
         // A request's span gets about 14 attributes, some 500 bytes.
         640,
         |a| {
-            let id = ctx.request_id.as_bytes();
             // Always ASCII in practice (a sane client id or our own); the lossy form is the
             // fallback, not the first try: it walks the bytes much more slowly.
-            match std::str::from_utf8(id) {
+            match std::str::from_utf8(request_id) {
                 Ok(id) => a.str(names::REQUEST_ID, id),
-                Err(_) => a.str(names::REQUEST_ID, &String::from_utf8_lossy(id)),
+                Err(_) => a.str(names::REQUEST_ID, &String::from_utf8_lossy(request_id)),
             }
         },
     );
-    set_flags(&mut ctx.traceparent, |_| flags.to_u8());
-    ctx.trace = Trace(Some(Arc::new(span)));
+    (Trace(Some(Arc::new(span))), flags.to_u8())
 }
 
 /// `N` bytes from `2 * N` lower- or upper-case hex digits (`TraceId::from_hex` goes through
 /// `from_str_radix`, several times slower, and this runs for every sampled request).
-fn from_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
+pub(super) fn from_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
     fn digit(c: u8) -> Option<u8> {
         match c {
             b'0'..=b'9' => Some(c - b'0'),
@@ -608,19 +596,6 @@ fn from_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
         *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
     }
     Some(out)
-}
-
-/// Rewrites the flags of a `traceparent` (its last two hex digits).
-fn set_flags(traceparent: &mut String, f: impl FnOnce(u8) -> u8) {
-    if let Some([flags]) = traceparent
-        .get(53..55)
-        .and_then(|f| from_hex::<1>(f.as_bytes()))
-    {
-        let mut hex = [0u8; 2];
-        put_hex(&mut hex, &[f(flags)]);
-        traceparent.truncate(53);
-        traceparent.push_str(std::str::from_utf8(&hex).unwrap_or_default());
-    }
 }
 
 /// `req`'s exported server span (empty when its trace is not exported).
@@ -736,17 +711,5 @@ mod tests {
         );
         assert_eq!(from_hex::<8>(b"00f067aa0ba902bg"), None);
         assert_eq!(from_hex::<8>(b"00f067aa0ba902b"), None);
-    }
-
-    #[test]
-    fn an_unsampled_traceparent_keeps_its_ids_and_clears_only_the_sampled_bit() {
-        for (flags, cleared) in [("01", "00"), ("00", "00"), ("03", "02"), ("ff", "fe")] {
-            let mut tp = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}");
-            set_flags(&mut tp, |f| f & !1);
-            assert_eq!(
-                tp,
-                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{cleared}")
-            );
-        }
     }
 }
