@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Interleaved A/B: two or more gateway variants kept running side by side, measured in
+alternating short rounds, compared round by round.
+
+This machine's speed drifts by 10-35% over minutes (other tenants of the host), more than
+the effects we measure. run.sh and otel.sh measure each target once, in sequence, so a drift
+lands on one target only. Here every variant is measured once in every round (order
+alternating, ABBA...), rounds are short, and what is reported is the median over rounds of
+each variant's figure divided by the first variant's in the same round: a drift moves both
+sides of a ratio alike.
+
+A variant is `NAME=SPEC`: SPEC is shell words, leading `KEY=VALUE` words are its environment,
+then the binary (`main` for target/release/switchyard), then arguments added after
+`serve --tenants T --listen 127.0.0.1:0 --workers 1`. `{grpc}` in a SPEC starts the OTLP
+receiver (tests/otlp/receiver.py, count-only, core 1) and stands for its port. Examples:
+
+  loadtests/ab.py 'base=/tmp/switchyard-old' 'main=main --ledger off --no-watch'
+  loadtests/ab.py 'off=main --ledger off' \\
+      'all=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{grpc} main --ledger off'
+
+Gateways (1 worker each) are pinned to core 0 and only one is loaded at a time; the emulator,
+the receiver and oha share core 1. CPU per request is the gateway's on-CPU time over all its
+threads (/proc/PID/task/*/schedstat, nanoseconds) divided by the 200 answers of the round.
+Every answer must be a 200.
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = REPO / "target" / "release" / "switchyard"
+
+
+def wait_line(path, pattern, timeout=60.0):
+    """The first line of the file at `path` matching `pattern`, waiting up to `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                m = re.search(pattern, line)
+                if m:
+                    return m
+        time.sleep(0.05)
+    sys.exit(f"timed out waiting for {pattern!r} in {path}:\n{path.read_text(errors='replace')}")
+
+
+def cpu_ns(pid):
+    """On-CPU nanoseconds of every live thread of `pid`."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+class Bench:
+    def __init__(self, args, work):
+        self.args = args
+        self.work = work
+        self.procs = []
+        self.oha = shutil.which("oha") or str(Path.home() / ".cargo/bin/oha")
+
+    def start(self, name, cmd, env=None, core=1, ready=None):
+        out = self.work / f"{name}.out"
+        p = subprocess.Popen(
+            ["taskset", "-c", str(core), *cmd],
+            stdout=out.open("w"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.PIPE if name == "receiver" else subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": "warn", **(env or {})},
+        )
+        self.procs.append(p)
+        return p, (wait_line(out, ready) if ready else None)
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def load(self, url, secs):
+        """oha at the configured concurrency for `secs` s; returns the number of answers."""
+        body = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "Hello"}],
+            "stream": self.args.stream,
+        }
+        out = subprocess.run(
+            ["taskset", "-c", "1", self.oha, "--no-tui", "-z", f"{secs}s", "-w", "-t", "10s",
+             "-c", str(self.args.conc), "--worker-threads", "1", "-m", "POST",
+             "-H", "Authorization: Bearer sk-bench", "-H", "Content-Type: application/json",
+             "-d", json.dumps(body), "--output-format", "json", url],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        codes = json.loads(out).get("statusCodeDistribution") or {}
+        bad = {k: v for k, v in codes.items() if k != "200"}
+        if bad:
+            sys.exit(f"non-200 answers from {url}: {bad}")
+        return int(codes.get("200", 0))
+
+
+def parse_variant(text, grpc):
+    name, _, spec = text.partition("=")
+    if not name or not spec:
+        sys.exit(f"a variant is NAME=SPEC, got {text!r}")
+    words = shlex.split(spec.replace("{grpc}", str(grpc)))
+    env = {}
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+        k, _, v = words.pop(0).partition("=")
+        env[k] = v
+    if not words:
+        sys.exit(f"variant {name}: no binary in {spec!r}")
+    binary = str(BIN) if words[0] == "main" else words[0]
+    return name, env, binary, words[1:]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("variants", nargs="+", help="NAME=SPEC (the first is the reference)")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--secs", type=float, default=3, help="measured seconds per variant a round")
+    ap.add_argument("--conc", type=int, default=64)
+    ap.add_argument("--stream", action="store_true", help="unpaced streams instead of answers")
+    args = ap.parse_args()
+    if len(args.variants) < 2:
+        sys.exit("give at least two variants")
+    py = os.environ.get("SWITCHYARD_TEST_PYTHON", sys.executable)
+    work = Path(tempfile.mkdtemp(prefix="switchyard-ab."))
+    bench = Bench(args, work)
+    try:
+        _, m = bench.start("emulator", [str(BIN), "emulate", "--listen", "127.0.0.1:0",
+                                        "--workers", "1"], ready=r"emulator listening on (\S+)")
+        emu = m.group(1)
+        grpc = 0
+        if any("{grpc}" in v for v in args.variants):
+            _, m = bench.start("receiver", [py, str(REPO / "tests/otlp/receiver.py"),
+                                            "--count-only"], ready=r"grpc=(\d+)")
+            grpc = int(m.group(1))
+        tenants = work / "tenants"
+        tenants.mkdir()
+        (tenants / "bench.toml").write_text(
+            "[[api_keys]]\nname = \"bench\"\n"
+            f"sha256 = \"{__import__('hashlib').sha256(b'sk-bench').hexdigest()}\"\n"
+            "[providers.openai]\ntype = \"openai\"\napi_key_env = \"BENCH_OPENAI_KEY\"\n"
+            f"base_url = \"{emu}/v1\"\n[proxies.chat]\n[[proxies.chat.routes]]\n"
+            "name = \"mini\"\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\n"
+        )
+        gateways = []
+        for text in args.variants:
+            name, env, binary, extra = parse_variant(text, grpc)
+            env = {"BENCH_OPENAI_KEY": "sk-emulator-openai", **env}
+            p, m = bench.start(
+                name,
+                [binary, "serve", "--tenants", str(tenants), "--listen", "127.0.0.1:0",
+                 "--workers", "1", *extra],
+                env=env, core=0, ready=r"switchyard listening on (\S+)",
+            )
+            gateways.append((name, p, f"{m.group(1)}/bench/chat/v1/chat/completions"))
+        names = [g[0] for g in gateways]
+        for _, _, url in gateways:
+            bench.load(url, 2)  # warm-up: connections, caches, the allocator's pages
+        rows = {n: [] for n in names}  # per round: (req/s, CPU µs per request)
+        for r in range(args.rounds):
+            order = gateways if r % 2 == 0 else gateways[::-1]
+            for name, p, url in order:
+                c0, t0 = cpu_ns(p.pid), time.monotonic()
+                n = bench.load(url, args.secs)
+                c1, t1 = cpu_ns(p.pid), time.monotonic()
+                rows[name].append((n / (t1 - t0), (c1 - c0) / 1e3 / n))
+            print(f"round {r + 1:2}: " + "  ".join(
+                f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs" for n in names),
+                flush=True)
+    finally:
+        bench.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    mode = "unpaced streams" if args.stream else "whole answers"
+    print(f"\n{args.rounds} rounds of {args.secs:g} s per variant, {mode} at c{args.conc}, "
+          f"order alternating; ratios are per round against {names[0]}, then the median")
+    print(f"{'variant':<10} {'req/s':>8} {'CPU µs/req':>11} {'req/s ratio':>24} {'CPU ratio':>24}")
+    ref = rows[names[0]]
+    for n in names:
+        rps = statistics.median(x[0] for x in rows[n])
+        cpu = statistics.median(x[1] for x in rows[n])
+        line = f"{n:<10} {rps:8.0f} {cpu:11.2f}"
+        if n != names[0]:
+            for i in (0, 1):
+                ratios = sorted(a[i] / b[i] - 1 for a, b in zip(rows[n], ref))
+                q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
+                line += f" {statistics.median(ratios):+7.1%} [{q1:+.1%}, {q3:+.1%}]"
+        print(line)
+    print("(ratio: median, then [lower quartile, upper quartile] over rounds)")
+
+
+if __name__ == "__main__":
+    main()
