@@ -2,13 +2,14 @@
 """Time to first event of concurrent streams, direct to the emulator and through the gateway.
 
 Each of C workers sends streaming chat requests one after another over its own keep-alive
-loopback connection, and records when the first event arrives (TTFT) and when the stream ends,
-until the duration is up. Streams that start in the warm-up (2 s by default) are not counted, as
-in the other scenarios: C connections opened at once, and a proxy's first connections upstream,
-are a start-up cost that would otherwise be the whole p99 (16 of about 900 streams at c16). That
-first round's slowest TTFT is printed in a column of its own, so it is not hidden either. The emulator paces its chunks (`[emulator:chunk_ms=N]` in the prompt), as
-a real model does, so a socket that holds small writes back (Nagle's algorithm waiting for a
-delayed ACK) shows up as a TTFT tail. Standard library only; loopback targets only.
+loopback connection, and records when the first event arrives (TTFT) and when the stream ends.
+Each target is warmed up first (2 s by default; not counted): C connections opened at once, and a
+proxy's first connections upstream, are a start-up cost that would otherwise be the whole p99 (16
+of about 900 streams at c16). That first round's slowest TTFT is printed in a column of its own,
+so it is not hidden either. Then the targets take turns in short slices (1 s, ABBA order), so that
+the machine's drifts in speed land on every target alike. The emulator paces its chunks
+(`[emulator:chunk_ms=N]` in the prompt), as a real model does, so a socket that holds small
+writes back (Nagle's algorithm waiting for a delayed ACK) shows up as a TTFT tail. Standard library only; loopback targets only.
 
     loadtests/ttft.py --target direct=http://127.0.0.1:9001/v1 \
         --target gateway=http://127.0.0.1:8080/acme/assistant/v1 --key sk-acme-demo
@@ -72,28 +73,51 @@ class Conn:
         return first - started, done - started
 
 
-async def run(url, key, model, conc, warmup, duration, chunk_ms, tokens, first_byte_ms):
-    u = urllib.parse.urlsplit(url)
-    path = u.path.rstrip("/") + "/chat/completions"
-    prompt = f"[emulator:first_byte_ms={first_byte_ms},chunk_ms={chunk_ms},tokens={tokens}] Hello"
-    body = json.dumps({"model": model, "stream": True,
-                       "messages": [{"role": "user", "content": prompt}]}).encode()
-    ttft, total, first_round = [], [], []
-    start = time.perf_counter()
-    counted, deadline = start + warmup, start + warmup + duration
+class Target:
+    """One target's connections (kept open across slices) and what its streams measured."""
 
-    async def worker():
-        conn = Conn(u.hostname, u.port)
-        f, _ = await conn.stream(path, key, body)
-        first_round.append(f)
-        while (now := time.perf_counter()) < deadline:
-            f, t = await conn.stream(path, key, body)
-            if now >= counted:
-                ttft.append(f)
-                total.append(t)
+    def __init__(self, name, url, key, model, conc, chunk_ms, tokens, first_byte_ms):
+        u = urllib.parse.urlsplit(url)
+        if u.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise SystemExit("loopback targets only")
+        self.name, self.key = name, key
+        self.path = u.path.rstrip("/") + "/chat/completions"
+        prompt = f"[emulator:first_byte_ms={first_byte_ms},chunk_ms={chunk_ms},tokens={tokens}] Hello"
+        self.body = json.dumps({"model": model, "stream": True,
+                                "messages": [{"role": "user", "content": prompt}]}).encode()
+        self.conns = [Conn(u.hostname, u.port) for _ in range(conc)]
+        self.ttft, self.total, self.first_round = [], [], []
 
-    await asyncio.gather(*(worker() for _ in range(conc)))
-    return ttft, total, max(first_round)
+    async def slice(self, secs, counted):
+        """Every connection streams one request after another for `secs` seconds (the last
+        ones finish after). Recorded when `counted`; in the warm-up, only each connection's
+        first stream is kept, as the first round."""
+        deadline = time.perf_counter() + secs
+
+        async def worker(conn):
+            first = True
+            while time.perf_counter() < deadline:
+                f, t = await conn.stream(self.path, self.key, self.body)
+                if counted:
+                    self.ttft.append(f)
+                    self.total.append(t)
+                elif first:
+                    self.first_round.append(f)
+                first = False
+
+        await asyncio.gather(*(worker(c) for c in self.conns))
+
+
+async def run(targets, warmup, duration, slice_secs):
+    """Warms each target up in turn, then gives them `slice_secs` each in alternating order
+    (ABBA...) until each has had `duration` seconds: a drift of the machine's speed lands on
+    every target alike, where back-to-back runs put it on one."""
+    for t in targets:
+        await t.slice(warmup, counted=False)
+    rounds = max(1, round(duration / slice_secs))
+    for r in range(rounds):
+        for t in (targets if r % 2 == 0 else targets[::-1]):
+            await t.slice(duration / rounds, counted=True)
 
 
 def main():
@@ -103,6 +127,8 @@ def main():
     ap.add_argument("--model", default="gpt-4o-mini")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--duration", type=float, default=10, help="seconds counted per target")
+    ap.add_argument("--slice", type=float, default=1,
+                    help="targets take turns in slices of this many seconds (ABBA order)")
     ap.add_argument("--warmup", type=float, default=2, help="seconds of streams not counted, first")
     ap.add_argument("--chunk-ms", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=20)
@@ -111,26 +137,27 @@ def main():
     a = ap.parse_args()
     keys = a.key or []
     print(f"streams at concurrency {a.concurrency}: headers, {a.first_byte_ms} ms, then {a.tokens} chunks "
-          f"{a.chunk_ms} ms apart; {a.warmup:g} s warm-up, then {a.duration:g} s counted per target; "
-          f"'added' is over the first target")
+          f"{a.chunk_ms} ms apart; {a.warmup:g} s warm-up per target, then {a.duration:g} s counted per "
+          f"target in turns of {a.slice:g} s; 'added' is over the first target")
     print(f"{'target':<10} {'streams':>8} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'total p50 ms':>13} "
           f"{'total p99 ms':>13} {'added TTFT p50':>15} {'added TTFT p99':>15} {'added total p50':>16} "
           f"{'first round max':>16}")
-    base = None
+    targets = []
     for i, t in enumerate(a.target):
         name, url = t.split("=", 1)
-        if not urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
-            raise SystemExit("loopback targets only")
         key = keys[i] if i < len(keys) else "sk-emulator-openai"
-        ttft, total, cold = asyncio.run(run(url, key, a.model, a.concurrency, a.warmup, a.duration,
-                                            a.chunk_ms, a.tokens, a.first_byte_ms))
-        row = [percentile(ttft, 50), percentile(ttft, 99), percentile(total, 50), percentile(total, 99)]
+        targets.append(Target(name, url, key, a.model, a.concurrency, a.chunk_ms, a.tokens,
+                              a.first_byte_ms))
+    asyncio.run(run(targets, a.warmup, a.duration, a.slice))
+    base = None
+    for t in targets:
+        row = [percentile(t.ttft, 50), percentile(t.ttft, 99), percentile(t.total, 50),
+               percentile(t.total, 99)]
         base = base or row
         added = "" if row is base else (f" {(row[0] - base[0]) * 1e3:>+15.2f} {(row[1] - base[1]) * 1e3:>+15.2f}"
                                         f" {(row[2] - base[2]) * 1e3:>+16.2f}")
-        print(f"{name:<10} {len(ttft):>8} {row[0]*1e3:>12.2f} {row[1]*1e3:>12.2f} {row[2]*1e3:>13.2f} "
-              f"{row[3]*1e3:>13.2f}{added or ' ' * 48} {cold*1e3:>16.2f}", flush=True)
-
+        print(f"{t.name:<10} {len(t.ttft):>8} {row[0]*1e3:>12.2f} {row[1]*1e3:>12.2f} {row[2]*1e3:>13.2f} "
+              f"{row[3]*1e3:>13.2f}{added or ' ' * 48} {max(t.first_round, default=float('nan'))*1e3:>16.2f}", flush=True)
 
 if __name__ == "__main__":
     main()
