@@ -12,16 +12,19 @@ sides of a ratio alike.
 A variant is `NAME=SPEC`: SPEC is shell words, leading `KEY=VALUE` words are its environment,
 then the binary (`main` for target/release/switchyard), then arguments added after
 `serve --tenants T --listen 127.0.0.1:0 --workers 1`. `{grpc}` in a SPEC starts the OTLP
-receiver (tests/otlp/receiver.py, count-only, core 1) and stands for its port. Examples:
+receiver (tests/otlp/receiver.py, count-only, core 1) and stands for its port. The SPEC `nginx`
+is a blind nginx reverse proxy to the emulator, configured as run.sh's yardstick. Examples:
 
   loadtests/ab.py 'base=/tmp/switchyard-old' 'main=main --ledger off --no-watch'
   loadtests/ab.py 'off=main --ledger off' \\
       'all=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{grpc} main --ledger off'
+  loadtests/ab.py 'nginx=nginx' 'main=main'
 
-Gateways (1 worker each) are pinned to core 0 and only one is loaded at a time; the emulator,
-the receiver and oha share core 1. CPU per request is the gateway's on-CPU time over all its
-threads (/proc/PID/task/*/schedstat, nanoseconds) divided by the 200 answers of the round.
-Every answer must be a 200.
+Proxies (1 worker each) are pinned to core 0 and only one is loaded at a time; the emulator,
+the receiver and oha share core 1. CPU per request is the proxy's on-CPU time over all its
+threads and child processes (/proc/PID/task/*/schedstat, nanoseconds) divided by the 200
+answers of the round; its split into user and kernel time comes from /proc/PID/stat's clock
+ticks. Every answer must be a 200.
 """
 
 import argparse
@@ -30,6 +33,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -54,15 +58,27 @@ def wait_line(path, pattern, timeout=60.0):
     sys.exit(f"timed out waiting for {pattern!r} in {path}:\n{path.read_text(errors='replace')}")
 
 
-def cpu_ns(pid):
-    """On-CPU nanoseconds of every live thread of `pid`."""
-    total = 0
+def family(pid):
+    """`pid` and its child processes (nginx: the master and its worker)."""
+    kids = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return [pid, *kids]
+
+
+def cpu(pid):
+    """(on-CPU ns, user ticks, kernel ticks) of `pid`'s threads and child processes."""
+    ns = user = sys_ = 0
+    for p in family(pid):
+        for task in Path(f"/proc/{p}/task").iterdir():
+            try:
+                ns += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        # Fields 14 and 15 (utime, stime, all threads); split after the command's ')'.
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        user, sys_ = user + int(fields[11]), sys_ + int(fields[12])
+    return ns, user, sys_
 
 
 class Bench:
@@ -93,7 +109,7 @@ class Bench:
             except subprocess.TimeoutExpired:
                 p.kill()
 
-    def load(self, url, secs):
+    def load(self, url, key, secs):
         """oha at the configured concurrency for `secs` s; returns the number of answers."""
         body = {
             "model": "gpt-4o-mini",
@@ -103,7 +119,7 @@ class Bench:
         out = subprocess.run(
             ["taskset", "-c", "1", self.oha, "--no-tui", "-z", f"{secs}s", "-w", "-t", "10s",
              "-c", str(self.args.conc), "--worker-threads", "1", "-m", "POST",
-             "-H", "Authorization: Bearer sk-bench", "-H", "Content-Type: application/json",
+             "-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json",
              "-d", json.dumps(body), "--output-format", "json", url],
             capture_output=True, text=True, check=True,
         ).stdout
@@ -112,6 +128,58 @@ class Bench:
         if bad:
             sys.exit(f"non-200 answers from {url}: {bad}")
         return int(codes.get("200", 0))
+
+
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    upstream emulator {{
+        server {upstream};
+        keepalive 256;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://emulator;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(bench, emu):
+    """run.sh's yardstick: a blind nginx reverse proxy to the emulator, 1 worker, core 0."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    d = bench.work / "nginx"
+    d.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (d / "nginx.conf").write_text(NGINX_CONF.format(
+        dir=d, upstream=emu.removeprefix("http://"), port=port))
+    p, _ = bench.start("nginx", [nginx, "-e", str(d / "error.log"), "-p", str(d),
+                                 "-c", str(d / "nginx.conf")], core=0)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return p, f"http://127.0.0.1:{port}/v1/chat/completions"
+        time.sleep(0.05)
+    sys.exit(f"nginx did not listen on {port}: {(d / 'error.log').read_text()}")
 
 
 def parse_variant(text, grpc):
@@ -162,6 +230,10 @@ def main():
         )
         gateways = []
         for text in args.variants:
+            if text.partition("=")[2] == "nginx":
+                p, url = start_nginx(bench, emu)
+                gateways.append((text.partition("=")[0], p, url, "sk-emulator-openai"))
+                continue
             name, env, binary, extra = parse_variant(text, grpc)
             env = {"BENCH_OPENAI_KEY": "sk-emulator-openai", **env}
             p, m = bench.start(
@@ -170,18 +242,20 @@ def main():
                  "--workers", "1", *extra],
                 env=env, core=0, ready=r"switchyard listening on (\S+)",
             )
-            gateways.append((name, p, f"{m.group(1)}/bench/chat/v1/chat/completions"))
+            gateways.append((name, p, f"{m.group(1)}/bench/chat/v1/chat/completions", "sk-bench"))
         names = [g[0] for g in gateways]
-        for _, _, url in gateways:
-            bench.load(url, 2)  # warm-up: connections, caches, the allocator's pages
-        rows = {n: [] for n in names}  # per round: (req/s, CPU µs per request)
+        for _, _, url, key in gateways:
+            bench.load(url, key, 2)  # warm-up: connections, caches, the allocator's pages
+        # per round: (req/s, CPU µs per request, user ticks, kernel ticks)
+        rows = {n: [] for n in names}
         for r in range(args.rounds):
             order = gateways if r % 2 == 0 else gateways[::-1]
-            for name, p, url in order:
-                c0, t0 = cpu_ns(p.pid), time.monotonic()
-                n = bench.load(url, args.secs)
-                c1, t1 = cpu_ns(p.pid), time.monotonic()
-                rows[name].append((n / (t1 - t0), (c1 - c0) / 1e3 / n))
+            for name, p, url, key in order:
+                c0, t0 = cpu(p.pid), time.monotonic()
+                n = bench.load(url, key, args.secs)
+                c1, t1 = cpu(p.pid), time.monotonic()
+                rows[name].append((n / (t1 - t0), (c1[0] - c0[0]) / 1e3 / n,
+                                   c1[1] - c0[1], c1[2] - c0[2]))
             print(f"round {r + 1:2}: " + "  ".join(
                 f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs" for n in names),
                 flush=True)
@@ -192,19 +266,22 @@ def main():
     mode = "unpaced streams" if args.stream else "whole answers"
     print(f"\n{args.rounds} rounds of {args.secs:g} s per variant, {mode} at c{args.conc}, "
           f"order alternating; ratios are per round against {names[0]}, then the median")
-    print(f"{'variant':<10} {'req/s':>8} {'CPU µs/req':>11} {'req/s ratio':>24} {'CPU ratio':>24}")
+    print(f"{'variant':<10} {'req/s':>8} {'CPU µs/req':>11} {'kernel':>7} {'req/s ratio':>24} "
+          f"{'CPU ratio':>24}")
     ref = rows[names[0]]
     for n in names:
         rps = statistics.median(x[0] for x in rows[n])
-        cpu = statistics.median(x[1] for x in rows[n])
-        line = f"{n:<10} {rps:8.0f} {cpu:11.2f}"
+        cpu_us = statistics.median(x[1] for x in rows[n])
+        kernel = sum(x[3] for x in rows[n]) / max(1, sum(x[2] + x[3] for x in rows[n]))
+        line = f"{n:<10} {rps:8.0f} {cpu_us:11.2f} {kernel:7.0%}"
         if n != names[0]:
             for i in (0, 1):
                 ratios = sorted(a[i] / b[i] - 1 for a, b in zip(rows[n], ref))
                 q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
                 line += f" {statistics.median(ratios):+7.1%} [{q1:+.1%}, {q3:+.1%}]"
         print(line)
-    print("(ratio: median, then [lower quartile, upper quartile] over rounds)")
+    print("(kernel: the share of its CPU time spent in the kernel, all rounds; ratio: median, then "
+          "[lower quartile, upper quartile] over rounds)")
 
 
 if __name__ == "__main__":
