@@ -45,6 +45,7 @@ impl Attributes {
     }
 
     /// A string attribute.
+    #[inline(always)]
     pub fn str(&mut self, k: &str, value: &str) {
         // AnyValue { string_value = 1 }
         if self.open(k, field_len(value.len())) {
@@ -52,7 +53,21 @@ impl Attributes {
         }
     }
 
+    /// A string attribute from bytes that are ASCII in practice (a request id): checked as
+    /// such, which costs less than checking UTF-8, and written as they are; anything else is
+    /// read as UTF-8, lossily.
+    pub fn ascii(&mut self, k: &str, value: &[u8]) {
+        if !value.is_ascii() {
+            return self.str(k, &String::from_utf8_lossy(value));
+        }
+        if self.open(k, field_len(value.len())) {
+            put_short_len(&mut self.bytes, key(1, LEN), value.len());
+            self.bytes.extend_from_slice(value);
+        }
+    }
+
     /// An integer attribute.
+    #[inline(always)]
     pub fn int(&mut self, k: &str, value: i64) {
         // AnyValue { int_value = 3 }
         if self.open(k, 1 + varint_len(value as u64)) {
@@ -62,6 +77,7 @@ impl Attributes {
     }
 
     /// A boolean attribute.
+    #[inline(always)]
     pub fn bool(&mut self, k: &str, value: bool) {
         // AnyValue { bool_value = 2 }
         if self.open(k, 2) {
@@ -84,6 +100,9 @@ impl Attributes {
 
     /// Starts a `KeyValue` whose `AnyValue` body is `any` bytes, up to its value's first byte;
     /// false (and counted as dropped) when the span has no room left.
+    // Always inlined, as are the setters that call it: their keys are constants, so the key's
+    // bytes are copied as such, with no call to copy a slice of unknown length.
+    #[inline(always)]
     fn open(&mut self, k: &str, any: usize) -> bool {
         if self.count >= MAX_ATTRIBUTES {
             self.dropped += 1;
@@ -777,7 +796,7 @@ fn put_short_len(out: &mut Vec<u8>, field: u8, len: usize) {
 }
 
 /// [`put_str`] into a `Vec`, a short string's length as one plain byte.
-#[inline]
+#[inline(always)]
 fn put_short_str(out: &mut Vec<u8>, field: u8, s: &str) {
     put_short_len(out, field, s.len());
     out.extend_from_slice(s.as_bytes());
@@ -1020,6 +1039,17 @@ mod tests {
                 put_key_value(&mut want, key(9, LEN), &k, &value);
             }
             assert_eq!(a.bytes, want, "key {} value {}", k.len(), v.len());
+        }
+    }
+
+    #[test]
+    fn ascii_attributes_are_string_attributes() {
+        for value in [&b"req_0123"[..], &[b'r'; 200], "é".as_bytes(), b"a\xffb"] {
+            let (mut a, mut b) = (Attributes::default(), Attributes::default());
+            a.ascii("request_id", value);
+            b.str("request_id", &String::from_utf8_lossy(value));
+            assert_eq!(a.bytes, b.bytes, "{value:?}");
+            assert_eq!(a.count, 1);
         }
     }
 
