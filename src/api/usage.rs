@@ -144,7 +144,25 @@ pub fn estimate_tokens(text: &[u8]) -> u64 {
 /// [`Cursor`]). What they cannot vouch for is left to serde, on the usage object or on the
 /// whole body.
 pub fn from_body(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
-    match top_level_member(body, b"usage") {
+    from_body_at(endpoint, body).0
+}
+
+/// [`from_body`], and where the top-level `usage` member's value starts in `body` when the
+/// walk found it: a Chat Completions answer's choices, and so its finish reasons, end just
+/// before it (traces read them there).
+pub fn from_body_at(endpoint: Endpoint, body: &[u8]) -> (Option<Usage>, Option<usize>) {
+    let member = top_level_member(body, b"usage");
+    let at = match member {
+        // The value is a part of `body`: its offset is the distance between their starts.
+        Member::Found(value) => Some(value.as_ptr() as usize - body.as_ptr() as usize),
+        Member::Absent | Member::Unsure => None,
+    };
+    (usage_of(endpoint, body, member), at)
+}
+
+/// The usage [`top_level_member`] found (or not) in `body`.
+fn usage_of(endpoint: Endpoint, body: &[u8], member: Member<'_>) -> Option<Usage> {
+    match member {
         Member::Found(value) => plain_usage(endpoint, value).unwrap_or_else(|| match endpoint {
             Endpoint::ChatCompletions => serde_json::from_slice::<Option<ChatUsage>>(value)
                 .ok()?
@@ -925,6 +943,12 @@ mod tests {
             (12, 2, 5, 7, 1)
         );
         assert_eq!(from_body(Endpoint::Responses, b"{\"usage\":null}"), None);
+        let body = br#"{"choices":[], "usage" : {"prompt_tokens":1}}"#;
+        let (usage, at) = from_body_at(Endpoint::ChatCompletions, body);
+        assert_eq!(usage.map(|u| u.input_tokens), Some(1));
+        assert_eq!(at, Some(25));
+        assert_eq!(&body[25..26], b"{");
+        assert_eq!(from_body_at(Endpoint::ChatCompletions, b"{}").1, None);
         assert_eq!(from_body(Endpoint::Responses, b"not json"), None);
     }
 

@@ -380,9 +380,11 @@ async fn attempt(
     }) = &answer
         && status.is_success()
     {
-        let usage = usage::from_body(endpoint, body);
+        let (usage, usage_at) = usage::from_body_at(endpoint, body);
         let tokens = usage.as_ref().map(|u| (u.input_tokens, u.output_tokens));
-        access::note_answer(req, tokens, trace, body);
+        // Only a chat answer's finish reasons are found before its usage.
+        let chat_usage_at = usage_at.filter(|_| endpoint == Endpoint::ChatCompletions);
+        access::note_answer(req, tokens, trace, body, chat_usage_at);
         if let Some(ack) = meter.record_durably(decision, endpoint, false, usage, false) {
             crate::governance::committed(ack).await;
         }

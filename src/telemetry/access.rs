@@ -91,18 +91,18 @@ pub fn note_upstream(req: &actix_web::HttpRequest, took: Duration) {
 /// A whole answer `body`, read by the data plane for the ledger: its `tokens` (input, output)
 /// when it reports them, and, when the request's trace is exported, its response model and
 /// finish reason, set on the trace here from the body in place. The body's start and end then
-/// need not be copied as it passes and searched at its end.
+/// need not be copied as it passes and searched at its end. `chat_usage_at` is where the
+/// usage reader found a chat answer's top-level `usage` value ([`whole_answer_facts`]).
 pub fn note_answer(
     req: &actix_web::HttpRequest,
     tokens: Option<(u64, u64)>,
     trace: &Trace,
     body: &[u8],
+    chat_usage_at: Option<usize>,
 ) {
     let traced = trace.is_exported();
     if traced {
-        let head = &body[..body.len().min(HEAD_BYTES)];
-        let tail = &body[body.len().saturating_sub(TAIL_BYTES)..];
-        let (model, finish_reason) = answer_facts(head, tail, false);
+        let (model, finish_reason) = whole_answer_facts(body, chat_usage_at);
         trace.set(|a| answer_attributes(a, model, finish_reason));
     }
     if tokens.is_some() || traced {
@@ -459,6 +459,43 @@ fn answer_facts<'a>(
     (model, finish_reason)
 }
 
+/// How far before a chat answer's `usage` its last finish reason is looked for first.
+const BEFORE_USAGE: usize = 256;
+
+/// [`answer_facts`] of a whole answer `body`, whose top-level `usage` value a chat answer's
+/// usage reader found at `chat_usage_at`. Chat answers (OpenAI's, Azure's) put `usage` after
+/// `choices`, and OpenAI's choice ends with its finish reason: the last one is then found by
+/// a short backward search from `usage`, not a forward one through the whole tail (and a
+/// second, to be sure it is the last). Where it is not that close, the tail is searched.
+fn whole_answer_facts(body: &[u8], chat_usage_at: Option<usize>) -> (Option<&str>, Option<&str>) {
+    let head = &body[..body.len().min(HEAD_BYTES)];
+    let tail = &body[body.len().saturating_sub(TAIL_BYTES)..];
+    let before_usage = chat_usage_at.and_then(|at| {
+        let from = at.saturating_sub(BEFORE_USAGE).max(body.len() - tail.len());
+        Some(from + rfind_finish_reason(body.get(from..at)?)?)
+    });
+    let Some(at) = before_usage else {
+        return answer_facts(head, tail, false);
+    };
+    let model = string_after(head, &MODEL).or_else(|| string_after(tail, &MODEL));
+    let finish_reason = string_value(&body[at + FINISH_REASON.needle().len()..]);
+    (model, finish_reason)
+}
+
+/// Where the last `"finish_reason"` in `hay` starts, found backwards by its `f` (the
+/// substring searcher set itself up on every backward search, which cost more here).
+fn rfind_finish_reason(hay: &[u8]) -> Option<usize> {
+    let needle = FINISH_REASON.needle();
+    let mut end = hay.len();
+    while let Some(f) = memchr::memrchr(b'f', &hay[..end]) {
+        if f > 0 && hay[f - 1..].starts_with(needle) {
+            return Some(f - 1);
+        }
+        end = f;
+    }
+    None
+}
+
 /// [`answer_facts`] as the request span's attributes.
 fn answer_attributes(
     a: &mut super::otel::Attributes,
@@ -530,6 +567,72 @@ mod tests {
             (Some("gpt-4o-2024-08-06"), Some("stop"))
         );
         assert_eq!(answer_facts(b"", tail, false), (None, Some("stop")));
+    }
+
+    #[test]
+    fn a_chat_answers_last_finish_reason_is_found_before_its_usage() {
+        let choice = |reason: &str| {
+            format!(
+                r#"{{"message":{{"content":"{}"}},"finish_reason":{reason}}}"#,
+                "x".repeat(300)
+            )
+        };
+        let usage = r#""usage":{"prompt_tokens":1}"#;
+        for (choices, want) in [
+            (
+                choice(r#""length""#) + "," + &choice(r#""stop""#),
+                Some("stop"),
+            ),
+            (choice("null"), None),
+            (choice(r#""a b""#), None),
+        ] {
+            let body = format!(r#"{{"model":"m-1","choices":[{choices}],{usage}}}"#);
+            let at = body.find(usage).expect("usage") + 8;
+            let body = body.as_bytes();
+            assert_eq!(
+                whole_answer_facts(body, Some(at)),
+                (Some("m-1"), want),
+                "{choices}"
+            );
+            // As the tail's search finds them.
+            assert_eq!(
+                whole_answer_facts(body, None),
+                (Some("m-1"), want),
+                "{choices}"
+            );
+        }
+        // Azure's choice ends with its message: its finish reason is further back than the
+        // short search looks, and is found in the tail.
+        let body = format!(
+            r#"{{"model":"m-1","choices":[{{"finish_reason":"stop","message":{{"content":"{}"}}}}],{usage}}}"#,
+            "x".repeat(300)
+        );
+        let at = body.find(usage).expect("usage") + 8;
+        assert_eq!(
+            whole_answer_facts(body.as_bytes(), Some(at)),
+            (Some("m-1"), Some("stop"))
+        );
+        // `content_filter` has an `f` after the key: the search goes on past it.
+        let body = format!(
+            r#"{{"model":"m-1","choices":[{}],{usage}}}"#,
+            choice(r#""content_filter""#)
+        );
+        let at = body.find(usage).expect("usage") + 8;
+        assert_eq!(
+            whole_answer_facts(body.as_bytes(), Some(at)),
+            (Some("m-1"), Some("content_filter"))
+        );
+        assert_eq!(rfind_finish_reason(br#"f"finish_reason"ff"#), Some(1));
+        assert_eq!(rfind_finish_reason(br#"finish_reason""#), None);
+        // A value of more than 128 characters, or without its closing quote, is not reported.
+        let long = format!(r#""finish_reason":"{}""#, "y".repeat(129));
+        assert_eq!(string_value(&long.as_bytes()[15..]), None);
+        assert_eq!(string_value(&long.as_bytes()[15..long.len() - 2]), None);
+        let longest = format!(r#""finish_reason":"{}""#, "y".repeat(128));
+        assert_eq!(
+            string_value(&longest.as_bytes()[15..]).map(str::len),
+            Some(128)
+        );
     }
 
     #[test]

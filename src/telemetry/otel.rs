@@ -74,8 +74,21 @@ pub struct OtelConfig {
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// The configured sampler; consulted once per request, by [`start_request`].
-static SAMPLER: OnceLock<Sampler> = OnceLock::new();
+/// The configured sampler; consulted once per request, by [`start_request`], unless its
+/// decision is [`Known`].
+static SAMPLER: OnceLock<(Sampler, Known)> = OnceLock::new();
+
+/// Samplers whose decision [`start_request`] makes itself, as the SDK's would (asking it
+/// built a `Context` for the caller's parent and a result for every request): the default,
+/// `parentbased_always_on` (sampled unless the caller's parent is not), and `always_on`. Both
+/// leave the trace state empty, as the caller's `tracestate` is not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Known {
+    AlwaysOn,
+    ParentBasedAlwaysOn,
+    /// Any other: the SDK's sampler decides.
+    Ask,
+}
 
 /// Where finished spans go: the export thread's bounded queue. A span's end pushes under an
 /// uncontended lock (the export thread holds it only to swap the vector out), which cost less
@@ -102,7 +115,7 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// The sampler `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` name (the SDK's reading of
 /// them: default `parentbased_always_on`, a missing or bad ratio is 1.0).
-fn sampler_from_env() -> Result<Sampler, String> {
+fn sampler_from_env() -> Result<(Sampler, Known), String> {
     let ratio = || {
         env("OTEL_TRACES_SAMPLER_ARG")
             .and_then(|r| r.parse::<f64>().ok())
@@ -110,12 +123,17 @@ fn sampler_from_env() -> Result<Sampler, String> {
     };
     let parent_based = |s: Sampler| Sampler::ParentBased(Box::new(s));
     Ok(match env("OTEL_TRACES_SAMPLER").as_deref() {
-        None | Some("parentbased_always_on") => parent_based(Sampler::AlwaysOn),
-        Some("always_on") => Sampler::AlwaysOn,
-        Some("always_off") => Sampler::AlwaysOff,
-        Some("traceidratio") => Sampler::TraceIdRatioBased(ratio()),
-        Some("parentbased_always_off") => parent_based(Sampler::AlwaysOff),
-        Some("parentbased_traceidratio") => parent_based(Sampler::TraceIdRatioBased(ratio())),
+        None | Some("parentbased_always_on") => {
+            (parent_based(Sampler::AlwaysOn), Known::ParentBasedAlwaysOn)
+        }
+        Some("always_on") => (Sampler::AlwaysOn, Known::AlwaysOn),
+        Some("always_off") => (Sampler::AlwaysOff, Known::Ask),
+        Some("traceidratio") => (Sampler::TraceIdRatioBased(ratio()), Known::Ask),
+        Some("parentbased_always_off") => (parent_based(Sampler::AlwaysOff), Known::Ask),
+        Some("parentbased_traceidratio") => (
+            parent_based(Sampler::TraceIdRatioBased(ratio())),
+            Known::Ask,
+        ),
         Some(other) => {
             return Err(format!(
                 "OTEL_TRACES_SAMPLER {other:?} is not supported (use always_on, always_off, \
@@ -519,33 +537,13 @@ pub(super) fn put_hex(out: &mut [u8], bytes: &[u8]) {
 /// even when not sampling).
 pub fn start_request(ids: &TraceIds, request_id: &[u8]) -> (Trace, u8) {
     let caller_flags = ids.parent.map_or(1, |(_, flags)| flags);
-    let Some(sampler) = SAMPLER.get().filter(|_| enabled()) else {
+    let Some((sampler, known)) = SAMPLER.get().filter(|_| enabled()) else {
         return (Trace::default(), caller_flags);
     };
     let trace_id = TraceId::from_bytes(ids.trace);
-    let remote = ids.parent.map(|(span, flags)| {
-        SpanContext::new(
-            trace_id,
-            SpanId::from_bytes(span),
-            TraceFlags::new(flags),
-            true,
-            TraceState::default(),
-        )
-    });
-    let remote_cx = remote
-        .as_ref()
-        .map(|sc| Context::new().with_remote_span_context(sc.clone()));
-    let decision = sampler.should_sample(
-        remote_cx.as_ref(),
-        trace_id,
-        names::SPAN_REQUEST,
-        &SpanKind::Server,
-        &[],
-        &[],
-    );
-    if decision.decision != SamplingDecision::RecordAndSample {
+    let Some(trace_state) = decide(sampler, *known, trace_id, ids.parent) else {
         return (Trace::default(), caller_flags & !1);
-    }
+    };
     // As the SDK's does, the span takes its parent's flags with the sampled bit set.
     let (parent, parent_flags) = ids.parent.map_or((SpanId::INVALID, 0), |(span, flags)| {
         (SpanId::from_bytes(span), flags)
@@ -557,24 +555,57 @@ pub fn start_request(ids: &TraceIds, request_id: &[u8]) -> (Trace, u8) {
             SpanId::from_bytes(ids.span),
             flags,
             false,
-            decision.trace_state,
+            trace_state,
         ),
         parent,
-        remote.is_some(),
+        ids.parent.is_some(),
         names::SPAN_REQUEST,
         SpanKind::Server,
         // A request's span gets about 14 attributes, some 500 bytes.
         640,
-        |a| {
-            // Always ASCII in practice (a sane client id or our own); the lossy form is the
-            // fallback, not the first try: it walks the bytes much more slowly.
-            match std::str::from_utf8(request_id) {
-                Ok(id) => a.str(names::REQUEST_ID, id),
-                Err(_) => a.str(names::REQUEST_ID, &String::from_utf8_lossy(request_id)),
-            }
-        },
+        // Always ASCII in practice (a sane client id or our own).
+        |a| a.ascii(names::REQUEST_ID, request_id),
     );
     (Trace(Some(Arc::new(span))), flags.to_u8())
+}
+
+/// Whether a request's span is sampled (its trace state when it is), given the caller's
+/// `(parent span id, flags)`.
+fn decide(
+    sampler: &Sampler,
+    known: Known,
+    trace_id: TraceId,
+    parent: Option<([u8; 8], u8)>,
+) -> Option<TraceState> {
+    match known {
+        Known::AlwaysOn => Some(TraceState::default()),
+        Known::ParentBasedAlwaysOn => parent
+            .is_none_or(|(_, flags)| flags & 1 == 1)
+            .then(TraceState::default),
+        Known::Ask => ask(sampler, trace_id, parent),
+    }
+}
+
+/// The SDK sampler's decision for a request's span: its trace state when sampled.
+fn ask(sampler: &Sampler, trace_id: TraceId, parent: Option<([u8; 8], u8)>) -> Option<TraceState> {
+    let remote = parent.map(|(span, flags)| {
+        Context::new().with_remote_span_context(SpanContext::new(
+            trace_id,
+            SpanId::from_bytes(span),
+            TraceFlags::new(flags),
+            true,
+            TraceState::default(),
+        ))
+    });
+    let decision = sampler.should_sample(
+        remote.as_ref(),
+        trace_id,
+        names::SPAN_REQUEST,
+        &SpanKind::Server,
+        &[],
+        &[],
+    );
+    (decision.decision == SamplingDecision::RecordAndSample).then_some(decision.trace_state)
 }
 
 /// `N` bytes from `2 * N` lower- or upper-case hex digits (`TraceId::from_hex` goes through
@@ -696,6 +727,36 @@ mod tests {
                     "{tp:?}"
                 );
                 assert!(HeaderValue::from_bytes(&tp).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn known_samplers_decide_as_the_sdks_do() {
+        let trace_id = TraceId::from_bytes([7; 16]);
+        let samplers = [
+            (Sampler::AlwaysOn, Known::AlwaysOn),
+            (
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+                Known::ParentBasedAlwaysOn,
+            ),
+        ];
+        for (sampler, known) in samplers {
+            for parent in [
+                None,
+                Some(([1; 8], 1)),
+                Some(([1; 8], 0)),
+                Some(([1; 8], 3)),
+            ] {
+                let sdk = ask(&sampler, trace_id, parent);
+                assert_eq!(
+                    decide(&sampler, known, trace_id, parent),
+                    sdk,
+                    "{known:?} {parent:?}"
+                );
+                // Unsampled only under an unsampled parent, with the default sampler.
+                let unsampled = known == Known::ParentBasedAlwaysOn && parent == Some(([1; 8], 0));
+                assert_eq!(sdk.is_none(), unsampled, "{known:?} {parent:?}");
             }
         }
     }

@@ -45,6 +45,7 @@ impl Attributes {
     }
 
     /// A string attribute.
+    #[inline(always)]
     pub fn str(&mut self, k: &str, value: &str) {
         // AnyValue { string_value = 1 }
         if self.open(k, field_len(value.len())) {
@@ -52,7 +53,21 @@ impl Attributes {
         }
     }
 
+    /// A string attribute from bytes that are ASCII in practice (a request id): checked as
+    /// such, which costs less than checking UTF-8, and written as they are; anything else is
+    /// read as UTF-8, lossily.
+    pub fn ascii(&mut self, k: &str, value: &[u8]) {
+        if !value.is_ascii() {
+            return self.str(k, &String::from_utf8_lossy(value));
+        }
+        if self.open(k, field_len(value.len())) {
+            put_short_len(&mut self.bytes, key(1, LEN), value.len());
+            self.bytes.extend_from_slice(value);
+        }
+    }
+
     /// An integer attribute.
+    #[inline(always)]
     pub fn int(&mut self, k: &str, value: i64) {
         // AnyValue { int_value = 3 }
         if self.open(k, 1 + varint_len(value as u64)) {
@@ -62,6 +77,7 @@ impl Attributes {
     }
 
     /// A boolean attribute.
+    #[inline(always)]
     pub fn bool(&mut self, k: &str, value: bool) {
         // AnyValue { bool_value = 2 }
         if self.open(k, 2) {
@@ -84,6 +100,9 @@ impl Attributes {
 
     /// Starts a `KeyValue` whose `AnyValue` body is `any` bytes, up to its value's first byte;
     /// false (and counted as dropped) when the span has no room left.
+    // Always inlined, as are the setters that call it: their keys are constants, so the key's
+    // bytes are copied as such, with no call to copy a slice of unknown length.
+    #[inline(always)]
     fn open(&mut self, k: &str, any: usize) -> bool {
         if self.count >= MAX_ATTRIBUTES {
             self.dropped += 1;
@@ -587,46 +606,78 @@ fn span_len(span: &Finished) -> usize {
         + field_len(status_len(code, message))
 }
 
-/// A `Span` message's body, its fields in the order prost writes them (by number).
+/// A `Span` message's body, its fields in the order prost writes them (by number). Fields of
+/// known size go in as a few small arrays: each write to tonic's buffer checks and grows it
+/// (a byte's as a slice's), which for a dozen small fields cost more than the fields.
 fn put_span(out: &mut impl BufMut, span: &Finished) {
-    put_bytes(out, key(1, LEN), &span.trace_id.to_bytes());
-    put_bytes(out, key(2, LEN), &span.span_id.to_bytes());
+    // trace_id = 1 and span_id = 2: always 16 and 8 bytes.
+    let mut ids = [0u8; 28];
+    ids[..2].copy_from_slice(&[key(1, LEN), 16]);
+    ids[2..18].copy_from_slice(&span.trace_id.to_bytes());
+    ids[18..20].copy_from_slice(&[key(2, LEN), 8]);
+    ids[20..].copy_from_slice(&span.span_id.to_bytes());
+    out.put_slice(&ids);
     if !span.trace_state.is_empty() {
         put_str(out, key(3, LEN), &span.trace_state);
     }
     if span.parent != SpanId::INVALID {
-        put_bytes(out, key(4, LEN), &span.parent.to_bytes());
+        let mut parent = [0u8; 10];
+        parent[..2].copy_from_slice(&[key(4, LEN), 8]);
+        parent[2..].copy_from_slice(&span.parent.to_bytes());
+        out.put_slice(&parent);
     }
     if !span.name.is_empty() {
         put_str(out, key(5, LEN), span.name);
     }
-    out.put_u8(key(6, 0));
-    put_varint(out, kind(span));
-    put_fixed64(out, key(7, 1), span.start);
-    put_fixed64(out, key(8, 1), span.end);
+    // kind = 6 (1 to 5: one byte), start_time = 7 and end_time = 8 (fixed64, left out when 0).
+    let mut times = [0u8; 20];
+    times[..2].copy_from_slice(&[key(6, 0), kind(span) as u8]);
+    let mut n = 2;
+    for (field, t) in [(key(7, 1), span.start), (key(8, 1), span.end)] {
+        if t != 0 {
+            times[n] = field;
+            times[n + 1..n + 9].copy_from_slice(&t.to_le_bytes());
+            n += 9;
+        }
+    }
+    out.put_slice(&times[..n]);
     // attributes = 9, already encoded.
     out.put_slice(&span.attributes.bytes);
     if span.attributes.dropped != 0 {
         out.put_u8(key(10, 0));
         put_varint(out, u64::from(span.attributes.dropped));
     }
-    let (code, message) = status(span);
-    put_len(out, key(15, LEN), status_len(code, message));
-    if !message.is_empty() {
-        put_str(out, key(2, LEN), message);
-    }
-    if code != 0 {
-        out.put_u8(key(3, 0));
-        put_varint(out, code);
-    }
-    // flags = 16 (fixed32, a two-byte key; last, as prost writes it): the trace flags, and that the parent's
-    // remoteness is known (0x100) and whether it is remote (0x200).
+    // flags = 16 (fixed32, a two-byte key; last, as prost writes it): the trace flags, and that
+    // the parent's remoteness is known (0x100) and whether it is remote (0x200).
     let mut flags = u32::from(span.flags.to_u8()) | 0x100;
     if span.parent_is_remote {
         flags |= 0x200;
     }
+    let flags = flags.to_le_bytes();
+    // status = 15 (code 0 to 2: one byte), then flags, in one write when it has no message.
+    let (code, message) = status(span);
+    if message.is_empty() {
+        let mut end = [0u8; 10];
+        let n = if code == 0 {
+            end[..2].copy_from_slice(&[key(15, LEN), 0]);
+            2
+        } else {
+            end[..4].copy_from_slice(&[key(15, LEN), 2, key(3, 0), code as u8]);
+            4
+        };
+        end[n..n + 2].copy_from_slice(&[0x85, 0x01]);
+        end[n + 2..n + 6].copy_from_slice(&flags);
+        out.put_slice(&end[..n + 6]);
+        return;
+    }
+    put_len(out, key(15, LEN), status_len(code, message));
+    put_str(out, key(2, LEN), message);
+    if code != 0 {
+        out.put_u8(key(3, 0));
+        put_varint(out, code);
+    }
     out.put_slice(&[0x85, 0x01]);
-    out.put_slice(&flags.to_le_bytes());
+    out.put_slice(&flags);
 }
 
 /// A time as OTLP writes it: nanoseconds since the Unix epoch (0 before it).
@@ -745,7 +796,7 @@ fn put_short_len(out: &mut Vec<u8>, field: u8, len: usize) {
 }
 
 /// [`put_str`] into a `Vec`, a short string's length as one plain byte.
-#[inline]
+#[inline(always)]
 fn put_short_str(out: &mut Vec<u8>, field: u8, s: &str) {
     put_short_len(out, field, s.len());
     out.extend_from_slice(s.as_bytes());
@@ -760,13 +811,6 @@ fn put_str(out: &mut impl BufMut, field: u8, s: &str) {
 fn put_bytes(out: &mut impl BufMut, field: u8, b: &[u8]) {
     put_len(out, field, b.len());
     out.put_slice(b);
-}
-
-fn put_fixed64(out: &mut impl BufMut, field: u8, v: u64) {
-    if v != 0 {
-        out.put_u8(field);
-        out.put_slice(&v.to_le_bytes());
-    }
 }
 
 #[inline]
@@ -995,6 +1039,17 @@ mod tests {
                 put_key_value(&mut want, key(9, LEN), &k, &value);
             }
             assert_eq!(a.bytes, want, "key {} value {}", k.len(), v.len());
+        }
+    }
+
+    #[test]
+    fn ascii_attributes_are_string_attributes() {
+        for value in [&b"req_0123"[..], &[b'r'; 200], "é".as_bytes(), b"a\xffb"] {
+            let (mut a, mut b) = (Attributes::default(), Attributes::default());
+            a.ascii("request_id", value);
+            b.str("request_id", &String::from_utf8_lossy(value));
+            assert_eq!(a.bytes, b.bytes, "{value:?}");
+            assert_eq!(a.count, 1);
         }
     }
 
