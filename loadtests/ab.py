@@ -119,6 +119,7 @@ class Bench:
         out = subprocess.run(
             ["taskset", "-c", "1", self.oha, "--no-tui", "-z", f"{secs}s", "-w", "-t", "10s",
              "-c", str(self.args.conc), "--worker-threads", "1", "-m", "POST",
+             *(["-q", str(self.args.rate)] if self.args.rate else []),
              "-H", f"Authorization: Bearer {key}", "-H", "Content-Type: application/json",
              "-d", json.dumps(body), "--output-format", "json", url],
             capture_output=True, text=True, check=True,
@@ -204,6 +205,10 @@ def main():
     ap.add_argument("--secs", type=float, default=3, help="measured seconds per variant a round")
     ap.add_argument("--conc", type=int, default=64)
     ap.add_argument("--stream", action="store_true", help="unpaced streams instead of answers")
+    ap.add_argument("--rate", type=int, default=0,
+                    help="cap the load at this many requests/s (0: as fast as it goes). CPU per "
+                         "request depends on the load (a busier server batches more), so "
+                         "variants that reach different throughputs compare fairly only capped")
     args = ap.parse_args()
     if len(args.variants) < 2:
         sys.exit("give at least two variants")
@@ -264,6 +269,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     mode = "unpaced streams" if args.stream else "whole answers"
+    if args.rate:
+        mode += f" capped at {args.rate} req/s"
     print(f"\n{args.rounds} rounds of {args.secs:g} s per variant, {mode} at c{args.conc}, "
           f"order alternating; ratios are per round against {names[0]}, then the median")
     print(f"{'variant':<10} {'req/s':>8} {'CPU µs/req':>11} {'kernel':>7} {'req/s ratio':>24} "
