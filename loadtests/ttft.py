@@ -35,6 +35,11 @@ class Conn:
         self.reader = self.writer = None
 
     async def stream(self, path, key, body):
+        # A server may close a connection left idle while other targets had their turn (its
+        # keep-alive timeout): open a new one, as a client's pool would, before the clock starts.
+        if self.writer is not None and self.reader.at_eof():
+            self.writer.close()
+            self.writer = None
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         started = time.perf_counter()
