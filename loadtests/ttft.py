@@ -6,10 +6,12 @@ loopback connection, and records when the first event arrives (TTFT) and when th
 Each target is warmed up first (2 s by default; not counted): C connections opened at once, and a
 proxy's first connections upstream, are a start-up cost that would otherwise be the whole p99 (16
 of about 900 streams at c16). That first round's slowest TTFT is printed in a column of its own,
-so it is not hidden either. Then the targets take turns in short slices (1 s, ABBA order), so that
-the machine's drifts in speed land on every target alike. The emulator paces its chunks
+so it is not hidden either. Then the targets take turns in short slices (1 s, ABBA order, each
+slice's first streams spread over a stream's length as in a steady state), so that the machine's
+drifts in speed land on every target alike. The emulator paces its chunks
 (`[emulator:chunk_ms=N]` in the prompt), as a real model does, so a socket that holds small
-writes back (Nagle's algorithm waiting for a delayed ACK) shows up as a TTFT tail. Standard library only; loopback targets only.
+writes back (Nagle's algorithm waiting for a delayed ACK) shows up as a TTFT tail. Standard
+library only; loopback targets only.
 
     loadtests/ttft.py --target direct=http://127.0.0.1:9001/v1 \
         --target gateway=http://127.0.0.1:8080/acme/assistant/v1 --key sk-acme-demo
@@ -91,6 +93,11 @@ class Target:
         self.body = json.dumps({"model": model, "stream": True,
                                 "messages": [{"role": "user", "content": prompt}]}).encode()
         self.conns = [Conn(u.hostname, u.port) for _ in range(conc)]
+        # How long a stream lasts upstream: each counted slice spreads its connections' first
+        # streams over it, as they are spread in a steady state (started together, C streams
+        # would arrive at once in every slice and make a tail of their own). The warm-up starts
+        # them together: that is the first round, a burst of new connections.
+        self.period = (first_byte_ms + tokens * chunk_ms) / 1e3
         self.ttft, self.total, self.first_round = [], [], []
 
     async def slice(self, secs, counted):
@@ -99,7 +106,9 @@ class Target:
         first stream is kept, as the first round."""
         deadline = time.perf_counter() + secs
 
-        async def worker(conn):
+        async def worker(i, conn):
+            if counted:
+                await asyncio.sleep(i * self.period / len(self.conns))
             first = True
             while time.perf_counter() < deadline:
                 f, t = await conn.stream(self.path, self.key, self.body)
@@ -110,7 +119,7 @@ class Target:
                     self.first_round.append(f)
                 first = False
 
-        await asyncio.gather(*(worker(c) for c in self.conns))
+        await asyncio.gather(*(worker(i, c) for i, c in enumerate(self.conns)))
 
 
 async def run(targets, warmup, duration, slice_secs):
