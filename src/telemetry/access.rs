@@ -453,10 +453,14 @@ fn answer_facts<'a>(
     tail: &'a [u8],
     streaming: bool,
 ) -> (Option<&'a str>, Option<&'a str>) {
-    let model = string_after(head, &MODEL).or_else(|| string_after(tail, &MODEL));
     let finish_reason = last_finish_reason(tail, streaming)
         .and_then(|at| string_value(&tail[at + FINISH_REASON.needle().len()..]));
-    (model, finish_reason)
+    (response_model(head, tail), finish_reason)
+}
+
+/// The response model: the first `"model"` in an answer's `head`, else in its `tail`.
+fn response_model<'a>(head: &'a [u8], tail: &'a [u8]) -> Option<&'a str> {
+    string_after(head, &MODEL).or_else(|| string_after(tail, &MODEL))
 }
 
 /// How far before a chat answer's `usage` its last finish reason is looked for first.
@@ -474,12 +478,13 @@ fn whole_answer_facts(body: &[u8], chat_usage_at: Option<usize>) -> (Option<&str
         let from = at.saturating_sub(BEFORE_USAGE).max(body.len() - tail.len());
         Some(from + rfind_finish_reason(body.get(from..at)?)?)
     });
-    let Some(at) = before_usage else {
-        return answer_facts(head, tail, false);
-    };
-    let model = string_after(head, &MODEL).or_else(|| string_after(tail, &MODEL));
-    let finish_reason = string_value(&body[at + FINISH_REASON.needle().len()..]);
-    (model, finish_reason)
+    match before_usage {
+        Some(at) => (
+            response_model(head, tail),
+            string_value(&body[at + FINISH_REASON.needle().len()..]),
+        ),
+        None => answer_facts(head, tail, false),
+    }
 }
 
 /// Where the last `"finish_reason"` in `hay` starts, found backwards by its `f` (the

@@ -58,11 +58,8 @@ impl RequestContext {
             parent: caller.map(|(_, span, flags)| (span, flags)),
         };
         let (trace, flags) = otel::start_request(&ids, request_id.as_bytes());
-        let traceparent = otel::format_traceparent(&ids.trace, &ids.span, flags);
         Self {
-            // Never fails: hex digits and dashes.
-            traceparent: HeaderValue::from_bytes(&traceparent)
-                .unwrap_or(HeaderValue::from_static("")),
+            traceparent: otel::traceparent_header(&ids.trace, &ids.span, flags),
             request_id,
             ids,
             trace,

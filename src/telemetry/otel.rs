@@ -499,18 +499,23 @@ impl Trace {
     /// its bytes, with no `String` in between.
     pub fn traceparent(&self) -> Option<HeaderValue> {
         let sc = &self.0.as_ref()?.context;
-        let tp = format_traceparent(
+        Some(traceparent_header(
             &sc.trace_id().to_bytes(),
             &sc.span_id().to_bytes(),
             sc.trace_flags().to_u8(),
-        );
-        // Never fails: hex digits and dashes (checked by `a_traceparent_is_a_valid_header_value`).
-        HeaderValue::from_bytes(&tp).ok()
+        ))
     }
 }
 
+/// [`format_traceparent`] as a header value.
+pub(super) fn traceparent_header(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> HeaderValue {
+    // Never fails: hex digits and dashes (checked by `a_traceparent_is_a_valid_header_value`).
+    HeaderValue::from_bytes(&format_traceparent(trace, span, flags))
+        .unwrap_or(HeaderValue::from_static(""))
+}
+
 /// `00-<trace id>-<span id>-<flags>` in lower-case hex.
-pub(super) fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> [u8; 55] {
+fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> [u8; 55] {
     // Filled in place: pushing byte by byte cost several times more.
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
     put_hex(&mut out[3..35], trace);
