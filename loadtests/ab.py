@@ -13,12 +13,15 @@ A variant is `NAME=SPEC`: SPEC is shell words, leading `KEY=VALUE` words are its
 then the binary (`main` for target/release/switchyard), then arguments added after
 `serve --tenants T --listen 127.0.0.1:0 --workers 1`. `{grpc}` in a SPEC starts the OTLP
 receiver (tests/otlp/receiver.py, count-only, core 1) and stands for its port. The SPEC `nginx`
-is a blind nginx reverse proxy to the emulator, configured as run.sh's yardstick. Examples:
+is a blind nginx reverse proxy to the emulator, configured as run.sh's yardstick; the SPEC
+`floor` is loadtests/floor_proxy.rs (the actix-web + awc stack doing only what a proxy must;
+build it with `cargo build --release --example floor-proxy`). Examples:
 
   loadtests/ab.py 'base=/tmp/switchyard-old' 'main=main --ledger off --no-watch'
   loadtests/ab.py 'off=main --ledger off' \\
       'all=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{grpc} main --ledger off'
   loadtests/ab.py 'nginx=nginx' 'main=main'
+  loadtests/ab.py 'nginx=nginx' 'floor=floor' 'main=main --ledger off --no-watch'
 
 Proxies (1 worker each) are pinned to core 0 and only one is loaded at a time; the emulator,
 the receiver and oha share core 1. CPU per request is the proxy's on-CPU time over all its
@@ -43,6 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "target" / "release" / "switchyard"
+FLOOR = REPO / "target" / "release" / "examples" / "floor-proxy"
 
 
 def wait_line(path, pattern, timeout=60.0):
@@ -238,6 +242,16 @@ def main():
             if text.partition("=")[2] == "nginx":
                 p, url = start_nginx(bench, emu)
                 gateways.append((text.partition("=")[0], p, url, "sk-emulator-openai"))
+                continue
+            if text.partition("=")[2] == "floor":
+                p, m = bench.start(
+                    text.partition("=")[0],
+                    [str(FLOOR), "--listen", "127.0.0.1:0", "--upstream", f"{emu}/v1",
+                     "--key", "sk-emulator-openai"],
+                    core=0, ready=r"floor proxy listening on (\S+)",
+                )
+                gateways.append((text.partition("=")[0], p,
+                                 f"{m.group(1)}/bench/chat/v1/chat/completions", "sk-bench"))
                 continue
             name, env, binary, extra = parse_variant(text, grpc)
             env = {"BENCH_OPENAI_KEY": "sk-emulator-openai", **env}

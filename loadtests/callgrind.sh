@@ -11,7 +11,7 @@
 # worker and the tenant of loadtests/otel.sh (one OpenAI route to the emulator).
 #
 # Usage: loadtests/callgrind.sh [--bin PATH] [-n N] [--ledger off|sqlite] [--otel off|all|none|tenth]
-#                               [--tokens N] [--stream on] [--keep DIR]
+#                               [--tokens N] [--stream on] [--keep DIR] [--floor on]
 #   --ledger  sqlite (default): a SQLite ledger in a temporary directory; off: --ledger off
 #   --otel    off (default); all / none / tenth: OTLP/gRPC to tests/otlp/receiver.py with every
 #             trace, none, or 10% sampled (needs a Python with opentelemetry-proto and grpcio:
@@ -20,6 +20,8 @@
 #             12-word answer)
 #   --stream  on: streamed answers (`"stream": true`), each relayed event by event
 #   --keep    copy the callgrind output there (for callgrind_annotate)
+#   --floor   on: count loadtests/floor_proxy.rs instead (the actix-web + awc stack doing only what
+#             a proxy must; `cargo build --release --example floor-proxy`)
 # Prints one line: "instructions/request N (total T over R requests)".
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,6 +33,7 @@ OTEL=off
 KEEP=""
 PROMPT="Hello"
 STREAM=false
+FLOOR=false
 while (($#)); do
     case "$1" in
         --bin) BIN="$2" ;;
@@ -40,6 +43,7 @@ while (($#)); do
         --keep) KEEP="$2" ;;
         --tokens) PROMPT="Hello [emulator:tokens=$2]" ;;
         --stream) [[ "$2" == on ]] && STREAM=true ;;
+        --floor) [[ "$2" == on ]] && FLOOR=true ;;
         *) sed -n '2,/^set/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
     esac
     shift 2
@@ -75,13 +79,19 @@ esac
 
 write_bench_tenant
 
-env "${ENV[@]}" taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
-    --callgrind-out-file="$WORK/cg.out" \
-    "$BIN" serve --tenants "$WORK/tenants" --listen 127.0.0.1:0 --workers 1 --no-watch \
-    --ledger "$LEDGER_ARG" >"$WORK/gw.out" 2>"$WORK/gw.err" &
+if $FLOOR; then
+    taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
+        "$REPO/target/release/examples/floor-proxy" --listen 127.0.0.1:0 --upstream "$EMU/v1" \
+        --key sk-emulator-openai >"$WORK/gw.out" 2>"$WORK/gw.err" &
+else
+    env "${ENV[@]}" taskset -c 0 valgrind --tool=callgrind --instr-atstart=no \
+        --callgrind-out-file="$WORK/cg.out" \
+        "$BIN" serve --tenants "$WORK/tenants" --listen 127.0.0.1:0 --workers 1 --no-watch \
+        --ledger "$LEDGER_ARG" >"$WORK/gw.out" 2>"$WORK/gw.err" &
+fi
 GW=$!
 PIDS+=("$GW")
-URL="$(wait_line "$WORK/gw.out" 'switchyard listening on' | sed 's/.*on //')/bench/chat/v1/chat/completions"
+URL="$(wait_line "$WORK/gw.out" 'listening on' | sed 's/.*on //')/bench/chat/v1/chat/completions"
 BODY='{"model":"gpt-4o-mini","stream":'"$STREAM"',"messages":[{"role":"user","content":"'"$PROMPT"'"}]}'
 load() {
     taskset -c 1 hey -n "$1" -c 8 -m POST -H "Authorization: Bearer sk-bench" \
