@@ -11,15 +11,16 @@ sides of a ratio alike.
 
 A variant is `NAME=SPEC`: SPEC is shell words, leading `KEY=VALUE` words are its environment,
 then the binary (`main` for target/release/switchyard), then arguments added after
-`serve --tenants T --listen 127.0.0.1:0 --workers 1`. `{grpc}` in a SPEC starts the OTLP
-receiver (tests/otlp/receiver.py, count-only, core 1) and stands for its port. The SPEC `nginx`
+`serve --tenants T --listen 127.0.0.1:0 --workers 1`. `{grpc}` in a SPEC starts an OTLP/gRPC
+receiver on core 1 (`--receiver`: loadtests/otlp_sink.rs by default, or tests/otlp/receiver.py)
+and stands for its port. The SPEC `nginx`
 is a blind nginx reverse proxy to the emulator, configured as run.sh's yardstick; the SPEC
 `floor` is loadtests/floor_proxy.rs (the actix-web + awc stack doing only what a proxy must;
 build it with `cargo build --release --example floor-proxy`). Examples:
 
   loadtests/ab.py 'base=/tmp/switchyard-old' 'main=main --ledger off --no-watch'
   loadtests/ab.py 'off=main --ledger off' \\
-      'all=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{grpc} main --ledger off'
+      'all=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc main --ledger off'
   loadtests/ab.py 'nginx=nginx' 'main=main'
   loadtests/ab.py 'nginx=nginx' 'floor=floor' 'main=main --ledger off --no-watch'
 
@@ -47,6 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "target" / "release" / "switchyard"
 FLOOR = REPO / "target" / "release" / "examples" / "floor-proxy"
+SINK = REPO / "target" / "release" / "examples" / "otlp-sink"
 
 
 def wait_line(path, pattern, timeout=60.0):
@@ -209,6 +211,10 @@ def main():
     ap.add_argument("--secs", type=float, default=3, help="measured seconds per variant a round")
     ap.add_argument("--conc", type=int, default=64)
     ap.add_argument("--stream", action="store_true", help="unpaced streams instead of answers")
+    ap.add_argument("--receiver", choices=("sink", "python"), default="sink",
+                    help="the OTLP receiver `{grpc}` starts: loadtests/otlp_sink.rs (default; light "
+                         "enough not to slow oha and the emulator beside it) or "
+                         "tests/otlp/receiver.py")
     ap.add_argument("--rate", type=int, default=0,
                     help="cap the load at this many requests/s (0: as fast as it goes). CPU per "
                          "request depends on the load (a busier server batches more), so "
@@ -223,10 +229,15 @@ def main():
         _, m = bench.start("emulator", [str(BIN), "emulate", "--listen", "127.0.0.1:0",
                                         "--workers", "1"], ready=r"emulator listening on (\S+)")
         emu = m.group(1)
-        grpc = 0
+        grpc, receiver = 0, None
         if any("{grpc}" in v for v in args.variants):
-            _, m = bench.start("receiver", [py, str(REPO / "tests/otlp/receiver.py"),
-                                            "--count-only"], ready=r"grpc=(\d+)")
+            if args.receiver == "sink":
+                if not SINK.exists():
+                    sys.exit(f"{SINK} not found: cargo build --release --example otlp-sink")
+                cmd = [str(SINK)]
+            else:
+                cmd = [py, str(REPO / "tests/otlp/receiver.py"), "--count-only"]
+            receiver, m = bench.start("receiver", cmd, ready=r"grpc=(\d+)")
             grpc = int(m.group(1))
         tenants = work / "tenants"
         tenants.mkdir()
@@ -278,6 +289,13 @@ def main():
             print(f"round {r + 1:2}: " + "  ".join(
                 f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs" for n in names),
                 flush=True)
+        if receiver:
+            # Its CPU over the whole run, and what it received (printed when stdin closes).
+            used = cpu(receiver.pid)[0] / 1e9
+            receiver.stdin.close()
+            receiver.wait(30)
+            got = (work / "receiver.out").read_text().split("\n", 1)[1].strip()
+            print(f"receiver ({args.receiver}): {got.replace(chr(10), ', ')}, {used:.2f} s of CPU")
     finally:
         bench.stop()
         shutil.rmtree(work, ignore_errors=True)
