@@ -70,53 +70,6 @@ fn fields(mut message: &[u8], wanted: u32) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-    use prost::Message;
-
-    #[test]
-    fn counts_the_spans_the_official_encoder_wrote() {
-        let span = |name: &str| Span {
-            name: name.into(),
-            trace_id: vec![1; 16],
-            span_id: vec![2; 8],
-            start_time_unix_nano: 1,
-            end_time_unix_nano: 2,
-            ..Span::default()
-        };
-        let scope = |k: usize| ScopeSpans {
-            spans: (0..k).map(|i| span(&format!("s{i}"))).collect(),
-            ..ScopeSpans::default()
-        };
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![
-                ResourceSpans {
-                    scope_spans: vec![scope(3), scope(0)],
-                    ..ResourceSpans::default()
-                },
-                ResourceSpans {
-                    scope_spans: vec![scope(2)],
-                    ..ResourceSpans::default()
-                },
-            ],
-        };
-        let message = request.encode_to_vec();
-        let mut body = vec![0];
-        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        body.extend_from_slice(&message);
-        assert_eq!(spans(&body), Some(5));
-        let twice = [body.clone(), body.clone()].concat();
-        assert_eq!(spans(&twice), Some(10));
-        assert_eq!(spans(&body[..body.len() - 1]), None);
-        let mut compressed = body.clone();
-        compressed[0] = 1;
-        assert_eq!(spans(&compressed), None);
-    }
-}
-
 async fn export(
     request: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
@@ -185,4 +138,51 @@ fn main() -> std::io::Result<()> {
         println!("malformed {malformed}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    #[test]
+    fn counts_the_spans_the_official_encoder_wrote() {
+        let span = |name: &str| Span {
+            name: name.into(),
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            ..Span::default()
+        };
+        let scope = |k: usize| ScopeSpans {
+            spans: (0..k).map(|i| span(&format!("s{i}"))).collect(),
+            ..ScopeSpans::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                ResourceSpans {
+                    scope_spans: vec![scope(3), scope(0)],
+                    ..ResourceSpans::default()
+                },
+                ResourceSpans {
+                    scope_spans: vec![scope(2)],
+                    ..ResourceSpans::default()
+                },
+            ],
+        };
+        let message = request.encode_to_vec();
+        let mut body = vec![0];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(&message);
+        assert_eq!(spans(&body), Some(5));
+        let twice = [body.clone(), body.clone()].concat();
+        assert_eq!(spans(&twice), Some(10));
+        assert_eq!(spans(&body[..body.len() - 1]), None);
+        let mut compressed = body.clone();
+        compressed[0] = 1;
+        assert_eq!(spans(&compressed), None);
+    }
 }
