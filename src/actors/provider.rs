@@ -149,7 +149,9 @@ async fn send_with_retries(
     trace: otel::Trace,
 ) -> Result<UpstreamResponse, GatewayError> {
     let circuit = circuit::for_endpoint(&provider.base_url);
-    let attempts = async {
+    // Pinned where it is made and awaited through the pin: awaited by value, the retry loop's
+    // state (about 1 KB) would be copied into the await's own slot first.
+    let mut attempts = std::pin::pin!(async {
         let mut attempt = 0;
         loop {
             let permit =
@@ -183,9 +185,9 @@ async fn send_with_retries(
             tracing::info!(provider = %provider.name, attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying upstream");
             actix_web::rt::time::sleep(delay).await;
         }
-    };
+    });
     match limits.deadline {
-        None => attempts.await,
+        None => attempts.as_mut().await,
         Some(deadline) => actix_web::rt::time::timeout(deadline, attempts)
             .await
             .unwrap_or_else(|_| {
