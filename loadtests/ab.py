@@ -24,7 +24,10 @@ Proxies (1 worker each) are pinned to core 0 and only one is loaded at a time; t
 the receiver and oha share core 1. CPU per request is the proxy's on-CPU time over all its
 threads and child processes (/proc/PID/task/*/schedstat, nanoseconds) divided by the 200
 answers of the round; its split into user and kernel time comes from /proc/PID/stat's clock
-ticks. Every answer must be a 200.
+ticks. Wake-ups per request are its threads' context switches (voluntary and not, from
+/proc/PID/task/*/status) over the round's answers: unlike CPU time, they hardly move with the
+machine's speed, so they show a change in how threads hand work to each other on a noisy
+machine. Every answer must be a 200.
 """
 
 import argparse
@@ -67,18 +70,22 @@ def family(pid):
 
 
 def cpu(pid):
-    """(on-CPU ns, user ticks, kernel ticks) of `pid`'s threads and child processes."""
-    ns = user = sys_ = 0
+    """(on-CPU ns, user ticks, kernel ticks, context switches) of `pid`'s threads and child
+    processes."""
+    ns = user = sys_ = switches = 0
     for p in family(pid):
         for task in Path(f"/proc/{p}/task").iterdir():
             try:
                 ns += int((task / "schedstat").read_text().split()[0])
+                for line in (task / "status").read_text().splitlines():
+                    if "ctxt_switches:" in line:
+                        switches += int(line.split()[1])
             except (FileNotFoundError, ProcessLookupError):
                 pass
         # Fields 14 and 15 (utime, stime, all threads); split after the command's ')'.
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         user, sys_ = user + int(fields[11]), sys_ + int(fields[12])
-    return ns, user, sys_
+    return ns, user, sys_, switches
 
 
 class Bench:
@@ -251,7 +258,7 @@ def main():
         names = [g[0] for g in gateways]
         for _, _, url, key in gateways:
             bench.load(url, key, 2)  # warm-up: connections, caches, the allocator's pages
-        # per round: (req/s, CPU µs per request, user ticks, kernel ticks)
+        # per round: (req/s, CPU µs per request, user ticks, kernel ticks, switches per request)
         rows = {n: [] for n in names}
         for r in range(args.rounds):
             order = gateways if r % 2 == 0 else gateways[::-1]
@@ -260,9 +267,10 @@ def main():
                 n = bench.load(url, key, args.secs)
                 c1, t1 = cpu(p.pid), time.monotonic()
                 rows[name].append((n / (t1 - t0), (c1[0] - c0[0]) / 1e3 / n,
-                                   c1[1] - c0[1], c1[2] - c0[2]))
+                                   c1[1] - c0[1], c1[2] - c0[2], (c1[3] - c0[3]) / n))
             print(f"round {r + 1:2}: " + "  ".join(
-                f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs" for n in names),
+                f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs {rows[n][-1][4]:5.2f} sw"
+                for n in names),
                 flush=True)
     finally:
         bench.stop()
@@ -273,21 +281,23 @@ def main():
         mode += f" capped at {args.rate} req/s"
     print(f"\n{args.rounds} rounds of {args.secs:g} s per variant, {mode} at c{args.conc}, "
           f"order alternating; ratios are per round against {names[0]}, then the median")
-    print(f"{'variant':<10} {'req/s':>8} {'CPU µs/req':>11} {'kernel':>7} {'req/s ratio':>24} "
-          f"{'CPU ratio':>24}")
+    print(f"{'variant':<10} {'req/s':>8} {'CPU µs/req':>11} {'kernel':>7} {'switches/req':>13} "
+          f"{'req/s ratio':>24} {'CPU ratio':>24}")
     ref = rows[names[0]]
     for n in names:
         rps = statistics.median(x[0] for x in rows[n])
         cpu_us = statistics.median(x[1] for x in rows[n])
         kernel = sum(x[3] for x in rows[n]) / max(1, sum(x[2] + x[3] for x in rows[n]))
-        line = f"{n:<10} {rps:8.0f} {cpu_us:11.2f} {kernel:7.0%}"
+        switches = statistics.median(x[4] for x in rows[n])
+        line = f"{n:<10} {rps:8.0f} {cpu_us:11.2f} {kernel:7.0%} {switches:13.3f}"
         if n != names[0]:
             for i in (0, 1):
                 ratios = sorted(a[i] / b[i] - 1 for a, b in zip(rows[n], ref))
                 q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
                 line += f" {statistics.median(ratios):+7.1%} [{q1:+.1%}, {q3:+.1%}]"
         print(line)
-    print("(kernel: the share of its CPU time spent in the kernel, all rounds; ratio: median, then "
+    print("(kernel: the share of its CPU time spent in the kernel, all rounds; switches/req: its "
+          "threads' context switches per answer, median over rounds; ratio: median, then "
           "[lower quartile, upper quartile] over rounds)")
 
 
