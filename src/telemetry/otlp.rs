@@ -2,7 +2,8 @@
 //! `ExportTraceServiceRequest`'s protobuf bytes and sent over gRPC (tonic) or HTTP/protobuf
 //! (reqwest), with the `OTEL_EXPORTER_OTLP_*` settings. Both clients run on a current-thread
 //! runtime that `otel`'s export thread drives while it sends a batch: the export is that one
-//! thread, with no thread of the clients' own.
+//! thread, with no thread of the clients' own (but for looking up an endpoint given as a host
+//! name when a connection opens, which tokio does on a blocking thread it starts for that).
 //!
 //! Why not the OTLP crate's exporter: it converts every span into the generated protobuf
 //! structs (a `String` or `Vec` per id, name and attribute) and prost then recomputes nested
