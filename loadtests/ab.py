@@ -27,7 +27,7 @@ answers of the round; its split into user and kernel time comes from /proc/PID/s
 ticks. Wake-ups per request are its threads' context switches (voluntary and not, from
 /proc/PID/task/*/status) over the round's answers: unlike CPU time, they hardly move with the
 machine's speed, so they show a change in how threads hand work to each other on a noisy
-machine. Every answer must be a 200.
+machine; `--threads` splits both figures by thread name. Every answer must be a 200.
 """
 
 import argparse
@@ -86,6 +86,22 @@ def cpu(pid):
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         user, sys_ = user + int(fields[11]), sys_ + int(fields[12])
     return ns, user, sys_, switches
+
+
+def threads(pid):
+    """{thread name: [on-CPU ns, context switches]} of `pid`'s threads (`--threads`)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text().splitlines()
+            ns = int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        name = status[0].split(None, 1)[1] if len(status[0].split()) > 1 else "?"
+        row = out.setdefault(name, [0, 0])
+        row[0] += ns
+        row[1] += sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+    return out
 
 
 class Bench:
@@ -212,6 +228,8 @@ def main():
     ap.add_argument("--secs", type=float, default=3, help="measured seconds per variant a round")
     ap.add_argument("--conc", type=int, default=64)
     ap.add_argument("--stream", action="store_true", help="unpaced streams instead of answers")
+    ap.add_argument("--threads", action="store_true",
+                    help="also each thread's CPU and context switches per answer, by thread name")
     ap.add_argument("--rate", type=int, default=0,
                     help="cap the load at this many requests/s (0: as fast as it goes). CPU per "
                          "request depends on the load (a busier server batches more), so "
@@ -260,12 +278,20 @@ def main():
             bench.load(url, key, 2)  # warm-up: connections, caches, the allocator's pages
         # per round: (req/s, CPU µs per request, user ticks, kernel ticks, switches per request)
         rows = {n: [] for n in names}
+        # per variant and thread name: (CPU µs per request, switches per request) per round
+        per_thread = {n: {} for n in names}
         for r in range(args.rounds):
             order = gateways if r % 2 == 0 else gateways[::-1]
             for name, p, url, key in order:
+                h0 = threads(p.pid) if args.threads else {}
                 c0, t0 = cpu(p.pid), time.monotonic()
                 n = bench.load(url, key, args.secs)
                 c1, t1 = cpu(p.pid), time.monotonic()
+                h1 = threads(p.pid) if args.threads else {}
+                for t, (ns, sw) in h1.items():
+                    was = h0.get(t, [0, 0])
+                    per_thread[name].setdefault(t, []).append(((ns - was[0]) / 1e3 / n,
+                                                               (sw - was[1]) / n))
                 rows[name].append((n / (t1 - t0), (c1[0] - c0[0]) / 1e3 / n,
                                    c1[1] - c0[1], c1[2] - c0[2], (c1[3] - c0[3]) / n))
             print(f"round {r + 1:2}: " + "  ".join(
@@ -296,6 +322,13 @@ def main():
                 q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
                 line += f" {statistics.median(ratios):+7.1%} [{q1:+.1%}, {q3:+.1%}]"
         print(line)
+    if args.threads:
+        print("\nper thread (medians over rounds): CPU µs/req, switches/req")
+        for n in names:
+            print(f"{n:<10} " + "  ".join(
+                f"{t} {statistics.median(x[0] for x in v):.2f} "
+                f"{statistics.median(x[1] for x in v):.4f}"
+                for t, v in sorted(per_thread[n].items()) if any(x[0] or x[1] for x in v)))
     print("(kernel: the share of its CPU time spent in the kernel, all rounds; switches/req: its "
           "threads' context switches per answer, median over rounds; ratio: median, then "
           "[lower quartile, upper quartile] over rounds)")
