@@ -28,7 +28,10 @@ Proxies (1 worker each) are pinned to core 0 and only one is loaded at a time; t
 the receiver and oha share core 1. CPU per request is the proxy's on-CPU time over all its
 threads and child processes (/proc/PID/task/*/schedstat, nanoseconds) divided by the 200
 answers of the round; its split into user and kernel time comes from /proc/PID/stat's clock
-ticks. Every answer must be a 200.
+ticks. Wake-ups per request are its threads' context switches (voluntary and not, from
+/proc/PID/task/*/status) over the round's answers: unlike CPU time, they hardly move with the
+machine's speed, so they show a change in how threads hand work to each other on a noisy
+machine; `--threads` splits both figures by thread name. Every answer must be a 200.
 """
 
 import argparse
@@ -73,18 +76,38 @@ def family(pid):
 
 
 def cpu(pid):
-    """(on-CPU ns, user ticks, kernel ticks) of `pid`'s threads and child processes."""
-    ns = user = sys_ = 0
+    """(on-CPU ns, user ticks, kernel ticks, context switches) of `pid`'s threads and child
+    processes."""
+    ns = user = sys_ = switches = 0
     for p in family(pid):
         for task in Path(f"/proc/{p}/task").iterdir():
             try:
                 ns += int((task / "schedstat").read_text().split()[0])
+                for line in (task / "status").read_text().splitlines():
+                    if "ctxt_switches:" in line:
+                        switches += int(line.split()[1])
             except (FileNotFoundError, ProcessLookupError):
                 pass
         # Fields 14 and 15 (utime, stime, all threads); split after the command's ')'.
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         user, sys_ = user + int(fields[11]), sys_ + int(fields[12])
-    return ns, user, sys_
+    return ns, user, sys_, switches
+
+
+def threads(pid):
+    """{thread name: [on-CPU ns, context switches]} of `pid`'s threads (`--threads`)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text().splitlines()
+            ns = int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        name = status[0].split(None, 1)[1] if len(status[0].split()) > 1 else "?"
+        row = out.setdefault(name, [0, 0])
+        row[0] += ns
+        row[1] += sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+    return out
 
 
 class Bench:
@@ -215,6 +238,8 @@ def main():
                     help="the OTLP receiver `{grpc}` starts: loadtests/otlp_sink.rs (default; light "
                          "enough not to slow oha and the emulator beside it) or "
                          "tests/otlp/receiver.py")
+    ap.add_argument("--threads", action="store_true",
+                    help="also each thread's CPU and context switches per answer, by thread name")
     ap.add_argument("--rate", type=int, default=0,
                     help="cap the load at this many requests/s (0: as fast as it goes). CPU per "
                          "request depends on the load (a busier server batches more), so "
@@ -276,18 +301,27 @@ def main():
         names = [g[0] for g in gateways]
         for _, _, url, key in gateways:
             bench.load(url, key, 2)  # warm-up: connections, caches, the allocator's pages
-        # per round: (req/s, CPU µs per request, user ticks, kernel ticks)
+        # per round: (req/s, CPU µs per request, user ticks, kernel ticks, switches per request)
         rows = {n: [] for n in names}
+        # per variant and thread name: (CPU µs per request, switches per request) per round
+        per_thread = {n: {} for n in names}
         for r in range(args.rounds):
             order = gateways if r % 2 == 0 else gateways[::-1]
             for name, p, url, key in order:
+                h0 = threads(p.pid) if args.threads else {}
                 c0, t0 = cpu(p.pid), time.monotonic()
                 n = bench.load(url, key, args.secs)
                 c1, t1 = cpu(p.pid), time.monotonic()
+                h1 = threads(p.pid) if args.threads else {}
+                for t, (ns, sw) in h1.items():
+                    was = h0.get(t, [0, 0])
+                    per_thread[name].setdefault(t, []).append(((ns - was[0]) / 1e3 / n,
+                                                               (sw - was[1]) / n))
                 rows[name].append((n / (t1 - t0), (c1[0] - c0[0]) / 1e3 / n,
-                                   c1[1] - c0[1], c1[2] - c0[2]))
+                                   c1[1] - c0[1], c1[2] - c0[2], (c1[3] - c0[3]) / n))
             print(f"round {r + 1:2}: " + "  ".join(
-                f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs" for n in names),
+                f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs {rows[n][-1][4]:5.2f} sw"
+                for n in names),
                 flush=True)
         if receiver:
             # Its CPU over the whole run, and what it received (printed when stdin closes).
@@ -305,21 +339,30 @@ def main():
         mode += f" capped at {args.rate} req/s"
     print(f"\n{args.rounds} rounds of {args.secs:g} s per variant, {mode} at c{args.conc}, "
           f"order alternating; ratios are per round against {names[0]}, then the median")
-    print(f"{'variant':<10} {'req/s':>8} {'CPU µs/req':>11} {'kernel':>7} {'req/s ratio':>24} "
-          f"{'CPU ratio':>24}")
+    print(f"{'variant':<10} {'req/s':>8} {'CPU µs/req':>11} {'kernel':>7} {'switches/req':>13} "
+          f"{'req/s ratio':>24} {'CPU ratio':>24}")
     ref = rows[names[0]]
     for n in names:
         rps = statistics.median(x[0] for x in rows[n])
         cpu_us = statistics.median(x[1] for x in rows[n])
         kernel = sum(x[3] for x in rows[n]) / max(1, sum(x[2] + x[3] for x in rows[n]))
-        line = f"{n:<10} {rps:8.0f} {cpu_us:11.2f} {kernel:7.0%}"
+        switches = statistics.median(x[4] for x in rows[n])
+        line = f"{n:<10} {rps:8.0f} {cpu_us:11.2f} {kernel:7.0%} {switches:13.3f}"
         if n != names[0]:
             for i in (0, 1):
                 ratios = sorted(a[i] / b[i] - 1 for a, b in zip(rows[n], ref))
                 q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
                 line += f" {statistics.median(ratios):+7.1%} [{q1:+.1%}, {q3:+.1%}]"
         print(line)
-    print("(kernel: the share of its CPU time spent in the kernel, all rounds; ratio: median, then "
+    if args.threads:
+        print("\nper thread (medians over rounds): CPU µs/req, switches/req")
+        for n in names:
+            print(f"{n:<10} " + "  ".join(
+                f"{t} {statistics.median(x[0] for x in v):.2f} "
+                f"{statistics.median(x[1] for x in v):.4f}"
+                for t, v in sorted(per_thread[n].items()) if any(x[0] or x[1] for x in v)))
+    print("(kernel: the share of its CPU time spent in the kernel, all rounds; switches/req: its "
+          "threads' context switches per answer, median over rounds; ratio: median, then "
           "[lower quartile, upper quartile] over rounds)")
 
 

@@ -35,9 +35,16 @@ impl Drop for Receiver {
 }
 
 fn receiver() -> Receiver {
+    receiver_on(0, 0)
+}
+
+/// A receiver on these ports (0: a free one), as a collector that restarted.
+fn receiver_on(grpc: u16, http: u16) -> Receiver {
     let python = std::env::var("SWITCHYARD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut child = Command::new(&python)
         .arg(repo_path("tests/otlp/receiver.py"))
+        .arg(format!("--grpc-port={grpc}"))
+        .arg(format!("--http-port={http}"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -471,6 +478,74 @@ async fn a_dead_collector_costs_a_log_line_and_a_metric_not_a_request() {
         1,
         "{logged}"
     );
+}
+
+/// Sends a chat request through `gw` (tenant `a`, model `gpt-4o`) and returns its trace id.
+async fn chat_trace(gw: &Gateway) -> String {
+    let mut r = client()
+        .post(gw.url("/a/chat/v1/chat/completions"))
+        .insert_header(("authorization", format!("Bearer {KEY_A}")))
+        .send_body(
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+        )
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    r.body().await.expect("body");
+    let traceparent = r
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    traceparent.split('-').nth(1).unwrap_or_default().to_owned()
+}
+
+#[actix_web::test]
+async fn a_restarted_collector_gets_the_next_batch_on_a_new_connection() {
+    for protocol in ["grpc", "http/protobuf"] {
+        let rx = receiver();
+        let (grpc, http) = (rx.grpc, rx.http);
+        let port = if protocol == "grpc" { grpc } else { http };
+        let emu = emulator();
+        let gw = Gateway::start(
+            &[("a", tenant_a("A_OPENAI_BASE_URL"))],
+            &exporting(
+                EMULATOR_KEY,
+                format!("{}/v1", emu.base),
+                protocol,
+                port,
+                &[],
+            ),
+            &[],
+        );
+        let before = chat_trace(&gw).await;
+        assert_eq!(rx.trace(&before, 3).len(), 3, "{protocol}");
+        // The collector restarts on the same ports: the connection the exporter holds is
+        // closed while no batch is on its way.
+        drop(rx);
+        let rx = receiver_on(grpc, http);
+        let after = chat_trace(&gw).await;
+        // The first batch after the restart arrives: it is not lost on the closed connection.
+        assert_eq!(rx.trace(&after, 3).len(), 3, "{protocol}");
+        let text = client()
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .body()
+            .await
+            .map(|b: Bytes| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let failures: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("switchyard_trace_export_failures_total"))
+            .collect();
+        assert_eq!(
+            failures,
+            ["switchyard_trace_export_failures_total 0"],
+            "{protocol}"
+        );
+    }
 }
 
 /// Sends a chat request (with `traceparent` when given) through `gw` to the capturing upstream

@@ -29,7 +29,9 @@
 //! Export never blocks a request: a finished span goes to a bounded queue
 //! (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048), dropped when it is full; the export thread
 //! sends a batch when it holds `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (default 512) or every
-//! `OTEL_BSP_SCHEDULE_DELAY` ms (default 5000), and everything queued at shutdown. A failing
+//! `OTEL_BSP_SCHEDULE_DELAY` ms (default 5000), and everything queued at shutdown. It is the
+//! export's only thread (`otel-batch`): it sends the batch itself, driving the OTLP client's
+//! runtime while it waits for the collector, so a batch costs no hop to another. A failing
 //! collector costs one log line when it starts failing and a count in
 //! `switchyard_trace_export_failures_total`. Encoding and transport are [`super::otlp`]'s.
 

@@ -1,6 +1,9 @@
 //! The OTLP trace exporter: a batch of finished spans ([`Finished`]), encoded straight into an
-//! `ExportTraceServiceRequest`'s protobuf bytes and sent over gRPC (tonic, on a runtime of its
-//! own) or HTTP/protobuf (a blocking client), with the `OTEL_EXPORTER_OTLP_*` settings.
+//! `ExportTraceServiceRequest`'s protobuf bytes and sent over gRPC (tonic) or HTTP/protobuf
+//! (reqwest), with the `OTEL_EXPORTER_OTLP_*` settings. Both clients run on a current-thread
+//! runtime that `otel`'s export thread drives while it sends a batch: the export is that one
+//! thread, with no thread of the clients' own (but for looking up an endpoint given as a host
+//! name when a connection opens, which tokio does on a blocking thread it starts for that).
 //!
 //! Why not the OTLP crate's exporter: it converts every span into the generated protobuf
 //! structs (a `String` or `Vec` per id, name and attribute) and prost then recomputes nested
@@ -233,12 +236,11 @@ fn percent_decode(s: &str) -> Option<String> {
 /// Where and how a batch goes.
 enum Transport {
     Grpc {
-        rt: tokio::runtime::Runtime,
         channel: tonic::transport::Channel,
         metadata: tonic::metadata::MetadataMap,
     },
     Http {
-        client: reqwest::blocking::Client,
+        client: reqwest::Client,
         url: String,
         headers: reqwest::header::HeaderMap,
     },
@@ -246,15 +248,29 @@ enum Transport {
 
 /// Sends encoded batches; its failures are `otel`'s to count and log.
 pub struct Exporter {
+    /// A current-thread runtime, driven only by the thread that sends (`otel`'s export
+    /// thread, in [`Exporter::send`]): the call and the tasks the client spawned for its
+    /// connection run there, while it waits for the answer, and nowhere else. A runtime with
+    /// a worker of its own made every batch hop from the export thread to that worker and
+    /// back, a few wake-ups per batch on two threads (loadtests/README.md). It is our own
+    /// thread's runtime, not one of actix's, on which tonic's calls never complete.
+    rt: tokio::runtime::Runtime,
     transport: Transport,
     /// The resource's and scope's part of every request, encoded once ([`Encoder`]); shared
     /// with the gRPC codec, which encodes a batch straight into tonic's buffer.
     encoder: Arc<Encoder>,
 }
 
+/// The runtime [`Exporter`] sends on.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the OTLP runtime: {err}"))
+}
+
 impl Exporter {
-    /// OTLP/gRPC to `configured` (or the environment's endpoint), from a runtime of its own:
-    /// under actix's current-thread runtimes tonic's calls never complete.
+    /// OTLP/gRPC to `configured` (or the environment's endpoint).
     pub fn grpc(configured: Option<&str>) -> Result<Exporter, String> {
         let url = endpoint(configured, true);
         if url.starts_with("https:") {
@@ -262,13 +278,9 @@ impl Exporter {
                 "OTLP endpoint {url:?}: TLS is not built in (use http://)"
             ));
         }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("otlp-export")
-            .enable_all()
-            .build()
-            .map_err(|err| format!("cannot start the OTLP runtime: {err}"))?;
+        let rt = runtime()?;
         let channel = {
+            // The channel's buffer task is spawned on our runtime.
             let _guard = rt.enter();
             tonic::transport::Endpoint::from_shared(url.clone())
                 .map_err(|err| format!("invalid OTLP endpoint {url:?}: {err}"))?
@@ -286,11 +298,8 @@ impl Exporter {
             }
         }
         Ok(Exporter {
-            transport: Transport::Grpc {
-                rt,
-                channel,
-                metadata,
-            },
+            rt,
+            transport: Transport::Grpc { channel, metadata },
             encoder: Arc::default(),
         })
     }
@@ -299,16 +308,10 @@ impl Exporter {
     pub fn http(configured: Option<&str>) -> Result<Exporter, String> {
         let url = endpoint(configured, false);
         reqwest::Url::parse(&url).map_err(|err| format!("invalid OTLP endpoint {url:?}: {err}"))?;
-        let timeout = timeout();
-        // The blocking client owns a runtime, which may not be built inside another one.
-        let client = std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
-                .timeout(timeout)
-                .build()
-        })
-        .join()
-        .map_err(|_| "building the OTLP/HTTP client panicked".to_owned())?
-        .map_err(|err| format!("cannot build the OTLP/HTTP client: {err}"))?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout())
+            .build()
+            .map_err(|err| format!("cannot build the OTLP/HTTP client: {err}"))?;
         let mut map = reqwest::header::HeaderMap::new();
         for (k, v) in headers() {
             if let (Ok(k), Ok(v)) = (
@@ -323,6 +326,7 @@ impl Exporter {
             reqwest::header::HeaderValue::from_static("application/x-protobuf"),
         );
         Ok(Exporter {
+            rt: runtime()?,
             transport: Transport::Http {
                 client,
                 url,
@@ -337,56 +341,65 @@ impl Exporter {
         self.encoder = Arc::new(Encoder::new(resource, scope));
     }
 
-    /// Encodes and sends one batch (blocking the calling thread: `otel`'s export thread).
+    /// Encodes and sends one batch, running the runtime on the calling thread (`otel`'s
+    /// export thread) until the collector answers or the timeout passes.
     pub fn send(&self, batch: Vec<Finished>) -> Result<(), String> {
-        match &self.transport {
-            Transport::Grpc {
-                rt,
-                channel,
-                metadata,
-            } => rt.block_on(async {
-                let mut grpc = tonic::client::Grpc::new(channel.clone());
-                grpc.ready().await.map_err(|err| err.to_string())?;
-                // Encoded by the codec, into the buffer tonic sends from: one copy fewer
-                // than a body encoded first.
-                let mut request = tonic::Request::new(Batch {
-                    encoder: self.encoder.clone(),
-                    spans: batch,
-                });
-                *request.metadata_mut() = metadata.clone();
-                grpc.unary(
-                    request,
-                    tonic::codegen::http::uri::PathAndQuery::from_static(GRPC_METHOD),
-                    Raw,
-                )
-                .await
-                .map(drop)
-                .map_err(|status| format!("{}: {}", status.code(), status.message()))
-            }),
-            Transport::Http {
-                client,
-                url,
-                headers,
-            } => {
-                let body = self.encoder.request(&batch);
-                drop(batch);
-                let response = client
-                    .post(url)
-                    .headers(headers.clone())
-                    .body(body)
-                    .send()
-                    .map_err(|err| err.to_string())?;
-                let status = response.status();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "HTTP export failed with status code: {}",
-                        status.as_u16()
-                    ))
+        self.rt.block_on(async {
+            // The connection's tasks ran last during the previous batch: what the collector
+            // did since (closed the connection when it restarted) is handled first, so that
+            // this batch goes out on a new connection rather than fail on the closed one. A
+            // yielding task resumes only after the runtime has read its sockets; the second
+            // yield lets the tasks this woke run before the batch is sent.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            match &self.transport {
+                Transport::Grpc { channel, metadata } => {
+                    let mut grpc = tonic::client::Grpc::new(channel.clone());
+                    grpc.ready().await.map_err(|err| err.to_string())?;
+                    // Encoded by the codec, into the buffer tonic sends from: one copy fewer
+                    // than a body encoded first.
+                    let mut request = tonic::Request::new(Batch {
+                        encoder: self.encoder.clone(),
+                        spans: batch,
+                    });
+                    *request.metadata_mut() = metadata.clone();
+                    grpc.unary(
+                        request,
+                        tonic::codegen::http::uri::PathAndQuery::from_static(GRPC_METHOD),
+                        Raw,
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|status| format!("{}: {}", status.code(), status.message()))
+                }
+                Transport::Http {
+                    client,
+                    url,
+                    headers,
+                } => {
+                    let body = self.encoder.request(&batch);
+                    drop(batch);
+                    let response = client
+                        .post(url)
+                        .headers(headers.clone())
+                        .body(body)
+                        .send()
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    let status = response.status();
+                    // Read to its end, so that the connection goes back to the pool.
+                    let _ = response.bytes().await;
+                    if status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "HTTP export failed with status code: {}",
+                            status.as_u16()
+                        ))
+                    }
                 }
             }
-        }
+        })
     }
 }
 

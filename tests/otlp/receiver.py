@@ -1,7 +1,7 @@
 """A real OTLP trace receiver on loopback, for the gateway's trace-export test.
 
 Serves OTLP/gRPC (TraceService.Export) and OTLP/HTTP protobuf (POST /v1/traces) on free
-loopback ports, prints `listening grpc=PORT http=PORT` once both are up, then prints one JSON
+loopback ports (or those `--grpc-port=N` and `--http-port=N` name: a collector restarted), prints `listening grpc=PORT http=PORT` once both are up, then prints one JSON
 line per received span: ids in hex, name, kind, attributes (string, int, bool, float, arrays of
 those), the transport it came over, and the request's metadata header names. It decodes with
 the official `opentelemetry-proto` bindings, so a malformed export fails here, not silently.
@@ -69,6 +69,9 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 class Http(BaseHTTPRequestHandler):
+    # Connections kept open between exports, as a collector's are.
+    protocol_version = "HTTP/1.1"
+
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         if self.path != "/v1/traces":
@@ -89,12 +92,20 @@ class Http(BaseHTTPRequestHandler):
         pass
 
 
+def port(name):
+    """The port `--NAME=N` names, else 0 (a free one)."""
+    for arg in sys.argv[1:]:
+        if arg.startswith(f"--{name}="):
+            return int(arg.split("=", 1)[1])
+    return 0
+
+
 def main():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    grpc_port = server.add_insecure_port(f"127.0.0.1:{port('grpc-port')}")
     server.start()
-    http = ThreadingHTTPServer(("127.0.0.1", 0), Http)
+    http = ThreadingHTTPServer(("127.0.0.1", port("http-port")), Http)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     with lock:
         sys.stdout.write(f"listening grpc={grpc_port} http={http.server_address[1]}\n")
