@@ -438,15 +438,7 @@ async fn a_dead_collector_costs_a_log_line_and_a_metric_not_a_request() {
         Some(log.path()),
     );
     let started = Instant::now();
-    let r = client()
-        .post(gw.url("/a/chat/v1/chat/completions"))
-        .insert_header(("authorization", format!("Bearer {KEY_A}")))
-        .send_body(
-            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
-        )
-        .await
-        .expect("request");
-    assert_eq!(r.status(), 200);
+    chat_trace(&gw).await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "{:?}",
