@@ -116,7 +116,15 @@ fn main() -> std::io::Result<()> {
         while let Ok((socket, _)) = listener.accept().await {
             let _ = socket.set_nodelay(true);
             tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                // Flow-control windows of the size a collector's gRPC server grows to (grpc-go
+                // and grpc-core size theirs by the bandwidth-delay product): with h2's 64 KiB
+                // default, a batch of 512 spans (some 150 KB) would wait for window updates.
+                let Ok(mut conn) = h2::server::Builder::new()
+                    .initial_window_size(1 << 20)
+                    .initial_connection_window_size(4 << 20)
+                    .handshake(socket)
+                    .await
+                else {
                     return;
                 };
                 while let Some(Ok((request, respond))) = conn.accept().await {
