@@ -382,7 +382,7 @@ async fn a_refused_signature_is_the_gateways_credentials_error() {
     assert!(!text.contains("signature"), "{text}");
     assert!(!text.contains(DEFAULT_BEDROCK_ACCESS_KEY_ID), "{text}");
     // Not retried: the same keys would be refused again.
-    let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+    let metrics = gw.metrics().await;
     let attempts: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("switchyard_upstream_attempts_total{provider=\"forged\""))
@@ -409,7 +409,7 @@ async fn session_tokens_and_bedrock_api_keys_authenticate_too() {
 
 /// The attempts the gateway made to `provider`, by status, from `/metrics`.
 async fn attempts(gw: &Gateway, provider: &str) -> Vec<String> {
-    let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+    let metrics = gw.metrics().await;
     let prefix = format!("switchyard_upstream_attempts_total{{provider=\"{provider}\"");
     let mut lines: Vec<String> = metrics
         .lines()

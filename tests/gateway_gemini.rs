@@ -76,11 +76,11 @@ async fn responses_call(gw: &Gateway, body: Value) -> Reply {
 
 /// `switchyard_upstream_attempts_total` for provider `gem`, by status and outcome.
 async fn attempts(gw: &Gateway, status: u16, outcome: &str) -> u64 {
-    let r = send(client().get(gw.url("/metrics")), None).await;
     let want = format!(
         "switchyard_upstream_attempts_total{{provider=\"gem\",status=\"{status}\",outcome=\"{outcome}\"}} "
     );
-    r.text()
+    gw.metrics()
+        .await
         .lines()
         .find_map(|l| l.strip_prefix(want.as_str()))
         .map_or(0, |n| n.trim().parse().unwrap_or(0))

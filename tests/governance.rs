@@ -256,7 +256,7 @@ async fn recorded_cost_is_exact_for_chat_and_responses_streamed_and_not() {
     assert_eq!(by_model["data"][0]["group"], "gpt-4o-mini");
 
     // Prometheus: tokens and cost per tenant, provider and model.
-    let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+    let metrics = gw.metrics().await;
     let input_sum: u64 = expected.iter().map(|e| e.1).sum();
     let line = format!(
         "switchyard_usage_tokens_total{{tenant=\"a\",provider=\"openai\",model=\"gpt-4o-mini\",kind=\"input\"}} {input_sum}"
@@ -311,7 +311,7 @@ async fn a_request_retried_after_a_429_is_one_ledger_row_and_an_unpriced_model_i
         row["input_tokens"].as_i64() > Some(0),
         "tokens are still recorded: {row}"
     );
-    let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("switchyard_unpriced_requests_total{tenant=\"a\",provider=\"openai\",model=\"mystery-model\"} 1"),
         "{metrics}"
@@ -1737,7 +1737,7 @@ target_model = "gpt-4o-mini"
     // one 503 from `down` before each fallback and for each failed one; nothing for refused
     // requests.
     for (gw, counts) in gws.iter().zip(per_gateway) {
-        let metrics = send(client().get(gw.url("/metrics")), None).await.text();
+        let metrics = gw.metrics().await;
         let attempts = |provider: &str, status: u16| {
             counter_value(
                 &metrics,

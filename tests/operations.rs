@@ -28,16 +28,6 @@ async fn admin_get(gw: &Gateway, path: &str, token: Option<&str>) -> Reply {
     send(req, None).await
 }
 
-async fn metrics_text(gw: &Gateway) -> String {
-    let r = send(client().get(gw.url("/metrics")), None).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        r.header("content-type"),
-        "text/plain; version=0.0.4; charset=utf-8"
-    );
-    r.text()
-}
-
 /// The lines of the metrics text that start with `prefix`, sorted (series order within a
 /// family is a hash map's).
 fn series(text: &str, prefix: &str) -> Vec<String> {
@@ -163,11 +153,11 @@ async fn a_changed_tenant_file_applies_to_the_next_request_while_streams_finish_
         &tenant_a("A_OPENAI_BASE_URL").replacen("provider = \"openai\"", "provider = \"nope\"", 1),
     );
     eventually("the rejected reload", || async {
-        series(&metrics_text(&gw).await, "switchyard_config_reloads_total{")
+        series(&gw.metrics().await, "switchyard_config_reloads_total{")
             .contains(&"switchyard_config_reloads_total{result=\"invalid\"} 1".to_owned())
     })
     .await;
-    let metrics = metrics_text(&gw).await;
+    let metrics = gw.metrics().await;
     assert_eq!(
         series(&metrics, "switchyard_config_reloads_total{"),
         [
@@ -383,7 +373,7 @@ async fn metrics_and_one_access_line_per_request() {
     assert_eq!(denied.status, 401);
     actix_web::rt::time::sleep(Duration::from_millis(200)).await;
 
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics().await;
     let mut requests = series(&text, "switchyard_requests_total{");
     requests.sort();
     assert_eq!(
@@ -580,7 +570,7 @@ async fn a_client_that_leaves_before_the_answer_is_logged_and_counted_as_499() {
         .await;
     assert!(gone.is_err(), "the client gave up");
     actix_web::rt::time::sleep(Duration::from_millis(300)).await;
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics().await;
     assert_eq!(
         series(&text, "switchyard_requests_total{"),
         [

@@ -6,7 +6,6 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -447,7 +446,7 @@ async fn a_dead_collector_costs_a_log_line_and_a_metric_not_a_request() {
     // Three spans (request, routing, upstream) in one failed batch, exported within a second;
     // the scrape's own span is exported after this answer.
     actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
-    let text = metrics_text(&gw).await;
+    let text = gw.metrics().await;
     assert!(
         text.lines()
             .any(|l| l == "switchyard_trace_export_failures_total 3"),
@@ -462,19 +461,6 @@ async fn a_dead_collector_costs_a_log_line_and_a_metric_not_a_request() {
         1,
         "{logged}"
     );
-}
-
-/// `gw`'s `/metrics` page.
-async fn metrics_text(gw: &Gateway) -> String {
-    client()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .body()
-        .await
-        .map(|b: Bytes| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
 }
 
 /// Sends a chat request through `gw` (tenant `a`, model `gpt-4o`) and returns its trace id.
@@ -524,7 +510,7 @@ async fn a_restarted_collector_gets_the_next_batch_on_a_new_connection() {
         let after = chat_trace(&gw).await;
         // The first batch after the restart arrives: it is not lost on the closed connection.
         assert_eq!(rx.trace(&after, 3).len(), 3, "{protocol}");
-        let text = metrics_text(&gw).await;
+        let text = gw.metrics().await;
         let failures: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("switchyard_trace_export_failures_total"))

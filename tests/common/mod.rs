@@ -172,6 +172,17 @@ impl Gateway {
         format!("{}{path}", self.run.base)
     }
 
+    /// The `/metrics` page, checked to be a 200 in the Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        let r = http::send(http::client().get(self.url("/metrics")), None).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.header("content-type"),
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        r.text()
+    }
+
     /// The directory the tenant files are in (to change them under a running gateway).
     pub fn tenants_dir(&self) -> &std::path::Path {
         self._dir.path()
