@@ -75,19 +75,26 @@ def family(pid):
     return [pid, *kids]
 
 
+def task_stats(task):
+    """(name, on-CPU ns, context switches) of one thread (/proc/PID/task/TID), or None when it
+    has gone."""
+    try:
+        status = (task / "status").read_text().splitlines()
+        ns = int((task / "schedstat").read_text().split()[0])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    name = status[0].split(None, 1)[1] if len(status[0].split()) > 1 else "?"
+    return name, ns, sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+
+
 def cpu(pid):
     """(on-CPU ns, user ticks, kernel ticks, context switches) of `pid`'s threads and child
     processes."""
     ns = user = sys_ = switches = 0
     for p in family(pid):
         for task in Path(f"/proc/{p}/task").iterdir():
-            try:
-                ns += int((task / "schedstat").read_text().split()[0])
-                for line in (task / "status").read_text().splitlines():
-                    if "ctxt_switches:" in line:
-                        switches += int(line.split()[1])
-            except (FileNotFoundError, ProcessLookupError):
-                pass
+            if stats := task_stats(task):
+                ns, switches = ns + stats[1], switches + stats[2]
         # Fields 14 and 15 (utime, stime, all threads); split after the command's ')'.
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         user, sys_ = user + int(fields[11]), sys_ + int(fields[12])
@@ -98,15 +105,10 @@ def threads(pid):
     """{thread name: [on-CPU ns, context switches]} of `pid`'s threads (`--threads`)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            status = (task / "status").read_text().splitlines()
-            ns = int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        name = status[0].split(None, 1)[1] if len(status[0].split()) > 1 else "?"
-        row = out.setdefault(name, [0, 0])
-        row[0] += ns
-        row[1] += sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+        if stats := task_stats(task):
+            row = out.setdefault(stats[0], [0, 0])
+            row[0] += stats[1]
+            row[1] += stats[2]
     return out
 
 
@@ -275,19 +277,20 @@ def main():
         )
         gateways = []
         for text in args.variants:
-            if text.partition("=")[2] == "nginx":
+            label, _, spec = text.partition("=")
+            if spec == "nginx":
                 p, url = start_nginx(bench, emu)
-                gateways.append((text.partition("=")[0], p, url, "sk-emulator-openai"))
+                gateways.append((label, p, url, "sk-emulator-openai"))
                 continue
-            if text.partition("=")[2] == "floor":
+            if spec == "floor":
                 p, m = bench.start(
-                    text.partition("=")[0],
+                    label,
                     [str(FLOOR), "--listen", "127.0.0.1:0", "--upstream", f"{emu}/v1",
                      "--key", "sk-emulator-openai"],
                     core=0, ready=r"floor proxy listening on (\S+)",
                 )
-                gateways.append((text.partition("=")[0], p,
-                                 f"{m.group(1)}/bench/chat/v1/chat/completions", "sk-bench"))
+                gateways.append((label, p, f"{m.group(1)}/bench/chat/v1/chat/completions",
+                                 "sk-bench"))
                 continue
             name, env, binary, extra = parse_variant(text, grpc)
             env = {"BENCH_OPENAI_KEY": "sk-emulator-openai", **env}
@@ -328,8 +331,9 @@ def main():
             used = cpu(receiver.pid)[0] / 1e9
             receiver.stdin.close()
             receiver.wait(30)
-            got = (work / "receiver.out").read_text().split("\n", 1)[1].strip()
-            print(f"receiver ({args.receiver}): {got.replace(chr(10), ', ')}, {used:.2f} s of CPU")
+            got = (work / "receiver.out").read_text().splitlines()[1:]
+            print(f"receiver ({args.receiver}): {', '.join(got) or 'no count'}, "
+                  f"{used:.2f} s of CPU")
     finally:
         bench.stop()
         shutil.rmtree(work, ignore_errors=True)
