@@ -53,17 +53,16 @@ fn fields(mut message: &[u8], wanted: u32) -> Option<Vec<&[u8]>> {
         match wire {
             WireType::LengthDelimited => {
                 let len = usize::try_from(decode_varint(&mut message).ok()?).ok()?;
-                let value = message.get(..len)?;
                 if tag == wanted {
-                    out.push(value);
+                    out.push(message.get(..len)?);
                 }
-                message.advance(len);
+                message = message.get(len..)?;
             }
             WireType::Varint => {
                 decode_varint(&mut message).ok()?;
             }
-            WireType::SixtyFourBit => message.advance(message.get(..8)?.len()),
-            WireType::ThirtyTwoBit => message.advance(message.get(..4)?.len()),
+            WireType::SixtyFourBit => message = message.get(8..)?,
+            WireType::ThirtyTwoBit => message = message.get(4..)?,
             WireType::StartGroup | WireType::EndGroup => return None,
         }
     }
