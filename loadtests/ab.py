@@ -11,9 +11,9 @@ sides of a ratio alike.
 
 A variant is `NAME=SPEC`: SPEC is shell words, leading `KEY=VALUE` words are its environment,
 then the binary (`main` for target/release/switchyard), then arguments added after
-`serve --tenants T --listen 127.0.0.1:0 --workers 1`. `{grpc}` in a SPEC starts an OTLP/gRPC
-receiver on core 1 (`--receiver`: loadtests/otlp_sink.rs by default, or tests/otlp/receiver.py)
-and stands for its port. The SPEC `nginx`
+`serve --tenants T --listen 127.0.0.1:0 --workers 1`. `{grpc}` or `{http}` in a SPEC starts an
+OTLP receiver on core 1 (`--receiver`: loadtests/otlp_sink.rs by default, or
+tests/otlp/receiver.py) and stands for its OTLP/gRPC or OTLP/HTTP port. The SPEC `nginx`
 is a blind nginx reverse proxy to the emulator, configured as run.sh's yardstick; the SPEC
 `floor` is loadtests/floor_proxy.rs (the actix-web + awc stack doing only what a proxy must;
 build it with `cargo build --release --example floor-proxy`). Examples:
@@ -21,6 +21,7 @@ build it with `cargo build --release --example floor-proxy`). Examples:
   loadtests/ab.py 'base=/tmp/switchyard-old' 'main=main --ledger off --no-watch'
   loadtests/ab.py 'off=main --ledger off' \\
       'all=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{grpc} OTEL_EXPORTER_OTLP_PROTOCOL=grpc main --ledger off'
+  loadtests/ab.py 'off=main --ledger off' 'http=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{http} main --ledger off'
   loadtests/ab.py 'nginx=nginx' 'main=main'
   loadtests/ab.py 'nginx=nginx' 'floor=floor' 'main=main --ledger off --no-watch'
 
@@ -214,11 +215,13 @@ def start_nginx(bench, emu):
     sys.exit(f"nginx did not listen on {port}: {(d / 'error.log').read_text()}")
 
 
-def parse_variant(text, grpc):
+def parse_variant(text, ports):
     name, _, spec = text.partition("=")
     if not name or not spec:
         sys.exit(f"a variant is NAME=SPEC, got {text!r}")
-    words = shlex.split(spec.replace("{grpc}", str(grpc)))
+    for protocol, port in ports.items():
+        spec = spec.replace("{" + protocol + "}", port)
+    words = shlex.split(spec)
     env = {}
     while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
         k, _, v = words.pop(0).partition("=")
@@ -237,7 +240,7 @@ def main():
     ap.add_argument("--conc", type=int, default=64)
     ap.add_argument("--stream", action="store_true", help="unpaced streams instead of answers")
     ap.add_argument("--receiver", choices=("sink", "python"), default="sink",
-                    help="the OTLP receiver `{grpc}` starts: loadtests/otlp_sink.rs (default; light "
+                    help="the OTLP receiver `{grpc}` and `{http}` start: loadtests/otlp_sink.rs (default; light "
                          "enough not to slow oha and the emulator beside it) or "
                          "tests/otlp/receiver.py")
     ap.add_argument("--threads", action="store_true",
@@ -256,16 +259,16 @@ def main():
         _, m = bench.start("emulator", [str(BIN), "emulate", "--listen", "127.0.0.1:0",
                                         "--workers", "1"], ready=r"emulator listening on (\S+)")
         emu = m.group(1)
-        grpc, receiver = 0, None
-        if any("{grpc}" in v for v in args.variants):
+        ports, receiver = {}, None
+        if any("{grpc}" in v or "{http}" in v for v in args.variants):
             if args.receiver == "sink":
                 if not SINK.exists():
                     sys.exit(f"{SINK} not found: cargo build --release --example otlp-sink")
                 cmd = [str(SINK)]
             else:
                 cmd = [py, str(REPO / "tests/otlp/receiver.py"), "--count-only"]
-            receiver, m = bench.start("receiver", cmd, ready=r"grpc=(\d+)")
-            grpc = int(m.group(1))
+            receiver, m = bench.start("receiver", cmd, ready=r"grpc=(\d+) http=(\d+)")
+            ports = {"grpc": m.group(1), "http": m.group(2)}
         tenants = work / "tenants"
         tenants.mkdir()
         (tenants / "bench.toml").write_text(
@@ -292,7 +295,7 @@ def main():
                 gateways.append((label, p, f"{m.group(1)}/bench/chat/v1/chat/completions",
                                  "sk-bench"))
                 continue
-            name, env, binary, extra = parse_variant(text, grpc)
+            name, env, binary, extra = parse_variant(text, ports)
             env = {"BENCH_OPENAI_KEY": "sk-emulator-openai", **env}
             p, m = bench.start(
                 name,
