@@ -311,31 +311,35 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .expect("a runtime");
         let answers = rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a loopback port");
+            let addr = listener.local_addr().expect("its address");
             tokio::spawn(async move {
-                let (socket, _) = listener.accept().await.unwrap();
+                let (socket, _) = listener.accept().await.expect("a connection");
                 http_connection(socket).await;
             });
-            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut client = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connects");
             let first = post(&message);
             let (a, b) = first.split_at(first.len() - 7);
-            client.write_all(&post(&message)).await.unwrap();
-            client.write_all(a).await.unwrap();
+            client.write_all(&post(&message)).await.expect("sent");
+            client.write_all(a).await.expect("sent");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            client.write_all(b).await.unwrap();
+            client.write_all(b).await.expect("sent");
             client
                 .write_all(&post(&message[..message.len() - 1]))
                 .await
-                .unwrap();
+                .expect("sent");
             let mut answers = String::new();
             let mut buf = vec![0; 4096];
             while answers.matches("HTTP/1.1").count() < 3 {
-                let n = client.read(&mut buf).await.unwrap();
+                let n = client.read(&mut buf).await.expect("read");
                 assert!(n > 0, "the sink closed early: {answers:?}");
-                answers.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+                answers.push_str(&String::from_utf8_lossy(&buf[..n]));
             }
             answers
         });
