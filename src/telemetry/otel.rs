@@ -23,22 +23,23 @@
 //! `Context` per span, builders, dynamic dispatch, per-attribute locking) was a large part
 //! of the request thread's extra cost (loadtests/README.md, "Telemetry cost"). The SDK's sampler still
 //! decides. Attributes are written in their OTLP form as they are set ([`Attributes`]), so a
-//! span allocates no string per attribute, and a finished span goes to the export thread as a
-//! [`super::otlp::Finished`].
+//! span allocates no string per attribute, and a finished span is encoded whole where it ends,
+//! into the batch it will be sent in ([`super::otlp::Encoded`]).
 //!
 //! Export never blocks a request: a finished span goes to a bounded queue
 //! (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048), dropped when it is full; the export thread
-//! sends a batch when it holds `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (default 512) or every
-//! `OTEL_BSP_SCHEDULE_DELAY` ms (default 5000), and everything queued at shutdown. It is the
-//! export's only thread (`otel-batch`): it sends the batch itself, driving the OTLP client's
-//! runtime while it waits for the collector, so a batch costs no hop to another. A failing
+//! sends a batch when it has `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans (default 512), what has
+//! waited every `OTEL_BSP_SCHEDULE_DELAY` ms (default 5000), and everything queued at
+//! shutdown. It is the export's only thread (`otel-batch`): it sends the batch itself, driving
+//! the OTLP client's runtime while it waits for the collector, so a batch costs no hop to
+//! another. A failing
 //! collector costs one log line when it starts failing and a count in
 //! `switchyard_trace_export_failures_total`. Encoding and transport are [`super::otlp`]'s.
 
 use super::context::{RequestContext, TraceIds};
 use super::metrics::metrics;
 use super::names;
-use super::otlp::Finished;
+use super::otlp::{Encoded, Finished};
 use actix_web::http::header::HeaderValue;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -92,16 +93,62 @@ enum Known {
     Ask,
 }
 
-/// Where finished spans go: the export thread's bounded queue. A span's end pushes under an
-/// uncontended lock (the export thread holds it only to swap the vector out), which cost less
-/// than a channel's send and receive. The thread sleeps until its timer or until a batch is
-/// waiting, so a span's end costs a queue slot, not a wake-up.
+/// Where finished spans go: the export thread's bounded queue, of spans already encoded, in
+/// the batches they will be sent in. A span's end encodes it into the batch being filled,
+/// under an uncontended lock (the export thread holds it only to take the full batches and
+/// give emptied ones back), which cost less than a channel's send and receive. The thread
+/// sleeps until its timer or until a batch is full, so a span's end costs its encoding, not a
+/// wake-up; a full batch is sent as it is, and comes back emptied to be filled again.
 struct Queue {
-    spans: Mutex<Vec<Finished>>,
+    waiting: Mutex<Waiting>,
     /// At most this many spans wait; more are dropped.
     capacity: usize,
-    /// A batch's size: the thread is woken when this many spans are waiting.
+    /// A batch's size: the thread is woken when a batch has this many spans.
     batch: usize,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// The batch being filled.
+    filling: Encoded,
+    /// Batches of `batch` spans, oldest first.
+    full: Vec<Encoded>,
+    /// Sent batches, emptied, their room kept.
+    spare: Vec<Encoded>,
+    /// The spans in `filling` and `full`.
+    spans: usize,
+}
+
+impl Waiting {
+    /// Encodes `span` into the batch being filled, unless `capacity` spans already wait (then
+    /// it is dropped: `None`). `Some(true)` when that filled a batch of `batch` spans, which
+    /// then waits whole, a spare batch taking its place.
+    fn push(&mut self, span: &Finished, capacity: usize, batch: usize) -> Option<bool> {
+        if self.spans >= capacity {
+            return None;
+        }
+        self.filling.push(span);
+        self.spans += 1;
+        let full = self.filling.len() >= batch;
+        if full {
+            let next = self.spare.pop().unwrap_or_default();
+            let filled = std::mem::replace(&mut self.filling, next);
+            self.full.push(filled);
+        }
+        Some(full)
+    }
+
+    /// Gives back the batches in `taken` (sent and emptied) and puts there the full ones,
+    /// oldest first, and with `flush` the one being filled too.
+    fn take(&mut self, taken: &mut Vec<Encoded>, flush: bool) {
+        self.spare.append(taken);
+        std::mem::swap(&mut self.full, taken);
+        if flush && !self.filling.is_empty() {
+            let next = self.spare.pop().unwrap_or_default();
+            taken.push(std::mem::replace(&mut self.filling, next));
+        }
+        self.spans -= taken.iter().map(Encoded::len).sum::<usize>();
+    }
 }
 
 static QUEUE: OnceLock<Queue> = OnceLock::new();
@@ -239,14 +286,14 @@ pub fn init(config: &OtelConfig) -> Result<Option<Otel>, String> {
         .min(queue);
     let delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000));
     let _ = QUEUE.set(Queue {
-        spans: Mutex::new(Vec::with_capacity(batch)),
+        waiting: Mutex::default(),
         capacity: queue,
         batch,
     });
     let (done, flushed) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("otel-batch".into())
-        .spawn(move || exporter.run(batch, delay, &done))
+        .spawn(move || exporter.run(delay, &done))
         .map_err(|err| format!("cannot start the trace export thread: {err}"))?;
     let _ = EXPORT_THREAD.set(thread.thread().clone());
     let _ = SAMPLER.set(sampler);
@@ -286,42 +333,26 @@ impl Exporter {
 }
 
 impl Exporter {
-    /// The export thread: batches of up to `batch` spans, sent when full, every `delay`, and
-    /// at shutdown (then `done` is answered).
-    fn run(self, batch: usize, delay: Duration, done: &SyncSender<()>) {
+    /// The export thread: the queue's full batches, sent as they fill, what waits every
+    /// `delay`, and everything at shutdown (then `done` is answered).
+    fn run(self, delay: Duration, done: &SyncSender<()>) {
         let Some(queue) = QUEUE.get() else {
             let _ = done.send(());
             return;
         };
-        // Spans waiting to be sent (fewer than a batch between sends).
-        let mut spans: Vec<Finished> = Vec::new();
-        // What was queued, taken whole, the queue getting this empty vector in exchange. Each
-        // span is moved as part of a whole vector, not one by one, and a batch goes to the
-        // exporter as it is (which gRPC encodes straight into its send buffer).
-        let mut taken: Vec<Finished> = Vec::with_capacity(batch);
+        // The batches taken to send; emptied, they go back for spans to fill again.
+        let mut taken: Vec<Encoded> = Vec::new();
         let mut due = Instant::now() + delay;
         loop {
             let stopping = STOPPING.load(Ordering::Acquire);
-            if taken.capacity() < batch {
-                // Room for a batch, so that spans ending do not grow the queue step by step.
-                taken.reserve(batch);
-            }
-            std::mem::swap(
-                &mut *queue.spans.lock().unwrap_or_else(|e| e.into_inner()),
-                &mut taken,
-            );
-            if spans.is_empty() {
-                std::mem::swap(&mut spans, &mut taken);
-            } else {
-                spans.append(&mut taken);
-            }
-            while spans.len() >= batch {
-                let rest = spans.split_off(batch);
-                self.export(std::mem::replace(&mut spans, rest));
-            }
             let now = Instant::now();
-            if stopping || now >= due {
-                self.export(std::mem::take(&mut spans));
+            let flush = stopping || now >= due;
+            (queue.waiting.lock().unwrap_or_else(|e| e.into_inner())).take(&mut taken, flush);
+            for spans in &mut taken {
+                self.export(spans);
+                spans.clear();
+            }
+            if flush {
                 due = now + delay;
             }
             if stopping {
@@ -332,7 +363,7 @@ impl Exporter {
         }
     }
 
-    fn export(&self, spans: Vec<Finished>) {
+    fn export(&self, spans: &mut Encoded) {
         if spans.is_empty() {
             return;
         }
@@ -422,16 +453,21 @@ impl Drop for Span {
             attributes: fields.attributes,
             status: fields.status,
         };
-        let mut spans = queue.spans.lock().unwrap_or_else(|e| e.into_inner());
-        if spans.len() >= queue.capacity {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        spans.push(data);
-        let wake = spans.len() == queue.batch;
-        drop(spans);
-        if wake && let Some(thread) = EXPORT_THREAD.get() {
-            thread.unpark();
+        let pushed = (queue.waiting.lock().unwrap_or_else(|e| e.into_inner())).push(
+            &data,
+            queue.capacity,
+            queue.batch,
+        );
+        match pushed {
+            None => {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(true) => {
+                if let Some(thread) = EXPORT_THREAD.get() {
+                    thread.unpark();
+                }
+            }
+            Some(false) => {}
         }
     }
 }
@@ -705,6 +741,67 @@ pub fn attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn finished(n: u64) -> Finished {
+        Finished {
+            trace_id: TraceId::from_bytes([1; 16]),
+            span_id: SpanId::from_bytes(n.to_be_bytes()),
+            parent: SpanId::INVALID,
+            parent_is_remote: false,
+            flags: TraceFlags::SAMPLED,
+            trace_state: String::new(),
+            name: "request",
+            kind: SpanKind::Server,
+            start: n,
+            end: n + 1,
+            attributes: Attributes::default(),
+            status: Status::Unset,
+        }
+    }
+
+    #[test]
+    fn spans_wait_in_whole_batches_up_to_the_queue_s_capacity() {
+        let (capacity, batch) = (5, 2);
+        let mut waiting = Waiting::default();
+        let pushed: Vec<Option<bool>> = (0..6)
+            .map(|n| waiting.push(&finished(n), capacity, batch))
+            .collect();
+        // The 2nd and 4th fill a batch; the 6th finds 5 waiting and is dropped.
+        assert_eq!(
+            pushed,
+            [
+                Some(false),
+                Some(true),
+                Some(false),
+                Some(true),
+                Some(false),
+                None
+            ]
+        );
+        let mut taken = Vec::new();
+        waiting.take(&mut taken, false);
+        assert_eq!(taken.iter().map(Encoded::len).collect::<Vec<_>>(), [2, 2]);
+        assert_eq!((waiting.spans, waiting.filling.len()), (1, 1));
+        // Sent and emptied, the two come back; the batch filled next is the last given back,
+        // its room kept.
+        let room = taken[1].room();
+        assert!(room > 0);
+        taken.iter_mut().for_each(Encoded::clear);
+        waiting.take(&mut taken, false);
+        assert!(taken.is_empty());
+        assert_eq!(waiting.spare.len(), 2);
+        assert_eq!(waiting.push(&finished(6), capacity, batch), Some(true));
+        assert_eq!(waiting.spare.len(), 1);
+        assert_eq!(waiting.filling.room(), room);
+        // A flush takes the batch being filled as well, however few it holds.
+        assert_eq!(waiting.push(&finished(7), capacity, batch), Some(false));
+        waiting.take(&mut taken, true);
+        assert_eq!(taken.iter().map(Encoded::len).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!((waiting.spans, waiting.filling.len()), (0, 0));
+        taken.iter_mut().for_each(Encoded::clear);
+        waiting.take(&mut taken, true);
+        assert!(taken.is_empty());
+    }
 
     #[test]
     fn a_traceparent_is_lower_case_hex() {

@@ -1,27 +1,30 @@
-//! The OTLP trace exporter: a batch of finished spans ([`Finished`]), encoded straight into an
-//! `ExportTraceServiceRequest`'s protobuf bytes and sent over gRPC (tonic) or HTTP/protobuf
-//! (reqwest), with the `OTEL_EXPORTER_OTLP_*` settings. Both clients run on a current-thread
-//! runtime that `otel`'s export thread drives while it sends a batch: the export is that one
-//! thread, with no thread of the clients' own (but for looking up an endpoint given as a host
-//! name when a connection opens, which tokio does on a blocking thread it starts for that).
+//! The OTLP trace exporter: finished spans ([`Finished`]) encoded as they end ([`Encoded`]),
+//! a batch of them wrapped into an `ExportTraceServiceRequest`'s protobuf bytes and sent over
+//! gRPC (tonic) or HTTP/protobuf (reqwest), with the `OTEL_EXPORTER_OTLP_*` settings. Both
+//! clients run on a current-thread runtime that `otel`'s export thread drives while it sends a
+//! batch: the export is that one thread, with no thread of the clients' own (but for looking
+//! up an endpoint given as a host name when a connection opens, which tokio does on a
+//! blocking thread it starts for that).
 //!
 //! Why not the OTLP crate's exporter: it converts every span into the generated protobuf
 //! structs (a `String` or `Vec` per id, name and attribute) and prost then recomputes nested
 //! lengths level by level; with every trace sampled that was most of the export's cost
 //! (loadtests/README.md, "Telemetry cost"). The message layout is small and stable, so the
 //! encoder here writes it by hand. A span's attributes are encoded as they are set
-//! ([`Attributes`]): no `String` or `Value` is made per attribute on the request thread and
-//! freed on the export thread, and a span's attributes are one copy when the batch is
-//! written. The resource and the instrumentation scope are encoded once. A unit test decodes
-//! the bytes with the protobuf definitions and compares them with the SDK's own conversion of
-//! the same spans, field by field and byte for byte. This module owns encoding and transport
-//! only: which spans exist and what they carry is `otel`'s.
+//! ([`Attributes`]), and the whole span when it ends, on the request thread, into the batch
+//! it will be sent in: no `String` or `Value` is made per attribute, nothing made on the
+//! request thread is freed on the export thread, and the export thread does no work per span
+//! (it copies a batch's bytes once, into the request's body). The resource and the
+//! instrumentation scope are encoded once. A unit test decodes the bytes with the protobuf
+//! definitions and compares them with the SDK's own conversion of the same spans, field by
+//! field and byte for byte. This module owns encoding and transport only: which spans exist
+//! and what they carry is `otel`'s.
 
 use bytes::BufMut;
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceFlags, TraceId};
 use opentelemetry::{Array, InstrumentationScope, Value};
 use opentelemetry_sdk::Resource;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// The SDK's limit on a span's attributes (more are counted as dropped).
@@ -154,6 +157,47 @@ pub struct Finished {
     pub status: Status,
 }
 
+/// Spans encoded as they ended, back to back, each a whole `ScopeSpans.spans` field (its key,
+/// length and `Span` message): the middle of a request, which [`Exporter::send`] writes the
+/// resource and the scope around. Cleared and reused, it keeps its room.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+    spans: usize,
+}
+
+impl Encoded {
+    /// Encodes `span` after the others.
+    pub fn push(&mut self, span: &Finished) {
+        let len = span_len(span);
+        self.bytes.reserve(field_len(len));
+        put_len(&mut self.bytes, key(2, LEN), len);
+        put_span(&mut self.bytes, span);
+        self.spans += 1;
+    }
+
+    /// How many spans it holds.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// Empties it, keeping its room.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans = 0;
+    }
+
+    /// Its room, in bytes.
+    #[cfg(test)]
+    pub fn room(&self) -> usize {
+        self.bytes.capacity()
+    }
+}
+
 /// OTLP's default gRPC endpoint (no path: the service's method is the path).
 const GRPC_DEFAULT: &str = "http://localhost:4317";
 /// OTLP's default HTTP base; traces go to `/v1/traces` under it.
@@ -257,8 +301,11 @@ pub struct Exporter {
     rt: tokio::runtime::Runtime,
     transport: Transport,
     /// The resource's and scope's part of every request, encoded once ([`Encoder`]); shared
-    /// with the gRPC codec, which encodes a batch straight into tonic's buffer.
+    /// with the gRPC codec, which writes a batch straight into tonic's buffer.
     encoder: Arc<Encoder>,
+    /// Where the gRPC codec leaves a batch once it has written it, for [`Exporter::send`] to
+    /// hand back, its room kept.
+    written: Arc<Mutex<Option<Encoded>>>,
 }
 
 /// The runtime [`Exporter`] sends on.
@@ -301,6 +348,7 @@ impl Exporter {
             rt,
             transport: Transport::Grpc { channel, metadata },
             encoder: Arc::default(),
+            written: Arc::default(),
         })
     }
 
@@ -333,6 +381,7 @@ impl Exporter {
                 headers: map,
             },
             encoder: Arc::default(),
+            written: Arc::default(),
         })
     }
 
@@ -341,9 +390,10 @@ impl Exporter {
         self.encoder = Arc::new(Encoder::new(resource, scope));
     }
 
-    /// Encodes and sends one batch, running the runtime on the calling thread (`otel`'s
-    /// export thread) until the collector answers or the timeout passes.
-    pub fn send(&self, batch: Vec<Finished>) -> Result<(), String> {
+    /// Sends one batch, running the runtime on the calling thread (`otel`'s export thread)
+    /// until the collector answers or the timeout passes. `batch` is left as it was given,
+    /// its room there to be reused.
+    pub fn send(&self, batch: &mut Encoded) -> Result<(), String> {
         self.rt.block_on(async {
             // The connection's tasks ran last during the previous batch: what the collector
             // did since (closed the connection when it restarted) is handled first, so that
@@ -356,29 +406,40 @@ impl Exporter {
                 Transport::Grpc { channel, metadata } => {
                     let mut grpc = tonic::client::Grpc::new(channel.clone());
                     grpc.ready().await.map_err(|err| err.to_string())?;
-                    // Encoded by the codec, into the buffer tonic sends from: one copy fewer
-                    // than a body encoded first.
+                    // Written by the codec, into the buffer tonic sends from: one copy fewer
+                    // than a body written first. The codec owns the batch meanwhile and
+                    // leaves it in `written` for us to take back.
                     let mut request = tonic::Request::new(Batch {
                         encoder: self.encoder.clone(),
-                        spans: batch,
+                        spans: std::mem::take(batch),
+                        written: self.written.clone(),
                     });
                     *request.metadata_mut() = metadata.clone();
-                    grpc.unary(
-                        request,
-                        tonic::codegen::http::uri::PathAndQuery::from_static(GRPC_METHOD),
-                        Raw,
-                    )
-                    .await
-                    .map(drop)
-                    .map_err(|status| format!("{}: {}", status.code(), status.message()))
+                    let sent = grpc
+                        .unary(
+                            request,
+                            tonic::codegen::http::uri::PathAndQuery::from_static(GRPC_METHOD),
+                            Raw,
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(|status| format!("{}: {}", status.code(), status.message()));
+                    if let Some(back) = self
+                        .written
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                    {
+                        *batch = back;
+                    }
+                    sent
                 }
                 Transport::Http {
                     client,
                     url,
                     headers,
                 } => {
-                    let body = self.encoder.request(&batch);
-                    drop(batch);
+                    let body = self.encoder.request(batch);
                     let response = client
                         .post(url)
                         .headers(headers.clone())
@@ -406,7 +467,9 @@ impl Exporter {
 /// A batch on its way through the gRPC codec.
 struct Batch {
     encoder: Arc<Encoder>,
-    spans: Vec<Finished>,
+    spans: Encoded,
+    /// Where the codec leaves `spans` once written.
+    written: Arc<Mutex<Option<Encoded>>>,
 }
 
 /// A gRPC codec that encodes a [`Batch`] and ignores the response's bytes.
@@ -437,6 +500,7 @@ impl tonic::codec::Encoder for Raw {
         dst: &mut tonic::codec::EncodeBuf<'_>,
     ) -> Result<(), tonic::Status> {
         item.encoder.write(&item.spans, dst);
+        *item.written.lock().unwrap_or_else(|e| e.into_inner()) = Some(item.spans);
         Ok(())
     }
 }
@@ -506,29 +570,23 @@ impl Encoder {
 
     /// One `ExportTraceServiceRequest` with one `ResourceSpans` holding one `ScopeSpans` with
     /// the batch, as a body of its own (OTLP/HTTP).
-    fn request(&self, batch: &[Finished]) -> Vec<u8> {
+    fn request(&self, batch: &Encoded) -> Vec<u8> {
         let mut out = Vec::new();
         self.write(batch, &mut out);
         out
     }
 
-    /// [`Encoder::request`] written into `out`. Every length is computed first, so `out` grows
-    /// once and each byte is written once, in place.
-    fn write(&self, batch: &[Finished], out: &mut impl Out) {
-        let lens: Vec<usize> = batch.iter().map(span_len).collect();
-        let ss_len = self.scope.len()
-            + lens.iter().map(|l| field_len(*l)).sum::<usize>()
-            + self.scope_schema_url.len();
+    /// [`Encoder::request`] written into `out`, which grows once: the spans are already
+    /// encoded, and go in as one copy.
+    fn write(&self, batch: &Encoded, out: &mut impl Out) {
+        let ss_len = self.scope.len() + batch.bytes.len() + self.scope_schema_url.len();
         let rs_len = self.resource.len() + field_len(ss_len) + self.schema_url.len();
         out.reserve(field_len(rs_len));
         put_len(out, key(1, LEN), rs_len);
         out.put_slice(&self.resource);
         put_len(out, key(2, LEN), ss_len);
         out.put_slice(&self.scope);
-        for (span, len) in batch.iter().zip(&lens) {
-            put_len(out, key(2, LEN), *len);
-            put_span(out, span);
-        }
+        out.put_slice(&batch.bytes);
         out.put_slice(&self.scope_schema_url);
         out.put_slice(&self.schema_url);
     }
@@ -965,6 +1023,16 @@ mod tests {
         }
     }
 
+    /// The spans as a span's end encodes them.
+    fn encoded(spans: &[SpanData]) -> Encoded {
+        let mut out = Encoded::default();
+        for span in spans {
+            out.push(&lean(span));
+        }
+        assert_eq!(out.len(), spans.len());
+        out
+    }
+
     #[test]
     fn the_hand_encoded_request_decodes_to_what_the_sdks_conversion_builds() {
         // The resource is encoded by the generic `Value` writer: every kind it knows.
@@ -976,8 +1044,7 @@ mod tests {
             .with_attribute(KeyValue::new("ints", Value::Array(Array::I64(vec![1, -1]))))
             .build();
         let scope = InstrumentationScope::builder("switchyard").build();
-        let lean: Vec<Finished> = batch().iter().map(lean).collect();
-        let encoded = Encoder::new(&resource, &scope).request(&lean);
+        let encoded = Encoder::new(&resource, &scope).request(&encoded(&batch()));
         let decoded = ExportTraceServiceRequest::decode(encoded.as_slice()).expect("decodes");
         let expected = ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(
@@ -1012,12 +1079,12 @@ mod tests {
             &resource,
             &InstrumentationScope::builder("switchyard").build(),
         );
-        let spans: Vec<Finished> = batch().iter().map(lean).collect();
+        let spans = encoded(&batch());
         let mut out = vec![7u8; 5];
         encoder.write(&spans, &mut out);
         assert_eq!(&out[..5], &[7u8; 5]);
         assert_eq!(out[5..], encoder.request(&spans));
-        let one: Vec<Finished> = batch()[..1].iter().map(lean).collect();
+        let one = encoded(&batch()[..1]);
         assert_ne!(encoder.request(&one), encoder.request(&spans));
     }
 
