@@ -4,15 +4,16 @@
 //! this actor, started on the worker's own arbiter: messages to it never cross threads. It
 //! sends a request upstream, retries before any byte has reached the client (429, 5xx and
 //! connection failures, with exponential backoff, full jitter and the wait the provider asked
-//! for), and hands back either the whole body or a `Send` channel fed chunk by chunk
-//! as the upstream streams. Everything provider-specific (each attempt's URL and auth, what an
-//! error answer means, the request-id header, stream framing and a failed first event) is
-//! asked of the call's `providers::Adapter`; nothing here names a provider. Circuit breaking
-//! and per-tenant cost accounting join here.
+//! for), and hands back either the whole body or a stream's first event with a `Send` channel
+//! fed chunk by chunk as the upstream streams (a message's reply must be `Send`, and awc's
+//! body is not, so the relay cannot read the upstream itself). Everything provider-specific
+//! (each attempt's URL and auth, what an error answer means, the request-id header, stream
+//! framing and a failed first event) is asked of the call's `providers::Adapter`; nothing here
+//! names a provider. Circuit breaking and per-tenant cost accounting join here.
 
 use super::circuit;
 use super::messages::{Call, CallLimits};
-use crate::api::stream::UpstreamChunk;
+use crate::api::stream::{UpstreamChunk, UpstreamStream};
 use crate::config::Provider;
 use crate::error::GatewayError;
 use crate::providers::{Adapter, ErrorAnswer, UpstreamBody, UpstreamCall, UpstreamResponse};
@@ -31,6 +32,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Largest non-streaming upstream body accepted.
@@ -290,12 +292,15 @@ async fn send_once(
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let held = trace.clone();
-        let pumped = pump(resp, tx, provider.timeout, first);
+        let pumped = pump(resp, tx, provider.timeout);
         actix_web::rt::spawn(Scope::current().instrument(async move {
             pumped.await;
             drop(held);
         }));
-        UpstreamBody::Stream(rx)
+        UpstreamBody::Stream(UpstreamStream {
+            first: Some(first),
+            rest: rx,
+        })
     } else {
         // awc puts no deadline on a body by default: a silent upstream must not hang the request.
         let bytes = resp
@@ -398,17 +403,18 @@ where
         })
 }
 
-/// Moves an upstream body into a channel, chunk by chunk, starting with `first` (already read),
-/// until it ends, fails, falls silent for longer than `idle`, or the client goes away (dropping
-/// the receiver closes the upstream connection with it).
-async fn pump<S>(mut body: S, tx: mpsc::Sender<UpstreamChunk>, idle: Duration, first: Bytes)
+/// Moves the rest of an upstream body (its first event went out with the answer) into a
+/// channel, chunk by chunk, until it ends, fails, falls silent for longer than `idle`, or the
+/// client goes away (dropping the receiver closes the upstream connection with it).
+async fn pump<S>(mut body: S, tx: mpsc::Sender<UpstreamChunk>, idle: Duration)
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
 {
-    if tx.send(Ok(first)).await.is_err() {
-        return;
-    }
-    // One timer for the whole stream, pushed back on every chunk.
+    // One timer for the whole stream, set lazily: a chunk only notes when it came, and the
+    // timer, when it fires, moves itself to `idle` after the last chunk if one came since.
+    // Pushing the timer back on every chunk cost a timer-wheel update and a clock read per
+    // chunk; this way a stream whose chunks come faster than `idle` re-arms it once per `idle`.
+    let mut last = Instant::now();
     let deadline = actix_web::rt::time::sleep(idle);
     tokio::pin!(deadline);
     loop {
@@ -416,6 +422,11 @@ where
             biased;
             item = body.next() => item,
             () = &mut deadline => {
+                let due = last + idle;
+                if due > Instant::now() {
+                    deadline.as_mut().reset(due);
+                    continue;
+                }
                 let why = format!("the upstream sent no data for {} s", idle.as_secs());
                 let _ = tx.send(Err(why)).await;
                 return;
@@ -424,10 +435,10 @@ where
         match item {
             None => return,
             Some(Ok(bytes)) => {
-                if tx.send(Ok(bytes)).await.is_err() {
+                if !forward(&tx, Ok(bytes)).await {
                     return;
                 }
-                deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+                last = Instant::now();
             }
             Some(Err(err)) => {
                 // The OS's words stay in the log; the client is told what happened, not how.
@@ -436,6 +447,17 @@ where
                 return;
             }
         }
+    }
+}
+
+/// Hands `chunk` to the relay, waiting only while the channel is full; false once the relay
+/// is gone. The channel almost always has room, and `try_send` takes the slot directly where
+/// `send` first builds the future that waits for one.
+async fn forward(tx: &mpsc::Sender<UpstreamChunk>, chunk: UpstreamChunk) -> bool {
+    match tx.try_send(chunk) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(chunk)) => tx.send(chunk).await.is_ok(),
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -511,6 +533,48 @@ mod tests {
                 step / 2
             );
         }
+    }
+
+    /// An upstream body that sends `chunks` chunks `every` apart after the first, then falls
+    /// silent without closing.
+    fn paced(chunks: u32, every: Duration) -> impl Stream<Item = Result<Bytes, PayloadError>> {
+        Box::pin(futures_util::stream::unfold(0, move |sent| async move {
+            if sent == chunks {
+                std::future::pending::<()>().await;
+            }
+            actix_web::rt::time::sleep(every).await;
+            Some((Ok(Bytes::from(format!("data: {sent}\n\n"))), sent + 1))
+        }))
+    }
+
+    #[actix_web::test]
+    async fn a_stream_falls_silent_only_after_idle_without_a_chunk() {
+        // Chunks 100 ms apart for 600 ms, the idle limit 300 ms: the timer set when the
+        // stream started must move on with the chunks, and fire 300 ms after the last one.
+        let idle = Duration::from_millis(300);
+        let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
+        actix_web::rt::spawn(pump(paced(6, Duration::from_millis(100)), tx, idle));
+        let mut chunks = Vec::new();
+        let mut last = std::time::Instant::now();
+        let why = loop {
+            match rx.recv().await {
+                Some(Ok(chunk)) => {
+                    chunks.push(chunk);
+                    last = std::time::Instant::now();
+                }
+                Some(Err(why)) => break why,
+                None => panic!("the pump ended without saying why"),
+            }
+        };
+        let silent = last.elapsed();
+        assert_eq!(chunks.len(), 6);
+        assert_eq!(&chunks[5][..], b"data: 5\n\n");
+        assert_eq!(why, "the upstream sent no data for 0 s");
+        assert!(
+            silent >= Duration::from_millis(290) && silent < Duration::from_secs(2),
+            "the timeout fired {silent:?} after the last chunk"
+        );
+        assert!(rx.recv().await.is_none(), "nothing after the timeout");
     }
 
     /// Numbers its attempts in a header, as a SigV4 signer stamps the time into each one.

@@ -32,9 +32,30 @@ use tokio::sync::mpsc;
 /// One item from the upstream pump: bytes, or why the upstream stream failed.
 pub type UpstreamChunk = Result<Bytes, String>;
 
+/// A streamed upstream body as the relays read it: what was read before the answer started
+/// (the first event, at least), then the rest from the provider actor's pump as it arrives.
+///
+/// The first chunk travels with the answer rather than through the channel: it is ready when
+/// the answer is, and the relay's first poll, which writes it, need not wait for the pump.
+#[derive(Debug)]
+pub struct UpstreamStream {
+    pub first: Option<Bytes>,
+    pub rest: mpsc::Receiver<UpstreamChunk>,
+}
+
+impl UpstreamStream {
+    /// The next chunk: the first, then the pump's.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<UpstreamChunk>> {
+        match self.first.take() {
+            Some(first) => Poll::Ready(Some(Ok(first))),
+            None => self.rest.poll_recv(cx),
+        }
+    }
+}
+
 /// Streams SSE events from an upstream channel to the client.
 pub struct RelayStream {
-    rx: mpsc::Receiver<UpstreamChunk>,
+    upstream: UpstreamStream,
     endpoint: Endpoint,
     provider: String,
     /// Bytes of an event whose end has not arrived yet.
@@ -126,7 +147,7 @@ impl RelayStream {
     }
 
     pub fn new(
-        rx: mpsc::Receiver<UpstreamChunk>,
+        upstream: UpstreamStream,
         endpoint: Endpoint,
         provider: String,
         ids: Option<IdRewriter>,
@@ -134,7 +155,7 @@ impl RelayStream {
     ) -> Self {
         Self {
             scope,
-            rx,
+            upstream,
             endpoint,
             provider,
             pending: BytesMut::new(),
@@ -321,7 +342,7 @@ impl Stream for RelayStream {
             if this.closed {
                 return Poll::Ready(None);
             }
-            match this.rx.poll_recv(cx) {
+            match this.upstream.poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     // Fast path: nothing held back and the chunk ends on an event boundary.
@@ -398,7 +419,7 @@ pub type OnEnd = Box<dyn FnOnce(&Reply, Ending) -> Vec<Ack> + Send>;
 /// connection, an error the provider streams, a frame that does not decode) ends the
 /// client's stream with the endpoint's own error event.
 pub struct TranslatedStream {
-    rx: mpsc::Receiver<UpstreamChunk>,
+    upstream: UpstreamStream,
     decoder: Box<dyn StreamDecoder>,
     encoder: Box<dyn FrontEncoder>,
     answer: ReplyBuilder,
@@ -413,7 +434,7 @@ pub struct TranslatedStream {
 
 impl TranslatedStream {
     pub fn new(
-        rx: mpsc::Receiver<UpstreamChunk>,
+        upstream: UpstreamStream,
         decoder: Box<dyn StreamDecoder>,
         encoder: Box<dyn FrontEncoder>,
         provider: String,
@@ -421,7 +442,7 @@ impl TranslatedStream {
         scope: Scope,
     ) -> Self {
         Self {
-            rx,
+            upstream,
             decoder,
             encoder,
             answer: ReplyBuilder::default(),
@@ -504,7 +525,7 @@ impl Stream for TranslatedStream {
                 return Poll::Ready(None);
             }
             let mut out = BytesMut::new();
-            match this.rx.poll_recv(cx) {
+            match this.upstream.poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
                     let fed = this.decoder.feed(&chunk, &mut this.events);
@@ -572,7 +593,10 @@ mod tests {
                 let (tx, rx) = mpsc::channel(1);
                 drop(tx);
                 let mut relay = RelayStream::new(
-                    rx,
+                    UpstreamStream {
+                        first: None,
+                        rest: rx,
+                    },
                     Endpoint::ChatCompletions,
                     "p".into(),
                     None,
@@ -594,11 +618,22 @@ mod tests {
 
     async fn relay(endpoint: Endpoint, chunks: Vec<UpstreamChunk>) -> Vec<Bytes> {
         let (tx, rx) = mpsc::channel(chunks.len() + 1);
+        let mut chunks = chunks.into_iter();
+        // The first chunk comes with the answer, as the provider actor hands it over.
+        let first = match chunks.next() {
+            Some(Ok(first)) => Some(first),
+            Some(failed) => {
+                tx.send(failed).await.expect("send");
+                None
+            }
+            None => None,
+        };
         for c in chunks {
             tx.send(c).await.expect("send");
         }
         drop(tx);
-        RelayStream::new(rx, endpoint, "openai".into(), None, Scope::default())
+        let upstream = UpstreamStream { first, rest: rx };
+        RelayStream::new(upstream, endpoint, "openai".into(), None, Scope::default())
             .map(|r| r.expect("relay never fails"))
             .collect()
             .await
@@ -823,7 +858,10 @@ mod tests {
         );
         let seen = seen.clone();
         let stream = TranslatedStream::new(
-            rx,
+            UpstreamStream {
+                first: None,
+                rest: rx,
+            },
             Box::new(Lines(Vec::new(), false)),
             Box::new(encoder),
             "toy".into(),

@@ -535,7 +535,7 @@ async fn translated(
     let on_end = ending_hook(decoded, route.name.clone(), model, tenant, state);
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
-        res.insert_header(("x-upstream-request-id", id));
+        res.insert_header((UPSTREAM_REQUEST_ID, id));
     }
     match upstream.body {
         UpstreamBody::Full(bytes) => {
@@ -563,7 +563,7 @@ async fn translated(
             crate::api::stream::settled(acks).await;
             Ok(res.content_type("application/json").body(body))
         }
-        UpstreamBody::Stream(rx) => {
+        UpstreamBody::Stream(body) => {
             let encoder: Box<dyn FrontEncoder> = match &decoded.front {
                 FrontShape::Chat(options) => {
                     Box::new(chat::ChatStream::new(chat::Stamp::new(model), *options))
@@ -573,18 +573,14 @@ async fn translated(
                 }
             };
             let stream = TranslatedStream::new(
-                rx,
+                body,
                 translator.stream_decoder(),
                 encoder,
                 decision.provider.name.clone(),
                 metered(on_end, on_usage, input_estimate),
                 Scope::current(),
             );
-            Ok(res
-                .insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
-                .insert_header((header::CACHE_CONTROL, "no-cache"))
-                .insert_header(("x-accel-buffering", "no"))
-                .streaming(stream))
+            Ok(event_stream(res.streaming(stream)))
         }
     }
 }
@@ -751,7 +747,7 @@ fn relay(
     ids: Option<IdRewriter>,
     (meter, hide_usage, input_estimate): (&Meter, bool, u64),
 ) -> HttpResponse {
-    let UpstreamBody::Stream(rx) = upstream.body else {
+    let UpstreamBody::Stream(body) = upstream.body else {
         return relay_whole(upstream, ids);
     };
     let tap = UsageTap::new(
@@ -762,21 +758,40 @@ fn relay(
     );
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
-        res.insert_header(("x-upstream-request-id", id));
+        res.insert_header((UPSTREAM_REQUEST_ID, id));
     }
-    res.insert_header((header::CONTENT_TYPE, "text/event-stream; charset=utf-8"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("x-accel-buffering", "no"))
-        .streaming(
+    event_stream(
+        res.streaming(
             RelayStream::new(
-                rx,
+                body,
                 endpoint,
                 decision.provider.name.clone(),
                 ids,
                 Scope::current(),
             )
             .with_usage_tap(tap),
-        )
+        ),
+    )
+}
+
+/// The provider's own request id, relayed to the client.
+const UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
+
+/// `res` marked as an event stream that no cache or proxy in between may hold back.
+///
+/// The names and values are constants, inserted into the built response: given as strings to
+/// the response builder, each header was parsed, checked and copied on the first event's path
+/// (about 800 instructions a stream in all).
+fn event_stream(mut res: HttpResponse) -> HttpResponse {
+    const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream; charset=utf-8");
+    const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+    const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+    const NO: HeaderValue = HeaderValue::from_static("no");
+    let headers = res.headers_mut();
+    headers.insert(header::CONTENT_TYPE, EVENT_STREAM);
+    headers.insert(header::CACHE_CONTROL, NO_CACHE);
+    headers.insert(X_ACCEL_BUFFERING, NO);
+    res
 }
 
 /// `on_usage`, noting the provider's reported tokens for the access record as they pass.
@@ -802,7 +817,7 @@ fn request_id(req: &HttpRequest) -> String {
 fn relay_whole(upstream: UpstreamResponse, ids: Option<IdRewriter>) -> HttpResponse {
     let mut res = HttpResponse::build(upstream.status);
     if let Some(id) = upstream.request_id {
-        res.insert_header(("x-upstream-request-id", id));
+        res.insert_header((UPSTREAM_REQUEST_ID, id));
     }
     let bytes = match upstream.body {
         UpstreamBody::Full(bytes) => bytes,
@@ -826,23 +841,35 @@ fn explained(
     decision: &Decision,
     reason: Option<&'static str>,
 ) -> HttpResponse {
+    // Names, and the values that come from a closed set, are constants: made from strings
+    // here, each was checked (and a value copied) on every answer.
+    const ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
+    const PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
+    const MODEL: HeaderName = HeaderName::from_static("x-switchyard-model");
+    const ROUTING: HeaderName = HeaderName::from_static("x-switchyard-routing");
+    const FALLBACK: HeaderName = HeaderName::from_static("x-switchyard-fallback");
+    const MODEL_BASED: HeaderValue = HeaderValue::from_static("model");
+    const SEMANTIC: HeaderValue = HeaderValue::from_static("semantic");
+    const TRUE: HeaderValue = HeaderValue::from_static("true");
+    const FALSE: HeaderValue = HeaderValue::from_static("false");
     let route = decision.route();
-    let pairs = [
-        ("x-switchyard-route", route.name.as_str()),
-        ("x-switchyard-provider", decision.provider.name.as_str()),
-        ("x-switchyard-model", route.upstream_model()),
-        ("x-switchyard-routing", decision.routing().as_str()),
-        (
-            "x-switchyard-fallback",
-            if reason.is_some() { "true" } else { "false" },
-        ),
-    ];
     let headers = res.headers_mut();
-    for (name, value) in pairs {
+    let named = [
+        (ROUTE, route.name.as_str()),
+        (PROVIDER, decision.provider.name.as_str()),
+        (MODEL, route.upstream_model()),
+    ];
+    for (name, value) in named {
         if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), v);
+            headers.insert(name, v);
         }
     }
+    let routing = match decision.routing() {
+        RoutingMode::Model => MODEL_BASED,
+        RoutingMode::Semantic => SEMANTIC,
+    };
+    headers.insert(ROUTING, routing);
+    headers.insert(FALLBACK, if reason.is_some() { TRUE } else { FALSE });
     semantic::headers(headers, decision.semantic.as_ref());
     if let Some(reason) = reason {
         headers.insert(

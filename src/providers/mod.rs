@@ -19,7 +19,7 @@ pub mod openai;
 use crate::api::FrontRequest;
 pub use crate::api::canonical::StreamDecoder;
 use crate::api::canonical::{Conversation, Reply};
-use crate::api::stream::{self, UpstreamChunk};
+use crate::api::stream::{self, UpstreamStream};
 use crate::config::{Credentials, Provider, ProviderKind};
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::routing::Decision;
@@ -28,7 +28,6 @@ use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
 use std::fmt;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// An upstream answer with an error status (anything but 2xx), whole, as
 /// [`Adapter::classify`] reads it.
@@ -204,7 +203,7 @@ pub struct UpstreamRequest {
 #[derive(Debug)]
 pub enum UpstreamBody {
     Full(Bytes),
-    Stream(mpsc::Receiver<UpstreamChunk>),
+    Stream(UpstreamStream),
 }
 
 /// A successful upstream answer (error statuses become [`GatewayError::Upstream`]).

@@ -100,10 +100,20 @@ fn retry_hint(headers: &HeaderMap) -> Option<std::time::Duration> {
 }
 
 static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error"));
+static FAILED: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"failed"));
 
 /// The message of an error event that opens a stream (OpenAI's `data: {"error":…}`, or a
 /// Responses `error` / `response.failed` event), if the first event is one.
 pub(super) fn error_in_first_event(buf: &[u8]) -> Option<String> {
+    // Every error shape has `error` or `failed` in its bytes; an event with neither (nearly
+    // every first event) is passed without taking it apart, which copies its data lines into
+    // a string. This runs between the first event's arrival and its relay to the client.
+    let end = crate::api::stream::first_boundary(buf)?;
+    let event = &buf[..end];
+    if ERROR.find(event).is_none() && FAILED.find(event).is_none() {
+        return None;
+    }
     let (_, name, data) = first_sse_event(buf)?;
     // Most streams open with a chunk that names no error: not worth parsing.
     let named = matches!(name, Some("error" | "response.failed"));
@@ -253,6 +263,11 @@ mod tests {
             )
             .as_deref(),
             Some("f")
+        );
+        // The name alone says it failed (no `error` anywhere in the event).
+        assert_eq!(
+            error_in_first_event(b"event: response.failed\ndata: {\"response\":{}}\n\n").as_deref(),
+            Some("an error event without a message")
         );
         for fine in [
             &b"data: {\"choices\":[],\"error\":null}\n\n"[..],

@@ -463,10 +463,13 @@ impl TransferEncoding {
                     *eof = true;
                     buf.extend_from_slice(b"0\r\n\r\n");
                 } else {
-                    writeln!(helpers::MutWriter(buf), "{:X}\r", msg.len())
-                        .map_err(io::Error::other)?;
-
-                    buf.reserve(msg.len() + 2);
+                    // Switchyard: the chunk's size in hex is written by hand. Through
+                    // `writeln!` and the formatting machinery it cost 211 instructions a
+                    // chunk, a twentieth of a relayed stream event (PATCHED.md).
+                    let (digits, size) = chunk_size_hex(msg.len());
+                    buf.reserve(size.len() + msg.len() + 4);
+                    buf.extend_from_slice(&digits[size]);
+                    buf.extend_from_slice(b"\r\n");
                     buf.extend_from_slice(msg);
                     buf.extend_from_slice(b"\r\n");
                 }
@@ -555,6 +558,23 @@ unsafe fn write_camel_case(value: &[u8], buf: *mut u8, len: usize) {
     }
 }
 
+/// `n` in upper-case hex, as `{:X}` writes it: the digits and the range of them in use.
+fn chunk_size_hex(mut n: usize) -> ([u8; usize::BITS as usize / 4], std::ops::Range<usize>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut digits = [0u8; usize::BITS as usize / 4];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = HEX[n & 0xF];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let end = digits.len();
+    (digits, start..end)
+}
+
 #[cfg(test)]
 mod tests {
     use std::rc::Rc;
@@ -567,6 +587,19 @@ mod tests {
         header::{HeaderValue, CONTENT_TYPE},
         RequestHead,
     };
+
+    #[test]
+    fn chunk_sizes_are_written_as_format_writes_them() {
+        for n in [1, 9, 10, 15, 16, 255, 256, 4095, 65_536, 0xABCDEF, usize::MAX] {
+            let (digits, size) = chunk_size_hex(n);
+            assert_eq!(&digits[size], format!("{n:X}").as_bytes(), "{n}");
+        }
+        let mut bytes = BytesMut::new();
+        let mut enc = TransferEncoding::chunked();
+        assert!(!enc.encode(&[b'x'; 300], &mut bytes).ok().unwrap());
+        assert_eq!(&bytes[..5], b"12C\r\n");
+        assert_eq!(bytes.len(), 5 + 300 + 2);
+    }
 
     #[test]
     fn test_chunked_te() {
