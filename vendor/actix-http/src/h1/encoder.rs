@@ -589,19 +589,6 @@ mod tests {
     };
 
     #[test]
-    fn chunk_sizes_are_written_as_format_writes_them() {
-        for n in [1, 9, 10, 15, 16, 255, 256, 4095, 65_536, 0xABCDEF, usize::MAX] {
-            let (digits, size) = chunk_size_hex(n);
-            assert_eq!(&digits[size], format!("{n:X}").as_bytes(), "{n}");
-        }
-        let mut bytes = BytesMut::new();
-        let mut enc = TransferEncoding::chunked();
-        assert!(!enc.encode(&[b'x'; 300], &mut bytes).ok().unwrap());
-        assert_eq!(&bytes[..5], b"12C\r\n");
-        assert_eq!(bytes.len(), 5 + 300 + 2);
-    }
-
-    #[test]
     fn test_chunked_te() {
         let mut bytes = BytesMut::new();
         let mut enc = TransferEncoding::chunked();
