@@ -1428,7 +1428,10 @@ fn budget_request(n: usize, via: Via, responses: bool, stream: bool) -> (String,
         Via::Plain => ("gpt-4o-mini", &MINI),
         Via::Retried => ("gpt-4o-mini", &MINI),
         Via::FellBack => ("flaky", &GPT4O),
-        Via::Failed => ("dead", &MINI),
+        // As long as "gpt-4o-mini", so that a failing request's hold is a plain one's: with a
+        // shorter name its hold was smaller, and a budget left between the two let the failing
+        // shapes through to their 503 while every other was refused, round after round.
+        Via::Failed => ("gpt-4o-dead", &MINI),
     };
     let mut prompt = format!("count to three please, request {n}");
     if via == Via::Retried {
@@ -1523,7 +1526,7 @@ model = "gpt-4o"
 [[proxies.chat.routes]]
 name = "dead"
 provider = "down"
-model = "dead"
+model = "gpt-4o-dead"
 target_model = "gpt-4o-mini"
 "#
     );
