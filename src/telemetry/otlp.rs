@@ -137,7 +137,7 @@ impl Attributes {
     }
 }
 
-/// A span that has ended, as the export thread encodes it.
+/// A span that has ended, as its end encodes it ([`Encoded::push`]).
 #[derive(Debug)]
 pub struct Finished {
     pub trace_id: TraceId,
@@ -678,7 +678,7 @@ fn span_len(span: &Finished) -> usize {
 }
 
 /// A `Span` message's body, its fields in the order prost writes them (by number). Fields of
-/// known size go in as a few small arrays: each write to tonic's buffer checks and grows it
+/// known size go in as a few small arrays: each write to the buffer checks its room
 /// (a byte's as a slice's), which for a dozen small fields cost more than the fields.
 fn put_span(out: &mut impl BufMut, span: &Finished) {
     // trace_id = 1 and span_id = 2: always 16 and 8 bytes.
