@@ -33,7 +33,7 @@ const MAX_ATTRIBUTES: u32 = 128;
 /// A span's attributes, written as they are set in the form its OTLP `Span` carries them
 /// (repeated `KeyValue attributes = 9`, each `AnyValue` as prost writes it): the export thread
 /// copies them whole. Beyond [`MAX_ATTRIBUTES`] they are counted as dropped, as the SDK does.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Attributes {
     bytes: Vec<u8>,
     count: u32,
@@ -104,6 +104,29 @@ impl Attributes {
         }
     }
 
+    /// Appends `block`'s attributes as if each had been set here in turn: in one copy while
+    /// they all fit under [`MAX_ATTRIBUTES`], else one by one up to it (the rest counted as
+    /// dropped). A block is written once (a route's or a proxy's attributes, which never
+    /// change) and appended to every span that carries them.
+    pub fn append(&mut self, block: &Attributes) {
+        self.dropped += block.dropped;
+        if self.count + block.count <= MAX_ATTRIBUTES {
+            self.bytes.extend_from_slice(&block.bytes);
+            self.count += block.count;
+            return;
+        }
+        let mut rest = &block.bytes[..];
+        while let Some((kv, after)) = split_field(rest) {
+            if self.count >= MAX_ATTRIBUTES {
+                self.dropped += 1;
+            } else {
+                self.count += 1;
+                self.bytes.extend_from_slice(kv);
+            }
+            rest = after;
+        }
+    }
+
     /// Starts a `KeyValue` whose `AnyValue` body is `any` bytes, up to its value's first byte;
     /// false (and counted as dropped) when the span has no room left.
     // Always inlined, as are the setters that call it: their keys are constants, so the key's
@@ -135,6 +158,21 @@ impl Attributes {
         put_len(out, key(2, LEN), any);
         true
     }
+}
+
+/// The first length-delimited field (one-byte key) of `bytes`, and what follows it.
+fn split_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (mut len, mut at) = (0usize, 1);
+    loop {
+        let b = *bytes.get(at)?;
+        len |= usize::from(b & 0x7f) << (7 * (at - 1));
+        at += 1;
+        if b < 0x80 {
+            break;
+        }
+    }
+    let end = at.checked_add(len).filter(|&e| e <= bytes.len())?;
+    Some(bytes.split_at(end))
 }
 
 /// A span that has ended, as its end encodes it ([`Encoded::push`]).
@@ -1131,6 +1169,35 @@ mod tests {
             assert_eq!(a.bytes, b.bytes, "{value:?}");
             assert_eq!(a.count, 1);
         }
+    }
+
+    #[test]
+    fn an_appended_block_is_its_attributes_set_in_turn() {
+        let mut block = Attributes::default();
+        block.str("route", "mini");
+        block.str("long", &"v".repeat(200));
+        block.int("n", 300);
+        block.bool("b", true);
+        assert_eq!(block.count, 4);
+        // Far from the limit (one copy), and across it (one by one, the rest dropped).
+        for before in [0, 1, 125, 126, 128] {
+            let (mut a, mut b) = (Attributes::default(), Attributes::default());
+            for i in 0..before {
+                a.int("i", i);
+                b.int("i", i);
+            }
+            a.append(&block);
+            b.str("route", "mini");
+            b.str("long", &"v".repeat(200));
+            b.int("n", 300);
+            b.bool("b", true);
+            assert_eq!(a.bytes, b.bytes, "after {before}");
+            assert_eq!((a.count, a.dropped), (b.count, b.dropped), "after {before}");
+        }
+        let mut a = Attributes::default();
+        (0..126).for_each(|i| a.int("i", i));
+        a.append(&block);
+        assert_eq!((a.count, a.dropped), (128, 2));
     }
 
     #[test]
