@@ -47,9 +47,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample,
-};
+use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -446,7 +444,7 @@ impl Drop for Span {
             parent: self.parent,
             parent_is_remote: self.parent_is_remote,
             flags: self.context.trace_flags(),
-            trace_state: self.context.trace_state().header(),
+            trace_state: header(self.context.trace_state()),
             name: self.name,
             kind: self.kind.clone(),
             start: self.start,
@@ -473,6 +471,16 @@ impl Drop for Span {
     }
 }
 
+/// A trace state's `tracestate` header, without the SDK's walk when there is none (always, as
+/// the caller's `tracestate` is not read; a sampler might set one).
+fn header(state: &TraceState) -> String {
+    if *state == TraceState::NONE {
+        String::new()
+    } else {
+        state.header()
+    }
+}
+
 impl Trace {
     /// Whether this span is exported.
     pub fn is_exported(&self) -> bool {
@@ -493,9 +501,11 @@ impl Trace {
             return Trace::default();
         };
         let pc = &parent.context;
+        // Drawn as the request's own span id is, rather than by an SDK generator built for
+        // each span.
         let context = SpanContext::new(
             pc.trace_id(),
-            RandomIdGenerator::default().new_span_id(),
+            SpanId::from_bytes(fastrand::u64(1..).to_be_bytes()),
             pc.trace_flags().with_sampled(true),
             false,
             pc.trace_state().clone(),
@@ -563,12 +573,22 @@ fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> [u8; 55] {
     out
 }
 
+/// Every byte's two lower-case hex digits: a byte is one lookup, not two.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 15]];
+        b += 1;
+    }
+    pairs
+};
+
 /// Writes `bytes` into `out` as lower-case hex, two digits a byte.
 pub(super) fn put_hex(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 15)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
