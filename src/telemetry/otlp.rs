@@ -14,7 +14,8 @@
 //! ([`Attributes`]), and the whole span when it ends, on the request thread, into the batch
 //! it will be sent in: no `String` or `Value` is made per attribute, nothing made on the
 //! request thread is freed on the export thread, and the export thread does no work per span
-//! (it copies a batch's bytes once, into the request's body). The resource and the
+//! (it copies a batch's bytes once, into the request's body, which over HTTP is the last
+//! batch's body back from the client, so no batch allocates one). The resource and the
 //! instrumentation scope are encoded once. A unit test decodes the bytes with the protobuf
 //! definitions and compares them with the SDK's own conversion of the same spans, field by
 //! field and byte for byte. This module owns encoding and transport only: which spans exist
@@ -344,6 +345,8 @@ pub struct Exporter {
     /// Where the gRPC codec leaves a batch once it has written it, for [`Exporter::send`] to
     /// hand back, its room kept.
     written: Arc<Mutex<Option<Encoded>>>,
+    /// The last OTLP/HTTP body, back from the client once sent, to write the next one into.
+    body: Mutex<bytes::BytesMut>,
 }
 
 /// The runtime [`Exporter`] sends on.
@@ -387,6 +390,7 @@ impl Exporter {
             transport: Transport::Grpc { channel, metadata },
             encoder: Arc::default(),
             written: Arc::default(),
+            body: Mutex::default(),
         })
     }
 
@@ -420,7 +424,12 @@ impl Exporter {
             },
             encoder: Arc::default(),
             written: Arc::default(),
+            body: Mutex::default(),
         })
+    }
+
+    fn lock_body(&self) -> std::sync::MutexGuard<'_, bytes::BytesMut> {
+        self.body.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Encodes the resource and the spans' instrumentation scope once, for every request after.
@@ -477,17 +486,26 @@ impl Exporter {
                     url,
                     headers,
                 } => {
-                    let body = self.encoder.request(batch);
+                    // Written into the last batch's body, its room kept: a fresh one every
+                    // batch grew by reallocation, onto pages the kernel had to clear again.
+                    let mut body = std::mem::take(&mut *self.lock_body());
+                    body.clear();
+                    self.encoder.write(batch, &mut body);
+                    let body = body.freeze();
                     let response = client
                         .post(url)
                         .headers(headers.clone())
-                        .body(body)
+                        .body(body.clone())
                         .send()
                         .await
                         .map_err(|err| err.to_string())?;
                     let status = response.status();
                     // Read to its end, so that the connection goes back to the pool.
                     let _ = response.bytes().await;
+                    // The client let go of the body once it was sent: it comes back whole.
+                    if let Ok(back) = body.try_into_mut() {
+                        *self.lock_body() = back;
+                    }
                     if status.is_success() {
                         Ok(())
                     } else {
@@ -607,7 +625,8 @@ impl Encoder {
     }
 
     /// One `ExportTraceServiceRequest` with one `ResourceSpans` holding one `ScopeSpans` with
-    /// the batch, as a body of its own (OTLP/HTTP).
+    /// the batch, as a body of its own (what the tests decode).
+    #[cfg(test)]
     fn request(&self, batch: &Encoded) -> Vec<u8> {
         let mut out = Vec::new();
         self.write(batch, &mut out);
@@ -879,6 +898,12 @@ impl Out for Vec<u8> {
     }
 }
 
+impl Out for bytes::BytesMut {
+    fn reserve(&mut self, additional: usize) {
+        bytes::BytesMut::reserve(self, additional);
+    }
+}
+
 impl Out for tonic::codec::EncodeBuf<'_> {
     fn reserve(&mut self, additional: usize) {
         tonic::codec::EncodeBuf::reserve(self, additional);
@@ -1124,6 +1149,32 @@ mod tests {
         assert_eq!(out[5..], encoder.request(&spans));
         let one = encoded(&batch()[..1]);
         assert_ne!(encoder.request(&one), encoder.request(&spans));
+        // An OTLP/HTTP body, written into the last one's room.
+        let mut body = bytes::BytesMut::with_capacity(64);
+        body.extend_from_slice(b"old");
+        body.clear();
+        encoder.write(&spans, &mut body);
+        assert_eq!(body[..], encoder.request(&spans)[..]);
+    }
+
+    #[test]
+    fn a_sent_body_comes_back_with_its_room() {
+        // What `Exporter::send` relies on: once the client has dropped its clone, the frozen
+        // body turns back into the same buffer.
+        let mut body = bytes::BytesMut::with_capacity(100_000);
+        body.extend_from_slice(&[1; 90_000]);
+        let (room, at) = (body.capacity(), body.as_ptr());
+        let frozen = body.freeze();
+        let sent = frozen.clone();
+        let frozen = frozen
+            .try_into_mut()
+            .expect_err("the client still holds it");
+        drop(sent);
+        let back = frozen.try_into_mut().expect("unique again");
+        assert_eq!(
+            (back.capacity(), back.as_ptr(), back.len()),
+            (room, at, 90_000)
+        );
     }
 
     #[test]
