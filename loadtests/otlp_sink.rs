@@ -16,7 +16,8 @@
 //!
 //! Run: `target/release/examples/otlp-sink`; it prints `listening grpc=PORT http=PORT`, and the
 //! number of spans received (`spans N`, with `malformed N` when there were any) when its
-//! standard input closes, as `receiver.py --count-only` does.
+//! standard input closes, as `receiver.py --count-only` does, and their requests' bytes
+//! (`bytes N`: the `ExportTraceServiceRequest`s, without gRPC's or HTTP's framing).
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::io::Read;
@@ -25,6 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static SPANS: AtomicU64 = AtomicU64::new(0);
 static MALFORMED: AtomicU64 = AtomicU64::new(0);
+/// The bytes of the well-formed `ExportTraceServiceRequest`s received (no gRPC or HTTP framing).
+static BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// The spans in one gRPC request body (length-prefixed messages), or `None` when it is not a
 /// well-formed `ExportTraceServiceRequest`.
@@ -50,6 +53,7 @@ fn message_spans(message: &[u8]) -> Option<u64> {
             n += fields(scope, 2)?.len() as u64;
         }
     }
+    BYTES.fetch_add(message.len() as u64, Ordering::Relaxed);
     Some(n)
 }
 
@@ -226,6 +230,7 @@ fn main() -> std::io::Result<()> {
     });
     let _ = rt.block_on(wait);
     println!("spans {}", SPANS.load(Ordering::Relaxed));
+    println!("bytes {}", BYTES.load(Ordering::Relaxed));
     let malformed = MALFORMED.load(Ordering::Relaxed);
     if malformed > 0 {
         println!("malformed {malformed}");

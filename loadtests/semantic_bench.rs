@@ -112,6 +112,7 @@ fn proxy(i: usize) -> Proxy {
             fallback_on: switchyard::config::Triggers::all(),
             first_byte_timeout: None,
             deadline: None,
+            span_attributes: Default::default(),
         })
         .collect();
     routes.push(Route {
@@ -127,6 +128,7 @@ fn proxy(i: usize) -> Proxy {
         fallback_on: switchyard::config::Triggers::all(),
         first_byte_timeout: None,
         deadline: None,
+        span_attributes: Default::default(),
     });
     Proxy {
         tenant: "bench".into(),
@@ -137,6 +139,7 @@ fn proxy(i: usize) -> Proxy {
         threshold: None,
         deny_topics: vec![],
         routing_text: RoutingText::LastUser,
+        span_attributes: Default::default(),
     }
 }
 

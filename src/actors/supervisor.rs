@@ -206,11 +206,13 @@ mod tests {
                         fallback_on: crate::config::Triggers::all(),
                         first_byte_timeout: None,
                         deadline: None,
+                        span_attributes: Default::default(),
                     }],
                     fallback: None,
                     threshold: Some(0.5),
                     deny_topics: vec![],
                     routing_text: RoutingText::LastUser,
+                    span_attributes: Default::default(),
                 };
                 (format!("p{i}"), Arc::new(proxy))
             })

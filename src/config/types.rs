@@ -265,6 +265,8 @@ pub struct Route {
     pub first_byte_timeout: Option<Duration>,
     /// Longest time before the answer starts, retries included.
     pub deadline: Option<Duration>,
+    /// The route's span attributes, written once (`otel::routed`).
+    pub span_attributes: crate::telemetry::otel::Cached,
 }
 
 impl Route {
@@ -293,6 +295,8 @@ pub struct Proxy {
     pub deny_topics: Vec<Topic>,
     /// What a semantic decision compares.
     pub routing_text: RoutingText,
+    /// The proxy's span attributes (tenant, proxy), written once (`otel::named`).
+    pub span_attributes: crate::telemetry::otel::Cached,
 }
 
 /// A tenant key as validated: where its value comes from.

@@ -1016,6 +1016,7 @@ fn validate_proxy(
                 fallback_on,
                 first_byte_timeout,
                 deadline,
+                span_attributes: Default::default(),
             });
         }
     }
@@ -1180,5 +1181,6 @@ fn validate_proxy(
         threshold: p.threshold.map(|t| t as f32),
         deny_topics,
         routing_text,
+        span_attributes: Default::default(),
     })
 }

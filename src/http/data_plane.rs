@@ -251,16 +251,7 @@ async fn conversation(
         let route = decision.route();
         scope.set_route(decision.route);
         access::note_route(&req, &route.name);
-        if trace.is_exported() {
-            otel::routed(
-                &trace,
-                &route.name,
-                "chat",
-                route.provider_kind.as_str(),
-                route.upstream_model(),
-                reason.is_some(),
-            );
-        }
+        otel::routed(&trace, route, reason.is_some());
         let answer = attempt(
             &req,
             &state,
@@ -684,7 +675,7 @@ fn metered(on_end: OnEnd, on_usage: usage::OnUsage, input_estimate: u64) -> OnEn
 fn note_proxy(req: &HttpRequest, proxy: &ProxyHandle, trace: &otel::Trace) {
     access::note_proxy(req, &proxy.routes.tenant, &proxy.routes.id);
     Scope::current().set_proxy(&proxy.routes);
-    otel::named(trace, &proxy.routes.tenant, &proxy.routes.id);
+    otel::named(trace, &proxy.routes);
 }
 
 fn find_proxy<'d>(entry: &'d TenantEntry, proxy_id: &str) -> Result<&'d ProxyHandle, GatewayError> {

@@ -123,6 +123,7 @@ mod tests {
             fallback_on: crate::config::Triggers::all(),
             first_byte_timeout: None,
             deadline: None,
+            span_attributes: Default::default(),
         }
     }
 
@@ -140,6 +141,7 @@ mod tests {
             threshold: Some(0.5),
             deny_topics: vec![],
             routing_text: RoutingText::LastUser,
+            span_attributes: Default::default(),
         }
     }
 

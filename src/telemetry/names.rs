@@ -51,6 +51,8 @@ pub const SPAN_STREAM: &str = "stream";
 
 /// GenAI semantic-convention attributes (OpenTelemetry `gen_ai.*`).
 pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+/// `gen_ai.operation.name`'s value for a chat completion.
+pub const GEN_AI_OPERATION_CHAT: &str = "chat";
 pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
 pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
 pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";

@@ -40,15 +40,14 @@ use super::context::{RequestContext, TraceIds};
 use super::metrics::metrics;
 use super::names;
 use super::otlp::{Encoded, Finished};
+use crate::config::{Proxy, Route};
 use actix_web::http::header::HeaderValue;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{
-    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample,
-};
+use opentelemetry_sdk::trace::{Sampler, SamplingDecision, ShouldSample};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -445,7 +444,7 @@ impl Drop for Span {
             parent: self.parent,
             parent_is_remote: self.parent_is_remote,
             flags: self.context.trace_flags(),
-            trace_state: self.context.trace_state().header(),
+            trace_state: header(self.context.trace_state()),
             name: self.name,
             kind: self.kind.clone(),
             start: self.start,
@@ -472,6 +471,16 @@ impl Drop for Span {
     }
 }
 
+/// A trace state's `tracestate` header, without the SDK's walk when there is none (always, as
+/// the caller's `tracestate` is not read; a sampler might set one).
+fn header(state: &TraceState) -> String {
+    if *state == TraceState::NONE {
+        String::new()
+    } else {
+        state.header()
+    }
+}
+
 impl Trace {
     /// Whether this span is exported.
     pub fn is_exported(&self) -> bool {
@@ -492,9 +501,11 @@ impl Trace {
             return Trace::default();
         };
         let pc = &parent.context;
+        // Drawn as the request's own span id is, rather than by an SDK generator built for
+        // each span.
         let context = SpanContext::new(
             pc.trace_id(),
-            RandomIdGenerator::default().new_span_id(),
+            SpanId::from_bytes(fastrand::u64(1..).to_be_bytes()),
             pc.trace_flags().with_sampled(true),
             false,
             pc.trace_state().clone(),
@@ -562,12 +573,22 @@ fn format_traceparent(trace: &[u8; 16], span: &[u8; 8], flags: u8) -> [u8; 55] {
     out
 }
 
+/// Every byte's two lower-case hex digits: a byte is one lookup, not two.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 15]];
+        b += 1;
+    }
+    pairs
+};
+
 /// Writes `bytes` into `out` as lower-case hex, two digits a byte.
 pub(super) fn put_hex(out: &mut [u8], bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(b >> 4)];
-        pair[1] = HEX[usize::from(b & 15)];
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
@@ -681,28 +702,50 @@ pub fn request_trace(req: &actix_web::HttpRequest) -> Trace {
         .unwrap_or_default()
 }
 
+/// Attributes that never change for a route or a proxy, written the first time a traced
+/// request needs them and appended to every span after as one block ([`routed`], [`named`]):
+/// one copy instead of a write per attribute. Kept on the configuration's route or proxy, so a
+/// reload's new configuration starts without them.
+#[derive(Clone, Debug, Default)]
+pub struct Cached(OnceLock<Attributes>);
+
+impl Cached {
+    fn get(&self, write: impl FnOnce(&mut Attributes)) -> &Attributes {
+        self.0.get_or_init(|| {
+            let mut block = Attributes::default();
+            write(&mut block);
+            block
+        })
+    }
+}
+
 /// The tenant and proxy a request names, on its server span.
-pub fn named(trace: &Trace, tenant: &str, proxy: &str) {
-    trace.set(|a| {
-        a.str(names::TENANT, tenant);
-        a.str(names::PROXY, proxy);
+pub fn named(trace: &Trace, proxy: &Proxy) {
+    if !trace.is_exported() {
+        return;
+    }
+    let block = proxy.span_attributes.get(|a| {
+        a.str(names::TENANT, &proxy.tenant);
+        a.str(names::PROXY, &proxy.id);
     });
+    trace.set(|a| a.append(block));
 }
 
 /// The GenAI attributes known once a request is routed, and its route, on its server span.
-pub fn routed(
-    trace: &Trace,
-    route: &str,
-    operation: &'static str,
-    provider: &'static str,
-    request_model: &str,
-    fallback: bool,
-) {
+/// The operation is `chat`: every endpoint the gateway serves is a chat completion in the
+/// GenAI conventions' terms.
+pub fn routed(trace: &Trace, route: &Route, fallback: bool) {
+    if !trace.is_exported() {
+        return;
+    }
+    let block = route.span_attributes.get(|a| {
+        a.str(names::ROUTE, &route.name);
+        a.str(names::GEN_AI_OPERATION_NAME, names::GEN_AI_OPERATION_CHAT);
+        a.str(names::GEN_AI_PROVIDER_NAME, route.provider_kind.as_str());
+        a.str(names::GEN_AI_REQUEST_MODEL, route.upstream_model());
+    });
     trace.set(|a| {
-        a.str(names::ROUTE, route);
-        a.str(names::GEN_AI_OPERATION_NAME, operation);
-        a.str(names::GEN_AI_PROVIDER_NAME, provider);
-        a.str(names::GEN_AI_REQUEST_MODEL, request_model);
+        a.append(block);
         a.bool(names::SWITCHYARD_FALLBACK, fallback);
     });
 }
@@ -801,6 +844,26 @@ mod tests {
         taken.iter_mut().for_each(Encoded::clear);
         waiting.take(&mut taken, true);
         assert!(taken.is_empty());
+    }
+
+    #[test]
+    fn a_cached_block_is_written_once() {
+        let cached = Cached::default();
+        let mut writes = 0;
+        for _ in 0..3 {
+            let block = cached.get(|a| {
+                writes += 1;
+                a.str(names::TENANT, "a");
+                a.str(names::PROXY, "chat");
+            });
+            let mut appended = Attributes::default();
+            appended.append(block);
+            let mut direct = Attributes::default();
+            direct.str(names::TENANT, "a");
+            direct.str(names::PROXY, "chat");
+            assert_eq!(format!("{appended:?}"), format!("{direct:?}"));
+        }
+        assert_eq!(writes, 1);
     }
 
     #[test]

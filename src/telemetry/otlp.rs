@@ -14,7 +14,8 @@
 //! ([`Attributes`]), and the whole span when it ends, on the request thread, into the batch
 //! it will be sent in: no `String` or `Value` is made per attribute, nothing made on the
 //! request thread is freed on the export thread, and the export thread does no work per span
-//! (it copies a batch's bytes once, into the request's body). The resource and the
+//! (it copies a batch's bytes once, into the request's body, which over HTTP is the last
+//! batch's body back from the client, so no batch allocates one). The resource and the
 //! instrumentation scope are encoded once. A unit test decodes the bytes with the protobuf
 //! definitions and compares them with the SDK's own conversion of the same spans, field by
 //! field and byte for byte. This module owns encoding and transport only: which spans exist
@@ -33,7 +34,7 @@ const MAX_ATTRIBUTES: u32 = 128;
 /// A span's attributes, written as they are set in the form its OTLP `Span` carries them
 /// (repeated `KeyValue attributes = 9`, each `AnyValue` as prost writes it): the export thread
 /// copies them whole. Beyond [`MAX_ATTRIBUTES`] they are counted as dropped, as the SDK does.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Attributes {
     bytes: Vec<u8>,
     count: u32,
@@ -104,6 +105,29 @@ impl Attributes {
         }
     }
 
+    /// Appends `block`'s attributes as if each had been set here in turn: in one copy while
+    /// they all fit under [`MAX_ATTRIBUTES`], else one by one up to it (the rest counted as
+    /// dropped). A block is written once (a route's or a proxy's attributes, which never
+    /// change) and appended to every span that carries them.
+    pub fn append(&mut self, block: &Attributes) {
+        self.dropped += block.dropped;
+        if self.count + block.count <= MAX_ATTRIBUTES {
+            self.bytes.extend_from_slice(&block.bytes);
+            self.count += block.count;
+            return;
+        }
+        let mut rest = &block.bytes[..];
+        while let Some((kv, after)) = split_field(rest) {
+            if self.count >= MAX_ATTRIBUTES {
+                self.dropped += 1;
+            } else {
+                self.count += 1;
+                self.bytes.extend_from_slice(kv);
+            }
+            rest = after;
+        }
+    }
+
     /// Starts a `KeyValue` whose `AnyValue` body is `any` bytes, up to its value's first byte;
     /// false (and counted as dropped) when the span has no room left.
     // Always inlined, as are the setters that call it: their keys are constants, so the key's
@@ -135,6 +159,21 @@ impl Attributes {
         put_len(out, key(2, LEN), any);
         true
     }
+}
+
+/// The first length-delimited field (one-byte key) of `bytes`, and what follows it.
+fn split_field(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (mut len, mut at) = (0usize, 1);
+    loop {
+        let b = *bytes.get(at)?;
+        len |= usize::from(b & 0x7f) << (7 * (at - 1));
+        at += 1;
+        if b < 0x80 {
+            break;
+        }
+    }
+    let end = at.checked_add(len).filter(|&e| e <= bytes.len())?;
+    Some(bytes.split_at(end))
 }
 
 /// A span that has ended, as its end encodes it ([`Encoded::push`]).
@@ -306,6 +345,8 @@ pub struct Exporter {
     /// Where the gRPC codec leaves a batch once it has written it, for [`Exporter::send`] to
     /// hand back, its room kept.
     written: Arc<Mutex<Option<Encoded>>>,
+    /// The last OTLP/HTTP body, back from the client once sent, to write the next one into.
+    body: Mutex<bytes::BytesMut>,
 }
 
 /// The runtime [`Exporter`] sends on.
@@ -349,6 +390,7 @@ impl Exporter {
             transport: Transport::Grpc { channel, metadata },
             encoder: Arc::default(),
             written: Arc::default(),
+            body: Mutex::default(),
         })
     }
 
@@ -382,7 +424,12 @@ impl Exporter {
             },
             encoder: Arc::default(),
             written: Arc::default(),
+            body: Mutex::default(),
         })
+    }
+
+    fn lock_body(&self) -> std::sync::MutexGuard<'_, bytes::BytesMut> {
+        self.body.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Encodes the resource and the spans' instrumentation scope once, for every request after.
@@ -439,17 +486,26 @@ impl Exporter {
                     url,
                     headers,
                 } => {
-                    let body = self.encoder.request(batch);
+                    // Written into the last batch's body, its room kept: a fresh one every
+                    // batch grew by reallocation, onto pages the kernel had to clear again.
+                    let mut body = std::mem::take(&mut *self.lock_body());
+                    body.clear();
+                    self.encoder.write(batch, &mut body);
+                    let body = body.freeze();
                     let response = client
                         .post(url)
                         .headers(headers.clone())
-                        .body(body)
+                        .body(body.clone())
                         .send()
                         .await
                         .map_err(|err| err.to_string())?;
                     let status = response.status();
                     // Read to its end, so that the connection goes back to the pool.
                     let _ = response.bytes().await;
+                    // The client let go of the body once it was sent: it comes back whole.
+                    if let Ok(back) = body.try_into_mut() {
+                        *self.lock_body() = back;
+                    }
                     if status.is_success() {
                         Ok(())
                     } else {
@@ -569,7 +625,8 @@ impl Encoder {
     }
 
     /// One `ExportTraceServiceRequest` with one `ResourceSpans` holding one `ScopeSpans` with
-    /// the batch, as a body of its own (OTLP/HTTP).
+    /// the batch, as a body of its own (what the tests decode).
+    #[cfg(test)]
     fn request(&self, batch: &Encoded) -> Vec<u8> {
         let mut out = Vec::new();
         self.write(batch, &mut out);
@@ -841,6 +898,12 @@ impl Out for Vec<u8> {
     }
 }
 
+impl Out for bytes::BytesMut {
+    fn reserve(&mut self, additional: usize) {
+        bytes::BytesMut::reserve(self, additional);
+    }
+}
+
 impl Out for tonic::codec::EncodeBuf<'_> {
     fn reserve(&mut self, additional: usize) {
         tonic::codec::EncodeBuf::reserve(self, additional);
@@ -1086,6 +1149,32 @@ mod tests {
         assert_eq!(out[5..], encoder.request(&spans));
         let one = encoded(&batch()[..1]);
         assert_ne!(encoder.request(&one), encoder.request(&spans));
+        // An OTLP/HTTP body, written into the last one's room.
+        let mut body = bytes::BytesMut::with_capacity(64);
+        body.extend_from_slice(b"old");
+        body.clear();
+        encoder.write(&spans, &mut body);
+        assert_eq!(body[..], encoder.request(&spans)[..]);
+    }
+
+    #[test]
+    fn a_sent_body_comes_back_with_its_room() {
+        // What `Exporter::send` relies on: once the client has dropped its clone, the frozen
+        // body turns back into the same buffer.
+        let mut body = bytes::BytesMut::with_capacity(100_000);
+        body.extend_from_slice(&[1; 90_000]);
+        let (room, at) = (body.capacity(), body.as_ptr());
+        let frozen = body.freeze();
+        let sent = frozen.clone();
+        let frozen = frozen
+            .try_into_mut()
+            .expect_err("the client still holds it");
+        drop(sent);
+        let back = frozen.try_into_mut().expect("unique again");
+        assert_eq!(
+            (back.capacity(), back.as_ptr(), back.len()),
+            (room, at, 90_000)
+        );
     }
 
     #[test]
@@ -1131,6 +1220,35 @@ mod tests {
             assert_eq!(a.bytes, b.bytes, "{value:?}");
             assert_eq!(a.count, 1);
         }
+    }
+
+    #[test]
+    fn an_appended_block_is_its_attributes_set_in_turn() {
+        let mut block = Attributes::default();
+        block.str("route", "mini");
+        block.str("long", &"v".repeat(200));
+        block.int("n", 300);
+        block.bool("b", true);
+        assert_eq!(block.count, 4);
+        // Far from the limit (one copy), and across it (one by one, the rest dropped).
+        for before in [0, 1, 125, 126, 128] {
+            let (mut a, mut b) = (Attributes::default(), Attributes::default());
+            for i in 0..before {
+                a.int("i", i);
+                b.int("i", i);
+            }
+            a.append(&block);
+            b.str("route", "mini");
+            b.str("long", &"v".repeat(200));
+            b.int("n", 300);
+            b.bool("b", true);
+            assert_eq!(a.bytes, b.bytes, "after {before}");
+            assert_eq!((a.count, a.dropped), (b.count, b.dropped), "after {before}");
+        }
+        let mut a = Attributes::default();
+        (0..126).for_each(|i| a.int("i", i));
+        a.append(&block);
+        assert_eq!((a.count, a.dropped), (128, 2));
     }
 
     #[test]

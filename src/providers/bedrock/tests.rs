@@ -68,11 +68,13 @@ fn decision(model: &str) -> Decision {
             fallback_on: Triggers::all(),
             first_byte_timeout: None,
             deadline: None,
+            span_attributes: Default::default(),
         }],
         fallback: None,
         threshold: Some(0.5),
         deny_topics: vec![],
         routing_text: RoutingText::LastUser,
+        span_attributes: Default::default(),
     });
     Decision::new(&proxy, 0, &[p], false, None).expect("decision")
 }

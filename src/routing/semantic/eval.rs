@@ -78,6 +78,7 @@ impl Suite {
                 })
                 .collect(),
             routing_text: RoutingText::LastUser,
+            span_attributes: Default::default(),
         }
     }
 }
@@ -96,6 +97,7 @@ fn route(name: &str, topics: Vec<Topic>) -> Route {
         fallback_on: crate::config::Triggers::all(),
         first_byte_timeout: None,
         deadline: None,
+        span_attributes: Default::default(),
     }
 }
 
