@@ -390,6 +390,8 @@ pub struct Provider {
     pub timeout: Duration,
     pub max_retries: u32,
     pub circuit: CircuitPolicy,
+    /// What every attempt would otherwise rebuild from these settings (empty until the first).
+    pub prebuilt: crate::providers::Prebuilt,
 }
 
 impl Provider {
@@ -411,6 +413,7 @@ impl Provider {
                 failures: 0,
                 open_for: Duration::from_secs(1),
             },
+            prebuilt: Default::default(),
         }
     }
 }
