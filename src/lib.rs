@@ -18,6 +18,7 @@ pub mod emulator;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+pub mod fxhash;
 pub mod governance;
 pub mod http;
 pub mod providers;

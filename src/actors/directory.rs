@@ -8,8 +8,8 @@
 
 use super::proxy::ProxyActor;
 use crate::config::{Provider, Proxy, Tenant};
+use crate::fxhash::FxHashMap;
 use actix::Addr;
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 /// One proxy as published: its actor and the route table that actor owns.
@@ -24,13 +24,13 @@ pub struct ProxyHandle {
 #[derive(Debug)]
 pub struct TenantEntry {
     pub tenant: Arc<Tenant>,
-    pub proxies: HashMap<String, ProxyHandle>,
+    pub proxies: FxHashMap<String, ProxyHandle>,
 }
 
 /// Every tenant the gateway serves at one moment.
 #[derive(Debug, Default)]
 pub struct Directory {
-    pub tenants: HashMap<String, TenantEntry>,
+    pub tenants: FxHashMap<String, TenantEntry>,
 }
 
 /// The shared, swappable current directory.

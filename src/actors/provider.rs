@@ -11,12 +11,11 @@
 //! framing and a failed first event) is asked of the call's `providers::Adapter`; nothing here
 //! names a provider. Circuit breaking and per-tenant cost accounting join here.
 
-use super::circuit;
 use super::messages::{Call, CallLimits};
 use crate::api::stream::{UpstreamChunk, UpstreamStream};
 use crate::config::Provider;
 use crate::error::GatewayError;
-use crate::providers::{Adapter, ErrorAnswer, UpstreamBody, UpstreamCall, UpstreamResponse};
+use crate::providers::{Adapter, ErrorAnswer, UpstreamBody, UpstreamCall, UpstreamResponse, Url};
 use crate::telemetry::scope::Scope;
 use crate::telemetry::{names, otel};
 use actix::{Actor, Context, Handler, ResponseFuture};
@@ -150,7 +149,7 @@ async fn send_with_retries(
     limits: CallLimits,
     trace: otel::Trace,
 ) -> Result<UpstreamResponse, GatewayError> {
-    let circuit = circuit::for_endpoint(&provider.base_url);
+    let circuit = provider.prebuilt.circuit(&provider.base_url);
     // Pinned where it is made and awaited through the pin: awaited by value, the retry loop's
     // state (about 1 KB) would be copied into the await's own slot first.
     let mut attempts = std::pin::pin!(async {
@@ -226,9 +225,11 @@ async fn send_once(
     let adapter = call.adapter;
     // Built per attempt: a signature over the time must be fresh on every retry.
     let request = adapter.attempt(provider, call)?;
-    let mut builder = client
-        .request(request.method, &request.url)
-        .timeout(provider.timeout);
+    let builder = match request.url {
+        Url::Parsed(uri) => client.request(request.method, uri),
+        Url::Text(text) => client.request(request.method, text.as_str()),
+    };
+    let mut builder = builder.timeout(provider.timeout);
     if !request.body.is_empty() {
         builder = builder.insert_header((header::CONTENT_TYPE, "application/json"));
     }
@@ -590,7 +591,7 @@ mod tests {
             let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             Ok(crate::providers::UpstreamRequest {
                 method: call.method.clone(),
-                url: format!("{}{}", provider.base_url, call.path),
+                url: crate::providers::Url::Text(format!("{}{}", provider.base_url, call.path)),
                 headers: vec![(
                     header::HeaderName::from_static("x-attempt"),
                     header::HeaderValue::from(n),
@@ -674,6 +675,7 @@ mod tests {
                 failures: 0,
                 open_for: Duration::from_secs(1),
             },
+            prebuilt: Default::default(),
         });
         let call = UpstreamCall {
             adapter: &NUMBERED,

@@ -75,7 +75,7 @@ impl Supervisor {
     }
 
     fn publish(&self) {
-        let mut tenants = HashMap::new();
+        let mut tenants = crate::fxhash::FxHashMap::default();
         for (id, tenant) in &self.snapshot.tenants {
             let providers = &tenant.providers;
             let proxies = tenant

@@ -39,6 +39,14 @@ impl Endpoint {
             Endpoint::Responses => "responses",
         }
     }
+
+    /// [`Endpoint::path`] as a path under a provider's base URL, with its leading `/`.
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Responses => "/responses",
+        }
+    }
 }
 
 /// A client request as the gateway needs it for routing and forwarding.

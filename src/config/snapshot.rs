@@ -182,6 +182,7 @@ pub fn build(
                 timeout: p.timeout,
                 max_retries: p.max_retries,
                 circuit: p.circuit,
+                prebuilt: Default::default(),
             }));
         }
         let proxies = spec

@@ -394,6 +394,8 @@ pub struct Provider {
     pub timeout: Duration,
     pub max_retries: u32,
     pub circuit: CircuitPolicy,
+    /// What every attempt would otherwise rebuild from these settings (empty until the first).
+    pub prebuilt: crate::providers::Prebuilt,
 }
 
 impl Provider {
@@ -415,6 +417,7 @@ impl Provider {
                 failures: 0,
                 open_for: Duration::from_secs(1),
             },
+            prebuilt: Default::default(),
         }
     }
 }

@@ -8,9 +8,9 @@
 
 use crate::api::canonical::Usage;
 use crate::config::ProviderKind;
+use crate::fxhash::FxHashMap;
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
@@ -75,10 +75,11 @@ pub struct Listed {
     pub date: String,
 }
 
-/// The built-in table: (provider type, model) → price.
+/// The built-in table: (provider type, model) → price. Kept per provider type so a lookup
+/// (every metered request) borrows the model's name instead of copying it into a key.
 #[derive(Debug, Default)]
 pub struct PriceTable {
-    entries: HashMap<(ProviderKind, String), Listed>,
+    entries: FxHashMap<ProviderKind, FxHashMap<String, Listed>>,
 }
 
 /// The text of the built-in table.
@@ -128,7 +129,7 @@ impl PriceTable {
     /// Parses a table in `prices.toml`'s format.
     pub fn parse(text: &str) -> Result<Self, String> {
         let raw: RawTable = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut entries = HashMap::new();
+        let mut entries = FxHashMap::default();
         for (i, e) in raw.price.into_iter().enumerate() {
             let at = format!("price[{i}] ({} {})", e.provider, e.model);
             let kind =
@@ -148,7 +149,8 @@ impl PriceTable {
                 source: e.source,
                 date: e.date,
             };
-            if entries.insert((kind, e.model), listed).is_some() {
+            let of_kind: &mut FxHashMap<String, Listed> = entries.entry(kind).or_default();
+            if of_kind.insert(e.model, listed).is_some() {
                 return Err(format!("{at}: listed twice"));
             }
         }
@@ -168,15 +170,16 @@ impl PriceTable {
 
     /// The listed price of `model` on `kind`, by the names [`candidates`] gives.
     pub fn get(&self, kind: ProviderKind, model: &str) -> Option<&Listed> {
-        candidates(model).find_map(|m| self.entries.get(&(kind, m.to_owned())))
+        let of_kind = self.entries.get(&kind)?;
+        candidates(model).find_map(|m| of_kind.get(m))
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(FxHashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
@@ -186,11 +189,16 @@ pub fn candidates(model: &str) -> impl Iterator<Item = &str> {
     let unprefixed = ["us.", "eu.", "apac.", "global.", "us-gov."]
         .iter()
         .find_map(|p| model.strip_prefix(p));
-    let base = [Some(model), unprefixed];
-    base.into_iter()
-        .flatten()
-        .flat_map(|m| [Some(m), undated(m)])
-        .flatten()
+    // Four names at most, listed outright: a chain of `flat_map`s over arrays moved its
+    // state about 30 times a lookup (every metered request prices its model).
+    [
+        Some(model),
+        undated(model),
+        unprefixed,
+        unprefixed.and_then(undated),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// `gpt-4o-2024-08-06` → `gpt-4o`.

@@ -345,6 +345,7 @@ mod tests {
                 failures: 0,
                 open_for: Duration::from_secs(1),
             },
+            prebuilt: Default::default(),
         };
         let bedrock = provider_view(&provider(
             ProviderSettings::Bedrock {

@@ -800,7 +800,7 @@ fn noting(req: &HttpRequest, on_usage: usage::OnUsage) -> usage::OnUsage {
 fn request_id(req: &HttpRequest) -> String {
     req.extensions()
         .get::<RequestContext>()
-        .map(|c| String::from_utf8_lossy(c.request_id.as_bytes()).into_owned())
+        .map(|c| crate::telemetry::context::id_text(c.request_id.as_bytes()))
         .unwrap_or_default()
 }
 

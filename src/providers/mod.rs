@@ -24,9 +24,11 @@ use crate::config::{Credentials, Provider, ProviderKind};
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::routing::Decision;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::{Method, StatusCode, Uri};
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// An upstream answer with an error status (anything but 2xx), whole, as
@@ -46,8 +48,9 @@ impl<'a> ErrorAnswer<'a> {
 /// The per-provider parts of an upstream call. Implementations are stateless: what a call
 /// needs is in the [`Provider`] (settings and credentials) and the [`UpstreamCall`].
 pub trait Adapter: Sync {
-    /// The request for one attempt. Called before every attempt, never cached, so anything
-    /// that depends on the moment (a SigV4 signature and its date) is computed afresh.
+    /// The request for one attempt. Called before every attempt, so anything that depends on
+    /// the moment (a SigV4 signature and its date) is computed afresh; what does not (a fixed
+    /// key's header, the URI) may come from the provider's [`Prebuilt`].
     fn attempt(
         &self,
         provider: &Provider,
@@ -148,8 +151,9 @@ pub struct UpstreamCall {
     pub adapter: &'static dyn Adapter,
     /// `POST` for a conversation; `GET` to retrieve a stored response.
     pub method: Method,
-    /// Appended to the provider's base URL: path and query, starting with `/`.
-    pub path: String,
+    /// Appended to the provider's base URL: path and query, starting with `/` (a constant for
+    /// a front endpoint's own path, whose URI the provider keeps parsed).
+    pub path: Cow<'static, str>,
     /// Headers that are the same on every attempt and carry no secret (trace context,
     /// organization…).
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -171,7 +175,7 @@ impl UpstreamCall {
         headers.extend(self.headers.iter().cloned());
         UpstreamRequest {
             method: self.method.clone(),
-            url: format!("{}{}", provider.base_url, self.path),
+            url: provider.prebuilt.url(&provider.base_url, &self.path),
             headers,
             body: self.body.clone(),
         }
@@ -193,10 +197,75 @@ impl fmt::Debug for UpstreamCall {
 #[derive(Debug)]
 pub struct UpstreamRequest {
     pub method: Method,
-    pub url: String,
+    pub url: Url,
     /// Headers besides `content-type`; secrets are marked sensitive.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+}
+
+/// Where an attempt goes: a URI parsed once and kept by the provider, or the text of one for
+/// awc to parse (and to refuse as it always did, should it not parse).
+#[derive(Clone, Debug)]
+pub enum Url {
+    Parsed(Uri),
+    Text(String),
+}
+
+impl PartialEq<&str> for Url {
+    fn eq(&self, other: &&str) -> bool {
+        match self {
+            Url::Parsed(uri) => uri == *other,
+            Url::Text(text) => text == other,
+        }
+    }
+}
+
+/// What every attempt against one provider would otherwise make again from its settings:
+/// the URIs of the two front endpoints' own paths under the base URL, the auth header of a
+/// fixed key or token, and the endpoint's circuit breaker. Each is made at the first attempt
+/// that needs it and kept with the provider; a reload builds new providers, so nothing kept
+/// outlives the settings it came from.
+#[derive(Debug, Default)]
+pub struct Prebuilt {
+    /// base URL + `/chat/completions`, base URL + `/responses`; `None` when it does not parse.
+    uris: [OnceLock<Option<Uri>>; 2],
+    auth: OnceLock<(HeaderName, HeaderValue)>,
+    circuit: OnceLock<Arc<crate::actors::circuit::Circuit>>,
+}
+
+impl Prebuilt {
+    /// `base` + `path`, parsed once for a front endpoint's own path.
+    pub fn url(&self, base: &str, path: &str) -> Url {
+        let slot = match path {
+            "/chat/completions" => 0,
+            "/responses" => 1,
+            _ => return Url::Text(format!("{base}{path}")),
+        };
+        match self.uris[slot].get_or_init(|| Uri::try_from(format!("{base}{path}")).ok()) {
+            Some(uri) => Url::Parsed(uri.clone()),
+            None => Url::Text(format!("{base}{path}")),
+        }
+    }
+
+    /// The auth header `make` builds, made once: only for credentials that do not change
+    /// (an API key or a fixed token), never for a signature over the time. A failure is not
+    /// kept, so every attempt reports it as before.
+    pub(crate) fn auth(
+        &self,
+        make: impl FnOnce() -> Result<(HeaderName, HeaderValue), GatewayError>,
+    ) -> Result<(HeaderName, HeaderValue), GatewayError> {
+        if let Some(auth) = self.auth.get() {
+            return Ok(auth.clone());
+        }
+        let auth = make()?;
+        Ok(self.auth.get_or_init(|| auth).clone())
+    }
+
+    /// The circuit breaker of the endpoint at `base_url` (see `actors::circuit`).
+    pub fn circuit(&self, base_url: &str) -> &Arc<crate::actors::circuit::Circuit> {
+        self.circuit
+            .get_or_init(|| crate::actors::circuit::for_endpoint(base_url))
+    }
 }
 
 /// An upstream body: whole, or chunks as they arrive.
@@ -286,7 +355,7 @@ pub fn retrieval(provider: &Provider, upstream_id: &str) -> Option<UpstreamCall>
     Some(UpstreamCall {
         adapter,
         method: Method::GET,
-        path,
+        path: path.into(),
         headers: Vec::new(),
         body: Bytes::new(),
         stream: false,
@@ -366,4 +435,54 @@ pub(crate) fn upstream_failure(
         retry_after_ms: headers.get("retry-after-ms").cloned(),
         retry_in,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_front_endpoints_uri_is_parsed_once_and_any_other_path_is_left_as_text() {
+        let kept = Prebuilt::default();
+        let base = "http://127.0.0.1:9/v1";
+        let Url::Parsed(first) = kept.url(base, "/chat/completions") else {
+            panic!("a front endpoint's path is parsed");
+        };
+        assert_eq!(first, "http://127.0.0.1:9/v1/chat/completions");
+        // The second call hands back the kept URI, whatever base it is given.
+        let Url::Parsed(again) = kept.url("http://elsewhere:1", "/chat/completions") else {
+            panic!("kept");
+        };
+        assert_eq!(again, "http://127.0.0.1:9/v1/chat/completions");
+        assert!(
+            matches!(kept.url(base, "/responses"), Url::Parsed(u) if u == "http://127.0.0.1:9/v1/responses")
+        );
+        assert!(
+            matches!(kept.url(base, "/responses/r_1"), Url::Text(t) if t == "http://127.0.0.1:9/v1/responses/r_1")
+        );
+        // A base that does not parse stays text, for awc to refuse as it always did.
+        let bad = Prebuilt::default();
+        assert!(
+            matches!(bad.url("http://a b", "/responses"), Url::Text(t) if t == "http://a b/responses")
+        );
+    }
+
+    #[test]
+    fn an_auth_header_is_made_once_and_a_failure_is_not_kept() {
+        let kept = Prebuilt::default();
+        let refused = kept.auth(|| Err(GatewayError::Internal("no key".into())));
+        assert!(matches!(refused, Err(GatewayError::Internal(m)) if m == "no key"));
+        let mut made = 0;
+        for _ in 0..3 {
+            let (name, value) = kept
+                .auth(|| {
+                    made += 1;
+                    Ok((header::AUTHORIZATION, HeaderValue::from_static("Bearer k")))
+                })
+                .expect("made");
+            assert_eq!(name, header::AUTHORIZATION);
+            assert_eq!(value, "Bearer k");
+        }
+        assert_eq!(made, 1);
+    }
 }

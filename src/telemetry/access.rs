@@ -144,7 +144,7 @@ impl Pending {
         metrics().request_started();
         Self {
             started: Instant::now(),
-            request_id: String::from_utf8_lossy(request_id).into_owned(),
+            request_id: super::context::id_text(request_id),
             // `00-<trace id>-<span id>-<flags>`
             trace_id: traceparent.get(3..35).unwrap_or_default().to_owned(),
             endpoint: EndpointLabel::classify(path),

@@ -67,6 +67,16 @@ impl RequestContext {
     }
 }
 
+/// A request id's bytes as text, as `String::from_utf8_lossy` makes it. An id is ASCII (a
+/// sane caller's or one of ours), so it is checked with `from_utf8`'s word-at-a-time ASCII
+/// path; the lossy conversion walks it byte by byte, twice a request.
+pub fn id_text(id: &[u8]) -> String {
+    match std::str::from_utf8(id) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(id).into_owned(),
+    }
+}
+
 fn is_sane_request_id(v: &[u8]) -> bool {
     (1..=128).contains(&v.len()) && v.iter().all(|b| b.is_ascii_graphic())
 }
@@ -164,6 +174,13 @@ mod tests {
             assert_eq!(tp(&c).len(), 55, "{bad}");
             assert!(!tp(&c).contains("4bf92f35"), "{bad}");
         }
+    }
+
+    #[test]
+    fn id_text_is_the_lossy_conversion() {
+        assert_eq!(id_text(b"req_0123abcd"), "req_0123abcd");
+        assert_eq!(id_text(b""), "");
+        assert_eq!(id_text(b"a\xffb"), "a\u{fffd}b");
     }
 
     #[test]

@@ -58,12 +58,12 @@ pub fn prepare(
                 path_segment(api_version)
             )
         }
-        (AzureApi::V1, endpoint) => format!("/{}", endpoint.path()),
+        (AzureApi::V1, endpoint) => endpoint.upstream_path().to_owned(),
     };
     Ok(UpstreamCall {
         adapter: &AzureOpenAi,
         method: actix_web::http::Method::POST,
-        path,
+        path: path.into(),
         headers: Vec::new(),
         body: front.upstream_body(deployment, previous_response_id),
         stream: front.stream,
@@ -76,22 +76,20 @@ impl Adapter for AzureOpenAi {
         provider: &Provider,
         call: &UpstreamCall,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let auth = match &provider.credentials {
-            Credentials::ApiKey(key) => (
+        let auth = provider.prebuilt.auth(|| match &provider.credentials {
+            Credentials::ApiKey(key) => Ok((
                 HeaderName::from_static("api-key"),
                 super::secret_header(provider, key.expose())?,
-            ),
-            Credentials::EntraToken(token) => (
+            )),
+            Credentials::EntraToken(token) => Ok((
                 header::AUTHORIZATION,
                 super::secret_header(provider, &format!("Bearer {}", token.expose()))?,
-            ),
-            Credentials::Aws { .. } => {
-                return Err(GatewayError::Internal(format!(
-                    "provider {} has AWS credentials",
-                    provider.name
-                )));
-            }
-        };
+            )),
+            Credentials::Aws { .. } => Err(GatewayError::Internal(format!(
+                "provider {} has AWS credentials",
+                provider.name
+            ))),
+        })?;
         Ok(call.request(provider, auth))
     }
 
@@ -197,6 +195,7 @@ mod tests {
                 failures: 0,
                 open_for: Duration::from_secs(1),
             },
+            prebuilt: Default::default(),
         }
     }
 

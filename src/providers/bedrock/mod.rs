@@ -60,7 +60,7 @@ impl Translator for Bedrock {
         Ok(UpstreamCall {
             adapter: &Bedrock,
             method: Method::POST,
-            path: format!("/model/{}/{operation}", super::path_segment(model)),
+            path: format!("/model/{}/{operation}", super::path_segment(model)).into(),
             headers: Vec::new(),
             body: Bytes::from(request::encode(conversation)?),
             stream: conversation.stream,
@@ -208,7 +208,7 @@ fn signed(
     headers.extend(call.headers.iter().cloned());
     Ok(UpstreamRequest {
         method: call.method.clone(),
-        url,
+        url: super::Url::Text(url),
         headers,
         body: call.body.clone(),
     })

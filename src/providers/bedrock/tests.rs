@@ -38,6 +38,7 @@ fn provider(credentials: Credentials, region: &str, base_url: &str) -> Provider 
             failures: 0,
             open_for: Duration::from_secs(1),
         },
+        prebuilt: Default::default(),
     }
 }
 

@@ -54,8 +54,11 @@ impl Adapter for Gemini {
         provider: &Provider,
         call: &UpstreamCall,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let auth = super::secret_header(provider, super::api_key(provider)?)?;
-        Ok(call.request(provider, (HeaderName::from_static("x-goog-api-key"), auth)))
+        let auth = provider.prebuilt.auth(|| {
+            let key = super::secret_header(provider, super::api_key(provider)?)?;
+            Ok((HeaderName::from_static("x-goog-api-key"), key))
+        })?;
+        Ok(call.request(provider, auth))
     }
 
     /// Google documents no request-id header for this API, and recorded answers carry none
@@ -143,7 +146,7 @@ impl Translator for Gemini {
         Ok(UpstreamCall {
             adapter: &Gemini,
             method: Method::POST,
-            path: path(api_version, model, conversation.stream),
+            path: path(api_version, model, conversation.stream).into(),
             headers: Vec::new(),
             body: Bytes::from(body),
             stream: conversation.stream,

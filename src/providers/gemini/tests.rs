@@ -423,6 +423,7 @@ fn provider() -> Provider {
             failures: 0,
             open_for: Duration::from_secs(1),
         },
+        prebuilt: Default::default(),
     }
 }
 

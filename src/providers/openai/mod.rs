@@ -46,7 +46,7 @@ pub fn prepare(
     Ok(UpstreamCall {
         adapter: &OpenAi,
         method: actix_web::http::Method::POST,
-        path: format!("/{}", front.endpoint.path()),
+        path: front.endpoint.upstream_path().into(),
         headers,
         body,
         stream: front.stream,
@@ -59,9 +59,12 @@ impl Adapter for OpenAi {
         provider: &Provider,
         call: &UpstreamCall,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let key = super::api_key(provider)?;
-        let auth = super::secret_header(provider, &format!("Bearer {key}"))?;
-        Ok(call.request(provider, (header::AUTHORIZATION, auth)))
+        let auth = provider.prebuilt.auth(|| {
+            let key = super::api_key(provider)?;
+            let value = super::secret_header(provider, &format!("Bearer {key}"))?;
+            Ok((header::AUTHORIZATION, value))
+        })?;
+        Ok(call.request(provider, auth))
     }
 
     fn request_id_header(&self) -> &'static str {
@@ -159,6 +162,7 @@ mod tests {
                 failures: 0,
                 open_for: Duration::from_secs(1),
             },
+            prebuilt: Default::default(),
         }
     }
 
