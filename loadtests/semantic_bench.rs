@@ -113,6 +113,7 @@ fn proxy(i: usize) -> Proxy {
             first_byte_timeout: None,
             deadline: None,
             span_attributes: Default::default(),
+            answer_headers: Default::default(),
         })
         .collect();
     routes.push(Route {
@@ -129,6 +130,7 @@ fn proxy(i: usize) -> Proxy {
         first_byte_timeout: None,
         deadline: None,
         span_attributes: Default::default(),
+        answer_headers: Default::default(),
     });
     Proxy {
         tenant: "bench".into(),

@@ -207,6 +207,7 @@ mod tests {
                         first_byte_timeout: None,
                         deadline: None,
                         span_attributes: Default::default(),
+                        answer_headers: Default::default(),
                     }],
                     fallback: None,
                     threshold: Some(0.5),

@@ -267,6 +267,10 @@ pub struct Route {
     pub deadline: Option<Duration>,
     /// The route's span attributes, written once (`otel::routed`).
     pub span_attributes: crate::telemetry::otel::Cached,
+    /// The values of the headers that name the route, its provider and its upstream model on
+    /// every answer, made at the first answer (`http::data_plane::explained`); `None` for a
+    /// name that is no header value.
+    pub answer_headers: std::sync::OnceLock<[Option<actix_web::http::header::HeaderValue>; 3]>,
 }
 
 impl Route {

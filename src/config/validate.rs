@@ -1017,6 +1017,7 @@ fn validate_proxy(
                 first_byte_timeout,
                 deadline,
                 span_attributes: Default::default(),
+                answer_headers: Default::default(),
             });
         }
     }

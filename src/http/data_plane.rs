@@ -845,14 +845,19 @@ fn explained(
     const FALSE: HeaderValue = HeaderValue::from_static("false");
     let route = decision.route();
     let headers = res.headers_mut();
-    let named = [
-        (ROUTE, route.name.as_str()),
-        (PROVIDER, decision.provider.name.as_str()),
-        (MODEL, route.upstream_model()),
-    ];
-    for (name, value) in named {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
+    // The route's names never change: each value is checked and copied once, at the route's
+    // first answer, and shared after (a reference count).
+    let values = route.answer_headers.get_or_init(|| {
+        [
+            route.name.as_str(),
+            route.provider_name.as_str(),
+            route.upstream_model(),
+        ]
+        .map(|name| HeaderValue::from_str(name).ok())
+    });
+    for (name, value) in [ROUTE, PROVIDER, MODEL].into_iter().zip(values) {
+        if let Some(value) = value {
+            headers.insert(name, value.clone());
         }
     }
     let routing = match decision.routing() {

@@ -70,6 +70,7 @@ fn decision(model: &str) -> Decision {
             first_byte_timeout: None,
             deadline: None,
             span_attributes: Default::default(),
+            answer_headers: Default::default(),
         }],
         fallback: None,
         threshold: Some(0.5),

@@ -98,6 +98,7 @@ fn route(name: &str, topics: Vec<Topic>) -> Route {
         first_byte_timeout: None,
         deadline: None,
         span_attributes: Default::default(),
+        answer_headers: Default::default(),
     }
 }
 
