@@ -236,10 +236,12 @@ pub struct Prebuilt {
 impl Prebuilt {
     /// `base` + `path`, parsed once for a front endpoint's own path.
     pub fn url(&self, base: &str, path: &str) -> Url {
-        let slot = match path {
-            "/chat/completions" => 0,
-            "/responses" => 1,
-            _ => return Url::Text(format!("{base}{path}")),
+        use crate::api::Endpoint;
+        let Some(slot) = [Endpoint::ChatCompletions, Endpoint::Responses]
+            .iter()
+            .position(|e| e.upstream_path() == path)
+        else {
+            return Url::Text(format!("{base}{path}"));
         };
         match self.uris[slot].get_or_init(|| Uri::try_from(format!("{base}{path}")).ok()) {
             Some(uri) => Url::Parsed(uri.clone()),
