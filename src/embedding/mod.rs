@@ -508,14 +508,13 @@ mod tests {
                 }
             }
         }
-        // The one-word greeting (three word pieces with [CLS] and [SEP]) is the one exception,
-        // at 0.9988: fewer positions to average the rounding over.
+        // The one-word greeting (three word pieces with [CLS] and [SEP]) is the one exception:
+        // fewer positions to average the rounding over. Where it lands depends on the CPU's
+        // kernels (0.9988 with AVX-512, above 0.999 with AVX2 only), so it may or may not be
+        // below; no other prompt may.
         assert!(worst >= 0.998, "lowest cosine Q8 vs f32: {worst}");
-        assert_eq!(
-            below,
-            ["batched \"hello\"", "alone \"hello\""],
-            "cosine Q8 vs f32 under 0.999"
-        );
+        below.retain(|t| !t.ends_with(" \"hello\""));
+        assert_eq!(below, Vec::<String>::new(), "cosine Q8 vs f32 under 0.999");
         eprintln!("lowest cosine Q8 vs f32: {worst:.6}");
     }
 
