@@ -24,6 +24,7 @@ build it with `cargo build --release --example floor-proxy`). Examples:
   loadtests/ab.py 'off=main --ledger off' 'http=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{http} main --ledger off'
   loadtests/ab.py 'nginx=nginx' 'main=main'
   loadtests/ab.py 'nginx=nginx' 'floor=floor' 'main=main --ledger off --no-watch'
+  loadtests/ab.py --ttft 1 --rounds 10 --secs 2 'nginx=nginx' 'floor=floor' 'main=main --ledger off'
 
 Proxies (1 worker each) are pinned to core 0 and only one is loaded at a time; the emulator,
 the receiver and oha share core 1. CPU per request is the proxy's on-CPU time over all its
@@ -249,8 +250,12 @@ def main():
                     help="cap the load at this many requests/s (0: as fast as it goes). CPU per "
                          "request depends on the load (a busier server batches more), so "
                          "variants that reach different throughputs compare fairly only capped")
+    ap.add_argument("--ttft", type=int, default=0, metavar="C",
+                    help="instead of oha's load, loadtests/ttft.py's paced streams at concurrency "
+                         "C, the emulator itself first as `direct`; counts --rounds x --secs "
+                         "seconds per target")
     args = ap.parse_args()
-    if len(args.variants) < 2:
+    if len(args.variants) < 2 and not args.ttft:
         sys.exit("give at least two variants")
     py = os.environ.get("SWITCHYARD_TEST_PYTHON", sys.executable)
     work = Path(tempfile.mkdtemp(prefix="switchyard-ab."))
@@ -305,6 +310,17 @@ def main():
             )
             gateways.append((name, p, f"{m.group(1)}/bench/chat/v1/chat/completions", "sk-bench"))
         names = [g[0] for g in gateways]
+        if args.ttft:
+            # Paced streams instead of oha: the emulator first (as `direct`, the base of every
+            # "added" column), then each variant, in turns, from core 1.
+            base = lambda url: url.removesuffix("/chat/completions")
+            cmd = ["taskset", "-c", "1", sys.executable, str(REPO / "loadtests/ttft.py"),
+                   "--concurrency", str(args.ttft), "--duration", str(args.secs * args.rounds),
+                   "--target", f"direct={emu}/v1", "--key", "sk-emulator-openai"]
+            for name, _, url, key in gateways:
+                cmd += ["--target", f"{name}={base(url)}", "--key", key]
+            subprocess.run(cmd, check=True)
+            return
         for _, _, url, key in gateways:
             bench.load(url, key, 2)  # warm-up: connections, caches, the allocator's pages
         # per round: (req/s, CPU µs per request, user ticks, kernel ticks, switches per request)
