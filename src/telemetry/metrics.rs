@@ -213,6 +213,22 @@ struct ReloadLabels {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 type CostCounter = Counter<f64, std::sync::atomic::AtomicU64>;
 
+/// One route's series of finished requests on one thread, each taken from its family at its
+/// first use (so `/metrics` lists only series that were recorded). A request finds them all
+/// with one lookup of its route's labels, lent: each series looked up under its own label set
+/// cloned the three names (two atomic operations each) and hashed them again.
+#[derive(Default)]
+struct RouteSeries {
+    /// By endpoint, status and error: a route sees few of these.
+    requests: Vec<((EndpointLabel, u16, ErrorLabel), Counter)>,
+    /// By endpoint.
+    duration: Vec<(EndpointLabel, Histogram)>,
+    ttft: Option<Histogram>,
+    overhead: Option<Histogram>,
+    /// Input, then output.
+    tokens: [Option<Counter>; 2],
+}
+
 /// A worker thread's usage series: (`tenant` NUL `provider` NUL `model`) → its series, and
 /// the buffer a lookup writes that key in. Tenant ids and provider types hold no NUL, so the
 /// key names one triple.
@@ -283,14 +299,17 @@ where
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
-    requests: Series<RequestLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
     in_flight: Gauge,
-    duration: HistogramSeries<DurationLabels>,
-    ttft: HistogramSeries<RouteLabels>,
-    overhead: HistogramSeries<RouteLabels>,
+    duration: HistogramFamily<DurationLabels>,
+    ttft: HistogramFamily<RouteLabels>,
+    overhead: HistogramFamily<RouteLabels>,
     upstream_attempts: Series<UpstreamLabels, Counter>,
     upstream_duration: HistogramSeries<UpstreamLabels>,
-    tokens: Series<TokenLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    /// Per worker thread: each route's series of finished requests (see
+    /// [`Metrics::request_finished`]).
+    route_kept: ThreadLocal<RefCell<HashMap<RouteLabels, RouteSeries, BuildHasherDefault<Fx>>>>,
     usage_tokens: Family<UsageLabels, Counter>,
     cost: Family<CostLabels, CostCounter>,
     unpriced: Family<CostLabels, Counter>,
@@ -416,14 +435,15 @@ impl Metrics {
         Self {
             trace_export_failures,
             registry,
-            requests: Series::new(requests),
+            requests,
             in_flight,
-            duration: Series::new(duration),
-            ttft: Series::new(ttft),
-            overhead: Series::new(overhead),
+            duration,
+            ttft,
+            overhead,
             upstream_attempts: Series::new(upstream_attempts),
             upstream_duration: Series::new(upstream_duration),
-            tokens: Series::new(tokens),
+            tokens,
+            route_kept: ThreadLocal::new(),
             usage_tokens,
             cost,
             unpriced,
@@ -528,43 +548,69 @@ impl Metrics {
     pub fn request_finished(&self, done: &FinishedRequest<'_>) {
         self.in_flight.dec();
         let l = done.route;
-        self.requests.with(
-            &RequestLabels {
-                tenant: l.tenant.clone(),
-                proxy: l.proxy.clone(),
-                route: l.route.clone(),
-                endpoint: done.endpoint,
-                status: done.status,
-                error: done.error,
-            },
-            |m| m.inc(),
-        );
-        self.duration.with(
-            &DurationLabels {
-                tenant: l.tenant.clone(),
-                proxy: l.proxy.clone(),
-                route: l.route.clone(),
-                endpoint: done.endpoint,
-            },
-            |m| m.observe(done.total.as_secs_f64()),
-        );
+        let mut kept = self.route_kept.get_or_default().borrow_mut();
+        let s = match kept.get_mut(l) {
+            Some(s) => s,
+            None => kept.entry(l.clone()).or_default(),
+        };
+        let (endpoint, status, error) = (done.endpoint, done.status, done.error);
+        let key = (endpoint, status, error);
+        match s.requests.iter().find(|(k, _)| *k == key) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                let labels = RequestLabels {
+                    tenant: l.tenant.clone(),
+                    proxy: l.proxy.clone(),
+                    route: l.route.clone(),
+                    endpoint,
+                    status,
+                    error,
+                };
+                let c = self.requests.get_or_create(&labels).clone();
+                c.inc();
+                s.requests.push((key, c));
+            }
+        }
+        let total = done.total.as_secs_f64();
+        match s.duration.iter().find(|(e, _)| *e == endpoint) {
+            Some((_, h)) => h.observe(total),
+            None => {
+                let labels = DurationLabels {
+                    tenant: l.tenant.clone(),
+                    proxy: l.proxy.clone(),
+                    route: l.route.clone(),
+                    endpoint,
+                };
+                let h = self.duration.get_or_create(&labels).clone();
+                h.observe(total);
+                s.duration.push((endpoint, h));
+            }
+        }
         if let Some(ttft) = done.ttft {
-            self.ttft.with(l, |h| h.observe(ttft.as_secs_f64()));
+            s.ttft
+                .get_or_insert_with(|| self.ttft.get_or_create(l).clone())
+                .observe(ttft.as_secs_f64());
         }
         if let Some(overhead) = done.overhead {
-            self.overhead.with(l, |h| h.observe(overhead.as_secs_f64()));
+            s.overhead
+                .get_or_insert_with(|| self.overhead.get_or_create(l).clone())
+                .observe(overhead.as_secs_f64());
         }
         if let Some((input, output)) = done.tokens {
-            for (kind, n) in [("input", input), ("output", output)] {
-                self.tokens.with(
-                    &TokenLabels {
-                        tenant: l.tenant.clone(),
-                        proxy: l.proxy.clone(),
-                        route: l.route.clone(),
-                        kind,
-                    },
-                    |m| m.inc_by(n),
-                );
+            for ((kind, n), slot) in [("input", input), ("output", output)]
+                .into_iter()
+                .zip(&mut s.tokens)
+            {
+                let labels = || TokenLabels {
+                    tenant: l.tenant.clone(),
+                    proxy: l.proxy.clone(),
+                    route: l.route.clone(),
+                    kind,
+                };
+                slot.get_or_insert_with(|| self.tokens.get_or_create(&labels()).clone())
+                    .inc_by(n);
             }
         }
     }
@@ -808,6 +854,92 @@ mod tests {
                 .any(|l| l.contains("le=\"0.032\"") && l.ends_with(" 1")),
             "{buckets:?}"
         );
+    }
+
+    /// Each route's series are kept per thread after their first use: repeated requests, on
+    /// another status, endpoint or route, and from another thread all count in their own
+    /// series, exactly.
+    #[test]
+    fn kept_route_series_count_each_label_set_apart() {
+        let m = Metrics::new();
+        let route = |name: &str| RouteLabels {
+            tenant: "acme".into(),
+            proxy: "chat".into(),
+            route: name.into(),
+        };
+        let (big, small) = (route("big"), route("small"));
+        let finish = |route: &RouteLabels, endpoint, status, error, tokens| {
+            m.request_started();
+            m.request_finished(&FinishedRequest {
+                route,
+                endpoint,
+                status,
+                error,
+                total: Duration::from_millis(30),
+                ttft: None,
+                overhead: Some(Duration::from_micros(300)),
+                tokens,
+            });
+        };
+        use EndpointLabel::{ChatCompletions as Chat, Responses};
+        for _ in 0..3 {
+            finish(&big, Chat, 200, ErrorLabel::None, Some((2, 5)));
+        }
+        finish(&big, Chat, 502, ErrorLabel::Upstream, None);
+        finish(&big, Responses, 200, ErrorLabel::None, Some((1, 1)));
+        finish(&small, Chat, 200, ErrorLabel::None, Some((4, 0)));
+        std::thread::scope(|t| {
+            t.spawn(|| finish(&big, Chat, 200, ErrorLabel::None, Some((10, 10))));
+        });
+        let text = m.render();
+        let series = |name: &str, route: &str, rest: &str| {
+            format!("{name}{{tenant=\"acme\",proxy=\"chat\",route=\"{route}\"{rest}}}")
+        };
+        let requests = |route, endpoint, status, error, n| {
+            let rest = format!(",endpoint=\"{endpoint}\",status=\"{status}\",error=\"{error}\"");
+            format!("{} {n}", series("switchyard_requests_total", route, &rest))
+        };
+        assert_eq!(
+            line(&text, "switchyard_requests_total{"),
+            [
+                requests("big", "chat_completions", 200, "none", 4),
+                requests("big", "chat_completions", 502, "upstream", 1),
+                requests("big", "responses", 200, "none", 1),
+                requests("small", "chat_completions", 200, "none", 1),
+            ]
+        );
+        let tokens = |route, kind, n| {
+            let rest = format!(",kind=\"{kind}\"");
+            format!("{} {n}", series("switchyard_tokens_total", route, &rest))
+        };
+        assert_eq!(
+            line(&text, "switchyard_tokens_total{"),
+            [
+                tokens("big", "input", 17),
+                tokens("big", "output", 26),
+                tokens("small", "input", 4),
+                tokens("small", "output", 0),
+            ]
+        );
+        let count = |name, route, rest, n| format!("{} {n}", series(name, route, rest));
+        let duration = "switchyard_request_duration_seconds_count";
+        assert_eq!(
+            line(&text, "switchyard_request_duration_seconds_count{"),
+            [
+                count(duration, "big", ",endpoint=\"chat_completions\"", 5),
+                count(duration, "big", ",endpoint=\"responses\"", 1),
+                count(duration, "small", ",endpoint=\"chat_completions\"", 1),
+            ]
+        );
+        let overhead = "switchyard_gateway_overhead_seconds_count";
+        assert_eq!(
+            line(&text, "switchyard_gateway_overhead_seconds_count{"),
+            [
+                count(overhead, "big", "", 6),
+                count(overhead, "small", "", 1)
+            ]
+        );
+        assert!(line(&text, "switchyard_time_to_first_token_seconds_count{").is_empty());
     }
 
     #[test]
