@@ -12,7 +12,7 @@ use crate::error::ErrorSource;
 use crate::fxhash::Fx;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -217,6 +217,13 @@ type CostCounter = Counter<f64, std::sync::atomic::AtomicU64>;
 /// first use (so `/metrics` lists only series that were recorded). A request finds them all
 /// with one lookup of its route's labels, lent: each series looked up under its own label set
 /// cloned the three names (two atomic operations each) and hashed them again.
+///
+/// Series handles are kept per worker thread, under a cheap hash, for every series a request
+/// records ([`RouteSeries`], [`AttemptSeries`], [`UsageSeries`]): `Family::get_or_create`
+/// hashes the whole label set with SipHash and takes the family's lock (about 3% of the
+/// gateway's CPU when every series went through it). A kept handle is a clone of the family's
+/// (they share one atomic), so what it records is what `/metrics` renders; label sets come
+/// from configuration, so the per-thread maps are as bounded as the families.
 #[derive(Default)]
 struct RouteSeries {
     /// By endpoint, status and error: a route sees few of these.
@@ -228,6 +235,10 @@ struct RouteSeries {
     /// Input, then output.
     tokens: [Option<Counter>; 2],
 }
+
+/// One provider's upstream attempt series on one thread (count and duration), by status and
+/// outcome.
+type AttemptSeries = Vec<((u16, &'static str), (Counter, Histogram))>;
 
 /// A worker thread's usage series: (`tenant` NUL `provider` NUL `model`) → its series, and
 /// the buffer a lookup writes that key in. Tenant ids and provider types hold no NUL, so the
@@ -256,46 +267,6 @@ const USAGE_KINDS: [&str; 5] = [
     "output",
     "reasoning",
 ];
-type HistogramSeries<L> = Series<L, Histogram, fn() -> Histogram>;
-
-/// A family whose series handles are also kept per worker thread, under a cheap hash: a
-/// request records about ten series, and `Family::get_or_create` hashes the whole label set
-/// with SipHash and takes the family's lock for each (about 3% of the gateway's CPU). A kept
-/// handle is a clone of the family's (they share one atomic), so what it records is what
-/// `/metrics` renders; label sets come from configuration, so the per-thread maps are as
-/// bounded as the family.
-struct Series<L: Send, M: Send, C = fn() -> M> {
-    family: Family<L, M, C>,
-    kept: ThreadLocal<RefCell<HashMap<L, M, BuildHasherDefault<Fx>>>>,
-}
-
-impl<L, M, C> Series<L, M, C>
-where
-    L: Clone + Hash + Eq + Send,
-    M: Clone + Send,
-    C: MetricConstructor<M>,
-{
-    fn new(family: Family<L, M, C>) -> Self {
-        Self {
-            family,
-            kept: ThreadLocal::new(),
-        }
-    }
-
-    /// Calls `f` with the series of `labels`, created at first use (lent, not cloned: a clone
-    /// and its drop would be two more atomic operations).
-    fn with<R>(&self, labels: &L, f: impl FnOnce(&M) -> R) -> R {
-        let kept = self.kept.get_or_default();
-        if let Some(series) = kept.borrow().get(labels) {
-            return f(series);
-        }
-        let series = self.family.get_or_create(labels).clone();
-        let out = f(&series);
-        kept.borrow_mut().insert(labels.clone(), series);
-        out
-    }
-}
-
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -304,8 +275,10 @@ pub struct Metrics {
     duration: HistogramFamily<DurationLabels>,
     ttft: HistogramFamily<RouteLabels>,
     overhead: HistogramFamily<RouteLabels>,
-    upstream_attempts: Series<UpstreamLabels, Counter>,
-    upstream_duration: HistogramSeries<UpstreamLabels>,
+    upstream_attempts: Family<UpstreamLabels, Counter>,
+    upstream_duration: HistogramFamily<UpstreamLabels>,
+    /// Per worker thread: each provider's attempt series, under its name (lent).
+    upstream_kept: ThreadLocal<RefCell<HashMap<Box<str>, AttemptSeries, BuildHasherDefault<Fx>>>>,
     tokens: Family<TokenLabels, Counter>,
     /// Per worker thread: each route's series of finished requests (see
     /// [`Metrics::request_finished`]).
@@ -440,8 +413,9 @@ impl Metrics {
             duration,
             ttft,
             overhead,
-            upstream_attempts: Series::new(upstream_attempts),
-            upstream_duration: Series::new(upstream_duration),
+            upstream_attempts,
+            upstream_duration,
+            upstream_kept: ThreadLocal::new(),
             tokens,
             route_kept: ThreadLocal::new(),
             usage_tokens,
@@ -623,14 +597,29 @@ impl Metrics {
         outcome: &'static str,
         took: Duration,
     ) {
-        let labels = UpstreamLabels {
-            provider: Name::from(provider),
-            status,
-            outcome,
+        let mut kept = self.upstream_kept.get_or_default().borrow_mut();
+        let series = match kept.get_mut(provider) {
+            Some(s) => s,
+            None => kept.entry(provider.into()).or_default(),
         };
-        self.upstream_attempts.with(&labels, |m| m.inc());
-        self.upstream_duration
-            .with(&labels, |m| m.observe(took.as_secs_f64()));
+        let key = (status, outcome);
+        let i = match series.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                let labels = UpstreamLabels {
+                    provider: Name::from(provider),
+                    status,
+                    outcome,
+                };
+                let count = self.upstream_attempts.get_or_create(&labels).clone();
+                let took = self.upstream_duration.get_or_create(&labels).clone();
+                series.push((key, (count, took)));
+                series.len() - 1
+            }
+        };
+        let (count, duration) = &series[i].1;
+        count.inc();
+        duration.observe(took.as_secs_f64());
     }
 
     /// A reload attempt ended: `applied`, `invalid` or `refused`.
@@ -722,11 +711,28 @@ mod tests {
         });
         attempt(&b, 1);
         attempt(&a, 1);
+        // Another status and another provider, after the first's series are kept.
+        a.upstream_attempt("openai", 503, "http_error", Duration::from_millis(1));
+        a.upstream_attempt("azure", 200, "ok", Duration::from_millis(1));
         let count =
             |m: &Metrics| line(&m.render(), "switchyard_upstream_attempts_total{").join("\n");
         assert_eq!(
             count(&a),
-            "switchyard_upstream_attempts_total{provider=\"openai\",status=\"200\",outcome=\"ok\"} 6"
+            [
+                "switchyard_upstream_attempts_total{provider=\"azure\",status=\"200\",outcome=\"ok\"} 1",
+                "switchyard_upstream_attempts_total{provider=\"openai\",status=\"200\",outcome=\"ok\"} 6",
+                "switchyard_upstream_attempts_total{provider=\"openai\",status=\"503\",outcome=\"http_error\"} 1",
+            ]
+            .join("\n")
+        );
+        assert_eq!(
+            line(&a.render(), "switchyard_upstream_duration_seconds_count{").join("\n"),
+            [
+                "switchyard_upstream_duration_seconds_count{provider=\"azure\",status=\"200\",outcome=\"ok\"} 1",
+                "switchyard_upstream_duration_seconds_count{provider=\"openai\",status=\"200\",outcome=\"ok\"} 6",
+                "switchyard_upstream_duration_seconds_count{provider=\"openai\",status=\"503\",outcome=\"http_error\"} 1",
+            ]
+            .join("\n")
         );
         assert_eq!(
             count(&b),
