@@ -236,6 +236,9 @@ struct RouteSeries {
     tokens: [Option<Counter>; 2],
 }
 
+/// Series handles kept per worker thread, under FxHash.
+type Kept<K, V> = ThreadLocal<RefCell<HashMap<K, V, BuildHasherDefault<Fx>>>>;
+
 /// One provider's upstream attempt series on one thread (count and duration), by status and
 /// outcome.
 type AttemptSeries = Vec<((u16, &'static str), (Counter, Histogram))>;
@@ -278,11 +281,11 @@ pub struct Metrics {
     upstream_attempts: Family<UpstreamLabels, Counter>,
     upstream_duration: HistogramFamily<UpstreamLabels>,
     /// Per worker thread: each provider's attempt series, under its name (lent).
-    upstream_kept: ThreadLocal<RefCell<HashMap<Box<str>, AttemptSeries, BuildHasherDefault<Fx>>>>,
+    upstream_kept: Kept<Box<str>, AttemptSeries>,
     tokens: Family<TokenLabels, Counter>,
     /// Per worker thread: each route's series of finished requests (see
     /// [`Metrics::request_finished`]).
-    route_kept: ThreadLocal<RefCell<HashMap<RouteLabels, RouteSeries, BuildHasherDefault<Fx>>>>,
+    route_kept: Kept<RouteLabels, RouteSeries>,
     usage_tokens: Family<UsageLabels, Counter>,
     cost: Family<CostLabels, CostCounter>,
     unpriced: Family<CostLabels, Counter>,
