@@ -217,13 +217,6 @@ type CostCounter = Counter<f64, std::sync::atomic::AtomicU64>;
 /// first use (so `/metrics` lists only series that were recorded). A request finds them all
 /// with one lookup of its route's labels, lent: each series looked up under its own label set
 /// cloned the three names (two atomic operations each) and hashed them again.
-///
-/// Series handles are kept per worker thread, under a cheap hash, for every series a request
-/// records ([`RouteSeries`], [`AttemptSeries`], [`UsageSeries`]): `Family::get_or_create`
-/// hashes the whole label set with SipHash and takes the family's lock (about 3% of the
-/// gateway's CPU when every series went through it). A kept handle is a clone of the family's
-/// (they share one atomic), so what it records is what `/metrics` renders; label sets come
-/// from configuration, so the per-thread maps are as bounded as the families.
 #[derive(Default)]
 struct RouteSeries {
     /// By endpoint, status and error: a route sees few of these.
@@ -236,7 +229,12 @@ struct RouteSeries {
     tokens: [Option<Counter>; 2],
 }
 
-/// Series handles kept per worker thread, under FxHash.
+/// Series handles kept per worker thread, under FxHash, for every series a request records
+/// ([`RouteSeries`], [`AttemptSeries`]; [`UsageSeries`] in [`UsageKept`]):
+/// `Family::get_or_create` hashes the whole label set with SipHash and takes the family's lock
+/// (about 3% of the gateway's CPU when every series went through it). A kept handle is a clone
+/// of the family's (they share one atomic), so what it records is what `/metrics` renders;
+/// label sets come from configuration, so the per-thread maps are as bounded as the families.
 type Kept<K, V> = ThreadLocal<RefCell<HashMap<K, V, BuildHasherDefault<Fx>>>>;
 
 /// One provider's upstream attempt series on one thread (count and duration), by status and
@@ -615,8 +613,8 @@ impl Metrics {
                     outcome,
                 };
                 let count = self.upstream_attempts.get_or_create(&labels).clone();
-                let took = self.upstream_duration.get_or_create(&labels).clone();
-                series.push((key, (count, took)));
+                let duration = self.upstream_duration.get_or_create(&labels).clone();
+                series.push((key, (count, duration)));
                 series.len() - 1
             }
         };
