@@ -237,6 +237,19 @@ struct RouteSeries {
 /// label sets come from configuration, so the per-thread maps are as bounded as the families.
 type Kept<K, V> = ThreadLocal<RefCell<HashMap<K, V, BuildHasherDefault<Fx>>>>;
 
+/// The series kept under `key` in a short list of kept series, taken with `take` (from its
+/// family) at its first use.
+fn kept_series<K: PartialEq, M>(list: &mut Vec<(K, M)>, key: K, take: impl FnOnce() -> M) -> &M {
+    let i = match list.iter().position(|(k, _)| *k == key) {
+        Some(i) => i,
+        None => {
+            list.push((key, take()));
+            list.len() - 1
+        }
+    };
+    &list[i].1
+}
+
 /// One provider's upstream attempt series on one thread (count and duration), by status and
 /// outcome.
 type AttemptSeries = Vec<((u16, &'static str), (Counter, Histogram))>;
@@ -529,40 +542,28 @@ impl Metrics {
             None => kept.entry(l.clone()).or_default(),
         };
         let (endpoint, status, error) = (done.endpoint, done.status, done.error);
-        let key = (endpoint, status, error);
-        match s.requests.iter().find(|(k, _)| *k == key) {
-            Some((_, c)) => {
-                c.inc();
-            }
-            None => {
-                let labels = RequestLabels {
-                    tenant: l.tenant.clone(),
-                    proxy: l.proxy.clone(),
-                    route: l.route.clone(),
-                    endpoint,
-                    status,
-                    error,
-                };
-                let c = self.requests.get_or_create(&labels).clone();
-                c.inc();
-                s.requests.push((key, c));
-            }
-        }
-        let total = done.total.as_secs_f64();
-        match s.duration.iter().find(|(e, _)| *e == endpoint) {
-            Some((_, h)) => h.observe(total),
-            None => {
-                let labels = DurationLabels {
-                    tenant: l.tenant.clone(),
-                    proxy: l.proxy.clone(),
-                    route: l.route.clone(),
-                    endpoint,
-                };
-                let h = self.duration.get_or_create(&labels).clone();
-                h.observe(total);
-                s.duration.push((endpoint, h));
-            }
-        }
+        kept_series(&mut s.requests, (endpoint, status, error), || {
+            let labels = RequestLabels {
+                tenant: l.tenant.clone(),
+                proxy: l.proxy.clone(),
+                route: l.route.clone(),
+                endpoint,
+                status,
+                error,
+            };
+            self.requests.get_or_create(&labels).clone()
+        })
+        .inc();
+        kept_series(&mut s.duration, endpoint, || {
+            let labels = DurationLabels {
+                tenant: l.tenant.clone(),
+                proxy: l.proxy.clone(),
+                route: l.route.clone(),
+                endpoint,
+            };
+            self.duration.get_or_create(&labels).clone()
+        })
+        .observe(done.total.as_secs_f64());
         if let Some(ttft) = done.ttft {
             s.ttft
                 .get_or_insert_with(|| self.ttft.get_or_create(l).clone())
@@ -603,22 +604,15 @@ impl Metrics {
             Some(s) => s,
             None => kept.entry(provider.into()).or_default(),
         };
-        let key = (status, outcome);
-        let i = match series.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                let labels = UpstreamLabels {
-                    provider: Name::from(provider),
-                    status,
-                    outcome,
-                };
-                let count = self.upstream_attempts.get_or_create(&labels).clone();
-                let duration = self.upstream_duration.get_or_create(&labels).clone();
-                series.push((key, (count, duration)));
-                series.len() - 1
-            }
-        };
-        let (count, duration) = &series[i].1;
+        let (count, duration) = kept_series(series, (status, outcome), || {
+            let labels = UpstreamLabels {
+                provider: Name::from(provider),
+                status,
+                outcome,
+            };
+            let count = self.upstream_attempts.get_or_create(&labels).clone();
+            (count, self.upstream_duration.get_or_create(&labels).clone())
+        });
         count.inc();
         duration.observe(took.as_secs_f64());
     }
