@@ -12,8 +12,9 @@
 //! query, key and value matrices are concatenated into one product per layer (exact). Pooling
 //! and normalisation live in the parent module.
 
+use super::weights::{RowsOnDisk, SafetensorsFile};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 
@@ -261,7 +262,8 @@ impl Layer {
 
 /// A loaded BERT encoder.
 pub struct Bert {
-    word_embeddings: Tensor,
+    /// Left in the checkpoint and read by row: a text needs a few dozen of its 30,522 rows.
+    word_embeddings: RowsOnDisk,
     /// Position embeddings plus the token-type-0 embedding (every text is one segment).
     position_embeddings: Tensor,
     embedding_norm: LayerNorm,
@@ -272,21 +274,26 @@ pub struct Bert {
 }
 
 impl Bert {
-    /// Loads the checkpoint `vb` (f32) described by `c`; only `"gelu"` (erf) is supported, the
-    /// activation every sentence-transformers BERT uses.
-    pub fn load(vb: VarBuilder, c: &Config, precision: Precision) -> Result<Self> {
+    /// Loads the checkpoint `weights` (f32) described by `c`; only `"gelu"` (erf) is supported,
+    /// the activation every sentence-transformers BERT uses.
+    pub fn load(weights: SafetensorsFile, c: &Config, precision: Precision) -> Result<Self> {
         if c.hidden_act != HiddenAct::Gelu {
             candle_core::bail!("hidden_act {:?}: only \"gelu\" is supported", c.hidden_act);
         }
         // Both layouts of the checkpoint: with and without the `bert.` prefix.
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
+        let prefix = if weights.contains("bert.embeddings.word_embeddings.weight") {
+            "bert."
         } else {
-            vb
+            ""
         };
         let h = c.hidden_size;
+        let word_embeddings = weights.rows_on_disk(
+            &format!("{prefix}embeddings.word_embeddings.weight"),
+            (c.vocab_size, h),
+        )?;
+        let vb = VarBuilder::from_backend(Box::new(weights), DType::F32, Device::Cpu);
+        let vb = if prefix.is_empty() { vb } else { vb.pp("bert") };
         let e = vb.pp("embeddings");
-        let word_embeddings = e.pp("word_embeddings").get((c.vocab_size, h), "weight")?;
         let types = e
             .pp("token_type_embeddings")
             .get((c.type_vocab_size, h), "weight")?;
@@ -327,7 +334,7 @@ impl Bert {
         let rows = batch * tokens;
         let x = self
             .word_embeddings
-            .index_select(&ids.flatten_all()?, 0)?
+            .select(&ids.flatten_all()?.to_vec1::<u32>()?, ids.device())?
             .reshape((batch, tokens, h))?
             .broadcast_add(&self.position_embeddings.narrow(0, 0, tokens)?)?
             .reshape((rows, h))?;

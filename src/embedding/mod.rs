@@ -8,7 +8,6 @@
 //! event loop) is decided by `actors::embedder`. Scoring lives in `routing::semantic`.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
 use std::path::{Path, PathBuf};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
@@ -16,6 +15,7 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 pub mod bert;
 pub mod encoder;
 pub mod static_model;
+pub mod weights;
 
 pub use bert::Precision;
 pub use encoder::{Encoder, EncoderKind};
@@ -203,12 +203,11 @@ impl Embedder {
             }))
             .map_err(|e| fail(format!("tokenizer truncation: {e}")))?;
         let device = Device::Cpu;
-        let weights = std::fs::read(dir.join("model.safetensors"))
+        // Tensor by tensor from the file: reading it whole first would double the peak memory.
+        let weights = weights::SafetensorsFile::open(&dir.join("model.safetensors"))
             .map_err(|e| fail(format!("model.safetensors: {e}")))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
-            .map_err(|e| fail(format!("model.safetensors: {e}")))?;
-        let model =
-            bert::Bert::load(vb, &config, precision).map_err(|e| fail(format!("weights: {e}")))?;
+        let model = bert::Bert::load(weights, &config, precision)
+            .map_err(|e| fail(format!("weights: {e}")))?;
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -315,6 +314,7 @@ pub fn test_model_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_nn::VarBuilder;
 
     fn cosine(a: &[f32], b: &[f64]) -> f64 {
         let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * y).sum();
