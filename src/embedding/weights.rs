@@ -72,9 +72,12 @@ impl SafetensorsFile {
             let entry: Entry =
                 serde_json::from_value(value).map_err(|e| err(format!("tensor {name}: {e}")))?;
             let [start, end] = entry.data_offsets;
-            let size = dtype(&entry.dtype)
-                .map(|d| d.size_in_bytes() as u64 * entry.shape.iter().product::<usize>() as u64);
-            if start > end || data_start + end > len || size.ok() != Some(end - start) {
+            // A type this reader cannot turn into a tensor is refused when that tensor is read.
+            let size_fits = dtype(&entry.dtype).map_or(true, |d| {
+                (d.size_in_bytes() as u64).checked_mul(entry.shape.iter().product::<usize>() as u64)
+                    == end.checked_sub(start)
+            });
+            if start > end || end > len - data_start || !size_fits {
                 return Err(err(format!(
                     "tensor {name}: {} {:?} at bytes {start}..{end} of a {} byte data section",
                     entry.dtype,
@@ -322,5 +325,16 @@ mod tests {
         let past = r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
         write(&path, past, &[0; 12]);
         assert!(SafetensorsFile::open(&path).is_err());
+        let huge = r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,18446744073709551615]}}"#;
+        write(&path, huge, &[0; 16]);
+        assert!(SafetensorsFile::open(&path).is_err());
+        // A type it cannot read does not stop the others; reading that tensor is the error.
+        let odd = r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"m":{"dtype":"BOOL","shape":[2],"data_offsets":[8,10]}}"#;
+        write(&path, odd, &[0, 0, 128, 63, 0, 0, 0, 64, 1, 0]);
+        let file = SafetensorsFile::open(&path).expect("test");
+        let x = file.get_unchecked("x", DType::F32, &dev).expect("test");
+        assert_eq!(x.to_vec1::<f32>().expect("test"), [1.0, 2.0]);
+        let m = file.get_unchecked("m", DType::F32, &dev);
+        assert!(m.expect_err("an error").to_string().contains("BOOL"));
     }
 }
