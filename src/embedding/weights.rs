@@ -15,10 +15,9 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Mutex;
 
 /// The largest header accepted (the format's own limit is 100 MB; a BERT header is a few KB).
 const MAX_HEADER: u64 = 100 << 20;
@@ -33,9 +32,10 @@ struct Entry {
     data_offsets: [u64; 2],
 }
 
-/// An open checkpoint: the header parsed, the file kept open for reading tensors on demand.
+/// An open checkpoint: the header parsed, the file kept open for reading tensors on demand
+/// (positional reads, so no shared file position and no lock).
 pub struct SafetensorsFile {
-    file: Mutex<File>,
+    file: File,
     /// Where the data starts: 8 + the header's length.
     data_start: u64,
     entries: HashMap<String, Entry>,
@@ -88,10 +88,16 @@ impl SafetensorsFile {
             entries.insert(name, entry);
         }
         Ok(Self {
-            file: Mutex::new(file),
+            file,
             data_start,
             entries,
         })
+    }
+
+    fn entry(&self, name: &str) -> candle_core::Result<&Entry> {
+        self.entries
+            .get(name)
+            .ok_or_else(|| err(format!("no tensor named {name} in the checkpoint")))
     }
 
     /// Whether the checkpoint holds a tensor named `name`.
@@ -105,19 +111,15 @@ impl SafetensorsFile {
         name: &str,
         (rows, cols): (usize, usize),
     ) -> candle_core::Result<RowsOnDisk> {
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| err(format!("no tensor named {name} in the checkpoint")))?;
+        let entry = self.entry(name)?;
         if entry.dtype != "F32" || entry.shape != [rows, cols] {
             return Err(err(format!(
                 "tensor {name}: {} {:?}, expected F32 [{rows}, {cols}]",
                 entry.dtype, entry.shape
             )));
         }
-        let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         Ok(RowsOnDisk {
-            file: file.try_clone().map_err(|e| err(e.to_string()))?,
+            file: self.file.try_clone().map_err(|e| err(e.to_string()))?,
             start: self.data_start + entry.data_offsets[0],
             rows,
             cols,
@@ -126,38 +128,30 @@ impl SafetensorsFile {
 
     /// The tensor `name` as stored, on `dev`.
     fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| err(format!("no tensor named {name} in the checkpoint")))?;
+        let entry = self.entry(name)?;
         let [start, end] = entry.data_offsets;
         let stored = dtype(&entry.dtype)?;
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.seek(SeekFrom::Start(self.data_start + start))
-            .map_err(|e| err(e.to_string()))?;
         let bytes = (end - start) as usize;
-        let read = |file: &mut File, buf: &mut [u8]| {
-            file.read_exact(buf)
+        let read = |buf: &mut [u8], at: u64| {
+            self.file
+                .read_exact_at(buf, self.data_start + at)
                 .map_err(|e| err(format!("tensor {name}: {e}")))
         };
         if stored == DType::F32 {
             // Chunk by chunk into the vector the tensor takes over: no second copy of it.
             let mut values = Vec::with_capacity(bytes / 4);
             let mut chunk = vec![0u8; CHUNK.min(bytes)];
-            let mut left = bytes;
-            while left > 0 {
-                let buf = &mut chunk[..CHUNK.min(left)];
-                read(&mut file, buf)?;
-                values.extend(
-                    buf.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                );
-                left -= buf.len();
+            let mut done = 0;
+            while done < bytes {
+                let buf = &mut chunk[..CHUNK.min(bytes - done)];
+                read(buf, start + done as u64)?;
+                push_f32(&mut values, buf);
+                done += buf.len();
             }
             Tensor::from_vec(values, entry.shape.as_slice(), dev)
         } else {
             let mut buf = vec![0u8; bytes];
-            read(&mut file, &mut buf)?;
+            read(&mut buf, start)?;
             Tensor::from_raw_buffer(&buf, stored, &entry.shape, dev)
         }
     }
@@ -191,14 +185,19 @@ impl RowsOnDisk {
             self.file
                 .read_exact_at(&mut bytes, self.start + (id * row_bytes) as u64)
                 .map_err(|e| err(format!("row {id}: {e}")))?;
-            values.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
+            push_f32(&mut values, &bytes);
         }
         Tensor::from_vec(values, (ids.len(), self.cols), dev)
     }
+}
+
+/// Appends the little-endian f32 values of `bytes` (a multiple of 4 long) to `values`.
+fn push_f32(values: &mut Vec<f32>, bytes: &[u8]) {
+    values.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
 }
 
 /// The candle dtype of a safetensors dtype name.
