@@ -33,7 +33,9 @@ answers of the round; its split into user and kernel time comes from /proc/PID/s
 ticks. Wake-ups per request are its threads' context switches (voluntary and not, from
 /proc/PID/task/*/status) over the round's answers: unlike CPU time, they hardly move with the
 machine's speed, so they show a change in how threads hand work to each other on a noisy
-machine; `--threads` splits both figures by thread name. Every answer must be a 200.
+machine; `--threads` splits both figures by thread name. The p99 latency is oha's for each
+round; its difference from the first variant's in the same round is what a variant adds to
+the tail (design.md's bar: under 1 ms at c64). Every answer must be a 200.
 """
 
 import argparse
@@ -143,7 +145,8 @@ class Bench:
                 p.kill()
 
     def load(self, url, key, secs):
-        """oha at the configured concurrency for `secs` s; returns the number of answers."""
+        """oha at the configured concurrency for `secs` s; returns the number of answers and
+        their p99 latency in ms."""
         body = {
             "model": "gpt-4o-mini",
             "messages": [{"role": "user", "content": "Hello"}],
@@ -157,11 +160,15 @@ class Bench:
              "-d", json.dumps(body), "--output-format", "json", url],
             capture_output=True, text=True, check=True,
         ).stdout
-        codes = json.loads(out).get("statusCodeDistribution") or {}
+        result = json.loads(out)
+        codes = result.get("statusCodeDistribution") or {}
         bad = {k: v for k, v in codes.items() if k != "200"}
         if bad:
             sys.exit(f"non-200 answers from {url}: {bad}")
-        return int(codes.get("200", 0))
+        p99 = (result.get("latencyPercentiles") or {}).get("p99")
+        if p99 is None:
+            sys.exit(f"oha gave no p99 for {url}")
+        return int(codes.get("200", 0)), p99 * 1e3
 
 
 NGINX_CONF = """worker_processes 1;
@@ -214,6 +221,12 @@ def start_nginx(bench, emu):
                 return p, f"http://127.0.0.1:{port}/v1/chat/completions"
         time.sleep(0.05)
     sys.exit(f"nginx did not listen on {port}: {(d / 'error.log').read_text()}")
+
+
+def spread(values):
+    """(median, lower quartile, upper quartile) of per-round figures."""
+    xs = sorted(values)
+    return statistics.median(xs), xs[len(xs) // 4], xs[(3 * len(xs)) // 4]
 
 
 def parse_variant(text, ports):
@@ -323,7 +336,8 @@ def main():
             return
         for _, _, url, key in gateways:
             bench.load(url, key, 2)  # warm-up: connections, caches, the allocator's pages
-        # per round: (req/s, CPU µs per request, user ticks, kernel ticks, switches per request)
+        # per round: (req/s, CPU µs per request, user ticks, kernel ticks, switches per request,
+        # p99 ms)
         rows = {n: [] for n in names}
         # per variant and thread name: (CPU µs per request, switches per request) per round
         per_thread = {n: {} for n in names}
@@ -332,7 +346,7 @@ def main():
             for name, p, url, key in order:
                 h0 = threads(p.pid) if args.threads else {}
                 c0, t0 = cpu(p.pid), time.monotonic()
-                n = bench.load(url, key, args.secs)
+                n, p99 = bench.load(url, key, args.secs)
                 c1, t1 = cpu(p.pid), time.monotonic()
                 h1 = threads(p.pid) if args.threads else {}
                 for t, (ns, sw) in h1.items():
@@ -340,9 +354,10 @@ def main():
                     per_thread[name].setdefault(t, []).append(((ns - was[0]) / 1e3 / n,
                                                                (sw - was[1]) / n))
                 rows[name].append((n / (t1 - t0), (c1[0] - c0[0]) / 1e3 / n,
-                                   c1[1] - c0[1], c1[2] - c0[2], (c1[3] - c0[3]) / n))
+                                   c1[1] - c0[1], c1[2] - c0[2], (c1[3] - c0[3]) / n, p99))
             print(f"round {r + 1:2}: " + "  ".join(
-                f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs {rows[n][-1][4]:5.2f} sw"
+                f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs {rows[n][-1][4]:5.2f} sw "
+                f"{rows[n][-1][5]:5.2f} ms"
                 for n in names),
                 flush=True)
         if receiver:
@@ -363,19 +378,21 @@ def main():
     print(f"\n{args.rounds} rounds of {args.secs:g} s per variant, {mode} at c{args.conc}, "
           f"order alternating; ratios are per round against {names[0]}, then the median")
     print(f"{'variant':<10} {'req/s':>8} {'CPU µs/req':>11} {'kernel':>7} {'switches/req':>13} "
-          f"{'req/s ratio':>24} {'CPU ratio':>24}")
+          f"{'p99 ms':>7} {'req/s ratio':>24} {'CPU ratio':>24} {'p99 added ms':>24}")
     ref = rows[names[0]]
     for n in names:
         rps = statistics.median(x[0] for x in rows[n])
         cpu_us = statistics.median(x[1] for x in rows[n])
         kernel = sum(x[3] for x in rows[n]) / max(1, sum(x[2] + x[3] for x in rows[n]))
         switches = statistics.median(x[4] for x in rows[n])
-        line = f"{n:<10} {rps:8.0f} {cpu_us:11.2f} {kernel:7.0%} {switches:13.3f}"
+        p99 = statistics.median(x[5] for x in rows[n])
+        line = f"{n:<10} {rps:8.0f} {cpu_us:11.2f} {kernel:7.0%} {switches:13.3f} {p99:7.2f}"
         if n != names[0]:
             for i in (0, 1):
-                ratios = sorted(a[i] / b[i] - 1 for a, b in zip(rows[n], ref))
-                q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
-                line += f" {statistics.median(ratios):+7.1%} [{q1:+.1%}, {q3:+.1%}]"
+                m, q1, q3 = spread(a[i] / b[i] - 1 for a, b in zip(rows[n], ref))
+                line += f" {m:+7.1%} [{q1:+.1%}, {q3:+.1%}]"
+            m, q1, q3 = spread(a[5] - b[5] for a, b in zip(rows[n], ref))
+            line += f" {m:+7.2f} [{q1:+.2f}, {q3:+.2f}]"
         print(line)
     if args.threads:
         print("\nper thread (medians over rounds): CPU µs/req, switches/req")
@@ -385,7 +402,8 @@ def main():
                 f"{statistics.median(x[1] for x in v):.4f}"
                 for t, v in sorted(per_thread[n].items()) if any(x[0] or x[1] for x in v)))
     print("(kernel: the share of its CPU time spent in the kernel, all rounds; switches/req: its "
-          "threads' context switches per answer, median over rounds; ratio: median, then "
+          "threads' context switches per answer, median over rounds; p99: oha's, median over "
+          "rounds; ratio and p99 added: per round against the first variant, median, then "
           "[lower quartile, upper quartile] over rounds)")
 
 
