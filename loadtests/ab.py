@@ -34,8 +34,9 @@ ticks. Wake-ups per request are its threads' context switches (voluntary and not
 /proc/PID/task/*/status) over the round's answers: unlike CPU time, they hardly move with the
 machine's speed, so they show a change in how threads hand work to each other on a noisy
 machine; `--threads` splits both figures by thread name. The p99 latency is oha's for each
-round; its difference from the first variant's in the same round is what a variant adds to
-the tail (design.md's bar: under 1 ms at c64). Every answer must be a 200.
+round, and "p99 added" its difference from the first variant's in the same round (with nginx
+first: what the gateway adds to the tail beyond a blind proxy; design.md's bar, under 1 ms at
+c64, is over the emulator direct, which run.sh measures). Every answer must be a 200.
 """
 
 import argparse
@@ -357,7 +358,7 @@ def main():
                                    c1[1] - c0[1], c1[2] - c0[2], (c1[3] - c0[3]) / n, p99))
             print(f"round {r + 1:2}: " + "  ".join(
                 f"{n} {rows[n][-1][0]:7.0f} req/s {rows[n][-1][1]:6.2f} µs {rows[n][-1][4]:5.2f} sw "
-                f"{rows[n][-1][5]:5.2f} ms"
+                f"p99 {rows[n][-1][5]:5.2f} ms"
                 for n in names),
                 flush=True)
         if receiver:
